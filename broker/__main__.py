@@ -1,0 +1,36 @@
+"""`python -m broker --nats URL [--config FILE] …`: run the scheduler service alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from broker.config import BrokerConfig
+from broker.service import BrokerService
+from schemas.config_loading import ConfigError, load_config
+from schemas.lifecycle import run_until_signal
+from schemas.logs import configure_logging
+
+
+@click.command()
+@click.option("--nats", "nats_url", help="NATS server URL.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--policy", type=click.Choice(["fifo"]))
+@click.option("--max-concurrency", type=int, help="Leases per model at once (0 = all worker slots).")
+@click.option("--worker-timeout", "worker_timeout_s", type=float, help="Seconds without heartbeat before a worker is dead.")
+@click.option("--log-level")
+def main(config_path: Path | None, **flags: object) -> None:
+    try:
+        config = load_config(BrokerConfig, "broker", path=config_path, flags=flags)
+    except ConfigError as exc:
+        sys.exit(f"broker: {exc}")
+    log = configure_logging("broker", config.log_level)
+    service = BrokerService(config, log)
+    asyncio.run(run_until_signal(service.start, service.stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Broker configuration: one frozen Struct from `[broker]` in TOML, `IRIS_BROKER_*` and flags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+
+class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    policy: Literal["fifo"] = "fifo"
+    max_concurrency: Annotated[int, Meta(ge=0)] = 0  # per model; 0 = all worker slots
+    worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
+    offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
+    tick_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    # Stream backstops (see DESIGN.md: limits retention, discard-new).
+    max_msgs: Annotated[int, Meta(ge=1)] = 1_000_000
+    max_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024**3
+    duplicate_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 600.0
+    lease_ttl_s: Annotated[float, Meta(ge=60, le=86_400)] = 3_600.0
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    log_level: str = "info"

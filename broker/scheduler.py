@@ -1,0 +1,278 @@
+"""The broker's decision logic: pure, synchronous, clock passed in, no I/O.
+
+The async service feeds it events (a request appeared, a worker beat, a lease ended, time passed) and
+carries out what it returns (offer these leases, send these errors, re-queue these). Invariants it keeps:
+a request is either waiting in its model's queue or held by exactly one lease, never both; a model never
+has more leases than `max_concurrency` nor a worker more than its slots; a lease on a worker that stopped
+beating, or that its worker no longer lists, goes back to the queue with `attempt + 1`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from broker.queue import RequestQueue, WaitingRequest, make_queue
+from schemas.errors import ErrorCode
+from schemas.messages import Heartbeat, Lease
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    policy: str = "fifo"
+    max_concurrency: int = 0  # per model; 0 = the sum of the model's worker slots
+    worker_timeout_ms: int = 3_000
+    lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
+
+
+@dataclass(frozen=True)
+class Rejection:
+    request: WaitingRequest
+    code: ErrorCode
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    request: WaitingRequest
+    position: int
+    eta_s: float
+
+
+@dataclass
+class WorkerState:
+    worker_id: str
+    model: str
+    slots: int
+    last_seen_ms: int
+    leases: set[int] = field(default_factory=set)
+    refusing: bool = False  # refused an offer; no more offers until its next heartbeat
+    draining: bool = False
+
+    @property
+    def free_slots(self) -> int:
+        if self.refusing or self.draining:
+            return 0
+        return max(0, self.slots - len(self.leases))
+
+
+@dataclass
+class ModelPool:
+    queue: RequestQueue
+    workers: dict[str, WorkerState] = field(default_factory=dict)
+    leases: dict[int, Lease] = field(default_factory=dict)
+    service_ms_ema: float = 2_000.0
+
+
+class Scheduler:
+    def __init__(self, limits: SchedulerLimits, now_ms: int) -> None:
+        self.limits = limits
+        self.started_ms = now_ms
+        self.pools: dict[str, ModelPool] = {}
+        self._model_of: dict[int, str] = {}  # every known stream sequence → its model
+        self._deadlines: list[tuple[int, int]] = []  # (deadline_ms, seq) of waiting requests, lazy
+
+    def _pool(self, model: str) -> ModelPool:
+        pool = self.pools.get(model)
+        if pool is None:
+            pool = self.pools[model] = ModelPool(queue=make_queue(self.limits.policy))
+        return pool
+
+    def knows(self, stream_seq: int) -> bool:
+        return stream_seq in self._model_of
+
+    def _live_slots(self, pool: ModelPool) -> int:
+        return sum(w.slots for w in pool.workers.values() if not w.draining)
+
+    def _eta_s(self, pool: ModelPool, position: int) -> float:
+        slots = max(1, self._live_slots(pool))
+        return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
+
+    def admit(self, request: WaitingRequest, now_ms: int) -> Admitted | Rejection | None:
+        """A request seen in the stream; None when it is already known (redelivery, rebuild)."""
+        if self.knows(request.stream_seq):
+            return None
+        if request.deadline_ms <= now_ms:
+            return Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
+        pool = self._pool(request.model)
+        warmed_up = now_ms - self.started_ms >= self.limits.worker_timeout_ms
+        if warmed_up and not pool.workers:
+            retry_s = self.limits.worker_timeout_ms / 1000.0
+            return Rejection(request, ErrorCode.NO_CAPACITY, f"no worker serves model {request.model!r}", retry_s)
+        self._enqueue(pool, request)
+        position = pool.queue.position(request.stream_seq)
+        return Admitted(request, position, self._eta_s(pool, position))
+
+    def _enqueue(self, pool: ModelPool, request: WaitingRequest) -> None:
+        pool.queue.push(request)
+        self._model_of[request.stream_seq] = request.model
+        heapq.heappush(self._deadlines, (request.deadline_ms, request.stream_seq))
+
+    def _capacity(self, pool: ModelPool) -> int:
+        cap = self.limits.max_concurrency or self._live_slots(pool)
+        return cap - len(pool.leases)
+
+    def dispatch(self, now_ms: int) -> list[Lease]:
+        """Hand waiting requests to free slots, best first; the caller records and offers each lease."""
+        offers: list[Lease] = []
+        for model, pool in self.pools.items():
+            while len(pool.queue) and self._capacity(pool) > 0:
+                worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
+                if worker is None or worker.free_slots == 0:
+                    break
+                request = pool.queue.pop()
+                if request is None:
+                    break
+                lease = _lease_for(request, worker.worker_id, now_ms)
+                pool.leases[request.stream_seq] = lease
+                worker.leases.add(request.stream_seq)
+                offers.append(lease)
+        return offers
+
+    def offer_refused(self, stream_seq: int) -> None:
+        """The worker said no (full or draining): back to the queue, same attempt, no offers until it beats."""
+        lease = self._drop_lease(stream_seq)
+        if lease is None:
+            return
+        worker = self._pool(lease.model).workers.get(lease.worker_id)
+        if worker is not None:
+            worker.refusing = True
+        self._enqueue(self._pool(lease.model), _waiting_from(lease, lease.attempt))
+
+    def worker_gone(self, worker_id: str, now_ms: int) -> list[WaitingRequest]:
+        """No one answers on the worker's subject: forget it and re-queue its leases."""
+        for pool in self.pools.values():
+            worker = pool.workers.pop(worker_id, None)
+            if worker is not None:
+                return self._requeue_lost(pool, sorted(worker.leases), now_ms)
+        return []
+
+    def lease_ended(self, stream_seq: int, now_ms: int) -> None:
+        """The worker deleted the lease: the request got its final reply and left the stream."""
+        lease = self._drop_lease(stream_seq)
+        if lease is not None:
+            pool = self._pool(lease.model)
+            pool.service_ms_ema = 0.8 * pool.service_ms_ema + 0.2 * max(1, now_ms - lease.leased_ms)
+            self._model_of.pop(stream_seq, None)
+            return
+        model = self._model_of.pop(stream_seq, None)
+        if model is not None:
+            self._pool(model).queue.remove(stream_seq)
+
+    def _drop_lease(self, stream_seq: int) -> Lease | None:
+        model = self._model_of.get(stream_seq)
+        if model is None:
+            return None
+        pool = self._pool(model)
+        lease = pool.leases.pop(stream_seq, None)
+        if lease is not None:
+            worker = pool.workers.get(lease.worker_id)
+            if worker is not None:
+                worker.leases.discard(stream_seq)
+        return lease
+
+    def restore_lease(self, lease: Lease, now_ms: int) -> None:
+        """A lease found in `IRIS_LEASES` (restart, or written by another broker): it runs on its worker."""
+        if self.knows(lease.stream_seq):
+            return
+        pool = self._pool(lease.model)
+        worker = pool.workers.get(lease.worker_id)
+        if worker is None:
+            # Unknown until it beats; slots=0 keeps new offers away, the timeout reclaims its leases.
+            worker = pool.workers[lease.worker_id] = WorkerState(lease.worker_id, lease.model, 0, now_ms)
+        pool.leases[lease.stream_seq] = lease
+        worker.leases.add(lease.stream_seq)
+        self._model_of[lease.stream_seq] = lease.model
+
+    def heartbeat(self, beat: Heartbeat, now_ms: int) -> list[WaitingRequest]:
+        """A worker is alive; leases it should be running but does not list go back to the queue."""
+        pool = self._pool(beat.model)
+        worker = pool.workers.get(beat.worker_id)
+        if worker is None:
+            worker = pool.workers[beat.worker_id] = WorkerState(beat.worker_id, beat.model, beat.slots, now_ms)
+        worker.slots, worker.last_seen_ms = beat.slots, now_ms
+        worker.refusing, worker.draining = False, beat.draining
+        running = set(beat.running)
+        lost = [
+            seq
+            for seq in worker.leases
+            if seq not in running and now_ms - pool.leases[seq].leased_ms > self.limits.lease_confirm_ms
+        ]
+        return self._requeue_lost(pool, lost, now_ms)
+
+    def _requeue_lost(self, pool: ModelPool, seqs: list[int], now_ms: int) -> list[WaitingRequest]:
+        requeued = []
+        for seq in seqs:
+            lease = self._drop_lease(seq)
+            if lease is None:
+                continue
+            request = _waiting_from(lease, lease.attempt + 1)
+            self._enqueue(pool, request)
+            requeued.append(request)
+        return requeued
+
+    def tick(self, now_ms: int) -> tuple[list[WaitingRequest], list[WaitingRequest]]:
+        """Time passed: returns (requests re-queued from dead workers, waiting requests past their deadline)."""
+        requeued: list[WaitingRequest] = []
+        for pool in self.pools.values():
+            dead = [w for w in pool.workers.values() if now_ms - w.last_seen_ms > self.limits.worker_timeout_ms]
+            for worker in dead:
+                del pool.workers[worker.worker_id]
+                requeued += self._requeue_lost(pool, sorted(worker.leases), now_ms)
+        return requeued, self._expire(now_ms)
+
+    def _expire(self, now_ms: int) -> list[WaitingRequest]:
+        expired = []
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            _, seq = heapq.heappop(self._deadlines)
+            model = self._model_of.get(seq)
+            if model is None:
+                continue
+            request = self._pool(model).queue.remove(seq)
+            if request is not None:
+                self._model_of.pop(seq, None)
+                expired.append(request)
+        return expired
+
+    def waiting(self, model: str) -> int:
+        pool = self.pools.get(model)
+        return len(pool.queue) if pool else 0
+
+    def running(self, model: str) -> int:
+        pool = self.pools.get(model)
+        return len(pool.leases) if pool else 0
+
+
+def _lease_for(request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
+    return Lease(
+        stream_seq=request.stream_seq,
+        request_id=request.request_id,
+        model=request.model,
+        workload=request.workload,
+        reply_to=request.reply_to,
+        deadline_ms=request.deadline_ms,
+        enqueued_ms=request.enqueued_ms,
+        worker_id=worker_id,
+        attempt=request.attempt,
+        leased_ms=now_ms,
+        priority=request.priority,
+        user=request.user,
+        cost_tokens=request.cost_tokens,
+    )
+
+
+def _waiting_from(lease: Lease, attempt: int) -> WaitingRequest:
+    return WaitingRequest(
+        stream_seq=lease.stream_seq,
+        request_id=lease.request_id,
+        model=lease.model,
+        workload=lease.workload,
+        reply_to=lease.reply_to,
+        deadline_ms=lease.deadline_ms,
+        enqueued_ms=lease.enqueued_ms,
+        priority=lease.priority,
+        user=lease.user,
+        cost_tokens=lease.cost_tokens,
+        attempt=attempt,
+    )

@@ -1,0 +1,250 @@
+"""The broker's async shell: moves events between NATS and the pure `Scheduler`.
+
+It reads `IRIS_REQUESTS` with a headers-only ordered consumer, watches `IRIS_LEASES`, listens to worker
+heartbeats, and every `tick_s` lets time pass. Each decision the scheduler returns becomes I/O here: a
+lease is written to the KV bucket *before* it is offered, a rejected or expired request gets its typed
+`Error` and then leaves the stream. On start it rebuilds from the bucket and the stream, so a broker can
+be killed at any point and a new one carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
+
+from broker.config import BrokerConfig
+from broker.queue import WaitingRequest
+from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
+from broker.streams import ensure_lease_bucket, ensure_request_stream
+from schemas import headers as h
+from schemas.errors import ErrorCode, InvalidRequest, IrisError
+from schemas.headers import is_reply_subject, parse_request_headers
+from schemas.messages import Lease, QueueUpdate, encoder, heartbeat_decoder, lease_answer_decoder, lease_decoder
+from schemas.stream_ops import delete_request, error_reply, publish_reply
+from schemas.subjects import (
+    HEARTBEAT_FILTER,
+    REQUEST_FILTER,
+    is_token,
+    lease_key,
+    lease_offer_subject,
+    parse_request_subject,
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class BrokerService:
+    def __init__(self, config: BrokerConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
+        self.config = config
+        self.log = log or structlog.get_logger().bind(service="broker")
+        limits = SchedulerLimits(
+            policy=config.policy,
+            max_concurrency=config.max_concurrency,
+            worker_timeout_ms=int(config.worker_timeout_s * 1000),
+        )
+        self.scheduler = Scheduler(limits, now_ms())
+        self._nc: NATS | None = None
+        self._kv: KeyValue | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subs: list[Any] = []
+        self._stopped = asyncio.Event()
+        self._closing = False
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "broker not started"
+        return self._nc
+
+    async def start(self) -> None:
+        self._nc = await nats.connect(self.config.nats_url, name="iris-broker", max_reconnect_attempts=-1)
+        js = self.nc.jetstream()
+        await ensure_request_stream(js, self.config)
+        self._kv = await ensure_lease_bucket(js, self.config)
+        await self._restore_leases()
+        self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
+        self._subs.append(
+            await js.subscribe(
+                REQUEST_FILTER,
+                cb=self._on_request,
+                ordered_consumer=True,
+                config=ConsumerConfig(headers_only=True, deliver_policy=DeliverPolicy.ALL),
+            )
+        )
+        self._spawn(self._tick_loop())
+        self.log.info("broker started", nats=self.config.nats_url, policy=self.config.policy)
+
+    async def _restore_leases(self) -> None:
+        """Read every live lease, then keep watching for leases that end (workers delete them)."""
+        assert self._kv is not None
+        watcher = await self._kv.watchall()
+        restored = 0
+        while True:
+            entry = await watcher.updates(timeout=5.0)
+            if entry is None:
+                break
+            if entry.value:
+                self.scheduler.restore_lease(lease_decoder.decode(entry.value), now_ms())
+                restored += 1
+        self.log.info("leases restored", count=restored)
+        self._spawn(self._watch_leases(watcher))
+
+    async def _watch_leases(self, watcher: Any) -> None:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=60.0)
+            except NatsTimeout:
+                continue
+            if entry is None:
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.scheduler.lease_ended(int(entry.key), now_ms())
+                self._pump()
+            elif not self.scheduler.knows(int(entry.key)):
+                self.scheduler.restore_lease(lease_decoder.decode(entry.value), now_ms())
+
+    async def stop(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+        self._stopped.set()
+        self.log.info("broker stopped")
+
+    async def __aenter__(self) -> BrokerService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("broker task failed", exc_info=task.exception())
+
+    # --- events in -------------------------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        if self.scheduler.knows(seq):
+            return
+        headers = msg.headers or {}
+        now = now_ms()
+        try:
+            request = self._index_entry(msg.subject, headers, seq, int(meta.timestamp.timestamp() * 1000), now)
+        except IrisError as exc:
+            self.log.warning("request rejected", seq=seq, subject=msg.subject, reason=exc.message)
+            reply_to = headers.get(h.REPLY_TO, "")
+            if is_reply_subject(reply_to):
+                error = error_reply(exc.code, exc.message)
+                await publish_reply(self.nc, reply_to, headers.get(h.MSG_ID, str(seq)), error)
+            await delete_request(self.nc, seq)
+            return
+        decision = self.scheduler.admit(request, now)
+        if isinstance(decision, Rejection):
+            await self._reject(decision, leased_before=False)
+        elif isinstance(decision, Admitted):
+            update = QueueUpdate(position=decision.position, eta_s=decision.eta_s)
+            await publish_reply(self.nc, request.reply_to, request.request_id, update)
+            self._pump()
+
+    @staticmethod
+    def _index_entry(subject: str, headers: dict[str, str], seq: int, stored_ms: int, now: int) -> WaitingRequest:
+        parts = parse_request_subject(subject)
+        if parts is None or not all(is_token(p) for p in parts):
+            raise InvalidRequest(f"subject {subject!r} is not iris.req.<model>.<workload> with [A-Za-z0-9_-] tokens")
+        labels = parse_request_headers(headers, now, fallback_id=str(seq))
+        return WaitingRequest(
+            stream_seq=seq,
+            request_id=labels.request_id,
+            model=parts[0],
+            workload=parts[1],
+            reply_to=labels.reply_to,
+            deadline_ms=labels.deadline_ms,
+            enqueued_ms=stored_ms,
+            priority=labels.priority,
+            user=labels.user,
+            cost_tokens=labels.cost_tokens,
+        )
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = heartbeat_decoder.decode(msg.data)
+        except Exception as exc:  # a foreign publisher on our subject must not stop the broker
+            self.log.warning("bad heartbeat ignored", subject=msg.subject, error=str(exc))
+            return
+        for request in self.scheduler.heartbeat(beat, now_ms()):
+            self.log.warning("lease lost, re-queued", seq=request.stream_seq, worker=beat.worker_id)
+        self._pump()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            requeued, expired = self.scheduler.tick(now_ms())
+            for request in requeued:
+                self.log.warning("worker timed out, lease re-queued", seq=request.stream_seq, attempt=request.attempt)
+            for request in expired:
+                await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
+            self._pump()
+
+    # --- decisions out ---------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        for lease in self.scheduler.dispatch(now_ms()):
+            self._spawn(self._offer(lease))
+
+    async def _offer(self, lease: Lease) -> None:
+        assert self._kv is not None
+        await self._kv.put(lease_key(lease.stream_seq), encoder.encode(lease))
+        try:
+            reply = await self.nc.request(
+                lease_offer_subject(lease.worker_id), encoder.encode(lease), timeout=self.config.offer_timeout_s
+            )
+        except NoRespondersError:
+            self.log.warning("worker gone", worker=lease.worker_id, seq=lease.stream_seq)
+            self.scheduler.worker_gone(lease.worker_id, now_ms())
+        except NatsTimeout:
+            # The worker may have accepted; its heartbeats decide (lease_confirm_ms) so it never runs twice.
+            self.log.warning("lease offer timed out", worker=lease.worker_id, seq=lease.stream_seq)
+            return
+        else:
+            if not lease_answer_decoder.decode(reply.data).accepted:
+                self.scheduler.offer_refused(lease.stream_seq)
+        self._pump()
+
+    async def _reject(self, rejection: Rejection, *, leased_before: bool = True) -> None:
+        """Send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""
+        request = rejection.request
+        self.log.info("request rejected", seq=request.stream_seq, code=rejection.code.value, reason=rejection.message)
+        error = error_reply(rejection.code, rejection.message, rejection.retry_after_s)
+        await publish_reply(self.nc, request.reply_to, request.request_id, error)
+        await delete_request(self.nc, request.stream_seq)
+        if leased_before:
+            assert self._kv is not None
+            await self._kv.delete(lease_key(request.stream_seq))
+

@@ -1,0 +1,66 @@
+"""`python -m gpu_worker --nats URL [--model PATH] [--slots N] …`: run one worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from gpu_worker.config import WorkerConfig
+from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME, embedded_model_path
+from gpu_worker.engine import Engine
+from gpu_worker.fake_engine import FakeEngine
+from gpu_worker.llama_engine import LlamaCppEngine
+from gpu_worker.service import WorkerService
+from schemas.config_loading import ConfigError, load_config
+from schemas.lifecycle import run_until_signal
+from schemas.logs import configure_logging
+from schemas.subjects import to_token
+
+
+def make_engine(config: WorkerConfig) -> Engine:
+    if config.engine == "fake":
+        return FakeEngine(config.model_name or "fake", config.slots, config.fake_tps)
+    if config.model:
+        path = Path(config.model).expanduser()
+        name = config.model_name or to_token(path.stem.lower())
+    else:
+        path, name = embedded_model_path(), config.model_name or EMBEDDED_MODEL_NAME
+    return LlamaCppEngine(
+        str(path),
+        name,
+        slots=config.slots,
+        ctx_per_slot=config.ctx_per_slot,
+        n_gpu_layers=config.n_gpu_layers,
+        n_threads=config.threads or None,
+    )
+
+
+@click.command()
+@click.option("--nats", "nats_url", help="NATS server URL.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--engine", type=click.Choice(["llama", "fake"]))
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--model-name", help="Model name clients use (default: from the file name).")
+@click.option("--worker-id")
+@click.option("--slots", type=int)
+@click.option("--ctx-per-slot", type=int)
+@click.option("--n-gpu-layers", type=int, help="-1 = offload every layer to the GPU.")
+@click.option("--threads", type=int)
+@click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence (0 = no delay).")
+@click.option("--heartbeat", "heartbeat_s", type=float)
+@click.option("--log-level")
+def main(config_path: Path | None, **flags: object) -> None:
+    try:
+        config = load_config(WorkerConfig, "worker", path=config_path, flags=flags)
+    except ConfigError as exc:
+        sys.exit(f"gpu_worker: {exc}")
+    log = configure_logging("gpu_worker", config.log_level)
+    service = WorkerService(config, make_engine(config), log)
+    asyncio.run(run_until_signal(service.start, service.stop))
+
+
+if __name__ == "__main__":
+    main()

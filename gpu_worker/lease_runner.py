@@ -1,0 +1,125 @@
+"""Run one lease: fetch the body by sequence, stream the answer, then let the request go.
+
+Order is the whole point: the final `Result` (or `Error`) is published first, then the request is
+deleted from the stream, then its lease. A worker killed anywhere before the delete leaves the request in
+the stream for the broker to re-queue; one killed after it has already answered. A body that is no longer
+in the stream means another attempt finished it: nothing runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
+from schemas.errors import ErrorCode
+from schemas.messages import Chunk, Error, GenerateRequest, Lease, Result, Timings, Usage, request_decoder
+from schemas.stream_ops import delete_request, error_reply, get_request, publish_reply
+from schemas.subjects import lease_key
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class RunStats:
+    """What the heartbeat reports: completion tokens over generation time, as an EMA."""
+
+    tokens_per_s: float = 0.0
+    completed: int = 0
+
+    def record(self, completion_tokens: int, run_s: float) -> None:
+        self.completed += 1
+        if completion_tokens > 0 and run_s > 0:
+            rate = completion_tokens / run_s
+            self.tokens_per_s = rate if self.tokens_per_s == 0 else 0.8 * self.tokens_per_s + 0.2 * rate
+
+
+class LeaseRunner:
+    def __init__(
+        self, nc: NATS, kv: KeyValue, engine: Engine, worker_id: str, stats: RunStats, log: structlog.stdlib.BoundLogger
+    ) -> None:
+        self.nc, self.kv, self.engine = nc, kv, engine
+        self.worker_id = worker_id
+        self.stats = stats
+        self.log = log
+
+    async def run(self, lease: Lease, stop: StopSignal) -> None:
+        log = self.log.bind(seq=lease.stream_seq, request_id=lease.request_id, attempt=lease.attempt)
+        stored = await get_request(self.nc, lease.stream_seq)
+        if stored is None:
+            log.info("request already gone from the stream, nothing to run")
+            await self._release(lease, delete_body=False)
+            return
+        try:
+            request = request_decoder.decode(stored.body)
+        except msgspec.ValidationError as exc:
+            await self._fail(lease, error_reply(ErrorCode.INVALID_REQUEST, f"invalid request body: {exc}"), log)
+            return
+        except msgspec.DecodeError as exc:
+            await self._fail(lease, error_reply(ErrorCode.INVALID_REQUEST, f"malformed JSON body: {exc}"), log)
+            return
+        if now_ms() >= lease.deadline_ms:
+            await self._fail(lease, error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start"), log)
+            return
+        await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log)
+
+    async def _generate(
+        self, lease: Lease, request: GenerateRequest, stop: StopSignal, enqueued_ms: int, log: structlog.stdlib.BoundLogger
+    ) -> None:
+        started_ms = now_ms()
+        deadline = asyncio.get_running_loop().call_later(
+            max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline"
+        )
+        parts: list[str] = []
+        finished: Finished | None = None
+        try:
+            async for event in self.engine.generate(request, stop):
+                if isinstance(event, Piece):
+                    if request.stream:
+                        chunk = Chunk(index=len(parts), text=event.text, attempt=lease.attempt)
+                        await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
+                    parts.append(event.text)
+                else:
+                    finished = event
+        except EngineInputError as exc:
+            await self._fail(lease, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
+            return
+        except Exception as exc:
+            log.exception("engine failed")
+            await self._fail(lease, error_reply(ErrorCode.WORKER_FAILED, f"engine failed: {exc}"), log)
+            return
+        finally:
+            deadline.cancel()
+        assert finished is not None, "engine ended without Finished"
+        run_ms = now_ms() - started_ms
+        self.stats.record(finished.completion_tokens, run_ms / 1000)
+        result = Result(
+            text="".join(parts),
+            finish_reason=finished.finish_reason,
+            usage=Usage(finished.prompt_tokens, finished.completion_tokens),
+            timings=Timings(queued_ms=float(max(0, started_ms - enqueued_ms)), run_ms=float(run_ms)),
+            worker=self.worker_id,
+            attempt=lease.attempt,
+        )
+        await publish_reply(self.nc, lease.reply_to, lease.request_id, result)
+        await self._release(lease, delete_body=True)
+        log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
+
+    async def _fail(self, lease: Lease, error: Error, log: structlog.stdlib.BoundLogger) -> None:
+        log.warning("request failed", code=error.code, reason=error.message)
+        await publish_reply(self.nc, lease.reply_to, lease.request_id, error)
+        await self._release(lease, delete_body=True)
+
+    async def _release(self, lease: Lease, *, delete_body: bool) -> None:
+        """After the final reply: the request leaves the stream, then its lease ends."""
+        if delete_body:
+            await delete_request(self.nc, lease.stream_seq)
+        await self.kv.delete(lease_key(lease.stream_seq))

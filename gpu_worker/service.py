@@ -1,0 +1,134 @@
+"""The worker service: answers lease offers, runs leases on its engine's slots, and heart-beats.
+
+An offer is answered at once (accept while a slot is free, refuse otherwise) and the lease then runs in
+its own task. The heartbeat lists every running lease, which is how the broker tells a lease that is
+running from one that was lost. SIGTERM drains: no new leases, running ones finish, then it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from gpu_worker.config import WorkerConfig
+from gpu_worker.engine import Engine, StopSignal
+from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
+from schemas.messages import Heartbeat, LeaseAnswer, encoder, lease_decoder
+from schemas.subjects import LEASE_BUCKET, heartbeat_subject, lease_offer_subject
+
+_ACCEPT = encoder.encode(LeaseAnswer(accepted=True))
+
+
+class WorkerService:
+    def __init__(self, config: WorkerConfig, engine: Engine, log: structlog.stdlib.BoundLogger | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+        self.log = log or structlog.get_logger().bind(service="gpu_worker")
+        self.log = self.log.bind(worker=self.worker_id, model=engine.model_name)
+        self.stats = RunStats()
+        self.running: dict[int, tuple[asyncio.Task[None], StopSignal]] = {}
+        self.draining = False
+        self._nc: NATS | None = None
+        self._runner: LeaseRunner | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "worker not started"
+        return self._nc
+
+    async def start(self) -> None:
+        await self.engine.load()
+        self._nc = await nats.connect(self.config.nats_url, name=f"iris-worker-{self.worker_id}", max_reconnect_attempts=-1)
+        kv = await self.nc.jetstream().key_value(LEASE_BUCKET)
+        self._runner = LeaseRunner(self.nc, kv, self.engine, self.worker_id, self.stats, self.log)
+        await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        self.log.info("worker started", slots=self.engine.slots, gpu=self.engine.on_gpu)
+
+    async def _on_offer(self, msg: Msg) -> None:
+        try:
+            lease = lease_decoder.decode(msg.data)
+        except Exception as exc:
+            self.log.warning("bad lease offer", error=str(exc))
+            await msg.respond(encoder.encode(LeaseAnswer(accepted=False, reason="malformed lease")))
+            return
+        if lease.stream_seq in self.running:
+            await msg.respond(_ACCEPT)  # a re-sent offer for what already runs here: run it once
+            return
+        if self.draining or len(self.running) >= self.engine.slots:
+            reason = "draining" if self.draining else "no free slot"
+            await msg.respond(encoder.encode(LeaseAnswer(accepted=False, reason=reason)))
+            return
+        stop = StopSignal()
+        task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
+        self.running[lease.stream_seq] = (task, stop)
+        await msg.respond(_ACCEPT)
+
+    async def _run(self, seq: int, lease: Any, stop: StopSignal) -> None:
+        assert self._runner is not None
+        try:
+            await self._runner.run(lease, stop)
+        except Exception:
+            # The request stays in the stream; the broker re-queues it when our heartbeat stops listing it.
+            self.log.exception("lease failed", seq=seq)
+        finally:
+            self.running.pop(seq, None)
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            worker_id=self.worker_id,
+            model=self.engine.model_name,
+            slots=self.engine.slots,
+            free_slots=max(0, self.engine.slots - len(self.running)),
+            running=sorted(self.running),
+            tokens_per_s=round(self.stats.tokens_per_s, 2),
+            sent_ms=now_ms(),
+            gpu=self.engine.on_gpu,
+            draining=self.draining,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        subject = heartbeat_subject(self.engine.model_name, self.worker_id)
+        while True:
+            try:
+                await self.nc.publish(subject, encoder.encode(self.heartbeat()))
+            except Exception as exc:
+                self.log.warning("heartbeat failed", error=str(exc))
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    async def stop(self) -> None:
+        """Drain: refuse new leases, let running ones finish (up to drain_timeout_s), then close."""
+        if self._closing:
+            return
+        self._closing = True
+        self.draining = True
+        tasks = [task for task, _ in self.running.values()]
+        if tasks:
+            self.log.info("draining", running=len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+        await self.engine.close()
+        self.log.info("worker stopped")
+
+    async def __aenter__(self) -> WorkerService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

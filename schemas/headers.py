@@ -1,0 +1,97 @@
+"""Request and reply header names, and the parse of request headers into typed labels.
+
+Headers carry everything the scheduler needs, so the broker reads the stream headers-only and never
+touches prompt text. A bad header value raises `InvalidRequest` naming the header.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from schemas.errors import InvalidRequest
+from schemas.subjects import MAX_TOKEN_CHARS, is_token
+
+REPLY_TO = "Iris-Reply-To"
+DEADLINE = "Iris-Deadline"
+PRIORITY = "Iris-Priority"
+USER = "Iris-User"
+TOKENS = "Iris-Tokens"
+KIND = "Iris-Kind"
+REQUEST_ID = "Iris-Request-Id"
+MSG_ID = "Nats-Msg-Id"
+MSG_TTL = "Nats-TTL"
+# Set by JetStream on direct-get replies.
+NATS_TIMESTAMP = "Nats-Time-Stamp"
+NATS_SEQUENCE = "Nats-Sequence"
+NATS_SUBJECT = "Nats-Subject"
+
+KIND_QUEUED = "queued"
+KIND_CHUNK = "chunk"
+KIND_RESULT = "result"
+KIND_ERROR = "error"
+
+DEFAULT_DEADLINE_S = 120.0
+MAX_DEADLINE_S = 3600.0
+MIN_PRIORITY = 1
+MAX_PRIORITY = 100
+MAX_COST_TOKENS = 1_000_000
+
+
+class RequestLabels(msgspec.Struct, frozen=True):
+    request_id: str
+    reply_to: str
+    deadline_ms: int
+    priority: int
+    user: str
+    cost_tokens: int  # 0 = not given, estimate it
+
+
+def _int_header(headers: dict[str, str], name: str, low: int, high: int) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"header {name} must be an integer, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"header {name} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def is_reply_subject(subject: str) -> bool:
+    """A subject a reply can be published to: non-empty, no whitespace, no wildcards."""
+    return bool(subject) and len(subject) <= 512 and not any(c.isspace() or c in "*>" for c in subject)
+
+
+def parse_request_headers(headers: dict[str, str], now_ms: int, fallback_id: str) -> RequestLabels:
+    """Validate request headers; `fallback_id` names a request that carries no `Nats-Msg-Id`."""
+    reply_to = headers.get(REPLY_TO, "")
+    if not is_reply_subject(reply_to):
+        raise InvalidRequest(f"header {REPLY_TO} is required and must be a plain subject")
+    request_id = headers.get(MSG_ID, fallback_id)
+    if not is_token(request_id):
+        raise InvalidRequest(f"header {MSG_ID} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}")
+    deadline_ms = _int_header(headers, DEADLINE, 0, 2**53)
+    if deadline_ms is None:
+        deadline_ms = now_ms + int(DEFAULT_DEADLINE_S * 1000)
+    elif deadline_ms > now_ms + int(MAX_DEADLINE_S * 1000):
+        raise InvalidRequest(f"header {DEADLINE} is more than {MAX_DEADLINE_S:.0f} s in the future")
+    user = headers.get(USER, "")
+    if user and not is_token(user):
+        raise InvalidRequest(f"header {USER} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}")
+    return RequestLabels(
+        request_id=request_id,
+        reply_to=reply_to,
+        deadline_ms=deadline_ms,
+        priority=_int_header(headers, PRIORITY, MIN_PRIORITY, MAX_PRIORITY) or MIN_PRIORITY,
+        user=user,
+        cost_tokens=_int_header(headers, TOKENS, 1, MAX_COST_TOKENS) or 0,
+    )
+
+
+def ttl_header(deadline_ms: int, now_ms: int) -> str:
+    """`Nats-TTL` for a request: whole seconds until the deadline, rounded up, at least 1."""
+    return str(max(1, math.ceil((deadline_ms - now_ms) / 1000)))

@@ -1,0 +1,124 @@
+"""Wire messages: the request body, the replies a client reads, and the broker↔worker protocol.
+
+Requests and configs forbid unknown fields and carry `Meta` bounds, so a bad value fails with its JSON
+path (`Expected int <= 32768 - at $.max_tokens`). Reply kinds are told apart by header `Iris-Kind`,
+and each has one module-level decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+MAX_TOKENS_LIMIT = 32_768
+MAX_PROMPT_CHARS = 512_000
+MAX_STOP_SEQUENCES = 8
+
+
+class ChatMessage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS)]
+
+
+class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The body of `iris.req.<model>.<workload>`: exactly one of `prompt` or `messages`."""
+
+    prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS)] | None = None
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=1024)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS_LIMIT)] = 256
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.8
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.95
+    stop: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=MAX_STOP_SEQUENCES)] = []
+    seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+    stream: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of `prompt` or `messages` is required")
+
+
+class QueueUpdate(msgspec.Struct, frozen=True):
+    position: int
+    eta_s: float
+
+
+class Chunk(msgspec.Struct, frozen=True):
+    index: int
+    text: str
+    attempt: int = 1
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timings(msgspec.Struct, frozen=True):
+    queued_ms: float
+    run_ms: float
+
+
+FinishReason = Literal["stop", "length", "deadline", "max_inflight", "cancelled"]
+
+
+class Result(msgspec.Struct, frozen=True):
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    worker: str
+    attempt: int = 1
+
+
+class Error(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+    retry_after_s: float | None = None
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """One request handed to one worker; the value stored under its stream sequence in `IRIS_LEASES`."""
+
+    stream_seq: int
+    request_id: str
+    model: str
+    workload: str
+    reply_to: str
+    deadline_ms: int
+    enqueued_ms: int
+    worker_id: str
+    attempt: int
+    leased_ms: int
+    priority: int = 1
+    user: str = ""
+    cost_tokens: int = 0
+
+
+class LeaseAnswer(msgspec.Struct, frozen=True):
+    accepted: bool
+    reason: str = ""
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    worker_id: str
+    model: str
+    slots: int
+    free_slots: int
+    running: list[int]
+    tokens_per_s: float
+    sent_ms: int
+    gpu: bool = False
+    draining: bool = False
+
+
+request_decoder = msgspec.json.Decoder(GenerateRequest)
+queue_update_decoder = msgspec.json.Decoder(QueueUpdate)
+chunk_decoder = msgspec.json.Decoder(Chunk)
+result_decoder = msgspec.json.Decoder(Result)
+error_decoder = msgspec.json.Decoder(Error)
+lease_decoder = msgspec.json.Decoder(Lease)
+lease_answer_decoder = msgspec.json.Decoder(LeaseAnswer)
+heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+encoder = msgspec.json.Encoder()

@@ -1,0 +1,70 @@
+"""Every NATS subject, stream and bucket name Iris uses, defined once.
+
+A subject token (model, workload, request id, worker id) is one NATS token of `[A-Za-z0-9_-]+`, so a
+subject can always be split back into its parts and no label can smuggle in a wildcard or a dot.
+"""
+
+from __future__ import annotations
+
+import re
+
+REQUEST_STREAM = "IRIS_REQUESTS"
+LEASE_BUCKET = "IRIS_LEASES"
+
+REQUEST_PREFIX = "iris.req"
+REQUEST_FILTER = "iris.req.>"
+CANCEL_PREFIX = "iris.cancel"
+HEARTBEAT_FILTER = "iris.worker.hb.>"
+API_PREFIX = "iris.api"
+ADMIT_PREFIX = "iris.admit"
+
+# JetStream API subjects Iris calls directly because nats-py's helpers are slower or erase bytes.
+JS_DIRECT_GET = "$JS.API.DIRECT.GET." + REQUEST_STREAM
+JS_MSG_DELETE = "$JS.API.STREAM.MSG.DELETE." + REQUEST_STREAM
+
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]+$"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+MAX_TOKEN_CHARS = 128
+
+
+def is_token(value: str) -> bool:
+    """True when `value` is a valid single subject token for Iris."""
+    return len(value) <= MAX_TOKEN_CHARS and _TOKEN_RE.match(value) is not None
+
+
+def to_token(value: str) -> str:
+    """Map any label to a valid token (the SDK's job; the broker rejects instead)."""
+    mapped = re.sub(r"[^A-Za-z0-9_-]", "_", value)[:MAX_TOKEN_CHARS]
+    return mapped or "_"
+
+
+def request_subject(model: str, workload: str) -> str:
+    return f"{REQUEST_PREFIX}.{model}.{workload}"
+
+
+def parse_request_subject(subject: str) -> tuple[str, str] | None:
+    """Split `iris.req.<model>.<workload>`; None when the subject has another shape."""
+    parts = subject.split(".")
+    if len(parts) != 4 or f"{parts[0]}.{parts[1]}" != REQUEST_PREFIX:
+        return None
+    return parts[2], parts[3]
+
+
+def cancel_subject(request_id: str) -> str:
+    return f"{CANCEL_PREFIX}.{request_id}"
+
+
+def lease_offer_subject(worker_id: str) -> str:
+    return f"iris.worker.{worker_id}.lease"
+
+
+def heartbeat_subject(model: str, worker_id: str) -> str:
+    return f"iris.worker.hb.{model}.{worker_id}"
+
+
+def api_subject(endpoint: str) -> str:
+    return f"{API_PREFIX}.{endpoint}"
+
+
+def lease_key(stream_seq: int) -> str:
+    return str(stream_seq)
