@@ -23,6 +23,7 @@ class SchedulerLimits:
     max_concurrency: int = 0  # per model; 0 = the sum of the model's worker slots
     worker_timeout_ms: int = 3_000
     lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
+    startup_grace_ms: int = 1_500  # no offers until every live worker has beaten once (adopts its leases)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class WorkerState:
     leases: set[int] = field(default_factory=set)
     refusing: bool = False  # refused an offer; no more offers until its next heartbeat
     draining: bool = False
+    reported: frozenset[int] = frozenset()  # what its last heartbeat listed as running
 
     @property
     def free_slots(self) -> int:
@@ -100,6 +102,10 @@ class Scheduler:
         if warmed_up and not pool.workers:
             retry_s = self.limits.worker_timeout_ms / 1000.0
             return Rejection(request, ErrorCode.NO_CAPACITY, f"no worker serves model {request.model!r}", retry_s)
+        runner = next((w for w in pool.workers.values() if request.stream_seq in w.reported), None)
+        if runner is not None:  # a worker already runs it (its lease record was lost): adopt, never re-run
+            self._adopt(pool, request, runner, now_ms)
+            return None
         self._enqueue(pool, request)
         position = pool.queue.position(request.stream_seq)
         return Admitted(request, position, self._eta_s(pool, position))
@@ -113,9 +119,16 @@ class Scheduler:
         cap = self.limits.max_concurrency or self._live_slots(pool)
         return cap - len(pool.leases)
 
+    def _adopt(self, pool: ModelPool, request: WaitingRequest, worker: WorkerState, now_ms: int) -> None:
+        pool.leases[request.stream_seq] = _lease_for(request, worker.worker_id, now_ms)
+        worker.leases.add(request.stream_seq)
+        self._model_of[request.stream_seq] = request.model
+
     def dispatch(self, now_ms: int) -> list[Lease]:
         """Hand waiting requests to free slots, best first; the caller records and offers each lease."""
         offers: list[Lease] = []
+        if now_ms - self.started_ms < self.limits.startup_grace_ms:
+            return offers
         for model, pool in self.pools.items():
             while len(pool.queue) and self._capacity(pool) > 0:
                 worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
@@ -193,7 +206,11 @@ class Scheduler:
             worker = pool.workers[beat.worker_id] = WorkerState(beat.worker_id, beat.model, beat.slots, now_ms)
         worker.slots, worker.last_seen_ms = beat.slots, now_ms
         worker.refusing, worker.draining = False, beat.draining
-        running = set(beat.running)
+        running = worker.reported = frozenset(beat.running)
+        for seq in running - worker.leases:
+            request = pool.queue.remove(seq)
+            if request is not None:
+                self._adopt(pool, request, worker, now_ms)
         lost = [
             seq
             for seq in worker.leases

@@ -220,10 +220,14 @@ class BrokerService:
 
     async def _offer(self, lease: Lease) -> None:
         assert self._kv is not None
-        await self._kv.put(lease_key(lease.stream_seq), encoder.encode(lease))
+        payload = encoder.encode(lease)
+        # The record is on the wire before the offer (one connection keeps order) and both round trips
+        # overlap. Should the broker die before the record is stored, its successor still adopts the lease
+        # from the worker's heartbeat, which lists it as running.
+        recorded = asyncio.ensure_future(self._kv.put(lease_key(lease.stream_seq), payload))
         try:
             reply = await self.nc.request(
-                lease_offer_subject(lease.worker_id), encoder.encode(lease), timeout=self.config.offer_timeout_s
+                lease_offer_subject(lease.worker_id), payload, timeout=self.config.offer_timeout_s
             )
         except NoRespondersError:
             self.log.warning("worker gone", worker=lease.worker_id, seq=lease.stream_seq)
@@ -235,6 +239,11 @@ class BrokerService:
         else:
             if not lease_answer_decoder.decode(reply.data).accepted:
                 self.scheduler.offer_refused(lease.stream_seq)
+        finally:
+            try:
+                await recorded
+            except Exception as exc:
+                self.log.error("lease record failed", seq=lease.stream_seq, error=str(exc))
         self._pump()
 
     async def _reject(self, rejection: Rejection, *, leased_before: bool = True) -> None:

@@ -16,6 +16,8 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine, StopSignal
@@ -49,11 +51,23 @@ class WorkerService:
     async def start(self) -> None:
         await self.engine.load()
         self._nc = await nats.connect(self.config.nats_url, name=f"iris-worker-{self.worker_id}", max_reconnect_attempts=-1)
-        kv = await self.nc.jetstream().key_value(LEASE_BUCKET)
+        kv = await self._lease_bucket()
         self._runner = LeaseRunner(self.nc, kv, self.engine, self.worker_id, self.stats, self.log)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         self.log.info("worker started", slots=self.engine.slots, gpu=self.engine.on_gpu)
+
+    async def _lease_bucket(self) -> KeyValue:
+        """The broker creates the bucket; a worker started first waits for it instead of failing."""
+        js = self.nc.jetstream()
+        for attempt in range(1_000_000):
+            try:
+                return await js.key_value(LEASE_BUCKET)
+            except NotFoundError:
+                if attempt % 20 == 0:
+                    self.log.info("waiting for the broker to create the lease bucket", bucket=LEASE_BUCKET)
+                await asyncio.sleep(0.25)
+        raise RuntimeError("unreachable")
 
     async def _on_offer(self, msg: Msg) -> None:
         try:

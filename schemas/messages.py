@@ -122,3 +122,21 @@ lease_decoder = msgspec.json.Decoder(Lease)
 lease_answer_decoder = msgspec.json.Decoder(LeaseAnswer)
 heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 encoder = msgspec.json.Encoder()
+
+
+class ApiRequest(GenerateRequest, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Body of `iris.api.generate` / `iris.api.chat`: a `GenerateRequest` plus its routing labels."""
+
+    model: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)] | None = None
+    workload: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)] = "default"
+    priority: Annotated[int, Meta(ge=1, le=100)] = 1
+    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)] | None = None
+    deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 120.0
+    idempotency_key: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)] | None = None
+
+    def generate_request(self) -> GenerateRequest:
+        fields = {f: getattr(self, f) for f in GenerateRequest.__struct_fields__}
+        return GenerateRequest(**fields)
+
+
+api_request_decoder = msgspec.json.Decoder(ApiRequest)

@@ -1,0 +1,178 @@
+"""`iris bench overhead`: the latency Iris adds over calling the same engine in-process.
+
+Two parts, each run first in-process and then through a real nats-server, broker process and worker
+process on loopback, one request at a time (so queueing never enters the figure):
+  * FakeEngine with zero-time tokens: full request latency, call → final result;
+  * the embedded model through llama-cpp-python: time to first token.
+Added latency = Iris percentile − in-process percentile. Prints a table and saves JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gpu_worker.engine import Engine, Piece, StopSignal
+from gpu_worker.fake_engine import FakeEngine
+from iris.client import Client
+from iris.nats_server import NatsServer
+from schemas.messages import GenerateRequest
+
+PROMPTS = [
+    "Why is the sky blue?",
+    "Name three uses of copper.",
+    "What is a prime number?",
+    "Summarize the water cycle in one sentence.",
+    "Give a synonym for quick.",
+]
+TARGET_ADDED_P50_MS = 2.0
+TARGET_ADDED_P99_MS = 5.0
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_s)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return {"p50_ms": round(pick(0.50), 3), "p99_ms": round(pick(0.99), 3), "mean_ms": round(statistics.fmean(ordered) * 1000, 3)}
+
+
+async def time_calls(n: int, call: Callable[[int], Awaitable[None]], warmup: int) -> list[float]:
+    for i in range(warmup):
+        await call(i)
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        await call(i)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def direct_first_token(engine: Engine, request: GenerateRequest) -> None:
+    async for event in engine.generate(request, StopSignal()):
+        if isinstance(event, Piece):
+            return  # abandoning the iterator stops the generation (StopSignal "cancelled")
+
+
+def spawn(module: str, nats_url: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", module, "--nats", nats_url, *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+async def wait_for_model(
+    client: Client, model: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 300.0
+) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a service exited while starting; see logs in {procs[0].args}")
+        if model in await client.models(wait_s=2.0):
+            return
+    raise TimeoutError(f"no worker for {model} within {timeout_s} s")
+
+
+async def through_iris(
+    workdir: Path, worker_args: list[str], model: str, n: int, call: Callable[[Client, int], Awaitable[None]]
+) -> list[float]:
+    server = NatsServer(workdir / f"nats-{model}").start()
+    procs = [
+        spawn("broker", server.url, [], workdir / "broker.log"),
+        spawn("gpu_worker", server.url, worker_args, workdir / f"worker-{model}.log"),
+    ]
+    try:
+        async with await Client.connect(server.url) as client:
+            await wait_for_model(client, model, procs)
+            return await time_calls(n, lambda i: call(client, i), warmup=min(50, n))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        server.stop()
+
+
+async def fake_part(workdir: Path, n: int) -> dict[str, Any]:
+    engine = FakeEngine("fake", tokens_per_s=0)
+    request = GenerateRequest(prompt=PROMPTS[0], max_tokens=16)
+
+    async def direct(_: int) -> None:
+        async for _event in engine.generate(request, StopSignal()):
+            pass
+
+    async def iris(client: Client, _: int) -> None:
+        await client.complete(PROMPTS[0], model="fake", max_tokens=16)
+
+    direct_s = await time_calls(n, direct, warmup=50)
+    iris_s = await through_iris(workdir, ["--engine", "fake", "--model-name", "fake", "--slots", "2"], "fake", n, iris)
+    return compare("FakeEngine, request latency (16 tokens)", direct_s, iris_s)
+
+
+async def real_part(workdir: Path, n: int) -> dict[str, Any]:
+    from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME, embedded_model_path
+    from gpu_worker.llama_engine import LlamaCppEngine
+
+    engine = LlamaCppEngine(str(embedded_model_path()), EMBEDDED_MODEL_NAME)
+    await engine.load()
+
+    async def direct(i: int) -> None:
+        await direct_first_token(engine, GenerateRequest(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=4, temperature=0))
+
+    async def iris(client: Client, i: int) -> None:
+        async for _chunk in client.generate(PROMPTS[i % len(PROMPTS)], model=EMBEDDED_MODEL_NAME, max_tokens=4, temperature=0):
+            return
+
+    direct_s = await time_calls(n, direct, warmup=5)
+    await engine.close()
+    del engine
+    iris_s = await through_iris(workdir, ["--engine", "llama"], EMBEDDED_MODEL_NAME, n, iris)
+    return compare("embedded model, time to first token", direct_s, iris_s)
+
+
+def compare(label: str, direct_s: list[float], iris_s: list[float]) -> dict[str, Any]:
+    direct, iris = percentiles(direct_s), percentiles(iris_s)
+    return {
+        "label": label,
+        "requests": len(iris_s),
+        "direct": direct,
+        "iris": iris,
+        "added_p50_ms": round(iris["p50_ms"] - direct["p50_ms"], 3),
+        "added_p99_ms": round(iris["p99_ms"] - direct["p99_ms"], 3),
+    }
+
+
+def print_table(parts: list[dict[str, Any]]) -> None:
+    print(f"{'part':44} {'n':>6} {'direct p50':>11} {'iris p50':>9} {'added p50':>10} {'direct p99':>11} {'iris p99':>9} {'added p99':>10}")
+    for p in parts:
+        d, i = p["direct"], p["iris"]
+        print(
+            f"{p['label']:44} {p['requests']:>6} {d['p50_ms']:>9.3f}ms {i['p50_ms']:>7.3f}ms {p['added_p50_ms']:>8.3f}ms "
+            f"{d['p99_ms']:>9.3f}ms {i['p99_ms']:>7.3f}ms {p['added_p99_ms']:>8.3f}ms"
+        )
+    print(f"targets: added p50 <= {TARGET_ADDED_P50_MS} ms, added p99 <= {TARGET_ADDED_P99_MS} ms")
+
+
+async def run_overhead_bench(n_fake: int, n_real: int, out: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="iris-bench-") as tmp:
+        workdir = Path(tmp)
+        parts = [await fake_part(workdir, n_fake)]
+        if n_real:
+            parts.append(await real_part(workdir, n_real))
+    report = {
+        "bench": "overhead",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "targets": {"added_p50_ms": TARGET_ADDED_P50_MS, "added_p99_ms": TARGET_ADDED_P99_MS},
+        "parts": parts,
+    }
+    print_table(parts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"saved {out}")
+    return report

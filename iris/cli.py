@@ -1,0 +1,118 @@
+"""The `iris` command: `iris up`, `iris submit`, `iris bench …`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from schemas.config_loading import ConfigError, load_config
+from schemas.errors import IrisError
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+@click.group()
+def main() -> None:
+    """Iris: a priority- and fairness-aware broker for self-hosted LLMs on NATS JetStream."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="iris.toml: [up], [broker], [worker], [gateway] tables.")
+@click.option("--engine", type=click.Choice(["llama", "fake"]), help="Model engine (default llama).")
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--model-name", help="Model name clients use (default: from the file name).")
+@click.option("--workers", type=int, help="Worker processes (default 1).")
+@click.option("--slots", type=int, help="Concurrent sequences per worker (default 1).")
+@click.option("--max-concurrency", type=int, help="Leases per model at once (0 = all slots).")
+@click.option("--policy", type=click.Choice(["fifo"]), help="Scheduling policy.")
+@click.option("--n-gpu-layers", type=int, help="-1 offloads every layer to the GPU.")
+@click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence.")
+@click.option("--nats-port", type=int, help="NATS port (default 4222).")
+@click.option("--state-dir", help="Where NATS data and logs live (default ~/.local/state/iris).")
+def up(config_path: Path | None, **flags: Any) -> None:
+    """Start NATS, the broker, workers and the gateway on this machine; Ctrl-C stops all."""
+    from iris.launcher import Launcher, UpConfig
+
+    try:
+        config = load_config(UpConfig, "up", path=config_path, flags=flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(asyncio.run(Launcher(config, config_path).run()))
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--nats", "nats_url", default=DEFAULT_NATS, show_default=True, envvar="IRIS_NATS_URL")
+@click.option("--model", help="Model name (default: the only model being served).")
+@click.option("--workload", default="default", show_default=True)
+@click.option("--priority", type=click.IntRange(1, 100), default=1, show_default=True)
+@click.option("--user", help="Fairness key inside the workload.")
+@click.option("--deadline", "deadline_s", type=float, default=120.0, show_default=True, help="Seconds.")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--seed", type=int)
+@click.option("--idempotency-key", help="Nats-Msg-Id: the same key never runs twice.")
+@click.option("--chat/--raw", default=True, show_default=True, help="Send as a chat message or a raw prompt.")
+def submit(prompt: str, nats_url: str, chat: bool, **options: Any) -> None:
+    """Send PROMPT through Iris and stream the answer to the terminal."""
+    try:
+        asyncio.run(_submit(prompt, nats_url, chat, options))
+    except IrisError as exc:
+        click.echo(f"\niris: {exc.code.value}: {exc.message}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"iris: cannot reach NATS at {nats_url}: {exc}", err=True)
+        sys.exit(1)
+
+
+async def _submit(prompt: str, nats_url: str, chat: bool, options: dict[str, Any]) -> None:
+    import nats
+
+    from iris.client import Client
+
+    nc = await nats.connect(nats_url, max_reconnect_attempts=2, connect_timeout=3)
+    async with Client(nc, owns_connection=True) as client:
+        if chat:
+            generation = client.generate(messages=[{"role": "user", "content": prompt}], **options)
+        else:
+            generation = client.generate(prompt, **options)
+        attempt = 1
+        async for chunk in generation:
+            if chunk.attempt != attempt:
+                attempt = chunk.attempt
+                click.echo(f"\n[a worker was lost; the answer restarts, attempt {attempt}]", err=True)
+            click.echo(chunk.text, nl=False)
+        result = generation.result
+        assert result is not None
+        click.echo("")
+        click.echo(
+            f"[{result.finish_reason}; {result.usage.completion_tokens} tokens; queued {result.timings.queued_ms:.0f} ms; "
+            f"ran {result.timings.run_ms:.0f} ms on {result.worker}]",
+            err=True,
+        )
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: print figures and save JSON."""
+
+
+@bench.command("overhead")
+@click.option("--requests", "n_requests", type=int, default=1000, show_default=True)
+@click.option("--real-requests", type=int, default=100, show_default=True, help="Requests for the real-model TTFT part.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/overhead.json"), show_default=True)
+@click.option("--skip-real", is_flag=True, help="Only the FakeEngine part.")
+def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bool) -> None:
+    """Latency Iris adds over calling the same engine in-process (FakeEngine, and TTFT on the real model)."""
+    from iris.bench_overhead import run_overhead_bench
+
+    asyncio.run(run_overhead_bench(n_requests, 0 if skip_real else real_requests, out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""`iris up`: one command runs a whole Iris on this machine.
+
+It starts nats-server (JetStream, data under the user's state dir), the broker, N workers and the gateway,
+each as its own process exactly as they would run on separate hosts (`python -m broker|gpu_worker|gateway
+--nats URL`), waits until every worker beats, prints how to use it, and on Ctrl-C or SIGTERM stops the
+services (workers drain) before NATS. If any service dies, everything is stopped and the exit is non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+import nats
+from msgspec import Meta
+
+from iris.nats_server import NatsServer
+from schemas.messages import heartbeat_decoder
+from schemas.subjects import HEARTBEAT_FILTER
+
+
+class UpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    engine: Literal["llama", "fake"] = "llama"
+    model: str = ""
+    model_name: str = ""
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    slots: Annotated[int, Meta(ge=1, le=256)] = 1
+    max_concurrency: Annotated[int, Meta(ge=0)] = 0
+    policy: Literal["fifo"] = "fifo"
+    n_gpu_layers: Annotated[int, Meta(ge=-1)] = 0
+    fake_tps: Annotated[float, Meta(ge=0)] = 0.0
+    nats_port: Annotated[int, Meta(ge=0, le=65535)] = 4222
+    state_dir: str = ""
+    ready_timeout_s: Annotated[float, Meta(gt=0)] = 300.0
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "iris"
+
+
+class Launcher:
+    def __init__(self, config: UpConfig, config_file: Path | None = None) -> None:
+        self.config = config
+        self.config_file = config_file
+        self.state_dir = Path(config.state_dir).expanduser() if config.state_dir else default_state_dir()
+        self.log_dir = self.state_dir / "logs"
+        self.nats = NatsServer(self.state_dir / "nats", port=config.nats_port, log_file=self.log_dir / "nats.log")
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, module: str, args: list[str]) -> None:
+        cmd = [sys.executable, "-m", module, "--nats", self.nats.url, *args]
+        if self.config_file is not None:
+            cmd += ["--config", str(self.config_file)]
+        log = open(self.log_dir / f"{name}.log", "ab")
+        # Own process group: the terminal's Ctrl-C reaches us only, and we stop children in order.
+        self.children[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _worker_args(self, index: int) -> list[str]:
+        c = self.config
+        args = ["--engine", c.engine, "--slots", str(c.slots), "--worker-id", f"up-{index}"]
+        args += ["--n-gpu-layers", str(c.n_gpu_layers), "--fake-tps", str(c.fake_tps)]
+        if c.model:
+            args += ["--model", c.model]
+        if c.model_name:
+            args += ["--model-name", c.model_name]
+        return args
+
+    async def run(self) -> int:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.nats.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            self._spawn("broker", "broker", ["--policy", self.config.policy, "--max-concurrency", str(self.config.max_concurrency)])
+            for index in range(self.config.workers):
+                self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
+            self._spawn("gateway", "gateway", [])
+            models = await self._wait_ready(stop)
+            if models is None:
+                return 1
+            self._print_ready(models)
+            return await self._supervise(stop)
+        finally:
+            self._stop_children()
+            self.nats.stop()
+            print("iris: stopped", file=sys.stderr)
+
+    async def _wait_ready(self, stop: asyncio.Event) -> set[str] | None:
+        """Wait until every worker has sent a heartbeat; None when a child died or we were stopped."""
+        print(f"iris: starting (logs in {self.log_dir}) ...", file=sys.stderr)
+        nc = await nats.connect(self.nats.url)
+        beating: dict[str, str] = {}
+        sub = await nc.subscribe(HEARTBEAT_FILTER)
+        try:
+            deadline = loop_time() + self.config.ready_timeout_s
+            while len(beating) < self.config.workers:
+                if stop.is_set() or self._dead_child() or loop_time() > deadline:
+                    self._report_failure(stop)
+                    return None
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except nats.errors.TimeoutError:
+                    continue
+                beat = heartbeat_decoder.decode(msg.data)
+                beating[beat.worker_id] = beat.model
+        finally:
+            await nc.close()
+        return set(beating.values())
+
+    def _dead_child(self) -> str | None:
+        return next((name for name, p in self.children.items() if p.poll() is not None), None)
+
+    def _report_failure(self, stop: asyncio.Event) -> None:
+        dead = self._dead_child()
+        if dead:
+            print(f"iris: {dead} exited with code {self.children[dead].returncode}; see {self.log_dir / dead}.log", file=sys.stderr)
+        elif not stop.is_set():
+            print(f"iris: workers not ready within {self.config.ready_timeout_s:.0f} s; see {self.log_dir}", file=sys.stderr)
+
+    def _print_ready(self, models: set[str]) -> None:
+        model = ", ".join(sorted(models))
+        print(
+            f"\nIris is up.\n"
+            f"  NATS        {self.nats.url}  (JetStream data in {self.nats.store_dir})\n"
+            f"  model       {model}  ({self.config.workers} worker(s) x {self.config.slots} slot(s), engine {self.config.engine})\n"
+            f"  logs        {self.log_dir}\n\n"
+            f"Try, in another terminal:\n"
+            f"  iris submit \"Why is the sky blue?\"\n"
+            f"  nats req iris.api.generate '{{\"prompt\": \"Why is the sky blue?\", \"max_tokens\": 64}}'\n\n"
+            f"Ctrl-C stops everything.",
+            flush=True,
+        )
+
+    async def _supervise(self, stop: asyncio.Event) -> int:
+        while not stop.is_set():
+            dead = self._dead_child()
+            if dead:
+                self._report_failure(stop)
+                return 1
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+        return 0
+
+    def _stop_children(self, timeout_s: float = 30.0) -> None:
+        """Gateway and workers first (workers drain running requests), the broker last."""
+        order = [n for n in self.children if n == "gateway"] + [n for n in self.children if n.startswith("worker")]
+        order += [n for n in self.children if n == "broker"]
+        for name in order:
+            process = self.children[name]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name in order:
+            process = self.children[name]
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

@@ -1,0 +1,178 @@
+"""The client side of the wire contract: publish one request, read its replies until the final one.
+
+Shared by the Python SDK (`iris.client`) and the gateway, which are both clients of the broker.
+`RequestEnvelope` is what goes on the stream; `Exchange` runs it. Delivery is at-least-once: chunks of a
+re-run arrive with a higher `attempt` (late chunks of an older attempt are dropped) and only the first
+final reply counts, since the exchange unsubscribes on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import APIError, NoStreamResponseError
+from nats.nuid import NUID
+
+from schemas import headers as h
+from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity, QueueFull
+from schemas.messages import (
+    Chunk,
+    GenerateRequest,
+    QueueUpdate,
+    Result,
+    chunk_decoder,
+    encoder,
+    error_decoder,
+    queue_update_decoder,
+    request_decoder,
+    result_decoder,
+)
+from schemas.subjects import MAX_TOKEN_CHARS, is_token, request_subject
+
+REPLY_GRACE_S = 5.0
+PUBLISH_ATTEMPTS = 3
+_NUID = NUID()
+
+
+class DuplicateRequest(InvalidRequest):
+    """The idempotency key was already used inside the stream's dedupe window: it will not run again."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class RequestEnvelope:
+    model: str
+    workload: str
+    body: bytes
+    headers: dict[str, str]
+    deadline_ms: int
+
+    @property
+    def request_id(self) -> str:
+        return self.headers[h.MSG_ID]
+
+
+def build_envelope(
+    nc: NATS,
+    request: GenerateRequest,
+    *,
+    model: str,
+    workload: str = "default",
+    priority: int = 1,
+    user: str | None = None,
+    deadline_s: float = h.DEFAULT_DEADLINE_S,
+    tokens: int | None = None,
+    idempotency_key: str | None = None,
+) -> RequestEnvelope:
+    """Validate everything a client controls and build the message; raises `InvalidRequest` naming the field."""
+    body = encoder.encode(request)
+    try:
+        request_decoder.decode(body)  # constructing a Struct does not check its bounds; decoding does
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise InvalidRequest(f"invalid request: {exc}") from None
+    for name, value in (("model", model), ("workload", workload), ("user", user), ("idempotency_key", idempotency_key)):
+        if value is not None and not is_token(value):
+            raise InvalidRequest(f"{name} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}, got {value[:40]!r}")
+    if not h.MIN_PRIORITY <= priority <= h.MAX_PRIORITY:
+        raise InvalidRequest(f"priority must be in [{h.MIN_PRIORITY}, {h.MAX_PRIORITY}], got {priority}")
+    if not 0 < deadline_s <= h.MAX_DEADLINE_S:
+        raise InvalidRequest(f"deadline_s must be in (0, {h.MAX_DEADLINE_S:.0f}], got {deadline_s}")
+    if tokens is not None and not 1 <= tokens <= h.MAX_COST_TOKENS:
+        raise InvalidRequest(f"tokens must be in [1, {h.MAX_COST_TOKENS}], got {tokens}")
+    now = now_ms()
+    deadline_ms = now + int(deadline_s * 1000)
+    headers = {
+        h.REPLY_TO: nc.new_inbox(),
+        h.DEADLINE: str(deadline_ms),
+        h.PRIORITY: str(priority),
+        h.MSG_ID: idempotency_key or _NUID.next().decode(),
+        h.MSG_TTL: h.ttl_header(deadline_ms, now),
+    }
+    if user:
+        headers[h.USER] = user
+    if tokens:
+        headers[h.TOKENS] = str(tokens)
+    return RequestEnvelope(model, workload, body, headers, deadline_ms)
+
+
+@dataclass
+class Exchange:
+    """One request in flight: iterate for chunks; `result` holds the final reply afterwards."""
+
+    nc: NATS
+    envelope: RequestEnvelope
+    result: Result | None = None
+    queue_updates: list[QueueUpdate] = field(default_factory=list)
+    attempt: int = 0
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Chunk]:
+        env = self.envelope
+        sub = await self.nc.subscribe(env.headers[h.REPLY_TO])
+        try:
+            await publish_request(self.nc, env)
+            while self.result is None:
+                timeout_s = (env.deadline_ms - now_ms()) / 1000 + REPLY_GRACE_S
+                try:
+                    msg = await sub.next_msg(timeout=max(0.01, timeout_s))
+                except NatsTimeout:
+                    raise IrisError.from_wire(ErrorCode.DEADLINE_EXCEEDED, "no final reply before the deadline") from None
+                chunk = self._handle(msg.headers or {}, msg.data)
+                if chunk is not None:
+                    yield chunk
+        finally:
+            await sub.unsubscribe()
+
+    def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | None:
+        kind = headers.get(h.KIND)
+        if kind == h.KIND_CHUNK:
+            chunk = chunk_decoder.decode(data)
+            if chunk.attempt < self.attempt:
+                return None  # a late chunk from an attempt that was already replaced
+            self.attempt = chunk.attempt
+            return chunk
+        if kind == h.KIND_RESULT:
+            self.result = result_decoder.decode(data)
+        elif kind == h.KIND_ERROR:
+            error = error_decoder.decode(data)
+            raise IrisError.from_wire(ErrorCode(error.code), error.message, error.retry_after_s)
+        elif kind == h.KIND_QUEUED:
+            self.queue_updates.append(queue_update_decoder.decode(data))
+        return None
+
+    async def finish(self) -> Result:
+        """Run to the end and return the final `Result`."""
+        async for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+async def publish_request(nc: NATS, env: RequestEnvelope) -> None:
+    """Publish to JetStream; retries reuse the same `Nats-Msg-Id`, so they can never enqueue twice."""
+    js = nc.jetstream()
+    subject = request_subject(env.model, env.workload)
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            ack = await js.publish(subject, env.body, headers=env.headers, timeout=2.0)
+        except NatsTimeout:
+            if attempt == PUBLISH_ATTEMPTS:
+                raise NoCapacity("JetStream did not acknowledge the request", retry_after_s=1.0) from None
+            continue
+        except NoStreamResponseError:
+            raise NoCapacity("no Iris request stream: is the broker running?", retry_after_s=1.0) from None
+        except APIError as exc:
+            raise QueueFull(f"request stream refused the request: {exc.description}", retry_after_s=1.0) from None
+        if ack.duplicate and attempt == 1:
+            raise DuplicateRequest(f"request id {env.request_id!r} was already submitted")
+        return

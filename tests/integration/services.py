@@ -1,0 +1,54 @@
+"""Helpers that run Iris services in-process for integration tests, and wait on observable facts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from nats.aio.client import Client as NATS
+
+from broker.config import BrokerConfig
+from broker.service import BrokerService
+from gpu_worker.config import WorkerConfig
+from gpu_worker.engine import Engine
+from gpu_worker.service import WorkerService
+from iris.client import Client
+from schemas.subjects import REQUEST_STREAM
+
+
+@asynccontextmanager
+async def broker(url: str, **options: object) -> AsyncIterator[BrokerService]:
+    async with BrokerService(BrokerConfig(nats_url=url, **options)) as service:  # type: ignore[arg-type]
+        yield service
+
+
+@asynccontextmanager
+async def worker(url: str, engine: Engine, worker_id: str, **options: object) -> AsyncIterator[WorkerService]:
+    config = WorkerConfig(nats_url=url, worker_id=worker_id, engine="fake", **options)  # type: ignore[arg-type]
+    async with WorkerService(config, engine) as service:
+        yield service
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll an observable fact until it holds (never a fixed sleep standing in for synchronisation)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+async def wait_for_models(client: Client, *models: str, timeout_s: float = 120.0) -> None:
+    async def served() -> bool:
+        return set(models) <= set(await client.models(wait_s=1.5, listen_s=1.1))
+
+    await eventually(served, timeout_s, f"workers for {models}")
+
+
+async def stream_messages(nc: NATS) -> int:
+    info = await nc.jetstream().stream_info(REQUEST_STREAM)
+    return int(info.state.messages)

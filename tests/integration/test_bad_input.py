@@ -1,0 +1,76 @@
+"""Bad input over raw NATS: each gets a typed Error on its inbox (when it has one), leaves the stream,
+and the broker and worker go on serving."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from gpu_worker.fake_engine import FakeEngine
+from iris.client import Client
+from iris.nats_server import NatsServer
+from tests.integration.services import broker, eventually, stream_messages, worker
+
+
+async def raw_request(nc: NATS, subject: str, body: bytes, headers: dict[str, str]) -> dict[str, object]:
+    """Publish, then return the first final reply (result or error) on the inbox."""
+    inbox = headers.get("Iris-Reply-To") or nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.jetstream().publish(subject, body, headers=headers)
+    while True:
+        msg = await sub.next_msg(timeout=20)
+        if msg.headers["Iris-Kind"] in ("result", "error"):
+            await sub.unsubscribe()
+            return {"kind": msg.headers["Iris-Kind"], **json.loads(msg.data)}
+
+
+def good_headers(nc: NATS) -> dict[str, str]:
+    return {"Iris-Reply-To": nc.new_inbox(), "Iris-Deadline": str(int(time.time() * 1000) + 30_000)}
+
+
+CASES = [
+    pytest.param("iris.req.fake.default", b"{not json", {}, "malformed JSON", id="malformed-json"),
+    pytest.param("iris.req.fake.default", b'{"prompt": "hi", "colour": "red"}', {}, "colour", id="unknown-field"),
+    pytest.param("iris.req.fake.default", b'{"prompt": "hi", "max_tokens": 1000000000}', {}, "$.max_tokens", id="absurd-max-tokens"),
+    pytest.param("iris.req.fake.default", b'{"prompt": "hi", "max_tokens": "ten"}', {}, "$.max_tokens", id="wrong-type"),
+    pytest.param("iris.req.fake.default", b'{"max_tokens": 5}', {}, "exactly one of", id="no-prompt"),
+    pytest.param("iris.req.fake.bad$name", b'{"prompt": "hi"}', {}, "subject", id="bad-workload-token"),
+    pytest.param("iris.req.fake.default.extra", b'{"prompt": "hi"}', {}, "subject", id="too-many-tokens"),
+    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Priority": "high"}, "Iris-Priority", id="bad-priority"),
+    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Priority": "500"}, "Iris-Priority", id="priority-out-of-range"),
+    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Deadline": "soon"}, "Iris-Deadline", id="bad-deadline"),
+    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Nats-Msg-Id": "a.b c"}, "Nats-Msg-Id", id="bad-msg-id"),
+]
+
+
+@pytest.mark.parametrize(("subject", "body", "extra_headers", "named"), CASES)
+async def test_bad_input_gets_typed_error_and_leaves_stream(
+    nats_server: NatsServer, nc: NATS, subject: str, body: bytes, extra_headers: dict[str, str], named: str
+) -> None:
+    async with broker(nats_server.url), worker(nats_server.url, FakeEngine("fake"), "w1"):
+        reply = await raw_request(nc, subject, body, {**good_headers(nc), **extra_headers})
+        assert reply["kind"] == "error"
+        assert reply["code"] == "invalid_request"
+        assert named in str(reply["message"])
+        await eventually(lambda: _is_zero(stream_messages(nc)), what="bad request removed from the stream")
+        # Nothing wedged: a good request is still served.
+        async with Client(nc) as client:
+            result = await client.complete("still alive?", model="fake", max_tokens=3)
+        assert result.usage.completion_tokens == 3
+
+
+async def test_request_without_reply_inbox_is_removed_and_logged(nats_server: NatsServer, nc: NATS) -> None:
+    async with broker(nats_server.url), worker(nats_server.url, FakeEngine("fake"), "w1"):
+        ack = await nc.jetstream().publish("iris.req.fake.default", b'{"prompt": "hi"}')
+        await eventually(lambda: _is_zero(stream_messages(nc)), what="inbox-less request removed")
+        async with Client(nc) as client:
+            result = await client.complete("next", model="fake", max_tokens=2)
+        assert result.usage.completion_tokens == 2
+        assert ack.seq >= 1
+
+
+async def _is_zero(count: object) -> bool:
+    return await count == 0  # type: ignore[misc]
