@@ -20,7 +20,9 @@ from schemas.logs import configure_logging
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--policy", type=click.Choice(["fifo"]))
 @click.option("--max-concurrency", type=int, help="Leases per model at once (0 = all worker slots).")
-@click.option("--worker-timeout", "worker_timeout_s", type=float, help="Seconds without heartbeat before a worker is dead.")
+@click.option(
+    "--worker-timeout", "worker_timeout_s", type=float, help="Seconds without heartbeat before a worker is dead."
+)
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
     try:

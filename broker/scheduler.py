@@ -129,7 +129,7 @@ class Scheduler:
         offers: list[Lease] = []
         if now_ms - self.started_ms < self.limits.startup_grace_ms:
             return offers
-        for model, pool in self.pools.items():
+        for pool in self.pools.values():
             while len(pool.queue) and self._capacity(pool) > 0:
                 worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
                 if worker is None or worker.free_slots == 0:

@@ -91,7 +91,7 @@ class BrokerService:
         watcher = await self._kv.watchall()
         restored = 0
         while True:
-            entry = await watcher.updates(timeout=5.0)
+            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
             if entry is None:
                 break
             if entry.value:
@@ -256,4 +256,3 @@ class BrokerService:
         if leased_before:
             assert self._kv is not None
             await self._kv.delete(lease_key(request.stream_seq))
-

@@ -50,8 +50,10 @@ async def main() -> int:
         elif kind == "chunk":
             print(reply["text"], end="", flush=True)
         elif kind == "result":
-            print(f"\n[result: {reply['finish_reason']}, {reply['usage']['completion_tokens']} tokens, "
-                  f"worker {reply['worker']}]")
+            print(
+                f"\n[result: {reply['finish_reason']}, {reply['usage']['completion_tokens']} tokens, "
+                f"worker {reply['worker']}]"
+            )
             print("RESULT " + json.dumps(reply))
             break
         elif kind == "error":

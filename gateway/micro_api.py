@@ -64,7 +64,7 @@ class MicroApi:
         if not live:
             raise NoCapacity("no worker is serving any model", retry_after_s=1.0)
         if len(live) > 1:
-            raise InvalidRequest(f"several models are served ({', '.join(live)}); set \"model\"")
+            raise InvalidRequest(f'several models are served ({", ".join(live)}); set "model"')
         return live[0]
 
     async def _generate(self, req: Request) -> None:

@@ -72,7 +72,12 @@ class LeaseRunner:
         await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log)
 
     async def _generate(
-        self, lease: Lease, request: GenerateRequest, stop: StopSignal, enqueued_ms: int, log: structlog.stdlib.BoundLogger
+        self,
+        lease: Lease,
+        request: GenerateRequest,
+        stop: StopSignal,
+        enqueued_ms: int,
+        log: structlog.stdlib.BoundLogger,
     ) -> None:
         started_ms = now_ms()
         deadline = asyncio.get_running_loop().call_later(

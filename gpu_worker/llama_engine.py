@@ -116,9 +116,7 @@ class LlamaCppEngine:
                 self._free.put_nowait(llm)
 
 
-def _run_tokens(
-    llm: Any, prompt: str, request: GenerateRequest, stops: list[str], stop: StopSignal, emit: Any
-) -> None:
+def _run_tokens(llm: Any, prompt: str, request: GenerateRequest, stops: list[str], stop: StopSignal, emit: Any) -> None:
     """The token loop, in a slot thread. Emits Pieces, one Finished (or an exception), then _DONE."""
     try:
         emit_finished = _token_loop(llm, prompt, request, stops, stop, emit)
@@ -198,4 +196,3 @@ class _StopTextBuffer:
         ready, _ = self.feed(final_text)
         rest, self.pending = ready + self.pending, ""
         return rest
-

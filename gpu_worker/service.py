@@ -50,7 +50,9 @@ class WorkerService:
 
     async def start(self) -> None:
         await self.engine.load()
-        self._nc = await nats.connect(self.config.nats_url, name=f"iris-worker-{self.worker_id}", max_reconnect_attempts=-1)
+        self._nc = await nats.connect(
+            self.config.nats_url, name=f"iris-worker-{self.worker_id}", max_reconnect_attempts=-1
+        )
         kv = await self._lease_bucket()
         self._runner = LeaseRunner(self.nc, kv, self.engine, self.worker_id, self.stats, self.log)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)

@@ -9,7 +9,6 @@ Added latency = Iris percentile − in-process percentile. Prints a table and sa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import platform
 import statistics
@@ -41,7 +40,11 @@ TARGET_ADDED_P99_MS = 5.0
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     ordered = sorted(samples_s)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
-    return {"p50_ms": round(pick(0.50), 3), "p99_ms": round(pick(0.99), 3), "mean_ms": round(statistics.fmean(ordered) * 1000, 3)}
+    return {
+        "p50_ms": round(pick(0.50), 3),
+        "p99_ms": round(pick(0.99), 3),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
+    }
 
 
 async def time_calls(n: int, call: Callable[[int], Awaitable[None]], warmup: int) -> list[float]:
@@ -63,7 +66,9 @@ async def direct_first_token(engine: Engine, request: GenerateRequest) -> None:
 
 def spawn(module: str, nats_url: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", module, "--nats", nats_url, *args], stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "--nats", nats_url, *args], stdout=out, stderr=subprocess.STDOUT
+    )
 
 
 async def wait_for_model(
@@ -125,12 +130,13 @@ async def real_part(workdir: Path, n: int) -> dict[str, Any]:
         await direct_first_token(engine, GenerateRequest(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=4, temperature=0))
 
     async def iris(client: Client, i: int) -> None:
-        async for _chunk in client.generate(PROMPTS[i % len(PROMPTS)], model=EMBEDDED_MODEL_NAME, max_tokens=4, temperature=0):
+        async for _chunk in client.generate(
+            PROMPTS[i % len(PROMPTS)], model=EMBEDDED_MODEL_NAME, max_tokens=4, temperature=0
+        ):
             return
 
     direct_s = await time_calls(n, direct, warmup=5)
     await engine.close()
-    del engine
     iris_s = await through_iris(workdir, ["--engine", "llama"], EMBEDDED_MODEL_NAME, n, iris)
     return compare("embedded model, time to first token", direct_s, iris_s)
 
@@ -148,13 +154,12 @@ def compare(label: str, direct_s: list[float], iris_s: list[float]) -> dict[str,
 
 
 def print_table(parts: list[dict[str, Any]]) -> None:
-    print(f"{'part':44} {'n':>6} {'direct p50':>11} {'iris p50':>9} {'added p50':>10} {'direct p99':>11} {'iris p99':>9} {'added p99':>10}")
+    columns = ("direct p50", "iris p50", "added p50", "direct p99", "iris p99", "added p99")
+    print(f"{'part':44} {'n':>6} " + " ".join(f"{c:>11}" for c in columns))
     for p in parts:
         d, i = p["direct"], p["iris"]
-        print(
-            f"{p['label']:44} {p['requests']:>6} {d['p50_ms']:>9.3f}ms {i['p50_ms']:>7.3f}ms {p['added_p50_ms']:>8.3f}ms "
-            f"{d['p99_ms']:>9.3f}ms {i['p99_ms']:>7.3f}ms {p['added_p99_ms']:>8.3f}ms"
-        )
+        values = (d["p50_ms"], i["p50_ms"], p["added_p50_ms"], d["p99_ms"], i["p99_ms"], p["added_p99_ms"])
+        print(f"{p['label']:44} {p['requests']:>6} " + " ".join(f"{v:>9.3f}ms" for v in values))
     print(f"targets: added p50 <= {TARGET_ADDED_P50_MS} ms, added p99 <= {TARGET_ADDED_P99_MS} ms")
 
 
@@ -167,7 +172,11 @@ async def run_overhead_bench(n_fake: int, n_real: int, out: Path) -> dict[str, A
     report = {
         "bench": "overhead",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": __import__("os").cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "targets": {"added_p50_ms": TARGET_ADDED_P50_MS, "added_p99_ms": TARGET_ADDED_P99_MS},
         "parts": parts,
     }

@@ -21,8 +21,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="iris.toml: [up], [broker], [worker], [gateway] tables.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="iris.toml: [up], [broker], [worker], [gateway] tables.",
+)
 @click.option("--engine", type=click.Choice(["llama", "fake"]), help="Model engine (default llama).")
 @click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
 @click.option("--model-name", help="Model name clients use (default: from the file name).")
@@ -91,8 +95,8 @@ async def _submit(prompt: str, nats_url: str, chat: bool, options: dict[str, Any
         assert result is not None
         click.echo("")
         click.echo(
-            f"[{result.finish_reason}; {result.usage.completion_tokens} tokens; queued {result.timings.queued_ms:.0f} ms; "
-            f"ran {result.timings.run_ms:.0f} ms on {result.worker}]",
+            f"[{result.finish_reason}; {result.usage.completion_tokens} tokens; "
+            f"queued {result.timings.queued_ms:.0f} ms; ran {result.timings.run_ms:.0f} ms on {result.worker}]",
             err=True,
         )
 
@@ -104,7 +108,9 @@ def bench() -> None:
 
 @bench.command("overhead")
 @click.option("--requests", "n_requests", type=int, default=1000, show_default=True)
-@click.option("--real-requests", type=int, default=100, show_default=True, help="Requests for the real-model TTFT part.")
+@click.option(
+    "--real-requests", type=int, default=100, show_default=True, help="Requests for the real-model TTFT part."
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/overhead.json"), show_default=True)
 @click.option("--skip-real", is_flag=True, help="Only the FakeEngine part.")
 def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bool) -> None:

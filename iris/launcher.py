@@ -80,7 +80,11 @@ class Launcher:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            self._spawn("broker", "broker", ["--policy", self.config.policy, "--max-concurrency", str(self.config.max_concurrency)])
+            self._spawn(
+                "broker",
+                "broker",
+                ["--policy", self.config.policy, "--max-concurrency", str(self.config.max_concurrency)],
+            )
             for index in range(self.config.workers):
                 self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
             self._spawn("gateway", "gateway", [])
@@ -122,20 +126,28 @@ class Launcher:
     def _report_failure(self, stop: asyncio.Event) -> None:
         dead = self._dead_child()
         if dead:
-            print(f"iris: {dead} exited with code {self.children[dead].returncode}; see {self.log_dir / dead}.log", file=sys.stderr)
+            print(
+                f"iris: {dead} exited with code {self.children[dead].returncode}; see {self.log_dir / dead}.log",
+                file=sys.stderr,
+            )
         elif not stop.is_set():
-            print(f"iris: workers not ready within {self.config.ready_timeout_s:.0f} s; see {self.log_dir}", file=sys.stderr)
+            print(
+                f"iris: workers not ready within {self.config.ready_timeout_s:.0f} s; see {self.log_dir}",
+                file=sys.stderr,
+            )
 
     def _print_ready(self, models: set[str]) -> None:
         model = ", ".join(sorted(models))
+        c = self.config
+        capacity = f"{c.workers} worker(s) x {c.slots} slot(s), engine {c.engine}"
         print(
             f"\nIris is up.\n"
             f"  NATS        {self.nats.url}  (JetStream data in {self.nats.store_dir})\n"
-            f"  model       {model}  ({self.config.workers} worker(s) x {self.config.slots} slot(s), engine {self.config.engine})\n"
+            f"  model       {model}  ({capacity})\n"
             f"  logs        {self.log_dir}\n\n"
             f"Try, in another terminal:\n"
-            f"  iris submit \"Why is the sky blue?\"\n"
-            f"  nats req iris.api.generate '{{\"prompt\": \"Why is the sky blue?\", \"max_tokens\": 64}}'\n\n"
+            f'  iris submit "Why is the sky blue?"\n'
+            f'  nats req iris.api.generate \'{{"prompt": "Why is the sky blue?", "max_tokens": 64}}\'\n\n'
             f"Ctrl-C stops everything.",
             flush=True,
         )

@@ -10,7 +10,7 @@ import enum
 from typing import ClassVar
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
     QUEUE_FULL = "queue_full"

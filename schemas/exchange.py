@@ -126,7 +126,9 @@ class Exchange:
                 try:
                     msg = await sub.next_msg(timeout=max(0.01, timeout_s))
                 except NatsTimeout:
-                    raise IrisError.from_wire(ErrorCode.DEADLINE_EXCEEDED, "no final reply before the deadline") from None
+                    raise IrisError.from_wire(
+                        ErrorCode.DEADLINE_EXCEEDED, "no final reply before the deadline"
+                    ) from None
                 chunk = self._handle(msg.headers or {}, msg.data)
                 if chunk is not None:
                     yield chunk

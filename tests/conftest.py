@@ -59,3 +59,10 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(tmp_path)
     yield procs
     procs.kill_all()
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> str:
+    from gpu_worker.embedded_model import embedded_model_path
+
+    return str(embedded_model_path())

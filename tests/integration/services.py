@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from nats.aio.client import Client as NATS
 
@@ -52,3 +51,12 @@ async def wait_for_models(client: Client, *models: str, timeout_s: float = 120.0
 async def stream_messages(nc: NATS) -> int:
     info = await nc.jetstream().stream_info(REQUEST_STREAM)
     return int(info.state.messages)
+
+
+async def wait_stream_empty(nc: NATS, timeout_s: float = 30.0) -> None:
+    """Workers delete a request just after its final reply, so the stream empties a moment later."""
+
+    async def empty() -> bool:
+        return await stream_messages(nc) == 0
+
+    await eventually(empty, timeout_s, "the request stream to be empty")

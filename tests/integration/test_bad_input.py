@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
 from iris.nats_server import NatsServer
-from tests.integration.services import broker, eventually, stream_messages, worker
+from tests.integration.services import broker, wait_stream_empty, worker
 
 
 async def raw_request(nc: NATS, subject: str, body: bytes, headers: dict[str, str]) -> dict[str, object]:
@@ -34,15 +34,35 @@ def good_headers(nc: NATS) -> dict[str, str]:
 CASES = [
     pytest.param("iris.req.fake.default", b"{not json", {}, "malformed JSON", id="malformed-json"),
     pytest.param("iris.req.fake.default", b'{"prompt": "hi", "colour": "red"}', {}, "colour", id="unknown-field"),
-    pytest.param("iris.req.fake.default", b'{"prompt": "hi", "max_tokens": 1000000000}', {}, "$.max_tokens", id="absurd-max-tokens"),
-    pytest.param("iris.req.fake.default", b'{"prompt": "hi", "max_tokens": "ten"}', {}, "$.max_tokens", id="wrong-type"),
+    pytest.param(
+        "iris.req.fake.default",
+        b'{"prompt": "hi", "max_tokens": 1000000000}',
+        {},
+        "$.max_tokens",
+        id="absurd-max-tokens",
+    ),
+    pytest.param(
+        "iris.req.fake.default", b'{"prompt": "hi", "max_tokens": "ten"}', {}, "$.max_tokens", id="wrong-type"
+    ),
     pytest.param("iris.req.fake.default", b'{"max_tokens": 5}', {}, "exactly one of", id="no-prompt"),
     pytest.param("iris.req.fake.bad$name", b'{"prompt": "hi"}', {}, "subject", id="bad-workload-token"),
     pytest.param("iris.req.fake.default.extra", b'{"prompt": "hi"}', {}, "subject", id="too-many-tokens"),
-    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Priority": "high"}, "Iris-Priority", id="bad-priority"),
-    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Priority": "500"}, "Iris-Priority", id="priority-out-of-range"),
-    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Deadline": "soon"}, "Iris-Deadline", id="bad-deadline"),
-    pytest.param("iris.req.fake.default", b'{"prompt": "hi"}', {"Nats-Msg-Id": "a.b c"}, "Nats-Msg-Id", id="bad-msg-id"),
+    pytest.param(
+        "iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Priority": "high"}, "Iris-Priority", id="bad-priority"
+    ),
+    pytest.param(
+        "iris.req.fake.default",
+        b'{"prompt": "hi"}',
+        {"Iris-Priority": "500"},
+        "Iris-Priority",
+        id="priority-out-of-range",
+    ),
+    pytest.param(
+        "iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Deadline": "soon"}, "Iris-Deadline", id="bad-deadline"
+    ),
+    pytest.param(
+        "iris.req.fake.default", b'{"prompt": "hi"}', {"Nats-Msg-Id": "a.b c"}, "Nats-Msg-Id", id="bad-msg-id"
+    ),
 ]
 
 
@@ -55,7 +75,7 @@ async def test_bad_input_gets_typed_error_and_leaves_stream(
         assert reply["kind"] == "error"
         assert reply["code"] == "invalid_request"
         assert named in str(reply["message"])
-        await eventually(lambda: _is_zero(stream_messages(nc)), what="bad request removed from the stream")
+        await wait_stream_empty(nc)
         # Nothing wedged: a good request is still served.
         async with Client(nc) as client:
             result = await client.complete("still alive?", model="fake", max_tokens=3)
@@ -65,12 +85,8 @@ async def test_bad_input_gets_typed_error_and_leaves_stream(
 async def test_request_without_reply_inbox_is_removed_and_logged(nats_server: NatsServer, nc: NATS) -> None:
     async with broker(nats_server.url), worker(nats_server.url, FakeEngine("fake"), "w1"):
         ack = await nc.jetstream().publish("iris.req.fake.default", b'{"prompt": "hi"}')
-        await eventually(lambda: _is_zero(stream_messages(nc)), what="inbox-less request removed")
+        await wait_stream_empty(nc)
         async with Client(nc) as client:
             result = await client.complete("next", model="fake", max_tokens=2)
         assert result.usage.completion_tokens == 2
         assert ack.seq >= 1
-
-
-async def _is_zero(count: object) -> bool:
-    return await count == 0  # type: ignore[misc]

@@ -13,12 +13,16 @@ from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client, DuplicateRequest
 from iris.nats_server import NatsServer
 from schemas.errors import DeadlineExceeded, InvalidRequest, NoCapacity
-from tests.integration.services import broker, stream_messages, worker
+from tests.integration.services import broker, wait_stream_empty, worker
 
 
 async def test_two_workers_share_load(nats_server: NatsServer, nc: NATS) -> None:
     engines = [FakeEngine("fake", slots=1, tokens_per_s=50), FakeEngine("fake", slots=1, tokens_per_s=50)]
-    async with broker(nats_server.url), worker(nats_server.url, engines[0], "w1"), worker(nats_server.url, engines[1], "w2"):
+    async with (
+        broker(nats_server.url),
+        worker(nats_server.url, engines[0], "w1"),
+        worker(nats_server.url, engines[1], "w2"),
+    ):
         client = Client(nc)
         results = await asyncio.gather(*(client.complete(f"prompt {i}", model="fake", max_tokens=10) for i in range(8)))
     assert {r.worker for r in results} == {"w1", "w2"}
@@ -35,7 +39,9 @@ async def test_duplicate_msg_id_runs_once(nats_server: NatsServer, nc: NATS) -> 
         headers = {"Iris-Reply-To": inbox, "Nats-Msg-Id": "order-42"}
         ack1 = await js.publish("iris.req.fake.default", b'{"prompt": "pay once", "max_tokens": 3}', headers=headers)
         ack2 = await js.publish(
-            "iris.req.fake.default", b'{"prompt": "pay once", "max_tokens": 3}', headers={**headers, "Iris-Reply-To": nc.new_inbox()}
+            "iris.req.fake.default",
+            b'{"prompt": "pay once", "max_tokens": 3}',
+            headers={**headers, "Iris-Reply-To": nc.new_inbox()},
         )
         assert ack2.duplicate and ack2.seq == ack1.seq
         kinds = []
@@ -59,7 +65,7 @@ async def test_queued_request_past_deadline_gets_deadline_exceeded(nats_server: 
             await client.complete("too late", model="fake", max_tokens=5, deadline_s=1.0)
         result = await long_run
         assert result.finish_reason == "length"
-        assert await stream_messages(nc) == 0
+        await wait_stream_empty(nc)
 
 
 async def test_running_request_stops_at_deadline(nats_server: NatsServer, nc: NATS) -> None:
