@@ -1,0 +1,173 @@
+"""The pure scheduler, driven by events and a simulated clock (no server, no sleeps)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.queue import FifoQueue, WaitingRequest
+from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
+from schemas.errors import ErrorCode
+from schemas.messages import Heartbeat
+
+T0 = 1_000_000
+GRACE = SchedulerLimits().startup_grace_ms
+
+
+def request(seq: int, deadline_ms: int = T0 + 600_000, model: str = "m") -> WaitingRequest:
+    return WaitingRequest(seq, f"r{seq}", model, "default", f"_INBOX.{seq}", deadline_ms, T0)
+
+
+def beat(worker: str, slots: int, running: list[int], now: int, model: str = "m") -> Heartbeat:
+    return Heartbeat(worker, model, slots, slots - len(running), running, 0.0, now)
+
+
+def ready_scheduler(workers: dict[str, int], max_concurrency: int = 0) -> tuple[Scheduler, int]:
+    scheduler = Scheduler(SchedulerLimits(max_concurrency=max_concurrency), T0)
+    now = T0 + GRACE
+    for worker, slots in workers.items():
+        scheduler.heartbeat(beat(worker, slots, [], now), now)
+    return scheduler, now
+
+
+def test_fifo_dispatch_respects_slots_and_max_concurrency() -> None:
+    scheduler, now = ready_scheduler({"a": 2, "b": 2}, max_concurrency=3)
+    for seq in range(1, 6):
+        assert isinstance(scheduler.admit(request(seq), now), Admitted)
+    leases = scheduler.dispatch(now)
+    assert [lease.stream_seq for lease in leases] == [1, 2, 3]
+    assert sorted(lease.worker_id for lease in leases).count("a") <= 2
+    assert scheduler.dispatch(now) == []
+    scheduler.lease_ended(2, now + 10)
+    assert [lease.stream_seq for lease in scheduler.dispatch(now + 10)] == [4]
+
+
+def test_no_offers_during_startup_grace() -> None:
+    scheduler = Scheduler(SchedulerLimits(), T0)
+    scheduler.heartbeat(beat("a", 1, [], T0), T0)
+    scheduler.admit(request(1), T0)
+    assert scheduler.dispatch(T0) == []
+    assert [lease.stream_seq for lease in scheduler.dispatch(T0 + GRACE)] == [1]
+
+
+def test_admission_reports_position_and_eta() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    positions = [scheduler.admit(request(seq), now) for seq in (1, 2, 3)]
+    assert [p.position for p in positions if isinstance(p, Admitted)] == [0, 1, 2]
+
+
+def test_dead_worker_leases_requeue_with_next_attempt() -> None:
+    scheduler, now = ready_scheduler({"a": 1, "b": 1})
+    scheduler.admit(request(1), now)
+    (lease,) = scheduler.dispatch(now)
+    later = now + scheduler.limits.worker_timeout_ms + 1
+    other = "b" if lease.worker_id == "a" else "a"
+    scheduler.heartbeat(beat(other, 1, [], later), later)
+    requeued, expired = scheduler.tick(later)
+    assert [r.stream_seq for r in requeued] == [1] and requeued[0].attempt == 2 and expired == []
+    (again,) = scheduler.dispatch(later)
+    assert again.worker_id == other and again.attempt == 2
+
+
+def test_lease_missing_from_heartbeat_is_lost_only_after_confirm_window() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    scheduler.admit(request(1), now)
+    scheduler.dispatch(now)
+    assert scheduler.heartbeat(beat("a", 1, [], now + 100), now + 100) == []  # offer may still be in flight
+    late = now + scheduler.limits.lease_confirm_ms + 1
+    lost = scheduler.heartbeat(beat("a", 1, [], late), late)
+    assert [r.stream_seq for r in lost] == [1]
+
+
+def test_running_lease_reported_by_worker_is_adopted_not_rerun() -> None:
+    """A restarted broker whose lease record was lost must not offer what a worker already runs."""
+    scheduler, now = ready_scheduler({"a": 1, "b": 1})
+    scheduler.heartbeat(beat("a", 1, [7], now), now)
+    assert scheduler.admit(request(7), now) is None
+    assert scheduler.running("m") == 1 and scheduler.waiting("m") == 0
+    scheduler.admit(request(8), now)
+    assert [(lease.stream_seq, lease.worker_id) for lease in scheduler.dispatch(now)] == [(8, "b")]
+
+
+def test_expired_waiting_request_is_dropped() -> None:
+    scheduler, now = ready_scheduler({})
+    scheduler.admit(request(1, deadline_ms=now + 500), now)
+    assert scheduler.tick(now + 499) == ([], [])
+    _, expired = scheduler.tick(now + 500)
+    assert [r.stream_seq for r in expired] == [1] and scheduler.waiting("m") == 0
+
+
+def test_no_capacity_once_warmed_up_without_workers() -> None:
+    scheduler = Scheduler(SchedulerLimits(), T0)
+    assert isinstance(scheduler.admit(request(1), T0), Admitted)  # workers may still be starting
+    decision = scheduler.admit(request(2, model="other"), T0 + scheduler.limits.worker_timeout_ms)
+    assert isinstance(decision, Rejection) and decision.code is ErrorCode.NO_CAPACITY
+    assert decision.retry_after_s and decision.retry_after_s > 0
+
+
+def test_refused_offer_goes_back_in_order_and_worker_rests_until_next_beat() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    scheduler.admit(request(1), now)
+    scheduler.admit(request(2), now)
+    (lease,) = scheduler.dispatch(now)
+    scheduler.offer_refused(lease.stream_seq)
+    assert scheduler.dispatch(now) == []
+    scheduler.heartbeat(beat("a", 1, [], now + 1), now + 1)
+    (again,) = scheduler.dispatch(now + 1)
+    assert again.stream_seq == 1 and again.attempt == 1
+
+
+def test_fifo_queue_positions_and_removal() -> None:
+    queue = FifoQueue()
+    for seq in (5, 3, 9):
+        queue.push(request(seq))
+    assert queue.position(3) == 0 and queue.position(9) == 2
+    assert queue.remove(5) is not None and 5 not in queue
+    assert [queue.pop(), queue.pop(), queue.pop()] == [request(3), request(9), None]
+
+
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("admit"), st.integers(1, 40)),
+        st.tuples(st.just("end"), st.integers(1, 40)),
+        st.tuples(st.just("beat"), st.sampled_from(["a", "b", "c"])),
+        st.tuples(st.just("refuse"), st.integers(1, 40)),
+        st.tuples(st.just("time"), st.integers(1, 5_000)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=events, max_concurrency=st.integers(0, 4), slots=st.integers(1, 3))
+def test_invariants_under_random_events(events: list[tuple[str, object]], max_concurrency: int, slots: int) -> None:
+    """No limit is exceeded, a request is never both waiting and leased, and the scheduler is
+    work-conserving: after dispatch, either nothing waits or no admissible capacity is left."""
+    scheduler, now = ready_scheduler({"a": slots, "b": slots}, max_concurrency=max_concurrency)
+    for kind, value in events:
+        if kind == "admit":
+            scheduler.admit(request(int(value), deadline_ms=now + 20_000), now)  # type: ignore[arg-type]
+        elif kind == "end":
+            scheduler.lease_ended(int(value), now)  # type: ignore[arg-type]
+        elif kind == "refuse":
+            scheduler.offer_refused(int(value))  # type: ignore[arg-type]
+        elif kind == "beat":
+            worker = str(value)
+            running = (
+                sorted(scheduler.pools["m"].workers[worker].leases) if worker in scheduler.pools["m"].workers else []
+            )
+            scheduler.heartbeat(beat(worker, slots, running, now), now)
+        else:
+            now += int(value)  # type: ignore[call-overload]
+            scheduler.tick(now)
+        scheduler.dispatch(now)
+        pool = scheduler.pools["m"]
+        leased = set(pool.leases)
+        assert not leased & {s for s in range(1, 41) if s in pool.queue}
+        assert all(len(w.leases) <= w.slots for w in pool.workers.values())
+        if max_concurrency:
+            assert len(pool.leases) <= max_concurrency
+        assert all(lease.deadline_ms > lease.leased_ms for lease in pool.leases.values())
+        capacity_left = (max_concurrency or sum(w.slots for w in pool.workers.values())) - len(pool.leases)
+        free_worker = any(w.free_slots for w in pool.workers.values())
+        assert len(pool.queue) == 0 or capacity_left <= 0 or not free_worker
