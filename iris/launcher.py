@@ -62,15 +62,19 @@ class Launcher:
         # Own process group: the terminal's Ctrl-C reaches us only, and we stop children in order.
         self.children[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def _flags(self, names: tuple[str, ...]) -> list[str]:
+        """Flags for settings given to `iris up`; the rest stay unset so `[broker]`/`[worker]` tables apply."""
+        defaults = UpConfig()
+        flags: list[str] = []
+        for name in names:
+            value = getattr(self.config, name)
+            if value != getattr(defaults, name):
+                flags += [f"--{name.replace('_', '-')}", str(value)]
+        return flags
+
     def _worker_args(self, index: int) -> list[str]:
-        c = self.config
-        args = ["--engine", c.engine, "--slots", str(c.slots), "--worker-id", f"up-{index}"]
-        args += ["--n-gpu-layers", str(c.n_gpu_layers), "--fake-tps", str(c.fake_tps)]
-        if c.model:
-            args += ["--model", c.model]
-        if c.model_name:
-            args += ["--model-name", c.model_name]
-        return args
+        names = ("engine", "model", "model_name", "slots", "n_gpu_layers", "fake_tps")
+        return ["--worker-id", f"up-{index}", *self._flags(names)]
 
     async def run(self) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)

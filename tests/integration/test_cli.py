@@ -1,0 +1,68 @@
+"""`iris up` and `iris submit` as a user runs them: real processes, real terminal commands."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from iris.nats_server import free_port
+
+IRIS = [sys.executable, "-m", "iris.cli"]
+
+
+def wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if text in path.read_text():
+            return
+        assert proc.poll() is None, f"iris up exited early:\n{path.read_text()}"
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not printed within {timeout_s} s:\n{path.read_text()}")
+
+
+def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "up.out"
+    up = subprocess.Popen(
+        [*IRIS, "up", "--state-dir", str(tmp_path / "state"), "--nats-port", str(port), "--workers", "2"],
+        stdout=out.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_line(out, "Ctrl-C stops everything", up)
+        assert "gemma3-270m" in out.read_text()
+        submit = subprocess.run(
+            [
+                *IRIS,
+                "submit",
+                "--nats",
+                f"nats://127.0.0.1:{port}",
+                "--raw",
+                "The capital of France is",
+                "--max-tokens",
+                "12",
+                "--temperature",
+                "0",
+            ],
+            capture_output=True,
+            timeout=120,
+        )
+        assert submit.returncode == 0, submit.stderr.decode()
+        assert len(submit.stdout.decode().strip()) > 0
+        assert "[length; 12 tokens" in submit.stderr.decode() or "[stop;" in submit.stderr.decode()
+        bad = subprocess.run(
+            [*IRIS, "submit", "--nats", f"nats://127.0.0.1:{port}", "hi", "--max-tokens", "0"],
+            capture_output=True,
+            timeout=60,
+        )
+        assert bad.returncode == 1 and "invalid_request" in bad.stderr.decode()
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    assert "iris: stopped" in out.read_text()
+    logs = tmp_path / "state" / "logs"
+    assert '"worker stopped"' in (logs / "worker-0.log").read_text()
+    assert '"broker stopped"' in (logs / "broker.log").read_text()
