@@ -101,11 +101,11 @@ class BrokerService:
         self._spawn(self._watch_leases(watcher))
 
     async def _watch_leases(self, watcher: Any) -> None:
-        while True:
-            try:
-                entry = await watcher.updates(timeout=60.0)
-            except NatsTimeout:
-                continue
+        # `async for`, not `updates(timeout=…)`: Python 3.11's wait_for can swallow a cancel when its
+        # queue is never empty, which under load left stop() waiting forever.
+        async for entry in watcher:
+            if self._closing:
+                return
             if entry is None:
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
@@ -203,7 +203,7 @@ class BrokerService:
         self._pump()
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.config.tick_s)
             requeued, expired = self.scheduler.tick(now_ms())
             for request in requeued:
