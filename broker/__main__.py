@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import click
 
 from broker.config import BrokerConfig
 from broker.service import BrokerService
-from schemas.config_loading import ConfigError, load_config
+from schemas.config_loading import load_config_or_exit
 from schemas.lifecycle import run_until_signal
 from schemas.logs import configure_logging
 
@@ -25,10 +24,7 @@ from schemas.logs import configure_logging
 )
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
-    try:
-        config = load_config(BrokerConfig, "broker", path=config_path, flags=flags)
-    except ConfigError as exc:
-        sys.exit(f"broker: {exc}")
+    config = load_config_or_exit(BrokerConfig, "broker", config_path, flags, "broker")
     log = configure_logging("broker", config.log_level)
     service = BrokerService(config, log)
     asyncio.run(run_until_signal(service.start, service.stop))

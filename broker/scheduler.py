@@ -12,6 +12,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+import msgspec
+
 from broker.queue import RequestQueue, WaitingRequest, make_queue
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, Lease
@@ -262,34 +264,9 @@ class Scheduler:
 
 
 def _lease_for(request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
-    return Lease(
-        stream_seq=request.stream_seq,
-        request_id=request.request_id,
-        model=request.model,
-        workload=request.workload,
-        reply_to=request.reply_to,
-        deadline_ms=request.deadline_ms,
-        enqueued_ms=request.enqueued_ms,
-        worker_id=worker_id,
-        attempt=request.attempt,
-        leased_ms=now_ms,
-        priority=request.priority,
-        user=request.user,
-        cost_tokens=request.cost_tokens,
-    )
+    return Lease(**msgspec.structs.asdict(request), worker_id=worker_id, leased_ms=now_ms)
 
 
 def _waiting_from(lease: Lease, attempt: int) -> WaitingRequest:
-    return WaitingRequest(
-        stream_seq=lease.stream_seq,
-        request_id=lease.request_id,
-        model=lease.model,
-        workload=lease.workload,
-        reply_to=lease.reply_to,
-        deadline_ms=lease.deadline_ms,
-        enqueued_ms=lease.enqueued_ms,
-        priority=lease.priority,
-        user=lease.user,
-        cost_tokens=lease.cost_tokens,
-        attempt=attempt,
-    )
+    fields = {name: getattr(lease, name) for name in WaitingRequest.__struct_fields__}
+    return WaitingRequest(**{**fields, "attempt": attempt})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import click
@@ -11,7 +10,7 @@ import nats
 
 from gateway.config import GatewayConfig
 from gateway.micro_api import MicroApi
-from schemas.config_loading import ConfigError, load_config
+from schemas.config_loading import load_config_or_exit
 from schemas.lifecycle import run_until_signal
 from schemas.logs import configure_logging
 
@@ -38,10 +37,7 @@ async def serve(config: GatewayConfig) -> None:
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
-    try:
-        config = load_config(GatewayConfig, "gateway", path=config_path, flags=flags)
-    except ConfigError as exc:
-        sys.exit(f"gateway: {exc}")
+    config = load_config_or_exit(GatewayConfig, "gateway", config_path, flags, "gateway")
     asyncio.run(serve(config))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import click
@@ -14,7 +13,7 @@ from gpu_worker.engine import Engine
 from gpu_worker.fake_engine import FakeEngine
 from gpu_worker.llama_engine import LlamaCppEngine
 from gpu_worker.service import WorkerService
-from schemas.config_loading import ConfigError, load_config
+from schemas.config_loading import load_config_or_exit
 from schemas.lifecycle import run_until_signal
 from schemas.logs import configure_logging
 from schemas.subjects import to_token
@@ -53,10 +52,7 @@ def make_engine(config: WorkerConfig) -> Engine:
 @click.option("--heartbeat", "heartbeat_s", type=float)
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
-    try:
-        config = load_config(WorkerConfig, "worker", path=config_path, flags=flags)
-    except ConfigError as exc:
-        sys.exit(f"gpu_worker: {exc}")
+    config = load_config_or_exit(WorkerConfig, "worker", config_path, flags, "gpu_worker")
     log = configure_logging("gpu_worker", config.log_level)
     service = WorkerService(config, make_engine(config), log)
     asyncio.run(run_until_signal(service.start, service.stop))

@@ -60,3 +60,13 @@ def load_config(
         return msgspec.convert(merged, config_type, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid [{section}] config: {exc}") from exc
+
+
+def load_config_or_exit(
+    config_type: type[T], section: str, path: Path | None, flags: Mapping[str, Any], program: str
+) -> T:
+    """`load_config` for a service's `main`: a bad config ends the process with the key named."""
+    try:
+        return load_config(config_type, section, path=path, flags=flags)
+    except ConfigError as exc:
+        raise SystemExit(f"{program}: {exc}") from None
