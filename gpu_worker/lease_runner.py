@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -51,25 +52,34 @@ class LeaseRunner:
         self.stats = stats
         self.log = log
 
-    async def run(self, lease: Lease, stop: StopSignal) -> None:
+    async def run(self, lease: Lease, stop: StopSignal, answered: Callable[[], None]) -> None:
+        """`answered` is called once the final reply is out: the engine slot is free from then on, while
+        the request still has to leave the stream and its lease still has to end."""
         log = self.log.bind(seq=lease.stream_seq, request_id=lease.request_id, attempt=lease.attempt)
         stored = await get_request(self.nc, lease.stream_seq)
         if stored is None:
             log.info("request already gone from the stream, nothing to run")
+            answered()
             await self._release(lease, delete_body=False)
             return
         try:
             request = request_decoder.decode(stored.body)
         except msgspec.ValidationError as exc:
-            await self._fail(lease, error_reply(ErrorCode.INVALID_REQUEST, f"invalid request body: {exc}"), log)
+            await self._fail(
+                answered, lease, error_reply(ErrorCode.INVALID_REQUEST, f"invalid request body: {exc}"), log
+            )
             return
         except msgspec.DecodeError as exc:
-            await self._fail(lease, error_reply(ErrorCode.INVALID_REQUEST, f"malformed JSON body: {exc}"), log)
+            await self._fail(
+                answered, lease, error_reply(ErrorCode.INVALID_REQUEST, f"malformed JSON body: {exc}"), log
+            )
             return
         if now_ms() >= lease.deadline_ms:
-            await self._fail(lease, error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start"), log)
+            await self._fail(
+                answered, lease, error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start"), log
+            )
             return
-        await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log)
+        await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered)
 
     async def _generate(
         self,
@@ -78,6 +88,7 @@ class LeaseRunner:
         stop: StopSignal,
         enqueued_ms: int,
         log: structlog.stdlib.BoundLogger,
+        answered: Callable[[], None],
     ) -> None:
         started_ms = now_ms()
         deadline = asyncio.get_running_loop().call_later(
@@ -95,11 +106,11 @@ class LeaseRunner:
                 else:
                     finished = event
         except EngineInputError as exc:
-            await self._fail(lease, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
+            await self._fail(answered, lease, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
             return
         except Exception as exc:
             log.exception("engine failed")
-            await self._fail(lease, error_reply(ErrorCode.WORKER_FAILED, f"engine failed: {exc}"), log)
+            await self._fail(answered, lease, error_reply(ErrorCode.WORKER_FAILED, f"engine failed: {exc}"), log)
             return
         finally:
             deadline.cancel()
@@ -115,12 +126,16 @@ class LeaseRunner:
             attempt=lease.attempt,
         )
         await publish_reply(self.nc, lease.reply_to, lease.request_id, result)
+        answered()
         await self._release(lease, delete_body=True)
         log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
 
-    async def _fail(self, lease: Lease, error: Error, log: structlog.stdlib.BoundLogger) -> None:
+    async def _fail(
+        self, answered: Callable[[], None], lease: Lease, error: Error, log: structlog.stdlib.BoundLogger
+    ) -> None:
         log.warning("request failed", code=error.code, reason=error.message)
         await publish_reply(self.nc, lease.reply_to, lease.request_id, error)
+        answered()
         await self._release(lease, delete_body=True)
 
     async def _release(self, lease: Lease, *, delete_body: bool) -> None:

@@ -36,7 +36,8 @@ class WorkerService:
         self.log = log or structlog.get_logger().bind(service="gpu_worker")
         self.log = self.log.bind(worker=self.worker_id, model=engine.model_name)
         self.stats = RunStats()
-        self.running: dict[int, tuple[asyncio.Task[None], StopSignal]] = {}
+        self.running: dict[int, tuple[asyncio.Task[None], StopSignal]] = {}  # listed in heartbeats until the lease ends
+        self.busy: set[int] = set()  # leases holding an engine slot: until their final reply is out
         self.draining = False
         self._nc: NATS | None = None
         self._runner: LeaseRunner | None = None
@@ -81,23 +82,25 @@ class WorkerService:
         if lease.stream_seq in self.running:
             await msg.respond(_ACCEPT)  # a re-sent offer for what already runs here: run it once
             return
-        if self.draining or len(self.running) >= self.engine.slots:
+        if self.draining or len(self.busy) >= self.engine.slots:
             reason = "draining" if self.draining else "no free slot"
             await msg.respond(encoder.encode(LeaseAnswer(accepted=False, reason=reason)))
             return
         stop = StopSignal()
         task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
         self.running[lease.stream_seq] = (task, stop)
+        self.busy.add(lease.stream_seq)
         await msg.respond(_ACCEPT)
 
     async def _run(self, seq: int, lease: Any, stop: StopSignal) -> None:
         assert self._runner is not None
         try:
-            await self._runner.run(lease, stop)
+            await self._runner.run(lease, stop, answered=lambda: self.busy.discard(seq))
         except Exception:
             # The request stays in the stream; the broker re-queues it when our heartbeat stops listing it.
             self.log.exception("lease failed", seq=seq)
         finally:
+            self.busy.discard(seq)
             self.running.pop(seq, None)
 
     def heartbeat(self) -> Heartbeat:
@@ -105,7 +108,7 @@ class WorkerService:
             worker_id=self.worker_id,
             model=self.engine.model_name,
             slots=self.engine.slots,
-            free_slots=max(0, self.engine.slots - len(self.running)),
+            free_slots=max(0, self.engine.slots - len(self.busy)),
             running=sorted(self.running),
             tokens_per_s=round(self.stats.tokens_per_s, 2),
             sent_ms=now_ms(),

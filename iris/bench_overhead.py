@@ -16,11 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gpu_worker.engine import Engine, Piece, StopSignal
+from gpu_worker.engine import StopSignal
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
 from iris.nats_server import NatsServer
@@ -47,21 +47,26 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-async def time_calls(n: int, call: Callable[[int], Awaitable[None]], warmup: int) -> list[float]:
+async def time_calls(n: int, call: Callable[[int], Awaitable[float | None]], warmup: int) -> list[float]:
+    """Run `call` n times after a warm-up; a call may return its own measured seconds (e.g. to first token)."""
     for i in range(warmup):
         await call(i)
     samples = []
     for i in range(n):
         start = time.perf_counter()
-        await call(i)
-        samples.append(time.perf_counter() - start)
+        measured = await call(i)
+        samples.append(time.perf_counter() - start if measured is None else measured)
     return samples
 
 
-async def direct_first_token(engine: Engine, request: GenerateRequest) -> None:
-    async for event in engine.generate(request, StopSignal()):
-        if isinstance(event, Piece):
-            return  # abandoning the iterator stops the generation (StopSignal "cancelled")
+async def first_token_s(events: AsyncIterator[object], start: float) -> float:
+    """Seconds from `start` to the first text, consuming the whole answer so the next call starts idle."""
+    first: float | None = None
+    async for event in events:
+        if first is None and getattr(event, "text", ""):
+            first = time.perf_counter() - start
+    assert first is not None, "no text produced"
+    return first
 
 
 def spawn(module: str, nats_url: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -84,7 +89,7 @@ async def wait_for_model(
 
 
 async def through_iris(
-    workdir: Path, worker_args: list[str], model: str, n: int, call: Callable[[Client, int], Awaitable[None]]
+    workdir: Path, worker_args: list[str], model: str, n: int, call: Callable[[Client, int], Awaitable[float | None]]
 ) -> list[float]:
     server = NatsServer(workdir / f"nats-{model}").start()
     procs = [
@@ -115,7 +120,7 @@ async def fake_part(workdir: Path, n: int) -> dict[str, Any]:
         await client.complete(PROMPTS[0], model="fake", max_tokens=16)
 
     direct_s = await time_calls(n, direct, warmup=50)
-    iris_s = await through_iris(workdir, ["--engine", "fake", "--model-name", "fake", "--slots", "2"], "fake", n, iris)
+    iris_s = await through_iris(workdir, ["--engine", "fake", "--model-name", "fake"], "fake", n, iris)
     return compare("FakeEngine, request latency (16 tokens)", direct_s, iris_s)
 
 
@@ -126,14 +131,14 @@ async def real_part(workdir: Path, n: int) -> dict[str, Any]:
     engine = LlamaCppEngine(str(embedded_model_path()), EMBEDDED_MODEL_NAME)
     await engine.load()
 
-    async def direct(i: int) -> None:
-        await direct_first_token(engine, GenerateRequest(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=4, temperature=0))
+    async def direct(i: int) -> float:
+        request = GenerateRequest(prompt=PROMPTS[i % len(PROMPTS)], max_tokens=4, temperature=0)
+        return await first_token_s(engine.generate(request, StopSignal()), time.perf_counter())
 
-    async def iris(client: Client, i: int) -> None:
-        async for _chunk in client.generate(
-            PROMPTS[i % len(PROMPTS)], model=EMBEDDED_MODEL_NAME, max_tokens=4, temperature=0
-        ):
-            return
+    async def iris(client: Client, i: int) -> float:
+        start = time.perf_counter()
+        generation = client.generate(PROMPTS[i % len(PROMPTS)], model=EMBEDDED_MODEL_NAME, max_tokens=4, temperature=0)
+        return await first_token_s(generation, start)
 
     direct_s = await time_calls(n, direct, warmup=5)
     await engine.close()

@@ -133,7 +133,8 @@ class Exchange:
                 if chunk is not None:
                     yield chunk
         finally:
-            await sub.unsubscribe()
+            if not self.nc.is_closed:
+                await sub.unsubscribe()
 
     def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | None:
         kind = headers.get(h.KIND)
