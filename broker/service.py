@@ -149,6 +149,12 @@ class BrokerService:
     # --- events in -------------------------------------------------------------------------------
 
     async def _on_request(self, msg: Msg) -> None:
+        try:
+            await self._index_request(msg)
+        except Exception:  # one request must never stop the consumer that feeds every other one
+            self.log.exception("request indexing failed", subject=msg.subject)
+
+    async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata
         seq = meta.sequence.stream
         if self.scheduler.knows(seq):

@@ -2,7 +2,8 @@
 
 Two parts, each run first in-process and then through a real nats-server, broker process and worker
 process on loopback, one request at a time (so queueing never enters the figure):
-  * FakeEngine with zero-time tokens: full request latency, call → final result;
+  * FakeEngine with zero-time tokens: full request latency, call → final result (non-streaming), and the
+    same request streamed chunk by chunk;
   * the embedded model through llama-cpp-python: time to first token.
 Added latency = Iris percentile − in-process percentile. Prints a table and saves JSON.
 """
@@ -91,7 +92,7 @@ async def wait_for_model(
 async def through_iris(
     workdir: Path, worker_args: list[str], model: str, n: int, call: Callable[[Client, int], Awaitable[float | None]]
 ) -> list[float]:
-    server = NatsServer(workdir / f"nats-{model}").start()
+    server = NatsServer(Path(tempfile.mkdtemp(prefix=f"nats-{model}-", dir=workdir))).start()
     procs = [
         spawn("broker", server.url, [], workdir / "broker.log"),
         spawn("gpu_worker", server.url, worker_args, workdir / f"worker-{model}.log"),
@@ -108,7 +109,8 @@ async def through_iris(
         server.stop()
 
 
-async def fake_part(workdir: Path, n: int) -> dict[str, Any]:
+async def fake_parts(workdir: Path, n: int) -> list[dict[str, Any]]:
+    """Zero-time FakeEngine, 16 tokens: a whole request (`complete`, result only) and a streamed one."""
     engine = FakeEngine("fake", tokens_per_s=0)
     request = GenerateRequest(prompt=PROMPTS[0], max_tokens=16)
 
@@ -116,12 +118,25 @@ async def fake_part(workdir: Path, n: int) -> dict[str, Any]:
         async for _event in engine.generate(request, StopSignal()):
             pass
 
-    async def iris(client: Client, _: int) -> None:
+    async def iris_complete(client: Client, _: int) -> None:
         await client.complete(PROMPTS[0], model="fake", max_tokens=16)
 
+    async def iris_stream(client: Client, _: int) -> None:
+        async for _chunk in client.generate(PROMPTS[0], model="fake", max_tokens=16):
+            pass
+
     direct_s = await time_calls(n, direct, warmup=50)
-    iris_s = await through_iris(workdir, ["--engine", "fake", "--model-name", "fake"], "fake", n, iris)
-    return compare("FakeEngine, request latency (16 tokens)", direct_s, iris_s)
+    worker = ["--engine", "fake", "--model-name", "fake"]
+    return [
+        compare(
+            "FakeEngine, request latency (16 tokens)",
+            direct_s,
+            await through_iris(workdir, worker, "fake", n, iris_complete),
+        ),
+        compare(
+            "FakeEngine, streamed, all 16 chunks", direct_s, await through_iris(workdir, worker, "fake", n, iris_stream)
+        ),
+    ]
 
 
 async def real_part(workdir: Path, n: int) -> dict[str, Any]:
@@ -171,7 +186,7 @@ def print_table(parts: list[dict[str, Any]]) -> None:
 async def run_overhead_bench(n_fake: int, n_real: int, out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="iris-bench-") as tmp:
         workdir = Path(tmp)
-        parts = [await fake_part(workdir, n_fake)]
+        parts = await fake_parts(workdir, n_fake)
         if n_real:
             parts.append(await real_part(workdir, n_real))
     report = {

@@ -147,5 +147,7 @@ class Client:
         return Generation(self, model, build)
 
     async def complete(self, prompt: str | None = None, **options: Any) -> Result:
-        """Run a request to its end and return the final `Result` (restarts are handled)."""
+        """Run a request to its end and return the final `Result`. No chunks are streamed (the worker sends
+        only the result) unless `stream=True` is passed."""
+        options.setdefault("stream", False)
         return await self.generate(prompt, **options).finish()

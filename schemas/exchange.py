@@ -8,12 +8,14 @@ final reply counts, since the exchange unsubscribes on it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 from nats.nuid import NUID
@@ -118,17 +120,16 @@ class Exchange:
 
     async def _run(self) -> AsyncIterator[Chunk]:
         env = self.envelope
-        sub = await self.nc.subscribe(env.headers[h.REPLY_TO])
+        replies: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def collect(msg: Msg) -> None:
+            replies.put_nowait(msg)
+
+        sub = await self.nc.subscribe(env.headers[h.REPLY_TO], cb=collect)
         try:
             await publish_request(self.nc, env)
             while self.result is None:
-                timeout_s = (env.deadline_ms - now_ms()) / 1000 + REPLY_GRACE_S
-                try:
-                    msg = await sub.next_msg(timeout=max(0.01, timeout_s))
-                except NatsTimeout:
-                    raise IrisError.from_wire(
-                        ErrorCode.DEADLINE_EXCEEDED, "no final reply before the deadline"
-                    ) from None
+                msg = await _next_reply(replies, env.deadline_ms)
                 chunk = self._handle(msg.headers or {}, msg.data)
                 if chunk is not None:
                     yield chunk
@@ -159,6 +160,19 @@ class Exchange:
             pass
         assert self.result is not None
         return self.result
+
+
+async def _next_reply(replies: asyncio.Queue[Msg], deadline_ms: int) -> Msg:
+    """The next reply; a burst of chunks is read without a timer per message."""
+    try:
+        return replies.get_nowait()
+    except asyncio.QueueEmpty:
+        pass
+    timeout_s = (deadline_ms - now_ms()) / 1000 + REPLY_GRACE_S
+    try:
+        return await asyncio.wait_for(replies.get(), max(0.01, timeout_s))
+    except TimeoutError:
+        raise IrisError.from_wire(ErrorCode.DEADLINE_EXCEEDED, "no final reply before the deadline") from None
 
 
 async def publish_request(nc: NATS, env: RequestEnvelope) -> None:
