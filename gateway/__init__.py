@@ -1,1 +1,1 @@
-"""gateway"""
+"""Edges where requests enter Iris besides raw NATS: the NATS micro service `iris` (`iris.api.*`)."""

@@ -1,1 +1,2 @@
-"""gpu_worker"""
+"""Model slots: an `Engine` (llama-cpp-python or the deterministic FakeEngine), the lease runner that
+streams an answer and then removes the request, and the service that answers offers and heart-beats."""
