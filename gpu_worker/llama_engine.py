@@ -86,7 +86,8 @@ class LlamaCppEngine:
         messages = [{"role": m.role, "content": m.content} for m in request.messages or []]
         if self._template is not None:
             formatted = self._template(messages=messages)
-            return formatted.prompt, list(formatted.stop or []) if isinstance(formatted.stop, list) else []
+            stops = formatted.stop or []
+            return formatted.prompt, [stops] if isinstance(stops, str) else list(stops)
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
         return "\n".join(lines) + "\nAssistant:", ["\nUser:", "\nSystem:"]
 
