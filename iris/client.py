@@ -14,38 +14,55 @@ are not valid subject tokens (`model`, `workload`, `user`) are mapped to valid o
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 
 from schemas import headers as h
 from schemas.errors import InvalidRequest, NoCapacity
-from schemas.exchange import DuplicateRequest, Exchange, build_envelope
-from schemas.messages import ChatMessage, GenerateRequest, Result, heartbeat_decoder
+from schemas.exchange import DuplicateRequest, Exchange, RequestEnvelope, build_envelope
+from schemas.messages import ChatMessage, Chunk, GenerateRequest, QueueUpdate, Result, heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER, to_token
 
 __all__ = ["Client", "DuplicateRequest", "Generation"]
 
 
-class Generation(Exchange):
-    """An `Exchange` whose model is resolved when iteration starts (heartbeat discovery)."""
+class Generation:
+    """One request: iterate it for chunks; `result` and `queue_updates` fill in as replies arrive. The
+    model, when not given, is resolved from worker heartbeats as iteration starts."""
 
-    def __init__(self, client: Client, model: str | None, build: Any) -> None:
+    def __init__(self, client: Client, model: str | None, build: Callable[[str], RequestEnvelope]) -> None:
         self._client, self._model, self._build = client, model, build
-        super().__init__(client.nc, envelope=None)  # type: ignore[arg-type]
+        self.exchange: Exchange | None = None
 
-    async def _run(self):  # type: ignore[no-untyped-def]
-        if self.envelope is None:
-            self.envelope = self._build(await self._client.resolve_model(self._model))
-        async for chunk in super()._run():
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
+        if self.exchange is None:
+            envelope = self._build(await self._client.resolve_model(self._model))
+            self.exchange = Exchange(self._client.nc, envelope)
+        async for chunk in self.exchange:
             yield chunk
+
+    async def finish(self) -> Result:
+        async for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    @property
+    def result(self) -> Result | None:
+        return None if self.exchange is None else self.exchange.result
+
+    @property
+    def queue_updates(self) -> list[QueueUpdate]:
+        return [] if self.exchange is None else self.exchange.queue_updates
 
     @property
     def request_id(self) -> str | None:
-        return None if self.envelope is None else self.envelope.request_id
+        return None if self.exchange is None else self.exchange.envelope.request_id
 
 
 class Client:
@@ -117,7 +134,10 @@ class Client:
         seed: int | None = None,
         stream: bool = True,
     ) -> Generation:
-        chat = None if messages is None else [m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in messages]
+        try:
+            chat = None if messages is None else [msgspec.convert(m, ChatMessage) for m in messages]
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"invalid messages: {exc}") from None
         request = GenerateRequest(
             prompt=prompt,
             messages=chat,
@@ -129,7 +149,7 @@ class Client:
             stream=stream,
         )
 
-        def build(resolved_model: str) -> Any:
+        def build(resolved_model: str) -> RequestEnvelope:
             return build_envelope(
                 self.nc,
                 request,
