@@ -84,11 +84,7 @@ class Launcher:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            self._spawn(
-                "broker",
-                "broker",
-                ["--policy", self.config.policy, "--max-concurrency", str(self.config.max_concurrency)],
-            )
+            self._spawn("broker", "broker", self._flags(("policy", "max_concurrency")))
             for index in range(self.config.workers):
                 self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
             self._spawn("gateway", "gateway", [])
