@@ -17,7 +17,7 @@ from schemas.logs import configure_logging
 @click.command()
 @click.option("--nats", "nats_url", help="NATS server URL.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--policy", type=click.Choice(["fifo"]))
+@click.option("--policy", type=click.Choice(["wfq", "fifo"]))
 @click.option("--max-concurrency", type=int, help="Leases per model at once (0 = all worker slots).")
 @click.option(
     "--worker-timeout", "worker_timeout_s", type=float, help="Seconds without heartbeat before a worker is dead."

@@ -10,7 +10,8 @@ from msgspec import Meta
 
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
-    policy: Literal["fifo"] = "fifo"
+    policy: Literal["wfq", "fifo"] = "wfq"
+    workload_weights: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")], Annotated[float, Meta(gt=0)]] = {}
     max_concurrency: Annotated[int, Meta(ge=0)] = 0  # per model; 0 = all worker slots
     worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
     offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0

@@ -8,6 +8,7 @@ foundation ships `FifoQueue` (stream order); the weighted-fair queue plugs in be
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from typing import Protocol
 
 import msgspec
@@ -88,8 +89,12 @@ class FifoQueue:
         return stream_seq in self._by_seq
 
 
-def make_queue(policy: str) -> RequestQueue:
+def make_queue(policy: str, workload_weights: Mapping[str, float] | None = None) -> RequestQueue:
     """The queue for a scheduling policy name (config `policy`)."""
     if policy == "fifo":
         return FifoQueue()
+    if policy == "wfq":
+        from broker.wfq import WfqQueue
+
+        return WfqQueue(workload_weights)
     raise ValueError(f"unknown scheduling policy {policy!r}")

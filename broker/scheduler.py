@@ -10,6 +10,7 @@ beating, or that its worker no longer lists, goes back to the queue with `attemp
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -21,7 +22,8 @@ from schemas.messages import Heartbeat, Lease
 
 @dataclass(frozen=True)
 class SchedulerLimits:
-    policy: str = "fifo"
+    policy: str = "wfq"
+    workload_weights: Mapping[str, float] = field(default_factory=dict)
     max_concurrency: int = 0  # per model; 0 = the sum of the model's worker slots
     worker_timeout_ms: int = 3_000
     lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
@@ -80,7 +82,7 @@ class Scheduler:
     def _pool(self, model: str) -> ModelPool:
         pool = self.pools.get(model)
         if pool is None:
-            pool = self.pools[model] = ModelPool(queue=make_queue(self.limits.policy))
+            pool = self.pools[model] = ModelPool(queue=make_queue(self.limits.policy, self.limits.workload_weights))
         return pool
 
     def knows(self, stream_seq: int) -> bool:

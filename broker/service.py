@@ -26,6 +26,7 @@ from broker.config import BrokerConfig
 from broker.queue import WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
 from broker.streams import ensure_lease_bucket, ensure_request_stream
+from broker.wfq import estimate_cost_tokens
 from schemas import headers as h
 from schemas.errors import ErrorCode, InvalidRequest, IrisError
 from schemas.headers import is_reply_subject, parse_request_headers
@@ -51,6 +52,7 @@ class BrokerService:
         self.log = log or structlog.get_logger().bind(service="broker")
         limits = SchedulerLimits(
             policy=config.policy,
+            workload_weights=config.workload_weights,
             max_concurrency=config.max_concurrency,
             worker_timeout_ms=int(config.worker_timeout_s * 1000),
         )
@@ -195,7 +197,7 @@ class BrokerService:
             enqueued_ms=stored_ms,
             priority=labels.priority,
             user=labels.user,
-            cost_tokens=labels.cost_tokens,
+            cost_tokens=labels.cost_tokens or estimate_cost_tokens(_body_bytes(headers)),
         )
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -262,3 +264,11 @@ class BrokerService:
         if leased_before:
             assert self._kv is not None
             await self._kv.delete(lease_key(request.stream_seq))
+
+
+def _body_bytes(headers: dict[str, str]) -> int:
+    """Body size as a headers-only consumer reports it."""
+    try:
+        return int(headers.get("Nats-Msg-Size", "0"))
+    except ValueError:
+        return 0

@@ -33,7 +33,7 @@ def main() -> None:
 @click.option("--workers", type=int, help="Worker processes (default 1).")
 @click.option("--slots", type=int, help="Concurrent sequences per worker (default 1).")
 @click.option("--max-concurrency", type=int, help="Leases per model at once (0 = all slots).")
-@click.option("--policy", type=click.Choice(["fifo"]), help="Scheduling policy.")
+@click.option("--policy", type=click.Choice(["wfq", "fifo"]), help="Scheduling policy.")
 @click.option("--n-gpu-layers", type=int, help="-1 offloads every layer to the GPU.")
 @click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence.")
 @click.option("--nats-port", type=int, help="NATS port (default 4222).")

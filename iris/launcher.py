@@ -32,7 +32,7 @@ class UpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
     slots: Annotated[int, Meta(ge=1, le=256)] = 1
     max_concurrency: Annotated[int, Meta(ge=0)] = 0
-    policy: Literal["fifo"] = "fifo"
+    policy: Literal["wfq", "fifo"] = "wfq"
     n_gpu_layers: Annotated[int, Meta(ge=-1)] = 0
     fake_tps: Annotated[float, Meta(ge=0)] = 0.0
     nats_port: Annotated[int, Meta(ge=0, le=65535)] = 4222

@@ -13,7 +13,7 @@ from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client, DuplicateRequest
 from iris.nats_server import NatsServer
 from schemas.errors import DeadlineExceeded, InvalidRequest, NoCapacity
-from tests.integration.services import broker, wait_stream_empty, worker
+from tests.integration.services import broker, eventually, stream_messages, wait_stream_empty, worker
 
 
 async def test_two_workers_share_load(nats_server: NatsServer, nc: NATS) -> None:
@@ -103,3 +103,31 @@ async def test_client_rejects_bad_input_before_sending(nc: NATS) -> None:
         client.generate("hi", model="fake", max_tokens=0)
     with pytest.raises(InvalidRequest, match="priority"):
         client.generate("hi", model="fake", priority=0)
+
+
+async def test_wfq_serves_newcomer_and_paid_before_a_backlog(nats_server: NatsServer, nc: NATS) -> None:
+    """Through real NATS: one slot busy, a user's backlog waiting; another user's request, and a
+    priority-5 request, start before that backlog drains (FIFO would put them last)."""
+    async with (
+        broker(nats_server.url, policy="wfq"),
+        worker(nats_server.url, FakeEngine("fake", tokens_per_s=200), "w1"),
+    ):
+        client = Client(nc)
+        order: list[str] = []
+
+        async def run(name: str, **labels: object) -> None:
+            await client.complete(name, model="fake", max_tokens=10, **labels)  # type: ignore[arg-type]
+            order.append(name)
+
+        backlog = [asyncio.ensure_future(run(f"flood-{i}", user="flood")) for i in range(8)]
+
+        async def flood_queued() -> bool:
+            return await stream_messages(nc) >= 8
+
+        await eventually(flood_queued, what="the flood in the stream")
+        late = [
+            asyncio.ensure_future(run("alice", user="alice")),
+            asyncio.ensure_future(run("paid", user="bob", priority=5)),
+        ]
+        await asyncio.gather(*backlog, *late)
+    assert order.index("alice") < 5 and order.index("paid") < 5, order

@@ -1,0 +1,150 @@
+"""Weighted fair queuing shares, measured by popping a saturated queue (pure, no server)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.queue import WaitingRequest
+from broker.wfq import WfqQueue, estimate_cost_tokens
+
+_seq = itertools.count(1)
+
+
+def req(workload: str = "default", user: str = "", priority: int = 1, cost: int = 100) -> WaitingRequest:
+    seq = next(_seq)
+    return WaitingRequest(seq, f"r{seq}", "m", workload, "_INBOX.x", 10**15, 0, priority, user, cost)
+
+
+def served_tokens(queue: WfqQueue, pops: int, refill: dict[tuple[str, str, int], int]) -> Counter[tuple[str, str, int]]:
+    """Pop `pops` times, keeping every flow in `refill` backlogged (saturation); tokens served per flow."""
+    served: Counter[tuple[str, str, int]] = Counter()
+    for _ in range(pops):
+        request = queue.pop()
+        assert request is not None
+        key = (request.workload, request.user, request.priority)
+        served[key] += request.cost_tokens
+        queue.push(req(request.workload, request.user, request.priority, refill[key]))
+    return served
+
+
+def fill(queue: WfqQueue, flows: dict[tuple[str, str, int], int], depth: int) -> None:
+    for (workload, user, priority), cost in flows.items():
+        for _ in range(depth):
+            queue.push(req(workload, user, priority, cost))
+
+
+def assert_shares(served: Counter[tuple[str, str, int]], target: dict[tuple[str, str, int], float]) -> None:
+    total = sum(served.values())
+    for key, share in target.items():
+        assert abs(served[key] / total - share) <= 0.05 * share, (key, served[key] / total, share)
+
+
+def test_workload_weights_1_2_4() -> None:
+    queue = WfqQueue({"a": 1, "b": 2, "c": 4})
+    flows = {("a", "", 1): 100, ("b", "", 1): 100, ("c", "", 1): 100}
+    fill(queue, flows, 20)
+    assert_shares(served_tokens(queue, 7000, flows), {k: w / 7 for k, w in zip(flows, (1, 2, 4), strict=True)})
+
+
+def test_greedy_user_gets_no_more_than_an_equal_share() -> None:
+    queue = WfqQueue()
+    flows = {("w", "greedy", 1): 100, ("w", "u1", 1): 100, ("w", "u2", 1): 100}
+    fill(queue, {("w", "greedy", 1): 100}, 500)  # 10x the others' backlog
+    fill(queue, {("w", "u1", 1): 100, ("w", "u2", 1): 100}, 50)
+    assert_shares(served_tokens(queue, 3000, flows), {k: 1 / 3 for k in flows})
+
+
+def test_priority_multiplies_weight() -> None:
+    queue = WfqQueue()
+    flows = {("w", "paid", 5): 100, ("w", "free", 1): 100}
+    fill(queue, flows, 10)
+    assert_shares(served_tokens(queue, 6000, flows), {("w", "paid", 5): 5 / 6, ("w", "free", 1): 1 / 6})
+
+
+def test_cost_is_tokens_not_requests() -> None:
+    queue = WfqQueue()
+    flows = {("w", "long", 1): 1000, ("w", "short", 1): 100}
+    fill(queue, flows, 10)
+    served = served_tokens(queue, 5500, flows)
+    assert_shares(served, {("w", "long", 1): 0.5, ("w", "short", 1): 0.5})
+
+
+def test_newcomer_is_not_behind_a_deep_backlog() -> None:
+    queue = WfqQueue()
+    for _ in range(10_000):
+        queue.push(req(user="flood"))
+    for _ in range(100):
+        queue.pop()  # the flood has been running for a while
+    newcomer = req(user="alice")
+    queue.push(newcomer)
+    assert queue.position(newcomer.stream_seq) == 0
+    assert newcomer in (queue.pop(), queue.pop())
+
+
+def test_idle_flow_banks_no_credit() -> None:
+    queue = WfqQueue()
+    fill(queue, {("w", "busy", 1): 100}, 1000)
+    for _ in range(500):
+        queue.pop()  # "late" was idle all this time
+    fill(queue, {("w", "late", 1): 100}, 100)
+    first_100 = Counter(r.user for r in (queue.pop() for _ in range(100)) if r is not None)
+    assert 45 <= first_100["late"] <= 55  # an equal share from now on, not a burst to catch up
+
+
+def test_removed_requests_never_pop() -> None:
+    queue = WfqQueue()
+    requests = [req(user=u) for u in ("a", "b", "a", "c")]
+    for r in requests:
+        queue.push(r)
+    assert queue.remove(requests[0].stream_seq) == requests[0]
+    assert queue.remove(requests[3].stream_seq) == requests[3]
+    popped = [queue.pop(), queue.pop(), queue.pop()]
+    assert sorted(r.stream_seq for r in popped if r) == sorted([requests[1].stream_seq, requests[2].stream_seq])
+    assert popped[2] is None and len(queue) == 0
+
+
+def test_cost_estimate_from_body_size() -> None:
+    assert estimate_cost_tokens(400) == 100 + 256
+    assert estimate_cost_tokens(0, completion_tokens=10) == 11
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("push pop remove".split()),
+            st.sampled_from("ab"),
+            st.sampled_from("xyz"),
+            st.integers(1, 5),
+            st.integers(0, 30),
+        ),
+        max_size=200,
+    )
+)
+def test_every_pushed_request_pops_exactly_once(ops: list[tuple[str, str, str, int, int]]) -> None:
+    queue = WfqQueue({"a": 1, "b": 3})
+    waiting: dict[int, WaitingRequest] = {}
+    out: list[int] = []
+    for op, workload, user, priority, index in ops:
+        if op == "push":
+            r = req(workload, user, priority, cost=10 * priority)
+            queue.push(r)
+            waiting[r.stream_seq] = r
+        elif op == "pop":
+            r2 = queue.pop()
+            assert (r2 is None) == (not waiting)
+            if r2 is not None:
+                out.append(r2.stream_seq)
+                del waiting[r2.stream_seq]
+        elif waiting:
+            seq = sorted(waiting)[index % len(waiting)]
+            assert queue.remove(seq) is waiting.pop(seq)
+        assert len(queue) == len(waiting)
+    while (r3 := queue.pop()) is not None:
+        out.append(r3.stream_seq)
+        del waiting[r3.stream_seq]
+    assert not waiting and len(out) == len(set(out))
