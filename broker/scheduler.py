@@ -78,6 +78,7 @@ class Scheduler:
         self.pools: dict[str, ModelPool] = {}
         self._model_of: dict[int, str] = {}  # every known stream sequence → its model
         self._deadlines: list[tuple[int, int]] = []  # (deadline_ms, seq) of waiting requests, lazy
+        self._by_request_id: dict[str, int] = {}  # request id → stream sequence, while waiting
 
     def _pool(self, model: str) -> ModelPool:
         pool = self.pools.get(model)
@@ -116,6 +117,7 @@ class Scheduler:
 
     def _enqueue(self, pool: ModelPool, request: WaitingRequest) -> None:
         pool.queue.push(request)
+        self._by_request_id[request.request_id] = request.stream_seq
         self._model_of[request.stream_seq] = request.model
         heapq.heappush(self._deadlines, (request.deadline_ms, request.stream_seq))
 
@@ -124,6 +126,7 @@ class Scheduler:
         return cap - len(pool.leases)
 
     def _adopt(self, pool: ModelPool, request: WaitingRequest, worker: WorkerState, now_ms: int) -> None:
+        self._by_request_id.pop(request.request_id, None)
         pool.leases[request.stream_seq] = _lease_for(request, worker.worker_id, now_ms)
         worker.leases.add(request.stream_seq)
         self._model_of[request.stream_seq] = request.model
@@ -141,6 +144,7 @@ class Scheduler:
                 request = pool.queue.pop()
                 if request is None:
                     break
+                self._by_request_id.pop(request.request_id, None)
                 lease = _lease_for(request, worker.worker_id, now_ms)
                 pool.leases[request.stream_seq] = lease
                 worker.leases.add(request.stream_seq)
@@ -175,7 +179,9 @@ class Scheduler:
             return
         model = self._model_of.pop(stream_seq, None)
         if model is not None:
-            self._pool(model).queue.remove(stream_seq)
+            request = self._pool(model).queue.remove(stream_seq)
+            if request is not None:
+                self._by_request_id.pop(request.request_id, None)
 
     def _drop_lease(self, stream_seq: int) -> Lease | None:
         model = self._model_of.get(stream_seq)
@@ -253,8 +259,21 @@ class Scheduler:
             request = self._pool(model).queue.remove(seq)
             if request is not None:
                 self._model_of.pop(seq, None)
+                self._by_request_id.pop(request.request_id, None)
                 expired.append(request)
         return expired
+
+    def cancel_waiting(self, request_id: str) -> WaitingRequest | None:
+        """Remove a waiting request by id (a running one is stopped by its worker, not here)."""
+        seq = self._by_request_id.get(request_id)
+        model = self._model_of.get(seq) if seq is not None else None
+        if seq is None or model is None:
+            return None
+        request = self._pool(model).queue.remove(seq)
+        if request is not None:
+            self._model_of.pop(seq, None)
+            self._by_request_id.pop(request_id, None)
+        return request
 
     def waiting(self, model: str) -> int:
         pool = self.pools.get(model)

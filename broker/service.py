@@ -33,8 +33,10 @@ from schemas.headers import is_reply_subject, parse_request_headers
 from schemas.messages import Lease, QueueUpdate, encoder, heartbeat_decoder, lease_answer_decoder, lease_decoder
 from schemas.stream_ops import delete_request, error_reply, publish_reply
 from schemas.subjects import (
+    CANCEL_FILTER,
     HEARTBEAT_FILTER,
     REQUEST_FILTER,
+    cancelled_request_id,
     is_token,
     lease_key,
     lease_offer_subject,
@@ -76,6 +78,7 @@ class BrokerService:
         self._kv = await ensure_lease_bucket(js, self.config)
         await self._restore_leases()
         self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
+        self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
         self._subs.append(
             await js.subscribe(
                 REQUEST_FILTER,
@@ -209,6 +212,12 @@ class BrokerService:
         for request in self.scheduler.heartbeat(beat, now_ms()):
             self.log.warning("lease lost, re-queued", seq=request.stream_seq, worker=beat.worker_id)
         self._pump()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """A waiting request leaves at once; a running one is stopped by the worker that runs it."""
+        request = self.scheduler.cancel_waiting(cancelled_request_id(msg.subject))
+        if request is not None:
+            await self._reject(Rejection(request, ErrorCode.CANCELLED, "cancelled by the client while queued"))
 
     async def _tick_loop(self) -> None:
         while not self._closing:

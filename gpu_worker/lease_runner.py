@@ -115,6 +115,9 @@ class LeaseRunner:
         finally:
             deadline.cancel()
         assert finished is not None, "engine ended without Finished"
+        if finished.finish_reason == "cancelled":
+            await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
+            return
         run_ms = now_ms() - started_ms
         self.stats.record(finished.completion_tokens, run_ms / 1000)
         result = Result(

@@ -23,7 +23,7 @@ from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
 from schemas.messages import Heartbeat, LeaseAnswer, encoder, lease_decoder
-from schemas.subjects import LEASE_BUCKET, heartbeat_subject, lease_offer_subject
+from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, cancelled_request_id, heartbeat_subject, lease_offer_subject
 
 _ACCEPT = encoder.encode(LeaseAnswer(accepted=True))
 
@@ -36,7 +36,8 @@ class WorkerService:
         self.log = log or structlog.get_logger().bind(service="gpu_worker")
         self.log = self.log.bind(worker=self.worker_id, model=engine.model_name)
         self.stats = RunStats()
-        self.running: dict[int, tuple[asyncio.Task[None], StopSignal]] = {}  # listed in heartbeats until the lease ends
+        # Listed in heartbeats until the lease ends: seq → (task, stop signal, request id).
+        self.running: dict[int, tuple[asyncio.Task[None], StopSignal, str]] = {}
         self.busy: set[int] = set()  # leases holding an engine slot: until their final reply is out
         self.draining = False
         self._nc: NATS | None = None
@@ -57,6 +58,7 @@ class WorkerService:
         kv = await self._lease_bucket()
         self._runner = LeaseRunner(self.nc, kv, self.engine, self.worker_id, self.stats, self.log)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
+        await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         self.log.info("worker started", slots=self.engine.slots, gpu=self.engine.on_gpu)
 
@@ -88,9 +90,15 @@ class WorkerService:
             return
         stop = StopSignal()
         task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
-        self.running[lease.stream_seq] = (task, stop)
+        self.running[lease.stream_seq] = (task, stop, lease.request_id)
         self.busy.add(lease.stream_seq)
         await msg.respond(_ACCEPT)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        request_id = cancelled_request_id(msg.subject)
+        for _, stop, running_id in self.running.values():
+            if running_id == request_id:
+                stop.stop("cancelled")  # the engine ends within one token; the runner answers `cancelled`
 
     async def _run(self, seq: int, lease: Any, stop: StopSignal) -> None:
         assert self._runner is not None
@@ -131,7 +139,7 @@ class WorkerService:
             return
         self._closing = True
         self.draining = True
-        tasks = [task for task, _ in self.running.values()]
+        tasks = [task for task, _, _ in self.running.values()]
         if tasks:
             self.log.info("draining", running=len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s)

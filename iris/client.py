@@ -40,17 +40,22 @@ class Generation:
         self.exchange: Exchange | None = None
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
+        async for chunk in await self._exchange():
+            yield chunk
+
+    async def _exchange(self) -> Exchange:
         if self.exchange is None:
             envelope = self._build(await self._client.resolve_model(self._model))
             self.exchange = Exchange(self._client.nc, envelope)
-        async for chunk in self.exchange:
-            yield chunk
+        return self.exchange
 
     async def finish(self) -> Result:
-        async for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
+        return await (await self._exchange()).finish()
+
+    async def cancel(self) -> None:
+        """Drop the request (queued: leaves at once; running: stops within a token, slot freed)."""
+        if self.exchange is not None:
+            await self.exchange.cancel()
 
     @property
     def result(self) -> Result | None:

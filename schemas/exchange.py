@@ -34,7 +34,7 @@ from schemas.messages import (
     request_decoder,
     result_decoder,
 )
-from schemas.subjects import MAX_TOKEN_CHARS, is_token, request_subject
+from schemas.subjects import MAX_TOKEN_CHARS, cancel_subject, is_token, request_subject
 
 REPLY_GRACE_S = 5.0
 PUBLISH_ATTEMPTS = 3
@@ -126,16 +126,29 @@ class Exchange:
             replies.put_nowait(msg)
 
         sub = await self.nc.subscribe(env.headers[h.REPLY_TO], cb=collect)
+        published = answered = False
         try:
             await publish_request(self.nc, env)
+            published = True
             while self.result is None:
                 msg = await _next_reply(replies, env.deadline_ms)
-                chunk = self._handle(msg.headers or {}, msg.data)
+                try:
+                    chunk = self._handle(msg.headers or {}, msg.data)
+                except IrisError:
+                    answered = True  # the final reply was an error
+                    raise
                 if chunk is not None:
                     yield chunk
+            answered = True
         finally:
             if not self.nc.is_closed:
                 await sub.unsubscribe()
+                if published and not answered:
+                    await self.cancel()  # abandoned (break, task cancelled, timeout): free the slot
+
+    async def cancel(self) -> None:
+        """Ask Iris to drop this request: a queued one leaves at once, a running one stops within a token."""
+        await self.nc.publish(cancel_subject(self.envelope.request_id), b"")
 
     def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | None:
         kind = headers.get(h.KIND)

@@ -14,6 +14,7 @@ LEASE_BUCKET = "IRIS_LEASES"
 REQUEST_PREFIX = "iris.req"
 REQUEST_FILTER = "iris.req.>"
 CANCEL_PREFIX = "iris.cancel"
+CANCEL_FILTER = "iris.cancel.*"
 HEARTBEAT_FILTER = "iris.worker.hb.>"
 API_PREFIX = "iris.api"
 ADMIT_PREFIX = "iris.admit"
@@ -52,6 +53,10 @@ def parse_request_subject(subject: str) -> tuple[str, str] | None:
 
 def cancel_subject(request_id: str) -> str:
     return f"{CANCEL_PREFIX}.{request_id}"
+
+
+def cancelled_request_id(subject: str) -> str:
+    return subject[len(CANCEL_PREFIX) + 1 :]
 
 
 def lease_offer_subject(worker_id: str) -> str:
