@@ -13,6 +13,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     policy: Literal["wfq", "fifo"] = "wfq"
     workload_weights: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")], Annotated[float, Meta(gt=0)]] = {}
     max_concurrency: Annotated[int, Meta(ge=0)] = 0  # per model; 0 = all worker slots
+    max_queue: Annotated[int, Meta(ge=0)] = 0  # waiting requests per workload; 0 = only the stream's limits
     worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
     offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
     tick_s: Annotated[float, Meta(gt=0, le=10)] = 0.1

@@ -8,6 +8,7 @@ foundation ships `FifoQueue` (stream order); the weighted-fair queue plugs in be
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -39,6 +40,8 @@ class RequestQueue(Protocol):
 
     def position(self, stream_seq: int) -> int: ...
 
+    def count(self, workload: str) -> int: ...
+
     def __len__(self) -> int: ...
 
     def __contains__(self, stream_seq: object) -> bool: ...
@@ -51,22 +54,27 @@ class FifoQueue:
         self._by_seq: dict[int, WaitingRequest] = {}
         self._heap: list[int] = []  # stream sequences; entries no longer in _by_seq are skipped lazily
         self._last_seq = 0
+        self._per_workload: Counter[str] = Counter()
 
     def push(self, request: WaitingRequest) -> None:
         self._by_seq[request.stream_seq] = request
         heapq.heappush(self._heap, request.stream_seq)
         self._last_seq = max(self._last_seq, request.stream_seq)
+        self._per_workload[request.workload] += 1
 
     def pop(self) -> WaitingRequest | None:
         while self._heap:
             seq = heapq.heappop(self._heap)
             request = self._by_seq.pop(seq, None)
             if request is not None:
+                self._per_workload[request.workload] -= 1
                 return request
         return None
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._by_seq.pop(stream_seq, None)
+        if request is not None:
+            self._per_workload[request.workload] -= 1
         if len(self._heap) > 2 * len(self._by_seq) + 64:
             self._heap = list(self._by_seq)
             heapq.heapify(self._heap)
@@ -81,6 +89,9 @@ class FifoQueue:
         if self._heap and self._heap[0] == stream_seq:
             return 0
         return sum(1 for seq in self._by_seq if seq < stream_seq)
+
+    def count(self, workload: str) -> int:
+        return self._per_workload[workload]
 
     def __len__(self) -> int:
         return len(self._by_seq)

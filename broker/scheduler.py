@@ -28,6 +28,7 @@ class SchedulerLimits:
     worker_timeout_ms: int = 3_000
     lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
     startup_grace_ms: int = 1_500  # no offers until every live worker has beaten once (adopts its leases)
+    max_queue: int = 0  # waiting requests per (model, workload); 0 = no limit but the stream's own
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class ModelPool:
     workers: dict[str, WorkerState] = field(default_factory=dict)
     leases: dict[int, Lease] = field(default_factory=dict)
     service_ms_ema: float = 2_000.0
+    completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
 
 
 class Scheduler:
@@ -111,9 +113,32 @@ class Scheduler:
         if runner is not None:  # a worker already runs it (its lease record was lost): adopt, never re-run
             self._adopt(pool, request, runner, now_ms)
             return None
+        if self.limits.max_queue and pool.queue.count(request.workload) >= self.limits.max_queue:
+            waiting = pool.queue.count(request.workload)
+            message = f"workload {request.workload!r} already has {waiting} requests waiting (max_queue)"
+            return Rejection(request, ErrorCode.QUEUE_FULL, message, max(1.0, self._eta_s(pool, 0)))
         self._enqueue(pool, request)
         position = pool.queue.position(request.stream_seq)
+        start_ms = now_ms + self._start_delay_ms(pool, position)
+        if pool.completed and start_ms > request.deadline_ms:
+            self._forget_waiting(pool, request)
+            wait_s = (start_ms - now_ms) / 1000
+            message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
+            return Rejection(request, ErrorCode.DEADLINE_UNMEETABLE, message, round(wait_s, 3))
         return Admitted(request, position, self._eta_s(pool, position))
+
+    def _start_delay_ms(self, pool: ModelPool, position: int) -> float:
+        """Expected wait before the request at `position` starts: whole service rounds ahead of it."""
+        free_now = max(0, min(self._capacity(pool), sum(w.free_slots for w in pool.workers.values())))
+        if position < free_now:
+            return 0.0
+        concurrency = min(self.limits.max_concurrency or 1 << 30, max(1, self._live_slots(pool)))
+        return ((position - free_now) // concurrency + 1) * pool.service_ms_ema
+
+    def _forget_waiting(self, pool: ModelPool, request: WaitingRequest) -> None:
+        pool.queue.remove(request.stream_seq)
+        self._model_of.pop(request.stream_seq, None)
+        self._by_request_id.pop(request.request_id, None)
 
     def _enqueue(self, pool: ModelPool, request: WaitingRequest) -> None:
         pool.queue.push(request)
@@ -174,7 +199,9 @@ class Scheduler:
         lease = self._drop_lease(stream_seq)
         if lease is not None:
             pool = self._pool(lease.model)
-            pool.service_ms_ema = 0.8 * pool.service_ms_ema + 0.2 * max(1, now_ms - lease.leased_ms)
+            service_ms = max(1, now_ms - lease.leased_ms)
+            pool.service_ms_ema = service_ms if not pool.completed else 0.8 * pool.service_ms_ema + 0.2 * service_ms
+            pool.completed += 1
             self._model_of.pop(stream_seq, None)
             return
         model = self._model_of.pop(stream_seq, None)

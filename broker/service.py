@@ -56,6 +56,7 @@ class BrokerService:
             policy=config.policy,
             workload_weights=config.workload_weights,
             max_concurrency=config.max_concurrency,
+            max_queue=config.max_queue,
             worker_timeout_ms=int(config.worker_timeout_s * 1000),
         )
         self.scheduler = Scheduler(limits, now_ms())

@@ -170,6 +170,10 @@ class WfqQueue:
         share = self.weight(request.workload) / active_weight * request.priority / flow_priority
         return min(len(self._requests) - 1, int(ahead / share))
 
+    def count(self, workload: str) -> int:
+        entry = self._workloads.get(workload)
+        return sum(entry.live.values()) if entry else 0
+
     def __len__(self) -> int:
         return len(self._requests)
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (imported up front: its plugin's late import at the summary trips a CPython 3.11 AST bug)
 import nats
 import pytest
 from nats.aio.client import Client as NATS

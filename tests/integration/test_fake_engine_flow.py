@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client, DuplicateRequest
 from iris.nats_server import NatsServer
-from schemas.errors import DeadlineExceeded, InvalidRequest, NoCapacity
+from schemas.errors import DeadlineExceeded, InvalidRequest, NoCapacity, QueueFull
 from tests.integration.services import broker, eventually, stream_messages, wait_stream_empty, worker
 
 
@@ -131,3 +131,27 @@ async def test_wfq_serves_newcomer_and_paid_before_a_backlog(nats_server: NatsSe
         ]
         await asyncio.gather(*backlog, *late)
     assert order.index("alice") < 5 and order.index("paid") < 5, order
+
+
+async def test_max_queue_gives_queue_full_with_retry_after(nats_server: NatsServer, nc: NATS) -> None:
+    engine = FakeEngine("fake", tokens_per_s=50)
+    async with broker(nats_server.url, max_queue=1), worker(nats_server.url, engine, "w1"):
+        client = Client(nc)
+        running = asyncio.ensure_future(client.complete("occupy", model="fake", max_tokens=50))
+
+        async def started() -> bool:
+            return engine.generations == 1
+
+        await eventually(started, what="the first request to run")
+        queued = client.generate("waits", model="fake", max_tokens=2, stream=False)
+        waiting = asyncio.ensure_future(queued.finish())
+
+        async def in_queue() -> bool:
+            return bool(queued.queue_updates)
+
+        await eventually(in_queue, what="the second request to queue")
+        with pytest.raises(QueueFull) as info:
+            await client.complete("one too many", model="fake", max_tokens=2)
+        assert info.value.retry_after_s is not None and info.value.retry_after_s >= 1
+        assert (await waiting).usage.completion_tokens == 2
+        await running

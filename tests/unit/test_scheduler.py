@@ -171,3 +171,31 @@ def test_invariants_under_random_events(events: list[tuple[str, object]], max_co
         capacity_left = (max_concurrency or sum(w.slots for w in pool.workers.values())) - len(pool.leases)
         free_worker = any(w.free_slots for w in pool.workers.values())
         assert len(pool.queue) == 0 or capacity_left <= 0 or not free_worker
+
+
+def test_max_queue_per_workload_rejects_with_retry_after() -> None:
+    scheduler = Scheduler(SchedulerLimits(max_queue=2), T0)
+    now = T0 + GRACE
+    scheduler.heartbeat(beat("a", 1, [], now), now)
+    decisions = [scheduler.admit(request(seq), now) for seq in (1, 2, 3)]
+    assert [type(d).__name__ for d in decisions] == ["Admitted", "Admitted", "Rejection"]
+    rejection = decisions[2]
+    assert isinstance(rejection, Rejection) and rejection.code is ErrorCode.QUEUE_FULL
+    assert rejection.retry_after_s and rejection.retry_after_s >= 1
+    other = WaitingRequest(4, "r4", "m", "other", "_INBOX.4", T0 + 600_000, T0)
+    assert isinstance(scheduler.admit(other, now), Admitted)  # the limit is per workload
+
+
+def test_deadline_unmeetable_once_service_time_is_known() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    scheduler.admit(request(1), now)
+    (lease,) = scheduler.dispatch(now)
+    scheduler.lease_ended(lease.stream_seq, now + 10_000)  # one request took 10 s
+    now += 10_000
+    scheduler.admit(request(2), now)
+    scheduler.dispatch(now)  # request 2 runs; request 3 would start in ~10 s
+    tight = scheduler.admit(request(3, deadline_ms=now + 5_000), now)
+    assert isinstance(tight, Rejection) and tight.code is ErrorCode.DEADLINE_UNMEETABLE
+    assert "estimated start in 10.0 s" in tight.message and tight.retry_after_s == 10.0
+    assert scheduler.waiting("m") == 0
+    assert isinstance(scheduler.admit(request(4, deadline_ms=now + 30_000), now), Admitted)
