@@ -22,6 +22,8 @@ from schemas.logs import configure_logging
 @click.option(
     "--worker-timeout", "worker_timeout_s", type=float, help="Seconds without heartbeat before a worker is dead."
 )
+@click.option("--max-queue", type=int, help="Waiting requests per workload (0 = no limit).")
+@click.option("--max-inflight", "max_inflight_s", type=float, help="Seconds a lease may run before it is cut off.")
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
     config = load_config_or_exit(BrokerConfig, "broker", config_path, flags, "broker")

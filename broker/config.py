@@ -14,6 +14,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workload_weights: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")], Annotated[float, Meta(gt=0)]] = {}
     max_concurrency: Annotated[int, Meta(ge=0)] = 0  # per model; 0 = all worker slots
     max_queue: Annotated[int, Meta(ge=0)] = 0  # waiting requests per workload; 0 = only the stream's limits
+    max_inflight_s: Annotated[float, Meta(ge=0, le=3600)] = 600.0  # longer leases are cut off; 0 = no limit
     worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
     offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
     tick_s: Annotated[float, Meta(gt=0, le=10)] = 0.1

@@ -29,6 +29,7 @@ class SchedulerLimits:
     lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
     startup_grace_ms: int = 1_500  # no offers until every live worker has beaten once (adopts its leases)
     max_queue: int = 0  # waiting requests per (model, workload); 0 = no limit but the stream's own
+    max_inflight_ms: int = 0  # a lease running longer is cut off by its worker; 0 = no limit
 
 
 @dataclass(frozen=True)
@@ -152,9 +153,14 @@ class Scheduler:
 
     def _adopt(self, pool: ModelPool, request: WaitingRequest, worker: WorkerState, now_ms: int) -> None:
         self._by_request_id.pop(request.request_id, None)
-        pool.leases[request.stream_seq] = _lease_for(request, worker.worker_id, now_ms)
+        pool.leases[request.stream_seq] = self._lease_for(request, worker.worker_id, now_ms)
         worker.leases.add(request.stream_seq)
         self._model_of[request.stream_seq] = request.model
+
+    def _lease_for(self, request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
+        cutoff_ms = now_ms + self.limits.max_inflight_ms if self.limits.max_inflight_ms else 0
+        fields = msgspec.structs.asdict(request)
+        return Lease(**fields, worker_id=worker_id, leased_ms=now_ms, cutoff_ms=cutoff_ms)
 
     def dispatch(self, now_ms: int) -> list[Lease]:
         """Hand waiting requests to free slots, best first; the caller records and offers each lease."""
@@ -170,7 +176,7 @@ class Scheduler:
                 if request is None:
                     break
                 self._by_request_id.pop(request.request_id, None)
-                lease = _lease_for(request, worker.worker_id, now_ms)
+                lease = self._lease_for(request, worker.worker_id, now_ms)
                 pool.leases[request.stream_seq] = lease
                 worker.leases.add(request.stream_seq)
                 offers.append(lease)
@@ -309,10 +315,6 @@ class Scheduler:
     def running(self, model: str) -> int:
         pool = self.pools.get(model)
         return len(pool.leases) if pool else 0
-
-
-def _lease_for(request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
-    return Lease(**msgspec.structs.asdict(request), worker_id=worker_id, leased_ms=now_ms)
 
 
 def _waiting_from(lease: Lease, attempt: int) -> WaitingRequest:

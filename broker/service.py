@@ -57,6 +57,7 @@ class BrokerService:
             workload_weights=config.workload_weights,
             max_concurrency=config.max_concurrency,
             max_queue=config.max_queue,
+            max_inflight_ms=int(config.max_inflight_s * 1000),
             worker_timeout_ms=int(config.worker_timeout_s * 1000),
         )
         self.scheduler = Scheduler(limits, now_ms())

@@ -91,9 +91,10 @@ class LeaseRunner:
         answered: Callable[[], None],
     ) -> None:
         started_ms = now_ms()
-        deadline = asyncio.get_running_loop().call_later(
-            max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline"
-        )
+        loop = asyncio.get_running_loop()
+        timers = [loop.call_later(max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline")]
+        if lease.cutoff_ms:
+            timers.append(loop.call_later(max(0.0, (lease.cutoff_ms - started_ms) / 1000), stop.stop, "max_inflight"))
         parts: list[str] = []
         finished: Finished | None = None
         try:
@@ -113,7 +114,8 @@ class LeaseRunner:
             await self._fail(answered, lease, error_reply(ErrorCode.WORKER_FAILED, f"engine failed: {exc}"), log)
             return
         finally:
-            deadline.cancel()
+            for timer in timers:
+                timer.cancel()
         assert finished is not None, "engine ended without Finished"
         if finished.finish_reason == "cancelled":
             await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)

@@ -94,6 +94,7 @@ class Lease(msgspec.Struct, frozen=True):
     priority: int = 1
     user: str = ""
     cost_tokens: int = 0
+    cutoff_ms: int = 0  # max_inflight: the worker stops the answer here (0 = no cut-off)
 
 
 class LeaseAnswer(msgspec.Struct, frozen=True):

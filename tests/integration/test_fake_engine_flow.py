@@ -155,3 +155,17 @@ async def test_max_queue_gives_queue_full_with_retry_after(nats_server: NatsServ
         assert info.value.retry_after_s is not None and info.value.retry_after_s >= 1
         assert (await waiting).usage.completion_tokens == 2
         await running
+
+
+async def test_max_inflight_cuts_off_a_long_answer_and_frees_the_slot(nats_server: NatsServer, nc: NATS) -> None:
+    async with (
+        broker(nats_server.url, max_inflight_s=1.0),
+        worker(nats_server.url, FakeEngine("fake", tokens_per_s=20), "w1"),
+    ):
+        client = Client(nc)
+        result = await client.complete("go on forever", model="fake", max_tokens=1000)
+        assert result.finish_reason == "max_inflight"
+        assert 0 < result.usage.completion_tokens < 100
+        assert result.text.count(" ") == result.usage.completion_tokens  # what was generated, all of it
+        follow_up = await client.complete("next", model="fake", max_tokens=3)
+        assert follow_up.finish_reason == "length"

@@ -199,3 +199,12 @@ def test_deadline_unmeetable_once_service_time_is_known() -> None:
     assert "estimated start in 10.0 s" in tight.message and tight.retry_after_s == 10.0
     assert scheduler.waiting("m") == 0
     assert isinstance(scheduler.admit(request(4, deadline_ms=now + 30_000), now), Admitted)
+
+
+def test_lease_carries_max_inflight_cutoff() -> None:
+    scheduler = Scheduler(SchedulerLimits(max_inflight_ms=60_000), T0)
+    now = T0 + GRACE
+    scheduler.heartbeat(beat("a", 1, [], now), now)
+    scheduler.admit(request(1), now)
+    (lease,) = scheduler.dispatch(now)
+    assert lease.cutoff_ms == now + 60_000
