@@ -120,5 +120,20 @@ def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bo
     asyncio.run(run_overhead_bench(n_requests, 0 if skip_real else real_requests, out))
 
 
+@bench.command("fairness")
+@click.option(
+    "--duration", "duration_s", type=float, default=20.0, show_default=True, help="Seconds of saturating load."
+)
+@click.option("--outstanding", type=int, default=4, show_default=True, help="Closed loops per user (greedy: 10x).")
+@click.option("--slots", type=int, default=2, show_default=True, help="FakeEngine worker slots.")
+@click.option("--policy", type=click.Choice(["wfq", "fifo"]), default="wfq", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/fairness.json"), show_default=True)
+def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, out: Path) -> None:
+    """Token share per flow vs its weight under saturation (workloads 1:2:4, one greedy user)."""
+    from iris.bench_fairness import run_fairness_bench
+
+    asyncio.run(run_fairness_bench(duration_s, outstanding, slots, out, policy))
+
+
 if __name__ == "__main__":
     main()
