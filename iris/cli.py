@@ -135,5 +135,16 @@ def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str,
     asyncio.run(run_fairness_bench(duration_s, outstanding, slots, out, policy))
 
 
+@bench.command("scheduler")
+@click.option("--requests", "n_dispatch", type=int, default=10_000, show_default=True, help="Requests to dispatch.")
+@click.option("--waiting", "n_waiting", type=int, default=100_000, show_default=True, help="Requests left waiting.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scheduler.json"), show_default=True)
+def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
+    """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
+    from iris.bench_scheduler import run_scheduler_bench
+
+    asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,164 @@
+"""`iris bench scheduler`: how fast the broker dispatches, and what its index costs in memory.
+
+Three measurements in one run, all on loopback with a real nats-server:
+  * raw JetStream for comparison: publish → pull fetch → ack of the same number of messages;
+  * Iris dispatch rate: requests published as fast as JetStream takes them, zero-time FakeEngine workers
+    with many slots, from first publish to last final reply (every reply means one dispatch decision);
+  * broker RSS with N requests waiting (one slow slot keeps them queued), read from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import RetentionPolicy, StreamConfig
+
+from iris.bench_overhead import spawn, wait_for_model
+from iris.client import Client
+from iris.nats_server import NatsServer
+
+TARGET_DISPATCH_PER_S = 5000
+TARGET_RSS_MB = 150
+BODY = b'{"prompt": "Why is the sky blue?", "max_tokens": 1}'
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def raw_jetstream(url: str, n: int) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"], retention=RetentionPolicy.WORK_QUEUE))
+    sub = await js.pull_subscribe("raw.>", durable="raw")
+    start = time.perf_counter()
+    acks = [await js.publish_async("raw.x", BODY) for _ in range(n)]
+    await asyncio.gather(*acks)
+    done = 0
+    while done < n:
+        for msg in await sub.fetch(min(200, n - done), timeout=10):
+            await msg.ack()
+            done += 1
+    elapsed = time.perf_counter() - start
+    await nc.close()
+    return n / elapsed
+
+
+async def publish_requests(nc: nats.NATS, model: str, n: int, inbox: str) -> None:
+    js = nc.jetstream()
+    deadline = str(int(time.time() * 1000) + 3_000_000)
+    futures = []
+    for i in range(n):
+        headers = {"Iris-Reply-To": inbox, "Iris-Deadline": deadline, "Nats-Msg-Id": f"b{time.time_ns()}-{i}"}
+        futures.append(await js.publish_async(f"iris.req.{model}.default", BODY, headers=headers))
+    await asyncio.gather(*futures)
+
+
+async def count_replies(nc: nats.NATS, inbox: str, kind: str, n: int, timeout_s: float) -> float:
+    """Wait for n replies of `kind` on the inbox; returns when the last one arrived (perf_counter)."""
+    seen = 0
+    last = 0.0
+    done = asyncio.Event()
+
+    async def on_reply(msg: Any) -> None:
+        nonlocal seen, last
+        if (msg.headers or {}).get("Iris-Kind") == kind:
+            seen += 1
+            last = time.perf_counter()
+            if seen >= n:
+                done.set()
+
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    await asyncio.wait_for(done.wait(), timeout_s)
+    await sub.unsubscribe()
+    return last
+
+
+async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "bench": "scheduler",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform()},
+    }
+    with tempfile.TemporaryDirectory(prefix="iris-sched-") as tmp:
+        workdir = Path(tmp)
+        server = NatsServer(workdir / "nats").start()
+        procs = []
+        try:
+            report["raw_jetstream_msgs_per_s"] = round(await raw_jetstream(server.url, n_dispatch), 1)
+            procs.append(spawn("broker", server.url, [], workdir / "broker.log"))
+            for i in range(2):
+                procs.append(
+                    spawn(
+                        "gpu_worker",
+                        server.url,
+                        ["--engine", "fake", "--model-name", "fast", "--slots", "64", "--worker-id", f"fast{i}"],
+                        workdir / f"w{i}.log",
+                    )
+                )
+            procs.append(
+                spawn(
+                    "gpu_worker",
+                    server.url,
+                    [
+                        "--engine",
+                        "fake",
+                        "--model-name",
+                        "slow",
+                        "--slots",
+                        "1",
+                        "--fake-tps",
+                        "0.01",
+                        "--worker-id",
+                        "slow",
+                    ],
+                    workdir / "slow.log",
+                )
+            )
+            async with await Client.connect(server.url) as client:
+                await wait_for_model(client, "fast", procs)
+                await wait_for_model(client, "slow", procs)
+                nc = client.nc
+                inbox = nc.new_inbox()
+                results = asyncio.ensure_future(count_replies(nc, inbox, "result", n_dispatch, 600))
+                start = time.perf_counter()
+                await publish_requests(nc, "fast", n_dispatch, inbox)
+                report["iris_dispatch_per_s"] = round(n_dispatch / (await results - start), 1)
+
+                broker_pid = procs[0].pid
+                report["broker_rss_idle_mb"] = round(rss_mb(broker_pid), 1)
+                inbox = nc.new_inbox()
+                queued = asyncio.ensure_future(count_replies(nc, inbox, "queued", n_waiting, 900))
+                await publish_requests(nc, "slow", n_waiting, inbox)
+                await queued
+                report["waiting_requests"] = n_waiting
+                report["broker_rss_with_waiting_mb"] = round(rss_mb(broker_pid), 1)
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            server.stop()
+    report["targets"] = {"dispatch_per_s": TARGET_DISPATCH_PER_S, "rss_mb": TARGET_RSS_MB}
+    print(f"raw JetStream publish→fetch→ack:   {report['raw_jetstream_msgs_per_s']:>10.1f} msgs/s")
+    print(
+        f"Iris dispatch (zero-time workers):  {report['iris_dispatch_per_s']:>10.1f} requests/s "
+        f"(target >= {TARGET_DISPATCH_PER_S})"
+    )
+    print(
+        f"broker RSS idle / {n_waiting} waiting: {report['broker_rss_idle_mb']} MB / "
+        f"{report['broker_rss_with_waiting_mb']} MB (target <= {TARGET_RSS_MB} MB)"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"saved {out}")
+    return report
