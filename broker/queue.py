@@ -25,8 +25,9 @@ class WaitingRequest(msgspec.Struct, gc=False):
     enqueued_ms: int
     priority: int = 1
     user: str = ""
-    cost_tokens: int = 0
+    cost_tokens: int = 0  # Iris-Tokens, else the scheduler's estimate at admission
     attempt: int = 1
+    prompt_tokens_est: int = 0  # from the body size; the base of the estimate
 
 
 class RequestQueue(Protocol):
@@ -41,6 +42,10 @@ class RequestQueue(Protocol):
     def position(self, stream_seq: int) -> int: ...
 
     def count(self, workload: str) -> int: ...
+
+    def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
+        """A finished request cost `delta_tokens` more (or less) than it was charged."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -92,6 +97,9 @@ class FifoQueue:
 
     def count(self, workload: str) -> int:
         return self._per_workload[workload]
+
+    def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
+        return None  # arrival order does not depend on cost
 
     def __len__(self) -> int:
         return len(self._by_seq)

@@ -13,11 +13,10 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import msgspec
-
 from broker.queue import RequestQueue, WaitingRequest, make_queue
+from broker.wfq import DEFAULT_COST_TOKENS
 from schemas.errors import ErrorCode
-from schemas.messages import Heartbeat, Lease
+from schemas.messages import Heartbeat, Lease, LeaseDone
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ class ModelPool:
     leases: dict[int, Lease] = field(default_factory=dict)
     service_ms_ema: float = 2_000.0
     completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
+    completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
 
 
 class Scheduler:
@@ -106,6 +106,9 @@ class Scheduler:
         if request.deadline_ms <= now_ms:
             return Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
         pool = self._pool(request.model)
+        if not request.cost_tokens:
+            expected = pool.completion_tokens_ema.get(request.workload, DEFAULT_COST_TOKENS)
+            request.cost_tokens = request.prompt_tokens_est + round(expected)
         warmed_up = now_ms - self.started_ms >= self.limits.worker_timeout_ms
         if warmed_up and not pool.workers:
             retry_s = self.limits.worker_timeout_ms / 1000.0
@@ -159,7 +162,7 @@ class Scheduler:
 
     def _lease_for(self, request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
         cutoff_ms = now_ms + self.limits.max_inflight_ms if self.limits.max_inflight_ms else 0
-        fields = msgspec.structs.asdict(request)
+        fields = {name: getattr(request, name) for name in _SHARED_FIELDS}
         return Lease(**fields, worker_id=worker_id, leased_ms=now_ms, cutoff_ms=cutoff_ms)
 
     def dispatch(self, now_ms: int) -> list[Lease]:
@@ -296,6 +299,20 @@ class Scheduler:
                 expired.append(request)
         return expired
 
+    def lease_usage(self, done: LeaseDone) -> None:
+        """Actual tokens of a finished lease: learn the workload's completion length, and charge the flow
+        the difference to what it was charged up front, so a bad estimate does not skew shares."""
+        pool = self.pools.get(done.model)
+        if pool is None:
+            return
+        ema = pool.completion_tokens_ema.get(done.workload)
+        tokens = float(done.completion_tokens)
+        pool.completion_tokens_ema[done.workload] = tokens if ema is None else 0.8 * ema + 0.2 * tokens
+        lease = pool.leases.get(done.stream_seq)
+        if lease is not None and lease.cost_tokens:
+            delta = done.prompt_tokens + done.completion_tokens - lease.cost_tokens
+            pool.queue.charge_back(lease.workload, lease.user, lease.priority, delta)
+
     def cancel_waiting(self, request_id: str) -> WaitingRequest | None:
         """Remove a waiting request by id (a running one is stopped by its worker, not here)."""
         seq = self._by_request_id.get(request_id)
@@ -318,5 +335,9 @@ class Scheduler:
 
 
 def _waiting_from(lease: Lease, attempt: int) -> WaitingRequest:
-    fields = {name: getattr(lease, name) for name in WaitingRequest.__struct_fields__}
+    fields = {name: getattr(lease, name) for name in _SHARED_FIELDS}
     return WaitingRequest(**{**fields, "attempt": attempt})
+
+
+# What a lease and an index entry have in common: a lease is an entry plus who runs it, since when.
+_SHARED_FIELDS = tuple(f for f in WaitingRequest.__struct_fields__ if f in Lease.__struct_fields__)

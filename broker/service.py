@@ -26,14 +26,23 @@ from broker.config import BrokerConfig
 from broker.queue import WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
 from broker.streams import ensure_lease_bucket, ensure_request_stream
-from broker.wfq import estimate_cost_tokens
+from broker.wfq import estimate_prompt_tokens
 from schemas import headers as h
 from schemas.errors import ErrorCode, InvalidRequest, IrisError
 from schemas.headers import is_reply_subject, parse_request_headers
-from schemas.messages import Lease, QueueUpdate, encoder, heartbeat_decoder, lease_answer_decoder, lease_decoder
+from schemas.messages import (
+    Lease,
+    QueueUpdate,
+    encoder,
+    heartbeat_decoder,
+    lease_answer_decoder,
+    lease_decoder,
+    lease_done_decoder,
+)
 from schemas.stream_ops import delete_request, error_reply, publish_reply
 from schemas.subjects import (
     CANCEL_FILTER,
+    DONE_FILTER,
     HEARTBEAT_FILTER,
     REQUEST_FILTER,
     cancelled_request_id,
@@ -81,6 +90,7 @@ class BrokerService:
         await self._restore_leases()
         self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
         self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
+        self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
         self._subs.append(
             await js.subscribe(
                 REQUEST_FILTER,
@@ -202,7 +212,8 @@ class BrokerService:
             enqueued_ms=stored_ms,
             priority=labels.priority,
             user=labels.user,
-            cost_tokens=labels.cost_tokens or estimate_cost_tokens(_body_bytes(headers)),
+            cost_tokens=labels.cost_tokens,
+            prompt_tokens_est=estimate_prompt_tokens(_body_bytes(headers)),
         )
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -214,6 +225,12 @@ class BrokerService:
         for request in self.scheduler.heartbeat(beat, now_ms()):
             self.log.warning("lease lost, re-queued", seq=request.stream_seq, worker=beat.worker_id)
         self._pump()
+
+    async def _on_lease_done(self, msg: Msg) -> None:
+        try:
+            self.scheduler.lease_usage(lease_done_decoder.decode(msg.data))
+        except Exception as exc:  # a foreign publisher on our subject must not stop the broker
+            self.log.warning("bad lease usage ignored", subject=msg.subject, error=str(exc))
 
     async def _on_cancel(self, msg: Msg) -> None:
         """A waiting request leaves at once; a running one is stopped by the worker that runs it."""

@@ -26,10 +26,9 @@ DEFAULT_COST_TOKENS = 256
 BYTES_PER_PROMPT_TOKEN = 4
 
 
-def estimate_cost_tokens(body_bytes: int, completion_tokens: int = DEFAULT_COST_TOKENS) -> int:
-    """Cost of a request without `Iris-Tokens`: prompt tokens from the body size the headers-only consumer
-    sees (`Nats-Msg-Size`), plus an expected completion."""
-    return max(1, body_bytes // BYTES_PER_PROMPT_TOKEN) + completion_tokens
+def estimate_prompt_tokens(body_bytes: int) -> int:
+    """Prompt tokens from the body size the headers-only consumer sees (`Nats-Msg-Size`)."""
+    return max(1, body_bytes // BYTES_PER_PROMPT_TOKEN)
 
 
 class StrideLevel(Generic[K]):
@@ -69,6 +68,14 @@ class StrideLevel(Generic[K]):
         """`key` just had a turn costing `cost`: it moves back by cost / weight."""
         self.floor = max(self.floor, self.vtime[key])
         self.vtime[key] += cost / weight
+        if key in self.active:
+            heapq.heappush(self._heap, (self.vtime[key], next(self._order), key))
+
+    def adjust(self, key: K, cost: float, weight: float) -> None:
+        """Correct an earlier charge (actual tokens known); affects the key's next turn, not its current one."""
+        if key not in self.vtime:
+            return
+        self.vtime[key] = max(self.floor, self.vtime[key] + cost / weight)
         if key in self.active:
             heapq.heappush(self._heap, (self.vtime[key], next(self._order), key))
 
@@ -169,6 +176,12 @@ class WfqQueue:
         flow_priority = sum(f[1] for f in workload.level.active)
         share = self.weight(request.workload) / active_weight * request.priority / flow_priority
         return min(len(self._requests) - 1, int(ahead / share))
+
+    def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
+        self._level.adjust(workload, delta_tokens, self.weight(workload))
+        entry = self._workloads.get(workload)
+        if entry is not None:
+            entry.level.adjust((user, priority), delta_tokens, priority)
 
     def count(self, workload: str) -> int:
         entry = self._workloads.get(workload)

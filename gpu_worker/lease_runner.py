@@ -20,9 +20,20 @@ from nats.js.kv import KeyValue
 
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
 from schemas.errors import ErrorCode
-from schemas.messages import Chunk, Error, GenerateRequest, Lease, Result, Timings, Usage, request_decoder
+from schemas.messages import (
+    Chunk,
+    Error,
+    GenerateRequest,
+    Lease,
+    LeaseDone,
+    Result,
+    Timings,
+    Usage,
+    encoder,
+    request_decoder,
+)
 from schemas.stream_ops import delete_request, error_reply, get_request, publish_reply
-from schemas.subjects import lease_key
+from schemas.subjects import done_subject, lease_key
 
 
 def now_ms() -> int:
@@ -132,6 +143,10 @@ class LeaseRunner:
         )
         await publish_reply(self.nc, lease.reply_to, lease.request_id, result)
         answered()
+        usage = LeaseDone(
+            lease.stream_seq, lease.model, lease.workload, finished.prompt_tokens, finished.completion_tokens
+        )
+        await self.nc.publish(done_subject(lease.model), encoder.encode(usage))
         await self._release(lease, delete_body=True)
         log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
 

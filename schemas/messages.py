@@ -97,6 +97,16 @@ class Lease(msgspec.Struct, frozen=True):
     cutoff_ms: int = 0  # max_inflight: the worker stops the answer here (0 = no cut-off)
 
 
+class LeaseDone(msgspec.Struct, frozen=True):
+    """What a finished lease really cost, published by the worker just before it ends the lease."""
+
+    stream_seq: int
+    model: str
+    workload: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class LeaseAnswer(msgspec.Struct, frozen=True):
     accepted: bool
     reason: str = ""
@@ -121,6 +131,7 @@ result_decoder = msgspec.json.Decoder(Result)
 error_decoder = msgspec.json.Decoder(Error)
 lease_decoder = msgspec.json.Decoder(Lease)
 lease_answer_decoder = msgspec.json.Decoder(LeaseAnswer)
+lease_done_decoder = msgspec.json.Decoder(LeaseDone)
 heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 encoder = msgspec.json.Encoder()
 

@@ -16,6 +16,7 @@ REQUEST_FILTER = "iris.req.>"
 CANCEL_PREFIX = "iris.cancel"
 CANCEL_FILTER = "iris.cancel.*"
 HEARTBEAT_FILTER = "iris.worker.hb.>"
+DONE_FILTER = "iris.worker.done.>"
 API_PREFIX = "iris.api"
 ADMIT_PREFIX = "iris.admit"
 
@@ -65,6 +66,10 @@ def lease_offer_subject(worker_id: str) -> str:
 
 def heartbeat_subject(model: str, worker_id: str) -> str:
     return f"iris.worker.hb.{model}.{worker_id}"
+
+
+def done_subject(model: str) -> str:
+    return f"iris.worker.done.{model}"
 
 
 def api_subject(endpoint: str) -> str:

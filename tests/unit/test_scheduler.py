@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from broker.queue import FifoQueue, WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
 from schemas.errors import ErrorCode
-from schemas.messages import Heartbeat
+from schemas.messages import Heartbeat, LeaseDone
 
 T0 = 1_000_000
 GRACE = SchedulerLimits().startup_grace_ms
@@ -208,3 +208,17 @@ def test_lease_carries_max_inflight_cutoff() -> None:
     scheduler.admit(request(1), now)
     (lease,) = scheduler.dispatch(now)
     assert lease.cutoff_ms == now + 60_000
+
+
+def test_completion_length_is_learned_per_workload() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    first = request(1)
+    first.prompt_tokens_est = 10
+    scheduler.admit(first, now)
+    assert first.cost_tokens == 10 + 256  # nothing learned yet: the default completion estimate
+    (lease,) = scheduler.dispatch(now)
+    scheduler.lease_usage(LeaseDone(lease.stream_seq, "m", "default", prompt_tokens=12, completion_tokens=40))
+    second = request(2)
+    second.prompt_tokens_est = 10
+    scheduler.admit(second, now)
+    assert second.cost_tokens == 10 + 40

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.queue import WaitingRequest
-from broker.wfq import WfqQueue, estimate_cost_tokens
+from broker.wfq import WfqQueue, estimate_prompt_tokens
 
 _seq = itertools.count(1)
 
@@ -107,9 +107,27 @@ def test_removed_requests_never_pop() -> None:
     assert popped[2] is None and len(queue) == 0
 
 
-def test_cost_estimate_from_body_size() -> None:
-    assert estimate_cost_tokens(400) == 100 + 256
-    assert estimate_cost_tokens(0, completion_tokens=10) == 11
+def test_prompt_estimate_from_body_size() -> None:
+    assert estimate_prompt_tokens(400) == 100
+    assert estimate_prompt_tokens(0) == 1
+
+
+def test_charge_back_makes_actual_tokens_fair_despite_equal_estimates() -> None:
+    """Both flows are estimated at 100 tokens a request, but "long" really uses 1000: charging the
+    difference back as requests finish gives each flow half the actual tokens."""
+    queue = WfqQueue()
+    actual = {"long": 1000, "short": 100}
+    fill(queue, {("w", "long", 1): 100, ("w", "short", 1): 100}, 10)
+    served: Counter[str] = Counter()
+    for _ in range(4000):
+        request = queue.pop()
+        assert request is not None
+        used = actual[request.user]
+        served[request.user] += used
+        queue.charge_back(request.workload, request.user, request.priority, used - request.cost_tokens)
+        queue.push(req("w", request.user, 1, 100))
+    share = served["long"] / (served["long"] + served["short"])
+    assert abs(share - 0.5) <= 0.025, share
 
 
 @settings(max_examples=200, deadline=None)
