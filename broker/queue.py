@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import msgspec
@@ -25,7 +25,7 @@ class WaitingRequest(msgspec.Struct, gc=False):
     enqueued_ms: int
     priority: int = 1
     user: str = ""
-    cost_tokens: int = 0  # Iris-Tokens, else the scheduler's estimate at admission
+    cost_tokens: int = 0  # Iris-Tokens; 0 = estimated when charged
     attempt: int = 1
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
 
@@ -108,12 +108,16 @@ class FifoQueue:
         return stream_seq in self._by_seq
 
 
-def make_queue(policy: str, workload_weights: Mapping[str, float] | None = None) -> RequestQueue:
+def make_queue(
+    policy: str,
+    workload_weights: Mapping[str, float] | None = None,
+    estimate: Callable[[WaitingRequest], int] | None = None,
+) -> RequestQueue:
     """The queue for a scheduling policy name (config `policy`)."""
     if policy == "fifo":
         return FifoQueue()
     if policy == "wfq":
         from broker.wfq import WfqQueue
 
-        return WfqQueue(workload_weights)
+        return WfqQueue(workload_weights, estimate=estimate)
     raise ValueError(f"unknown scheduling policy {policy!r}")

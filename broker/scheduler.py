@@ -12,8 +12,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
-from broker.queue import RequestQueue, WaitingRequest, make_queue
+from broker.queue import FifoQueue, RequestQueue, WaitingRequest, make_queue
 from broker.wfq import DEFAULT_COST_TOKENS
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, Lease, LeaseDone
@@ -86,7 +87,8 @@ class Scheduler:
     def _pool(self, model: str) -> ModelPool:
         pool = self.pools.get(model)
         if pool is None:
-            pool = self.pools[model] = ModelPool(queue=make_queue(self.limits.policy, self.limits.workload_weights))
+            pool = self.pools[model] = ModelPool(queue=FifoQueue())
+            pool.queue = make_queue(self.limits.policy, self.limits.workload_weights, partial(_estimate, pool))
         return pool
 
     def knows(self, stream_seq: int) -> bool:
@@ -106,9 +108,6 @@ class Scheduler:
         if request.deadline_ms <= now_ms:
             return Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
         pool = self._pool(request.model)
-        if not request.cost_tokens:
-            expected = pool.completion_tokens_ema.get(request.workload, DEFAULT_COST_TOKENS)
-            request.cost_tokens = request.prompt_tokens_est + round(expected)
         warmed_up = now_ms - self.started_ms >= self.limits.worker_timeout_ms
         if warmed_up and not pool.workers:
             retry_s = self.limits.worker_timeout_ms / 1000.0
@@ -163,6 +162,7 @@ class Scheduler:
     def _lease_for(self, request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
         cutoff_ms = now_ms + self.limits.max_inflight_ms if self.limits.max_inflight_ms else 0
         fields = {name: getattr(request, name) for name in _SHARED_FIELDS}
+        fields["cost_tokens"] = request.cost_tokens or _estimate(self.pools[request.model], request)
         return Lease(**fields, worker_id=worker_id, leased_ms=now_ms, cutoff_ms=cutoff_ms)
 
     def dispatch(self, now_ms: int) -> list[Lease]:
@@ -332,6 +332,13 @@ class Scheduler:
     def running(self, model: str) -> int:
         pool = self.pools.get(model)
         return len(pool.leases) if pool else 0
+
+
+def _estimate(pool: ModelPool, request: WaitingRequest) -> int:
+    """Tokens a request without `Iris-Tokens` will cost: its prompt, plus the completion length its
+    workload has shown so far."""
+    expected = pool.completion_tokens_ema.get(request.workload, DEFAULT_COST_TOKENS)
+    return request.prompt_tokens_est + round(expected)
 
 
 def _waiting_from(lease: Lease, attempt: int) -> WaitingRequest:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, TypeVar
 
 from broker.queue import WaitingRequest
@@ -94,9 +94,17 @@ class _Workload:
 
 
 class WfqQueue:
-    def __init__(self, weights: Mapping[str, float] | None = None, default_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        default_weight: float = 1.0,
+        estimate: Callable[[WaitingRequest], int] | None = None,
+    ) -> None:
         self.weights = dict(weights or {})
         self.default_weight = default_weight
+        # Cost of a request without `Iris-Tokens`, asked at the moment it is charged, so the estimate is
+        # as fresh as what the broker has learned by then.
+        self.estimate = estimate or (lambda request: request.prompt_tokens_est + DEFAULT_COST_TOKENS)
         self._requests: dict[int, WaitingRequest] = {}
         self._workloads: dict[str, _Workload] = {}
         self._level: StrideLevel[str] = StrideLevel()
@@ -104,9 +112,8 @@ class WfqQueue:
     def weight(self, workload: str) -> float:
         return self.weights.get(workload, self.default_weight)
 
-    @staticmethod
-    def cost(request: WaitingRequest) -> int:
-        return request.cost_tokens or DEFAULT_COST_TOKENS
+    def cost(self, request: WaitingRequest) -> int:
+        return request.cost_tokens or self.estimate(request)
 
     def push(self, request: WaitingRequest) -> None:
         self._requests[request.stream_seq] = request

@@ -215,10 +215,12 @@ def test_completion_length_is_learned_per_workload() -> None:
     first = request(1)
     first.prompt_tokens_est = 10
     scheduler.admit(first, now)
-    assert first.cost_tokens == 10 + 256  # nothing learned yet: the default completion estimate
     (lease,) = scheduler.dispatch(now)
+    assert lease.cost_tokens == 10 + 256  # nothing learned yet: the default completion estimate
     scheduler.lease_usage(LeaseDone(lease.stream_seq, "m", "default", prompt_tokens=12, completion_tokens=40))
+    scheduler.lease_ended(lease.stream_seq, now + 1)
     second = request(2)
     second.prompt_tokens_est = 10
-    scheduler.admit(second, now)
-    assert second.cost_tokens == 10 + 40
+    scheduler.admit(second, now + 1)
+    (lease2,) = scheduler.dispatch(now + 1)
+    assert lease2.cost_tokens == 10 + 40
