@@ -1,15 +1,17 @@
-"""`python -m broker --nats URL [--config FILE] …`: run the scheduler service alone."""
+"""`python -m broker --nats URL [--config FILE] …`: run the scheduler service alone.
+SIGHUP re-reads the config (file, environment, flags) and applies limits and weights live."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 import click
 
 from broker.config import BrokerConfig
 from broker.service import BrokerService
-from schemas.config_loading import load_config_or_exit
+from schemas.config_loading import ConfigError, load_config, load_config_or_exit
 from schemas.lifecycle import run_until_signal
 from schemas.logs import configure_logging
 
@@ -29,7 +31,18 @@ def main(config_path: Path | None, **flags: object) -> None:
     config = load_config_or_exit(BrokerConfig, "broker", config_path, flags, "broker")
     log = configure_logging("broker", config.log_level)
     service = BrokerService(config, log)
-    asyncio.run(run_until_signal(service.start, service.stop))
+
+    def reload() -> None:
+        try:
+            service.reload(load_config(BrokerConfig, "broker", path=config_path, flags=flags))
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config", error=str(exc))
+
+    async def start() -> None:
+        await service.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+    asyncio.run(run_until_signal(start, service.stop))
 
 
 if __name__ == "__main__":

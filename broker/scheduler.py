@@ -9,13 +9,14 @@ beating, or that its worker no longer lists, goes back to the queue with `attemp
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
 from broker.queue import FifoQueue, RequestQueue, WaitingRequest, make_queue
-from broker.wfq import DEFAULT_COST_TOKENS
+from broker.wfq import DEFAULT_COST_TOKENS, WfqQueue
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, Lease, LeaseDone
 
@@ -90,6 +91,14 @@ class Scheduler:
             pool = self.pools[model] = ModelPool(queue=FifoQueue())
             pool.queue = make_queue(self.limits.policy, self.limits.workload_weights, partial(_estimate, pool))
         return pool
+
+    def update_limits(self, limits: SchedulerLimits) -> None:
+        """Live reload: new limits and weights apply to the next decision. The policy stays as started
+        (the waiting index is ordered by it); leases already running keep their cut-off."""
+        self.limits = dataclasses.replace(limits, policy=self.limits.policy)
+        for pool in self.pools.values():
+            if isinstance(pool.queue, WfqQueue):
+                pool.queue.weights = dict(limits.workload_weights)
 
     def knows(self, stream_seq: int) -> bool:
         return stream_seq in self._model_of

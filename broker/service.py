@@ -61,15 +61,7 @@ class BrokerService:
     def __init__(self, config: BrokerConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.log = log or structlog.get_logger().bind(service="broker")
-        limits = SchedulerLimits(
-            policy=config.policy,
-            workload_weights=config.workload_weights,
-            max_concurrency=config.max_concurrency,
-            max_queue=config.max_queue,
-            max_inflight_ms=int(config.max_inflight_s * 1000),
-            worker_timeout_ms=int(config.worker_timeout_s * 1000),
-        )
-        self.scheduler = Scheduler(limits, now_ms())
+        self.scheduler = Scheduler(_limits(config), now_ms())
         self._nc: NATS | None = None
         self._kv: KeyValue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -130,6 +122,20 @@ class BrokerService:
                 self._pump()
             elif not self.scheduler.knows(int(entry.key)):
                 self.scheduler.restore_lease(lease_decoder.decode(entry.value), now_ms())
+
+    def reload(self, config: BrokerConfig) -> None:
+        """Apply new limits and weights without a restart (SIGHUP in `python -m broker`)."""
+        if config.policy != self.config.policy:
+            self.log.warning("policy changes need a restart; keeping it", policy=self.config.policy)
+        self.config = config
+        self.scheduler.update_limits(_limits(config))
+        self.log.info(
+            "config reloaded",
+            max_concurrency=config.max_concurrency,
+            max_queue=config.max_queue,
+            workload_weights=config.workload_weights,
+        )
+        self._pump()
 
     async def stop(self) -> None:
         if self._closing:
@@ -292,6 +298,17 @@ class BrokerService:
         if leased_before:
             assert self._kv is not None
             await self._kv.delete(lease_key(request.stream_seq))
+
+
+def _limits(config: BrokerConfig) -> SchedulerLimits:
+    return SchedulerLimits(
+        policy=config.policy,
+        workload_weights=config.workload_weights,
+        max_concurrency=config.max_concurrency,
+        max_queue=config.max_queue,
+        max_inflight_ms=int(config.max_inflight_s * 1000),
+        worker_timeout_ms=int(config.worker_timeout_s * 1000),
+    )
 
 
 def _body_bytes(headers: dict[str, str]) -> int:
