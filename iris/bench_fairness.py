@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from iris.bench_overhead import spawn, wait_for_model
+from iris.bench_overhead import spawn, stop_all, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
 
@@ -93,11 +93,7 @@ async def run_fairness_bench(
                 ]
                 await asyncio.gather(*loops)
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=60)
-            server.stop()
+            stop_all(procs, server)
     rows = shares_table(served)
     jain_by_workload = {
         w: round(jain([r["share"] / r["target"] for r in rows if r["workload"] == w]), 4) for w in USERS

@@ -103,11 +103,16 @@ async def through_iris(
             await wait_for_model(client, model, procs)
             return await time_calls(n, lambda i: call(client, i), warmup=min(50, n))
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-        server.stop()
+        stop_all(procs, server)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], server: NatsServer) -> None:
+    """Services first (SIGTERM, they drain), then the server."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=60)
+    server.stop()
 
 
 async def fake_parts(workdir: Path, n: int) -> list[dict[str, Any]]:

@@ -45,6 +45,11 @@ class Processes:
         self.procs[name] = proc
         return proc
 
+    def start_fake_worker(self, url: str, worker_id: str, tokens_per_s: float) -> subprocess.Popen[bytes]:
+        """A worker process serving model `fake` with FakeEngine at `tokens_per_s` per sequence."""
+        args = ["--nats", url, "--engine", "fake", "--model-name", "fake", "--fake-tps", str(tokens_per_s)]
+        return self.start(worker_id, "gpu_worker", *args, "--worker-id", worker_id)
+
     def log(self, name: str) -> str:
         return (self.tmp_path / f"{name}.log").read_text()
 

@@ -19,20 +19,7 @@ async def test_kill_broker_running_finish_queued_served_after_restart(
 ) -> None:
     url = nats_server.url
     broker = processes.start("broker-1", "broker", "--nats", url)
-    processes.start(
-        "worker",
-        "gpu_worker",
-        "--nats",
-        url,
-        "--engine",
-        "fake",
-        "--model-name",
-        "fake",
-        "--fake-tps",
-        "20",
-        "--worker-id",
-        "w1",
-    )
+    processes.start_fake_worker(url, "worker", tokens_per_s=20)
     client = Client(nc)
     await wait_for_models(client, "fake")
 

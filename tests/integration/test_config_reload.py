@@ -20,20 +20,7 @@ async def test_sighup_reloads_limits(nats_server: NatsServer, nc: NATS, processe
     config = tmp_path / "iris.toml"
     config.write_text("[broker]\nmax_queue = 1\n")
     broker = processes.start("broker", "broker", "--nats", nats_server.url, "--config", str(config))
-    processes.start(
-        "worker",
-        "gpu_worker",
-        "--nats",
-        nats_server.url,
-        "--engine",
-        "fake",
-        "--model-name",
-        "fake",
-        "--fake-tps",
-        "20",
-        "--worker-id",
-        "w1",
-    )
+    processes.start_fake_worker(nats_server.url, "worker", tokens_per_s=20)
     client = Client(nc)
     await wait_for_models(client, "fake")
 
