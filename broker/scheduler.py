@@ -20,6 +20,8 @@ from broker.wfq import DEFAULT_COST_TOKENS, WfqQueue
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, Lease, LeaseDone
 
+MIN_POSITION_FOR_UPDATES = 4  # nearer the head, the admission update says enough
+
 
 @dataclass(frozen=True)
 class SchedulerLimits:
@@ -74,6 +76,9 @@ class ModelPool:
     service_ms_ema: float = 2_000.0
     completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
     completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
+    dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
+    # QueueUpdates still to send: (dispatch count when due, seq, position then, dispatch count then, reply_to, id)
+    updates_due: list[tuple[int, int, int, int, str, str]] = field(default_factory=list)
 
 
 class Scheduler:
@@ -137,7 +142,28 @@ class Scheduler:
             wait_s = (start_ms - now_ms) / 1000
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
             return Rejection(request, ErrorCode.DEADLINE_UNMEETABLE, message, round(wait_s, 3))
+        self._plan_update(pool, request.stream_seq, position, request.reply_to, request.request_id)
         return Admitted(request, position, self._eta_s(pool, position))
+
+    def _plan_update(self, pool: ModelPool, seq: int, position: int, reply_to: str, request_id: str) -> None:
+        """Tell the client again once half of the requests ahead of it have started."""
+        if position >= MIN_POSITION_FOR_UPDATES:
+            due = pool.dispatched + (position + 1) // 2
+            heapq.heappush(pool.updates_due, (due, seq, position, pool.dispatched, reply_to, request_id))
+
+    def queue_updates(self) -> list[tuple[str, str, int, float]]:
+        """(reply_to, request id, position, eta_s) for waiting requests whose position halved since the
+        last update. Position is estimated as the old one minus the leases handed out since."""
+        out = []
+        for pool in self.pools.values():
+            while pool.updates_due and pool.updates_due[0][0] <= pool.dispatched:
+                _, seq, position, then, reply_to, request_id = heapq.heappop(pool.updates_due)
+                if seq not in pool.queue:
+                    continue  # started, cancelled or expired meanwhile
+                now_position = max(0, position - (pool.dispatched - then))
+                out.append((reply_to, request_id, now_position, self._eta_s(pool, now_position)))
+                self._plan_update(pool, seq, now_position, reply_to, request_id)
+        return out
 
     def _start_delay_ms(self, pool: ModelPool, position: int) -> float:
         """Expected wait before the request at `position` starts: whole service rounds ahead of it."""
@@ -189,6 +215,7 @@ class Scheduler:
                     break
                 self._by_request_id.pop(request.request_id, None)
                 lease = self._lease_for(request, worker.worker_id, now_ms)
+                pool.dispatched += 1
                 pool.leases[request.stream_seq] = lease
                 worker.leases.add(request.stream_seq)
                 offers.append(lease)

@@ -253,6 +253,8 @@ class BrokerService:
             for request in expired:
                 await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
             self._pump()
+            for reply_to, request_id, position, eta_s in self.scheduler.queue_updates():
+                await publish_reply(self.nc, reply_to, request_id, QueueUpdate(position=position, eta_s=eta_s))
 
     # --- decisions out ---------------------------------------------------------------------------
 

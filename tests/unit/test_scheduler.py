@@ -224,3 +224,17 @@ def test_completion_length_is_learned_per_workload() -> None:
     scheduler.admit(second, now + 1)
     (lease2,) = scheduler.dispatch(now + 1)
     assert lease2.cost_tokens == 10 + 40
+
+
+def test_queue_update_when_position_halves() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    for seq in range(1, 18):
+        scheduler.admit(request(seq), now)  # seq 17 waits at position 16 (none started yet)
+    sent: list[tuple[str, int]] = []
+    for _ in range(12):
+        (lease,) = scheduler.dispatch(now)
+        sent += [(reply_to, position) for reply_to, _, position, _ in scheduler.queue_updates()]
+        scheduler.lease_ended(lease.stream_seq, now)
+    last = [position for reply_to, position in sent if reply_to == "_INBOX.17"]
+    assert last == [8, 4]  # 16 → 8 after 8 starts → 4 after 4 more, then no more chatter
+    assert all(position >= 0 for _, position in sent)
