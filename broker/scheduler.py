@@ -138,7 +138,7 @@ class Scheduler:
         position = pool.queue.position(request.stream_seq)
         start_ms = now_ms + self._start_delay_ms(pool, position)
         if pool.completed and start_ms > request.deadline_ms:
-            self._forget_waiting(pool, request)
+            self._forget_waiting(request.stream_seq)
             wait_s = (start_ms - now_ms) / 1000
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
             return Rejection(request, ErrorCode.DEADLINE_UNMEETABLE, message, round(wait_s, 3))
@@ -173,10 +173,16 @@ class Scheduler:
         concurrency = min(self.limits.max_concurrency or 1 << 30, max(1, self._live_slots(pool)))
         return ((position - free_now) // concurrency + 1) * pool.service_ms_ema
 
-    def _forget_waiting(self, pool: ModelPool, request: WaitingRequest) -> None:
-        pool.queue.remove(request.stream_seq)
-        self._model_of.pop(request.stream_seq, None)
-        self._by_request_id.pop(request.request_id, None)
+    def _forget_waiting(self, stream_seq: int) -> WaitingRequest | None:
+        """Take a waiting request out of the index (expired, cancelled, finished elsewhere, rejected)."""
+        model = self._model_of.get(stream_seq)
+        if model is None:
+            return None
+        request = self._pool(model).queue.remove(stream_seq)
+        if request is not None:
+            del self._model_of[stream_seq]
+            self._by_request_id.pop(request.request_id, None)
+        return request
 
     def _enqueue(self, pool: ModelPool, request: WaitingRequest) -> None:
         pool.queue.push(request)
@@ -249,11 +255,7 @@ class Scheduler:
             pool.completed += 1
             self._model_of.pop(stream_seq, None)
             return
-        model = self._model_of.pop(stream_seq, None)
-        if model is not None:
-            request = self._pool(model).queue.remove(stream_seq)
-            if request is not None:
-                self._by_request_id.pop(request.request_id, None)
+        self._forget_waiting(stream_seq)  # a rebuild had queued what a worker meanwhile finished
 
     def _drop_lease(self, stream_seq: int) -> Lease | None:
         model = self._model_of.get(stream_seq)
@@ -325,13 +327,8 @@ class Scheduler:
         expired = []
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, seq = heapq.heappop(self._deadlines)
-            model = self._model_of.get(seq)
-            if model is None:
-                continue
-            request = self._pool(model).queue.remove(seq)
+            request = self._forget_waiting(seq)
             if request is not None:
-                self._model_of.pop(seq, None)
-                self._by_request_id.pop(request.request_id, None)
                 expired.append(request)
         return expired
 
@@ -352,14 +349,7 @@ class Scheduler:
     def cancel_waiting(self, request_id: str) -> WaitingRequest | None:
         """Remove a waiting request by id (a running one is stopped by its worker, not here)."""
         seq = self._by_request_id.get(request_id)
-        model = self._model_of.get(seq) if seq is not None else None
-        if seq is None or model is None:
-            return None
-        request = self._pool(model).queue.remove(seq)
-        if request is not None:
-            self._model_of.pop(seq, None)
-            self._by_request_id.pop(request_id, None)
-        return request
+        return None if seq is None else self._forget_waiting(seq)
 
     def waiting(self, model: str) -> int:
         pool = self.pools.get(model)
