@@ -316,6 +316,6 @@ def _limits(config: BrokerConfig) -> SchedulerLimits:
 def _body_bytes(headers: dict[str, str]) -> int:
     """Body size as a headers-only consumer reports it."""
     try:
-        return int(headers.get("Nats-Msg-Size", "0"))
+        return int(headers.get(h.NATS_MSG_SIZE, "0"))
     except ValueError:
         return 0

@@ -15,7 +15,6 @@ import time
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeout
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -105,10 +104,7 @@ class MicroApi:
             deadline_s=api.deadline_s,
             idempotency_key=api.idempotency_key,
         )
-        try:
-            return await Exchange(self.nc, envelope).finish()
-        except NatsTimeout:
-            raise IrisError.from_wire(ErrorCode.DEADLINE_EXCEEDED, "no reply before the deadline") from None
+        return await Exchange(self.nc, envelope).finish()  # a missing reply raises DeadlineExceeded itself
 
 
 async def _respond_error(req: Request, exc: IrisError) -> None:

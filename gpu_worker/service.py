@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Any
 
 import nats
 import structlog
@@ -22,7 +21,7 @@ from nats.js.kv import KeyValue
 from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
-from schemas.messages import Heartbeat, LeaseAnswer, encoder, lease_decoder
+from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_decoder
 from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, cancelled_request_id, heartbeat_subject, lease_offer_subject
 
 _ACCEPT = encoder.encode(LeaseAnswer(accepted=True))
@@ -100,7 +99,7 @@ class WorkerService:
             if running_id == request_id:
                 stop.stop("cancelled")  # the engine ends within one token; the runner answers `cancelled`
 
-    async def _run(self, seq: int, lease: Any, stop: StopSignal) -> None:
+    async def _run(self, seq: int, lease: Lease, stop: StopSignal) -> None:
         assert self._runner is not None
         try:
             await self._runner.run(lease, stop, answered=lambda: self.busy.discard(seq))

@@ -24,8 +24,9 @@ MSG_ID = "Nats-Msg-Id"
 MSG_TTL = "Nats-TTL"
 # Set by JetStream on direct-get replies.
 NATS_TIMESTAMP = "Nats-Time-Stamp"
-NATS_SEQUENCE = "Nats-Sequence"
 NATS_SUBJECT = "Nats-Subject"
+# Set by JetStream on headers-only deliveries: the size of the body left out.
+NATS_MSG_SIZE = "Nats-Msg-Size"
 
 KIND_QUEUED = "queued"
 KIND_CHUNK = "chunk"

@@ -1,0 +1,41 @@
+"""The gateway's NATS micro service: `iris.api.generate` / `iris.api.chat` for plain `nats req` users."""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from gateway.config import GatewayConfig
+from gateway.micro_api import MicroApi
+from gpu_worker.fake_engine import FakeEngine
+from iris.nats_server import NatsServer
+from tests.integration.services import broker, eventually, worker
+
+
+async def test_generate_chat_errors_and_discovery(nats_server: NatsServer, nc: NATS) -> None:
+    async with broker(nats_server.url), worker(nats_server.url, FakeEngine("fake"), "w1"):
+        api = MicroApi(nc, GatewayConfig(nats_url=nats_server.url), structlog.get_logger())
+        await api.start()
+
+        async def model_known() -> bool:
+            return bool(api.models_seen)
+
+        await eventually(model_known, what="a worker heartbeat")
+        reply = await nc.request("iris.api.generate", b'{"prompt": "hello", "max_tokens": 3}', timeout=10)
+        result = json.loads(reply.data)
+        assert result["usage"]["completion_tokens"] == 3 and result["worker"] == "w1"
+
+        chat = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "priority": 5}'
+        assert json.loads((await nc.request("iris.api.chat", chat, timeout=10)).data)["usage"]["completion_tokens"] == 2
+
+        bad = await nc.request("iris.api.chat", b'{"prompt": "no messages"}', timeout=10)
+        assert bad.headers is not None and bad.headers["Nats-Service-Error-Code"] == "400"
+        assert json.loads(bad.data)["code"] == "invalid_request"
+        unknown = await nc.request("iris.api.generate", b'{"prompt": "x", "colour": "red"}', timeout=10)
+        assert unknown.headers is not None and "colour" in unknown.headers["Nats-Service-Error"]
+
+        info = json.loads((await nc.request("$SRV.INFO.iris", b"", timeout=5)).data)
+        assert {e["subject"] for e in info["endpoints"]} == {"iris.api.generate", "iris.api.chat"}
+        await api.stop()
