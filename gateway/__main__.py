@@ -1,15 +1,15 @@
-"""`python -m gateway --nats URL`: run the API gateway alone (NATS micro service `iris`)."""
+"""`python -m gateway --nats URL`: run the API gateway alone (HTTP Ollama/OpenAI + NATS micro service `iris`)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
-import nats
+import msgspec
+import uvloop
 
-from gateway.config import GatewayConfig
-from gateway.micro_api import MicroApi
+from gateway.config import GatewayConfig, parse_key_spec
+from gateway.service import GatewayService
 from schemas.config_loading import load_config_or_exit
 from schemas.lifecycle import run_until_signal
 from schemas.logs import configure_logging
@@ -17,28 +17,33 @@ from schemas.logs import configure_logging
 
 async def serve(config: GatewayConfig) -> None:
     log = configure_logging("gateway", config.log_level)
-    nc = await nats.connect(config.nats_url, name="iris-gateway", max_reconnect_attempts=-1)
-    api = MicroApi(nc, config, log)
-
-    async def start() -> None:
-        await api.start()
-        log.info("gateway started", nats=config.nats_url, service="iris")
-
-    async def stop() -> None:
-        await api.stop()
-        await nc.drain()
-        log.info("gateway stopped")
-
-    await run_until_signal(start, stop)
+    service = GatewayService(config, log)
+    await run_until_signal(service.start, service.stop)
 
 
 @click.command()
 @click.option("--nats", "nats_url", help="NATS server URL.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--http-host", help="Address the HTTP API binds (loopback serves keyless requests).")
+@click.option("--http-port", type=int, help="HTTP port; 0 = no HTTP API.")
+@click.option("--require-key/--no-require-key", default=None, help="Require an API key even on loopback.")
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    envvar="IRIS_API_KEYS",
+    help="KEY[:workload[:max_priority]] for local use (repeatable; env IRIS_API_KEYS, space separated).",
+)
+@click.option("--max-in-flight", type=int)
 @click.option("--log-level")
-def main(config_path: Path | None, **flags: object) -> None:
+def main(config_path: Path | None, api_keys: tuple[str, ...], **flags: object) -> None:
     config = load_config_or_exit(GatewayConfig, "gateway", config_path, flags, "gateway")
-    asyncio.run(serve(config))
+    try:
+        local_keys = [parse_key_spec(spec) for spec in api_keys]
+    except ValueError as exc:
+        raise SystemExit(f"gateway: {exc}") from None
+    config = msgspec.structs.replace(config, api_keys=[*config.api_keys, *local_keys])
+    uvloop.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,6 @@ answers with the final `Result` JSON. Failures answer with the micro error heade
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
@@ -19,26 +16,22 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from gateway.config import GatewayConfig
-from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity
-from schemas.exchange import Exchange, build_envelope
-from schemas.messages import Error, api_request_decoder, encoder, heartbeat_decoder
-from schemas.subjects import API_PREFIX, HEARTBEAT_FILTER
+from gateway.forwarding import Forwarder, final_result
+from gateway.identity import Identity
+from schemas.errors import ErrorCode, InvalidRequest, IrisError
+from schemas.messages import Error, Result, api_request_decoder, encoder
+from schemas.subjects import API_PREFIX
 
 SERVICE_NAME = "iris"
 SERVICE_VERSION = "0.1.0"
-MODEL_FORGET_S = 10.0
 
 
 class MicroApi:
-    def __init__(self, nc: NATS, config: GatewayConfig, log: structlog.stdlib.BoundLogger) -> None:
-        self.nc, self.config, self.log = nc, config, log
-        self.models_seen: dict[str, float] = {}  # model → monotonic time of its last heartbeat
-        self._slots = asyncio.Semaphore(config.max_in_flight)
+    def __init__(self, nc: NATS, forwarder: Forwarder, log: structlog.stdlib.BoundLogger) -> None:
+        self.nc, self.forwarder, self.log = nc, forwarder, log
         self._service: Service | None = None
 
     async def start(self) -> None:
-        await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat)
         self._service = await add_service(
             self.nc, name=SERVICE_NAME, version=SERVICE_VERSION, description="Iris LLM request broker API"
         )
@@ -51,21 +44,6 @@ class MicroApi:
             await self._service.stop()
             self._service = None
 
-    async def _on_heartbeat(self, msg: object) -> None:
-        try:
-            beat = heartbeat_decoder.decode(msg.data)  # type: ignore[attr-defined]
-        except msgspec.DecodeError:
-            return
-        self.models_seen[beat.model] = time.monotonic()
-
-    def default_model(self) -> str:
-        live = sorted(m for m, seen in self.models_seen.items() if time.monotonic() - seen < MODEL_FORGET_S)
-        if not live:
-            raise NoCapacity("no worker is serving any model", retry_after_s=1.0)
-        if len(live) > 1:
-            raise InvalidRequest(f'several models are served ({", ".join(live)}); set "model"')
-        return live[0]
-
     async def _generate(self, req: Request) -> None:
         await self._serve(req, chat=False)
 
@@ -73,19 +51,18 @@ class MicroApi:
         await self._serve(req, chat=True)
 
     async def _serve(self, req: Request, *, chat: bool) -> None:
-        async with self._slots:
-            try:
-                result = await self._run(req.data, chat=chat)
-            except IrisError as exc:
-                await _respond_error(req, exc)
-                return
-            except Exception as exc:
-                self.log.exception("api request failed")
-                await _respond_error(req, IrisError.from_wire(ErrorCode.INTERNAL, f"internal error: {exc}"))
-                return
-            await req.respond(encoder.encode(result))
+        try:
+            result = await self._run(req.data, chat=chat)
+        except IrisError as exc:
+            await _respond_error(req, exc)
+            return
+        except Exception as exc:
+            self.log.exception("api request failed")
+            await _respond_error(req, IrisError.from_wire(ErrorCode.INTERNAL, f"internal error: {exc}"))
+            return
+        await req.respond(encoder.encode(result))
 
-    async def _run(self, data: bytes, *, chat: bool) -> object:
+    async def _run(self, data: bytes, *, chat: bool) -> Result:
         try:
             api = api_request_decoder.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -94,17 +71,9 @@ class MicroApi:
             raise InvalidRequest("chat needs `messages` - at $.messages")
         if not chat and api.prompt is None:
             raise InvalidRequest("generate needs `prompt` - at $.prompt")
-        envelope = build_envelope(
-            self.nc,
-            api.generate_request(),
-            model=api.model or self.default_model(),
-            workload=api.workload,
-            priority=api.priority,
-            user=api.user,
-            deadline_s=api.deadline_s,
-            idempotency_key=api.idempotency_key,
-        )
-        return await Exchange(self.nc, envelope).finish()  # a missing reply raises DeadlineExceeded itself
+        identity = Identity(user=api.user, workload=api.workload, priority=api.priority, deadline_s=api.deadline_s)
+        events = self.forwarder.open(api.generate_request(), api.model, identity, api.idempotency_key)
+        return await final_result(events)  # a missing reply raises DeadlineExceeded itself
 
 
 async def _respond_error(req: Request, exc: IrisError) -> None:

@@ -37,11 +37,16 @@ def main() -> None:
 @click.option("--n-gpu-layers", type=int, help="-1 offloads every layer to the GPU.")
 @click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence.")
 @click.option("--nats-port", type=int, help="NATS port (default 4222).")
+@click.option("--http-host", help="Gateway HTTP address (default 127.0.0.1: keyless requests allowed).")
+@click.option("--http-port", type=int, help="Gateway HTTP port (default 8080; 0 = no HTTP).")
+@click.option("--require-key", is_flag=True, default=None, help="Require an API key even on loopback.")
+@click.option("--api-key", multiple=True, help="KEY[:workload[:max_priority]] for local use (repeatable).")
 @click.option("--state-dir", help="Where NATS data and logs live (default ~/.local/state/iris).")
 def up(config_path: Path | None, **flags: Any) -> None:
     """Start NATS, the broker, workers and the gateway on this machine; Ctrl-C stops all."""
     from iris.launcher import Launcher, UpConfig
 
+    flags["api_key"] = list(flags["api_key"]) or None
     try:
         config = load_config(UpConfig, "up", path=config_path, flags=flags)
     except ConfigError as exc:

@@ -36,6 +36,10 @@ class UpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     n_gpu_layers: Annotated[int, Meta(ge=-1)] = 0
     fake_tps: Annotated[float, Meta(ge=0)] = 0.0
     nats_port: Annotated[int, Meta(ge=0, le=65535)] = 4222
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    require_key: bool = False
+    api_key: list[str] = []  # KEY[:workload[:max_priority]], handed to the gateway by environment, not argv
     state_dir: str = ""
     ready_timeout_s: Annotated[float, Meta(gt=0)] = 300.0
 
@@ -54,13 +58,22 @@ class Launcher:
         self.nats = NatsServer(self.state_dir / "nats", port=config.nats_port, log_file=self.log_dir / "nats.log")
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _spawn(self, name: str, module: str, args: list[str]) -> None:
+    def _spawn(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", module, "--nats", self.nats.url, *args]
         if self.config_file is not None:
             cmd += ["--config", str(self.config_file)]
         log = open(self.log_dir / f"{name}.log", "ab")
         # Own process group: the terminal's Ctrl-C reaches us only, and we stop children in order.
-        self.children[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.children[name] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+        )
+
+    def _gateway_args(self) -> tuple[list[str], dict[str, str]]:
+        args = self._flags(("http_host", "http_port"))
+        if self.config.require_key:
+            args.append("--require-key")
+        env = {"IRIS_API_KEYS": " ".join(self.config.api_key)} if self.config.api_key else {}
+        return args, env
 
     def _flags(self, names: tuple[str, ...]) -> list[str]:
         """Flags for settings given to `iris up`; the rest stay unset so `[broker]`/`[worker]` tables apply."""
@@ -87,7 +100,7 @@ class Launcher:
             self._spawn("broker", "broker", self._flags(("policy", "max_concurrency")))
             for index in range(self.config.workers):
                 self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
-            self._spawn("gateway", "gateway", [])
+            self._spawn("gateway", "gateway", *self._gateway_args())
             models = await self._wait_ready(stop)
             if models is None:
                 return 1
@@ -140,13 +153,16 @@ class Launcher:
         model = ", ".join(sorted(models))
         c = self.config
         capacity = f"{c.workers} worker(s) x {c.slots} slot(s), engine {c.engine}"
+        http = f"http://{c.http_host}:{c.http_port}" if c.http_port else "off"
         print(
             f"\nIris is up.\n"
+            f"  HTTP API    {http}  (Ollama: /api/*, OpenAI: /v1/*)\n"
             f"  NATS        {self.nats.url}  (JetStream data in {self.nats.store_dir})\n"
             f"  model       {model}  ({capacity})\n"
             f"  logs        {self.log_dir}\n\n"
             f"Try, in another terminal:\n"
             f'  iris submit "Why is the sky blue?"\n'
+            f'  curl {http}/api/generate -d \'{{"model": "{model}", "prompt": "Why is the sky blue?"}}\'\n'
             f'  nats req iris.api.generate \'{{"prompt": "Why is the sky blue?", "max_tokens": 64}}\'\n\n'
             f"Ctrl-C stops everything.",
             flush=True,

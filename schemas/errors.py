@@ -13,6 +13,9 @@ from typing import ClassVar
 class ErrorCode(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    MODEL_NOT_FOUND = "model_not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     QUEUE_FULL = "queue_full"
     DEADLINE_UNMEETABLE = "deadline_unmeetable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -25,6 +28,9 @@ class ErrorCode(enum.StrEnum):
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.QUEUE_FULL: 429,
     ErrorCode.DEADLINE_UNMEETABLE: 429,
     ErrorCode.DEADLINE_EXCEEDED: 504,
@@ -66,6 +72,20 @@ class Unauthorized(IrisError):
     code = ErrorCode.UNAUTHORIZED
 
 
+class Forbidden(IrisError):
+    """The credentials are valid but do not allow this (a header asked for more than the key grants)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class ModelNotFound(IrisError):
+    code = ErrorCode.MODEL_NOT_FOUND
+
+
+class PayloadTooLarge(IrisError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
 class QueueFull(IrisError):
     code = ErrorCode.QUEUE_FULL
 
@@ -99,6 +119,9 @@ _BY_CODE: dict[ErrorCode, type[IrisError]] = {
     for cls in (
         InvalidRequest,
         Unauthorized,
+        Forbidden,
+        ModelNotFound,
+        PayloadTooLarge,
         QueueFull,
         DeadlineUnmeetable,
         DeadlineExceeded,

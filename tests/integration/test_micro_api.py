@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import structlog
 from nats.aio.client import Client as NATS
 
 from gateway.config import GatewayConfig
-from gateway.micro_api import MicroApi
+from gateway.service import GatewayService
 from gpu_worker.fake_engine import FakeEngine
 from iris.nats_server import NatsServer
 from tests.integration.services import broker, eventually, worker
@@ -16,11 +15,11 @@ from tests.integration.services import broker, eventually, worker
 
 async def test_generate_chat_errors_and_discovery(nats_server: NatsServer, nc: NATS) -> None:
     async with broker(nats_server.url), worker(nats_server.url, FakeEngine("fake"), "w1"):
-        api = MicroApi(nc, GatewayConfig(nats_url=nats_server.url), structlog.get_logger())
+        api = GatewayService(GatewayConfig(nats_url=nats_server.url, http_port=0))
         await api.start()
 
         async def model_known() -> bool:
-            return bool(api.models_seen)
+            return bool(api.models.live())
 
         await eventually(model_known, what="a worker heartbeat")
         reply = await nc.request("iris.api.generate", b'{"prompt": "hello", "max_tokens": 3}', timeout=10)

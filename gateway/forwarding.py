@@ -1,0 +1,101 @@
+"""Turn an identified API call into one Iris request and read its answer, bounded by `max_in_flight`.
+
+Every edge (HTTP Ollama/OpenAI, the NATS micro service) ends here, so all of them publish the same
+envelope and read replies the same way (`schemas.exchange`). `answer_events` yields the text deltas a
+stream may forward (re-runs de-duplicated by `AnswerText`) and then the final `Result`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TypeVar
+
+from nats.aio.client import Client as NATS
+
+from gateway.answer_text import AnswerText
+from gateway.identity import Identity
+from gateway.model_directory import ModelDirectory
+from schemas.errors import Cancelled, QueueFull
+from schemas.exchange import Exchange, build_envelope
+from schemas.messages import GenerateRequest, Result
+
+T = TypeVar("T")
+Receive = Callable[[], Awaitable[dict[str, object]]]
+
+
+class Forwarder:
+    def __init__(self, nc: NATS, models: ModelDirectory, max_in_flight: int) -> None:
+        self.nc, self.models = nc, models
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    def open(
+        self, request: GenerateRequest, model: str | None, identity: Identity, idempotency_key: str | None = None
+    ) -> AsyncGenerator[str | Result, None]:
+        """Validate and route one request; iterating the result publishes it and reads its answer."""
+        if self.in_flight >= self.max_in_flight:
+            raise QueueFull(f"the gateway has {self.in_flight} requests in flight (max_in_flight)", retry_after_s=1.0)
+        envelope = build_envelope(
+            self.nc,
+            request,
+            model=self.models.resolve(model),
+            workload=identity.workload,
+            priority=identity.priority,
+            user=identity.user,
+            deadline_s=identity.deadline_s,
+            idempotency_key=idempotency_key,
+        )
+        return self._answer_events(Exchange(self.nc, envelope))
+
+    async def _answer_events(self, exchange: Exchange) -> AsyncGenerator[str | Result, None]:
+        """Text deltas safe to forward, then the final `Result`; an `IrisError` ends it early. Closing it
+        before the end cancels the request (its slot is freed)."""
+        self.in_flight += 1
+        text = AnswerText()
+        chunks = exchange.__aiter__()
+        try:
+            async for chunk in chunks:
+                delta = text.feed(chunk)
+                if delta:
+                    yield delta
+            assert exchange.result is not None
+            tail = text.finish(exchange.result.text)
+            if tail:
+                yield tail
+            yield exchange.result
+        finally:
+            self.in_flight -= 1
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def final_result(events: AsyncGenerator[str | Result, None]) -> Result:
+    """Read an answer to its end; the `Result` is always the last event."""
+    try:
+        async for event in events:
+            if isinstance(event, Result):
+                return event
+        raise AssertionError("an answer always ends with a Result or an IrisError")
+    finally:
+        await events.aclose()
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the HTTP client goes away first (its request is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise Cancelled("the client disconnected")
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

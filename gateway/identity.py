@@ -1,0 +1,97 @@
+"""Who is asking, and what they may ask for: API key → user, workload, priority, deadline.
+
+A key (`Authorization: Bearer KEY`) is looked up by its sha256; an unknown or malformed key is always
+`unauthorized`, never a silent downgrade to keyless. Without a key, a gateway bound to loopback serves
+workload `default` at priority 1 (like Ollama on localhost) unless keys are required. The headers
+`X-Iris-Workload`, `X-Iris-Priority` and `X-Iris-Deadline` may narrow what the key allows, never widen it:
+asking for more is `forbidden`. A client-supplied end-user name (OpenAI's `user` field) splits the key's
+share further: it becomes the fairness key `<key user>-<end user>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.config import ApiKey, GatewayConfig, hash_key
+from schemas.errors import Forbidden, InvalidRequest, Unauthorized
+from schemas.subjects import MAX_TOKEN_CHARS, is_token, to_token
+
+WORKLOAD_HEADER = "x-iris-workload"
+PRIORITY_HEADER = "x-iris-priority"
+DEADLINE_HEADER = "x-iris-deadline"
+KEYLESS = ApiKey(sha256="0" * 64, user="anonymous")
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str | None  # fairness key; None = the workload's shared anonymous flow
+    workload: str
+    priority: int
+    deadline_s: float
+
+
+class KeyRing:
+    def __init__(self, config: GatewayConfig) -> None:
+        self._keys = {key.sha256: key for key in config.api_keys}
+        self.keys_required = config.keys_required
+        self.default_deadline_s = config.default_deadline_s
+        self.max_deadline_s = config.max_deadline_s
+
+    def key_for(self, authorization: str | None) -> ApiKey | None:
+        """The key behind an `Authorization` header; None for a keyless request that is allowed."""
+        if not authorization:
+            if self.keys_required:
+                raise Unauthorized("an API key is required: send `Authorization: Bearer <key>`")
+            return None
+        scheme, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise Unauthorized("the Authorization header must be `Bearer <key>`")
+        digest = hash_key(secret)
+        key = self._keys.get(digest)
+        if key is None or not hmac.compare_digest(key.sha256, digest):
+            raise Unauthorized("invalid API key")
+        return key
+
+    def identify(self, headers: Mapping[str, str], end_user: str | None = None) -> Identity:
+        key = self.key_for(headers.get("authorization"))
+        grant = key or KEYLESS
+        workload = headers.get(WORKLOAD_HEADER, grant.workload)
+        if not is_token(workload):
+            raise InvalidRequest(f"header X-Iris-Workload must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}")
+        if not grant.allows_workload(workload):
+            raise Forbidden(f"this key may not use workload {workload!r}")
+        priority = _priority(headers.get(PRIORITY_HEADER), grant)
+        deadline_s = self._deadline_s(headers.get(DEADLINE_HEADER))
+        user = None if key is None else key.user
+        if end_user:
+            mapped = to_token(end_user)
+            user = mapped if user is None else to_token(f"{user}-{mapped}")
+        return Identity(user=user, workload=workload, priority=priority, deadline_s=deadline_s)
+
+    def _deadline_s(self, raw: str | None) -> float:
+        if raw is None:
+            return self.default_deadline_s
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidRequest(f"header X-Iris-Deadline must be seconds from now, got {raw[:40]!r}") from None
+        if not 0 < value <= self.max_deadline_s:
+            raise InvalidRequest(f"header X-Iris-Deadline must be in (0, {self.max_deadline_s:g}] s, got {raw[:40]}")
+        return value
+
+
+def _priority(raw: str | None, grant: ApiKey) -> int:
+    if raw is None:
+        return grant.default_priority
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"header X-Iris-Priority must be an integer, got {raw[:40]!r}") from None
+    if not 1 <= value <= 100:
+        raise InvalidRequest(f"header X-Iris-Priority must be in [1, 100], got {value}")
+    if value > grant.max_priority:
+        raise Forbidden(f"priority {value} is above this key's maximum {grant.max_priority}")
+    return value

@@ -1,0 +1,48 @@
+"""Prometheus metrics of the gateway. Labels are bounded: API family, route template, model, workload,
+status and error code; never a user or key."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "iris_gateway_requests",
+            "HTTP requests answered, by route, status and Iris error code ('' on success)",
+            ["api", "route", "status", "code"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "iris_gateway_in_flight", "Requests waiting for or streaming an answer", registry=self.registry
+        )
+        self.first_token_s = Histogram(
+            "iris_gateway_time_to_first_token_seconds",
+            "From request received to the first text sent (streaming) or the answer (non-streaming)",
+            ["api", "model", "workload"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.duration_s = Histogram(
+            "iris_gateway_request_duration_seconds",
+            "From request received to the last byte of the answer",
+            ["api", "model", "workload"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "iris_gateway_completion_tokens",
+            "Tokens generated for answers sent",
+            ["model", "workload"],
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            "iris_gateway_client_disconnects",
+            "Requests cancelled because the HTTP client went away before the answer ended",
+            ["api"],
+            registry=self.registry,
+        )

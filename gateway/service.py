@@ -1,0 +1,71 @@
+"""The gateway service: one NATS connection behind every edge (NATS micro API and HTTP).
+
+Start order: model directory (heartbeats), then the edges; stop order is the reverse, and the HTTP server
+first lets open answers finish (bounded), so a SIGTERM drains instead of cutting streams.
+"""
+
+from __future__ import annotations
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+
+from gateway.config import GatewayConfig
+from gateway.forwarding import Forwarder
+from gateway.http_answer import HttpContext
+from gateway.http_app import HttpServer, build_app
+from gateway.identity import KeyRing
+from gateway.metrics import GatewayMetrics
+from gateway.micro_api import MicroApi
+from gateway.model_directory import ModelDirectory
+
+
+class GatewayService:
+    def __init__(self, config: GatewayConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
+        self.config = config
+        self.log = log or structlog.get_logger().bind(service="gateway")
+        self.models = ModelDirectory()
+        self.metrics = GatewayMetrics()
+        self._nc: NATS | None = None
+        self._micro: MicroApi | None = None
+        self.http: HttpServer | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        self._nc = nc = await nats.connect(config.nats_url, name="iris-gateway", max_reconnect_attempts=-1)
+        await self.models.start(nc)
+        forwarder = Forwarder(nc, self.models, config.max_in_flight)
+        self._micro = MicroApi(nc, forwarder, self.log)
+        await self._micro.start()
+        if config.http_port:
+            ctx = HttpContext(config, KeyRing(config), self.models, forwarder, self.metrics, self.log)
+            self.http = HttpServer(build_app(ctx, lambda: nc.is_connected), config.http_host, config.http_port)
+            await self.http.start()
+        self.log.info(
+            "gateway started",
+            nats=config.nats_url,
+            service="iris",
+            http=self.http.url if self.http else None,
+            keys=len(config.api_keys),
+            keys_required=config.keys_required,
+        )
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+        if self._micro is not None:
+            await self._micro.stop()
+            self._micro = None
+        await self.models.stop()
+        if self._nc is not None:
+            nc, self._nc = self._nc, None
+            await nc.drain()
+        self.log.info("gateway stopped")
+
+    async def __aenter__(self) -> GatewayService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
