@@ -82,18 +82,26 @@ async def final_result(events: AsyncGenerator[str | Result, None]) -> Result:
 
 async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the HTTP client goes away first (its request is then cancelled)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        current.uncancel()
+        raise Cancelled("the client disconnected") from None
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, watcher, return_exceptions=True)
-    if task.cancelled():
-        raise Cancelled("the client disconnected")
-    return task.result()
 
 
 async def _disconnected(receive: Receive) -> None:

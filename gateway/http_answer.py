@@ -90,20 +90,17 @@ async def respond(
     labels = (family.value, model, identity.workload)
     ctx.metrics.in_flight.inc()
     try:
-        first = await _first_event(ctx, request, family, events)
+        first = await _until_disconnect(ctx, request, family, anext(events) if stream else final_result(events))
     except BaseException:
         ctx.metrics.in_flight.dec()
         raise
     ctx.metrics.first_token_s.labels(*labels).observe(time.monotonic() - started_s)
-    if not stream or isinstance(first, Result):
-        try:
-            result = first if isinstance(first, Result) else await _rest(ctx, request, family, events)
-        finally:
-            ctx.metrics.in_flight.dec()
-            await events.aclose()
+    if isinstance(first, Result):  # non-streaming, or an empty answer
+        ctx.metrics.in_flight.dec()
+        await events.aclose()
         ctx.metrics.duration_s.labels(*labels).observe(time.monotonic() - started_s)
-        ctx.metrics.tokens.labels(model, identity.workload).inc(result.usage.completion_tokens)
-        return _streamed_whole(fmt, result) if stream else json_response(fmt.whole(result))
+        ctx.metrics.tokens.labels(model, identity.workload).inc(first.usage.completion_tokens)
+        return _streamed_whole(fmt, first) if stream else json_response(fmt.whole(first))
 
     async def body() -> AsyncGenerator[bytes, None]:
         try:
@@ -127,21 +124,11 @@ async def respond(
     return AnswerStream(body(), fmt.media_type, disconnected)
 
 
-async def _first_event(
-    ctx: HttpContext, request: Request, family: ApiFamily, events: AsyncGenerator[str | Result, None]
+async def _until_disconnect(
+    ctx: HttpContext, request: Request, family: ApiFamily, work: Awaitable[str | Result]
 ) -> str | Result:
     try:
-        return await until_disconnect(request.receive, anext(events))
-    except Cancelled:
-        ctx.metrics.disconnects.labels(family.value).inc()
-        raise
-
-
-async def _rest(
-    ctx: HttpContext, request: Request, family: ApiFamily, events: AsyncGenerator[str | Result, None]
-) -> Result:
-    try:
-        return await until_disconnect(request.receive, final_result(events))
+        return await until_disconnect(request.receive, work)
     except Cancelled:
         ctx.metrics.disconnects.labels(family.value).inc()
         raise

@@ -125,6 +125,20 @@ def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bo
     asyncio.run(run_overhead_bench(n_requests, 0 if skip_real else real_requests, out))
 
 
+@bench.command("gateway")
+@click.option("--requests", "n_latency", type=int, default=1000, show_default=True, help="Requests per latency arm.")
+@click.option("--clients", type=int, default=200, show_default=True, help="Concurrent HTTP clients.")
+@click.option("--seconds", type=float, default=15.0, show_default=True, help="Length of the throughput part.")
+@click.option("--workers", type=int, default=1, show_default=True, help="FakeEngine worker processes.")
+@click.option("--slots", type=int, default=256, show_default=True, help="Slots per worker.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/gateway.json"), show_default=True)
+def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path) -> None:
+    """HTTP latency added over NATS (p50/p99) and sustained requests/s at N concurrent clients."""
+    from iris.bench_gateway import run_gateway_bench
+
+    asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
+
+
 @bench.command("fairness")
 @click.option(
     "--duration", "duration_s", type=float, default=20.0, show_default=True, help="Seconds of saturating load."

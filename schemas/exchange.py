@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -92,7 +93,7 @@ def build_envelope(
     now = now_ms()
     deadline_ms = now + int(deadline_s * 1000)
     headers = {
-        h.REPLY_TO: nc.new_inbox(),
+        h.REPLY_TO: reply_router(nc).new_inbox(),
         h.DEADLINE: str(deadline_ms),
         h.PRIORITY: str(priority),
         h.MSG_ID: idempotency_key or _NUID.next().decode(),
@@ -103,6 +104,55 @@ def build_envelope(
     if tokens:
         headers[h.TOKENS] = str(tokens)
     return RequestEnvelope(model, workload, body, headers, deadline_ms)
+
+
+class ReplyRouter:
+    """Every exchange's replies on one wildcard subscription per connection (as nats-py muxes `request`):
+    a request costs a dict entry instead of a SUB/UNSUB round and a reader task."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._subscribed: asyncio.Future[None] | None = None
+
+    def new_inbox(self) -> str:
+        return f"{self.prefix}.{_NUID.next().decode()}"
+
+    async def listen(self, inbox: str) -> asyncio.Queue[Msg]:
+        """A queue of the replies to `inbox`, from now until `release`."""
+        failed = self._subscribed is not None and self._subscribed.done() and not _succeeded(self._subscribed)
+        if self._subscribed is None or failed:
+            self._subscribed = asyncio.ensure_future(self._subscribe())
+        await asyncio.shield(self._subscribed)
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._queues[inbox] = queue  # before the request is published, so no reply can be missed
+        return queue
+
+    async def _subscribe(self) -> None:
+        await self.nc.subscribe(f"{self.prefix}.*", cb=self._route)
+
+    def release(self, inbox: str) -> None:
+        self._queues.pop(inbox, None)
+
+    async def _route(self, msg: Msg) -> None:
+        queue = self._queues.get(msg.subject)
+        if queue is not None:  # None: a late reply for an exchange that already ended
+            queue.put_nowait(msg)
+
+
+def _succeeded(future: asyncio.Future[None]) -> bool:
+    return not future.cancelled() and future.exception() is None
+
+
+_routers: weakref.WeakKeyDictionary[NATS, ReplyRouter] = weakref.WeakKeyDictionary()
+
+
+def reply_router(nc: NATS) -> ReplyRouter:
+    router = _routers.get(nc)
+    if router is None:
+        router = _routers[nc] = ReplyRouter(nc)
+    return router
 
 
 @dataclass
@@ -120,12 +170,8 @@ class Exchange:
 
     async def _run(self) -> AsyncIterator[Chunk]:
         env = self.envelope
-        replies: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def collect(msg: Msg) -> None:
-            replies.put_nowait(msg)
-
-        sub = await self.nc.subscribe(env.headers[h.REPLY_TO], cb=collect)
+        router = reply_router(self.nc)
+        replies = await router.listen(env.headers[h.REPLY_TO])
         published = answered = False
         try:
             await publish_request(self.nc, env)
@@ -141,10 +187,9 @@ class Exchange:
                     yield chunk
             answered = True
         finally:
-            if not self.nc.is_closed:
-                await sub.unsubscribe()
-                if published and not answered:
-                    await self.cancel()  # abandoned (break, task cancelled, timeout): free the slot
+            router.release(env.headers[h.REPLY_TO])
+            if published and not answered and not self.nc.is_closed:
+                await self.cancel()  # abandoned (break, task cancelled, timeout): free the slot
 
     async def cancel(self) -> None:
         """Ask Iris to drop this request: a queued one leaves at once, a running one stops within a token."""
