@@ -8,8 +8,8 @@ stream may forward (re-runs de-duplicated by `AnswerText`) and then the final `R
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
 
@@ -21,7 +21,7 @@ from schemas.exchange import Exchange, build_envelope
 from schemas.messages import GenerateRequest, Result
 
 T = TypeVar("T")
-Receive = Callable[[], Awaitable[dict[str, object]]]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 class Forwarder:

@@ -26,7 +26,7 @@ from gateway.http_ollama import ollama_routes
 from gateway.http_openai import openai_routes
 from schemas.errors import ErrorCode, IrisError
 
-GRACEFUL_STOP_S = 30.0
+GRACEFUL_STOP_S = 30
 
 
 def build_app(ctx: HttpContext, nats_connected: Callable[[], bool]) -> Starlette:

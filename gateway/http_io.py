@@ -106,7 +106,7 @@ class AnswerStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
-            await until_disconnect(receive, self._pump(send))  # type: ignore[arg-type]
+            await until_disconnect(receive, self._pump(send))
         except Cancelled:
             self.on_disconnect()
         finally:
