@@ -102,7 +102,7 @@ class Launcher:
                 self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
             self._spawn("gateway", "gateway", *self._gateway_args())
             models = await self._wait_ready(stop)
-            if models is None:
+            if models is None or not await self._wait_gateway(stop):
                 return 1
             self._print_ready(models)
             return await self._supervise(stop)
@@ -132,6 +132,24 @@ class Launcher:
         finally:
             await nc.close()
         return set(beating.values())
+
+    async def _wait_gateway(self, stop: asyncio.Event) -> bool:
+        """Wait until the gateway's HTTP port accepts connections (so the printed URL works at once)."""
+        c = self.config
+        if not c.http_port:
+            return True
+        host = "127.0.0.1" if c.http_host in ("0.0.0.0", "localhost") else c.http_host.strip("[]")
+        deadline = loop_time() + 60.0
+        while not (stop.is_set() or self._dead_child() or loop_time() > deadline):
+            try:
+                _, writer = await asyncio.open_connection(host, c.http_port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            return True
+        self._report_failure(stop)
+        return False
 
     def _dead_child(self) -> str | None:
         return next((name for name, p in self.children.items() if p.poll() is not None), None)

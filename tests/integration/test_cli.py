@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from iris.nats_server import free_port
@@ -24,10 +26,11 @@ def wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_
 
 
 def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     out = tmp_path / "up.out"
     up = subprocess.Popen(
-        [*IRIS, "up", "--state-dir", str(tmp_path / "state"), "--nats-port", str(port), "--workers", "2"],
+        [*IRIS, "up", "--state-dir", str(tmp_path / "state"), "--nats-port", str(port), "--workers", "2"]
+        + ["--http-port", str(http_port), "--api-key", "cli-test-key:paid:5"],
         stdout=out.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -59,6 +62,14 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
             timeout=60,
         )
         assert bad.returncode == 1 and "invalid_request" in bad.stderr.decode()
+        assert f"http://127.0.0.1:{http_port}" in out.read_text()  # the printed URL answers at once
+        body = b'{"model": "gemma3:270m", "prompt": "Hi", "stream": false, "options": {"num_predict": 4}}'
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/api/generate", data=body)
+        request.add_header("Authorization", "Bearer cli-test-key")
+        request.add_header("X-Iris-Priority", "5")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        assert answer["done"] and 0 < answer["eval_count"] <= 4
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
