@@ -26,6 +26,8 @@ from schemas.logs import configure_logging
 )
 @click.option("--max-queue", type=int, help="Waiting requests per workload (0 = no limit).")
 @click.option("--max-inflight", "max_inflight_s", type=float, help="Seconds a lease may run before it is cut off.")
+@click.option("--metrics-host", help="Address of the Prometheus /metrics endpoint (default 127.0.0.1).")
+@click.option("--metrics-port", type=int, help="Port of the Prometheus /metrics endpoint (0 = off).")
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
     config = load_config_or_exit(BrokerConfig, "broker", config_path, flags, "broker")

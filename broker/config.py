@@ -24,4 +24,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     duplicate_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 600.0
     lease_ttl_s: Annotated[float, Meta(ge=60, le=86_400)] = 3_600.0
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off
+    stats_s: Annotated[float, Meta(gt=0, le=60)] = 1.0  # BrokerStats on iris.broker.stats (what `iris top` reads)
     log_level: str = "info"

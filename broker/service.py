@@ -10,6 +10,7 @@ be killed at any point and a new one carries on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
+from broker.metrics import BrokerMetrics
 from broker.queue import WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
 from broker.streams import ensure_lease_bucket, ensure_request_stream
@@ -41,6 +43,7 @@ from schemas.messages import (
 )
 from schemas.stream_ops import delete_request, error_reply, publish_reply
 from schemas.subjects import (
+    BROKER_STATS_SUBJECT,
     CANCEL_FILTER,
     DONE_FILTER,
     HEARTBEAT_FILTER,
@@ -62,6 +65,7 @@ class BrokerService:
         self.config = config
         self.log = log or structlog.get_logger().bind(service="broker")
         self.scheduler = Scheduler(_limits(config), now_ms())
+        self.metrics = BrokerMetrics()
         self._nc: NATS | None = None
         self._kv: KeyValue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -92,6 +96,9 @@ class BrokerService:
             )
         )
         self._spawn(self._tick_loop())
+        self._spawn(self._stats_loop())
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self.log.info("broker started", nats=self.config.nats_url, policy=self.config.policy)
 
     async def _restore_leases(self) -> None:
@@ -144,6 +151,7 @@ class BrokerService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.metrics.close()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
         self._stopped.set()
@@ -198,6 +206,7 @@ class BrokerService:
         if isinstance(decision, Rejection):
             await self._reject(decision, leased_before=False)
         elif isinstance(decision, Admitted):
+            self.metrics.admitted(request)
             update = QueueUpdate(position=decision.position, eta_s=decision.eta_s)
             await publish_reply(self.nc, request.reply_to, request.request_id, update)
             self._pump()
@@ -230,11 +239,16 @@ class BrokerService:
             return
         for request in self.scheduler.heartbeat(beat, now_ms()):
             self.log.warning("lease lost, re-queued", seq=request.stream_seq, worker=beat.worker_id)
+            self.metrics.reclaimed(request)
         self._pump()
 
     async def _on_lease_done(self, msg: Msg) -> None:
         try:
-            self.scheduler.lease_usage(lease_done_decoder.decode(msg.data))
+            done = lease_done_decoder.decode(msg.data)
+            pool = self.scheduler.pools.get(done.model)
+            lease = pool.leases.get(done.stream_seq) if pool is not None else None
+            self.metrics.finished(done, lease.priority if lease else 1, now_ms())
+            self.scheduler.lease_usage(done)
         except Exception as exc:  # a foreign publisher on our subject must not stop the broker
             self.log.warning("bad lease usage ignored", subject=msg.subject, error=str(exc))
 
@@ -250,6 +264,7 @@ class BrokerService:
             requeued, expired = self.scheduler.tick(now_ms())
             for request in requeued:
                 self.log.warning("worker timed out, lease re-queued", seq=request.stream_seq, attempt=request.attempt)
+                self.metrics.reclaimed(request)
             for request in expired:
                 await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
             self._pump()
@@ -258,8 +273,29 @@ class BrokerService:
 
     # --- decisions out ---------------------------------------------------------------------------
 
+    async def _stats_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.config.stats_s)
+            stats = self.metrics.snapshot(now_ms(), self._load(), self._weight, policy=self.config.policy)
+            await self.nc.publish(BROKER_STATS_SUBJECT, encoder.encode(stats))
+
+    def _weight(self, workload: str) -> float:
+        return self.config.workload_weights.get(workload, 1.0)
+
+    def _load(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(queued, running) per (model, workload) now."""
+        load = {}
+        for model, pool in self.scheduler.pools.items():
+            running = collections.Counter(lease.workload for lease in pool.leases.values())
+            seen = {w for m, w in self.metrics.window.flows if m == model}
+            for workload in seen | set(running) | set(self.config.workload_weights):
+                load[(model, workload)] = (pool.queue.count(workload), running[workload])
+        return load
+
     def _pump(self) -> None:
-        for lease in self.scheduler.dispatch(now_ms()):
+        now = now_ms()
+        for lease in self.scheduler.dispatch(now):
+            self.metrics.started(lease, now)
             self._spawn(self._offer(lease))
 
     async def _offer(self, lease: Lease) -> None:
@@ -294,6 +330,7 @@ class BrokerService:
         """Send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""
         request = rejection.request
         self.log.info("request rejected", seq=request.stream_seq, code=rejection.code.value, reason=rejection.message)
+        self.metrics.rejected(request, rejection.code.value, rejection.message, now_ms())
         error = error_reply(rejection.code, rejection.message, rejection.retry_after_s)
         await publish_reply(self.nc, request.reply_to, request.request_id, error)
         await delete_request(self.nc, request.stream_seq)

@@ -50,6 +50,8 @@ def make_engine(config: WorkerConfig) -> Engine:
 @click.option("--threads", type=int)
 @click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence (0 = no delay).")
 @click.option("--heartbeat", "heartbeat_s", type=float)
+@click.option("--metrics-host", help="Address of the Prometheus /metrics endpoint (default 127.0.0.1).")
+@click.option("--metrics-port", type=int, help="Port of the Prometheus /metrics endpoint (0 = off).")
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
     config = load_config_or_exit(WorkerConfig, "worker", config_path, flags, "gpu_worker")

@@ -25,4 +25,6 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fake_tps: Annotated[float, Meta(ge=0)] = 0.0
     heartbeat_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     drain_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off
     log_level: str = "info"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import structlog
@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.metrics import WorkerMetrics
 from schemas.errors import ErrorCode
 from schemas.messages import (
     Chunk,
@@ -42,10 +43,12 @@ def now_ms() -> int:
 
 @dataclass
 class RunStats:
-    """What the heartbeat reports: completion tokens over generation time, as an EMA."""
+    """What the heartbeat reports: completion tokens over generation time, as an EMA; and the Prometheus
+    metrics of every lease run."""
 
     tokens_per_s: float = 0.0
     completed: int = 0
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
     def record(self, completion_tokens: int, run_s: float) -> None:
         self.completed += 1
@@ -111,6 +114,8 @@ class LeaseRunner:
         try:
             async for event in self.engine.generate(request, stop):
                 if isinstance(event, Piece):
+                    if not parts:
+                        self.stats.metrics.first_token(lease, (now_ms() - started_ms) / 1000)
                     if request.stream:
                         chunk = Chunk(index=len(parts), text=event.text, attempt=lease.attempt)
                         await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
@@ -133,6 +138,7 @@ class LeaseRunner:
             return
         run_ms = now_ms() - started_ms
         self.stats.record(finished.completion_tokens, run_ms / 1000)
+        self.stats.metrics.finished(lease, finished.finish_reason, run_ms / 1000, finished.completion_tokens)
         result = Result(
             text="".join(parts),
             finish_reason=finished.finish_reason,
@@ -154,6 +160,7 @@ class LeaseRunner:
         self, answered: Callable[[], None], lease: Lease, error: Error, log: structlog.stdlib.BoundLogger
     ) -> None:
         log.warning("request failed", code=error.code, reason=error.message)
+        self.stats.metrics.requests.labels(lease.model, lease.workload, error.code).inc()
         await publish_reply(self.nc, lease.reply_to, lease.request_id, error)
         answered()
         await self._release(lease, delete_body=True)

@@ -59,6 +59,8 @@ class WorkerService:
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
         await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        if self.config.metrics_port:
+            self.stats.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self.log.info("worker started", slots=self.engine.slots, gpu=self.engine.on_gpu)
 
     async def _lease_bucket(self) -> KeyValue:
@@ -111,13 +113,15 @@ class WorkerService:
             self.running.pop(seq, None)
 
     def heartbeat(self) -> Heartbeat:
+        tokens_per_s = round(self.stats.tokens_per_s, 2)
+        self.stats.metrics.beat(self.engine.model_name, self.worker_id, self.engine.slots, len(self.busy), tokens_per_s)
         return Heartbeat(
             worker_id=self.worker_id,
             model=self.engine.model_name,
             slots=self.engine.slots,
             free_slots=max(0, self.engine.slots - len(self.busy)),
             running=sorted(self.running),
-            tokens_per_s=round(self.stats.tokens_per_s, 2),
+            tokens_per_s=tokens_per_s,
             sent_ms=now_ms(),
             gpu=self.engine.on_gpu,
             draining=self.draining,
@@ -150,6 +154,7 @@ class WorkerService:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()
         await self.engine.close()
+        self.stats.metrics.close()
         self.log.info("worker stopped")
 
     async def __aenter__(self) -> WorkerService:

@@ -39,6 +39,9 @@ def main() -> None:
 @click.option("--nats-port", type=int, help="NATS port (default 4222).")
 @click.option("--http-host", help="Gateway HTTP address (default 127.0.0.1: keyless requests allowed).")
 @click.option("--http-port", type=int, help="Gateway HTTP port (default 8080; 0 = no HTTP).")
+@click.option(
+    "--metrics-port", type=int, help="Broker /metrics port; workers use the next ones (default 9101; 0 = off)."
+)
 @click.option("--require-key", is_flag=True, default=None, help="Require an API key even on loopback.")
 @click.option("--api-key", multiple=True, help="KEY[:workload[:max_priority]] for local use (repeatable).")
 @click.option("--state-dir", help="Where NATS data and logs live (default ~/.local/state/iris).")

@@ -38,6 +38,7 @@ class UpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats_port: Annotated[int, Meta(ge=0, le=65535)] = 4222
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101  # broker; workers count up from the next port
     require_key: bool = False
     api_key: list[str] = []  # KEY[:workload[:max_priority]], handed to the gateway by environment, not argv
     state_dir: str = ""
@@ -87,7 +88,11 @@ class Launcher:
 
     def _worker_args(self, index: int) -> list[str]:
         names = ("engine", "model", "model_name", "slots", "n_gpu_layers", "fake_tps")
-        return ["--worker-id", f"up-{index}", *self._flags(names)]
+        return ["--worker-id", f"up-{index}", *self._flags(names), *self._metrics_port(1 + index)]
+
+    def _metrics_port(self, offset: int) -> list[str]:
+        port = self.config.metrics_port
+        return ["--metrics-port", str(port + offset)] if port else []
 
     async def run(self) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ class Launcher:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            self._spawn("broker", "broker", self._flags(("policy", "max_concurrency")))
+            self._spawn("broker", "broker", self._flags(("policy", "max_concurrency")) + self._metrics_port(0))
             for index in range(self.config.workers):
                 self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
             self._spawn("gateway", "gateway", *self._gateway_args())
@@ -172,11 +177,16 @@ class Launcher:
         c = self.config
         capacity = f"{c.workers} worker(s) x {c.slots} slot(s), engine {c.engine}"
         http = f"http://{c.http_host}:{c.http_port}" if c.http_port else "off"
+        metrics = "off"
+        if c.metrics_port:
+            last = c.metrics_port + c.workers
+            metrics = f"{http}/metrics (gateway), http://127.0.0.1:{c.metrics_port}-{last}/metrics (broker, workers)"
         print(
             f"\nIris is up.\n"
             f"  HTTP API    {http}  (Ollama: /api/*, OpenAI: /v1/*)\n"
             f"  NATS        {self.nats.url}  (JetStream data in {self.nats.store_dir})\n"
             f"  model       {model}  ({capacity})\n"
+            f"  metrics     {metrics}\n"
             f"  logs        {self.log_dir}\n\n"
             f"Try, in another terminal:\n"
             f'  iris submit "Why is the sky blue?"\n'

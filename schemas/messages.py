@@ -124,6 +124,40 @@ class Heartbeat(msgspec.Struct, frozen=True):
     draining: bool = False
 
 
+class WorkloadStats(msgspec.Struct, frozen=True):
+    """One (model, workload) as the leading broker sees it; shares are of tokens served in the window."""
+
+    model: str
+    workload: str
+    queued: int
+    running: int
+    weight: float
+    share: float  # of the model's tokens served in the window
+    target_share: float  # weight / sum of the weights of the model's busy workloads
+    wait_p50_s: float
+    wait_p95_s: float
+    started: int  # requests started in the window
+
+
+class RejectionNote(msgspec.Struct, frozen=True):
+    at_ms: int
+    model: str
+    workload: str
+    code: str
+    message: str
+
+
+class BrokerStats(msgspec.Struct, frozen=True):
+    """Published by the broker every `stats_s` on `iris.broker.stats` (what `iris top` shows)."""
+
+    broker_id: str
+    sent_ms: int
+    policy: str
+    window_s: float
+    workloads: list[WorkloadStats]
+    rejections: list[RejectionNote]
+
+
 request_decoder = msgspec.json.Decoder(GenerateRequest)
 queue_update_decoder = msgspec.json.Decoder(QueueUpdate)
 chunk_decoder = msgspec.json.Decoder(Chunk)
@@ -133,6 +167,7 @@ lease_decoder = msgspec.json.Decoder(Lease)
 lease_answer_decoder = msgspec.json.Decoder(LeaseAnswer)
 lease_done_decoder = msgspec.json.Decoder(LeaseDone)
 heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+broker_stats_decoder = msgspec.json.Decoder(BrokerStats)
 encoder = msgspec.json.Encoder()
 
 

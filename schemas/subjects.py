@@ -18,6 +18,7 @@ CANCEL_FILTER = "iris.cancel.*"
 HEARTBEAT_FILTER = "iris.worker.hb.>"
 DONE_FILTER = "iris.worker.done.>"
 API_PREFIX = "iris.api"
+BROKER_STATS_SUBJECT = "iris.broker.stats"
 ADMIT_PREFIX = "iris.admit"
 
 # JetStream API subjects Iris calls directly because nats-py's helpers are slower or erase bytes.

@@ -30,7 +30,7 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "up.out"
     up = subprocess.Popen(
         [*IRIS, "up", "--state-dir", str(tmp_path / "state"), "--nats-port", str(port), "--workers", "2"]
-        + ["--http-port", str(http_port), "--api-key", "cli-test-key:paid:5"],
+        + ["--http-port", str(http_port), "--metrics-port", "0", "--api-key", "cli-test-key:paid:5"],
         stdout=out.open("wb"),
         stderr=subprocess.STDOUT,
     )

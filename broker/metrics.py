@@ -1,0 +1,123 @@
+"""The broker's Prometheus metrics and the stats window behind `iris top`, fed by the same events.
+
+Labels are bounded: model, workload, priority (1-100), outcome and error code; never a user or request id.
+`/metrics` is served on `metrics_host:metrics_port` by prometheus_client's own HTTP server thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from broker.queue import WaitingRequest
+from broker.stats import Flow, StatsWindow
+from schemas.messages import BrokerStats, Lease, LeaseDone
+
+WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+FLOW = ["model", "workload"]
+FLOW_PRIORITY = ["model", "workload", "priority"]
+
+
+class BrokerMetrics:
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.registry = r = CollectorRegistry()
+        self.window = StatsWindow(window_s)
+        self.requests = Counter(
+            "iris_broker_requests",
+            "Requests by outcome: admitted, started (a lease handed out), completed, rejected (with code)",
+            [*FLOW_PRIORITY, "outcome", "code"],
+            registry=r,
+        )
+        self.queue_depth = Gauge("iris_broker_queue_depth", "Requests waiting", FLOW, registry=r)
+        self.running = Gauge("iris_broker_running", "Leases running", FLOW, registry=r)
+        self.queue_wait_s = Histogram(
+            "iris_broker_queue_wait_seconds", "Enqueued to lease", FLOW_PRIORITY, buckets=WAIT_BUCKETS_S, registry=r
+        )
+        self.reclaims = Counter(
+            "iris_broker_lease_reclaims",
+            "Leases taken back from a dead or forgetful worker and re-queued",
+            ["model"],
+            registry=r,
+        )
+        self.deadline_drops = Counter(
+            "iris_broker_deadline_drops",
+            "Requests dropped for their deadline: expired in the queue, or unmeetable on arrival",
+            [*FLOW, "when"],
+            registry=r,
+        )
+        self.estimated_tokens = Counter(
+            "iris_broker_estimated_tokens", "Token cost estimated when the lease started", FLOW, registry=r
+        )
+        self.actual_tokens = Counter(
+            "iris_broker_actual_tokens",
+            "Tokens the finished lease really cost (prompt + completion)",
+            FLOW,
+            registry=r,
+        )
+        self.served_tokens = Counter(
+            "iris_broker_served_tokens", "Tokens served, per flow class", FLOW_PRIORITY, registry=r
+        )
+        self.share = Gauge("iris_broker_token_share", "Share of the model's tokens in the window", FLOW, registry=r)
+        self.target_share = Gauge("iris_broker_target_share", "Weight share among busy workloads", FLOW, registry=r)
+        self._server: tuple[WSGIServer, Thread] | None = None
+        self._shown: set[Flow] = set()
+
+    def serve(self, host: str, port: int) -> None:
+        self._server = start_http_server(port, host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            server, thread = self._server
+            server.shutdown()
+            thread.join(timeout=5)
+            self._server = None
+
+    def admitted(self, request: WaitingRequest) -> None:
+        self._count(request.model, request.workload, request.priority, "admitted")
+
+    def rejected(self, request: WaitingRequest, code: str, message: str, now_ms: int) -> None:
+        self._count(request.model, request.workload, request.priority, "rejected", code)
+        self.window.rejected(request.model, request.workload, code, message, now_ms)
+        if code in ("deadline_exceeded", "deadline_unmeetable"):
+            when = "queued" if code == "deadline_exceeded" else "unmeetable"
+            self.deadline_drops.labels(request.model, request.workload, when).inc()
+
+    def started(self, lease: Lease, now_ms: int) -> None:
+        self._count(lease.model, lease.workload, lease.priority, "started")
+        waited_ms = lease.leased_ms - lease.enqueued_ms
+        self.queue_wait_s.labels(lease.model, lease.workload, str(lease.priority)).observe(max(0, waited_ms) / 1000)
+        self.estimated_tokens.labels(lease.model, lease.workload).inc(lease.cost_tokens)
+        self.window.started(lease.model, lease.workload, waited_ms, now_ms)
+
+    def finished(self, done: LeaseDone, priority: int, now_ms: int) -> None:
+        tokens = done.prompt_tokens + done.completion_tokens
+        self._count(done.model, done.workload, priority, "completed")
+        self.actual_tokens.labels(done.model, done.workload).inc(tokens)
+        self.served_tokens.labels(done.model, done.workload, str(priority)).inc(tokens)
+        self.window.served(done.model, done.workload, tokens, now_ms)
+
+    def reclaimed(self, request: WaitingRequest) -> None:
+        self.reclaims.labels(request.model).inc()
+
+    def snapshot(
+        self, now_ms: int, load: Mapping[Flow, tuple[int, int]], weight: Callable[[str], float], **ids: str
+    ) -> BrokerStats:
+        stats = self.window.snapshot(now_ms, load, weight, **ids)
+        shown = set()
+        for row in stats.workloads:
+            shown.add((row.model, row.workload))
+            self.queue_depth.labels(row.model, row.workload).set(row.queued)
+            self.running.labels(row.model, row.workload).set(row.running)
+            self.share.labels(row.model, row.workload).set(row.share)
+            self.target_share.labels(row.model, row.workload).set(row.target_share)
+        for flow in self._shown - shown:  # gone idle for a whole window: back to zero, not a stale value
+            for gauge in (self.queue_depth, self.running, self.share, self.target_share):
+                gauge.labels(*flow).set(0)
+        self._shown = shown
+        return stats
+
+    def _count(self, model: str, workload: str, priority: int, outcome: str, code: str = "") -> None:
+        self.requests.labels(model, workload, str(priority), outcome, code).inc()

@@ -1,0 +1,65 @@
+"""The worker's Prometheus metrics: time to first token, run time, tokens, outcomes, slot use, tokens/s.
+
+Labels are bounded (model, workload, finish reason or error code). `/metrics` is served on
+`metrics_host:metrics_port` by prometheus_client's own HTTP server thread.
+"""
+
+from __future__ import annotations
+
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from schemas.messages import Lease
+
+SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        flow = ["model", "workload"]
+        self.requests = Counter(
+            "iris_worker_requests", "Leases run, by finish reason or error code", [*flow, "outcome"], registry=r
+        )
+        self.first_token_s = Histogram(
+            "iris_worker_time_to_first_token_seconds",
+            "Lease start to first token",
+            flow,
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.run_s = Histogram(
+            "iris_worker_run_seconds", "Lease start to final reply", flow, buckets=SECONDS_BUCKETS, registry=r
+        )
+        self.tokens = Counter("iris_worker_tokens_generated", "Completion tokens generated", flow, registry=r)
+        self.tokens_per_s = Gauge(
+            "iris_worker_tokens_per_second", "Completion tokens/s per sequence (EMA)", ["model", "worker"], registry=r
+        )
+        self.slots = Gauge("iris_worker_slots", "Model slots", ["model", "worker"], registry=r)
+        self.busy_slots = Gauge("iris_worker_busy_slots", "Slots running a lease", ["model", "worker"], registry=r)
+        self._server: tuple[WSGIServer, Thread] | None = None
+
+    def serve(self, host: str, port: int) -> None:
+        self._server = start_http_server(port, host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            server, thread = self._server
+            server.shutdown()
+            thread.join(timeout=5)
+            self._server = None
+
+    def first_token(self, lease: Lease, seconds: float) -> None:
+        self.first_token_s.labels(lease.model, lease.workload).observe(seconds)
+
+    def finished(self, lease: Lease, outcome: str, seconds: float, completion_tokens: int) -> None:
+        self.requests.labels(lease.model, lease.workload, outcome).inc()
+        self.run_s.labels(lease.model, lease.workload).observe(seconds)
+        self.tokens.labels(lease.model, lease.workload).inc(completion_tokens)
+
+    def beat(self, model: str, worker_id: str, slots: int, busy: int, tokens_per_s: float) -> None:
+        self.slots.labels(model, worker_id).set(slots)
+        self.busy_slots.labels(model, worker_id).set(busy)
+        self.tokens_per_s.labels(model, worker_id).set(tokens_per_s)
