@@ -28,6 +28,8 @@ class ApiKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workloads: list[Token] = []  # further workloads this key may choose with X-Iris-Workload
     default_priority: Priority = 1
     max_priority: Priority = 1
+    requests_per_min: Annotated[int, Meta(ge=0)] = 0  # 0 = unlimited
+    tokens_per_min: Annotated[int, Meta(ge=0)] = 0  # prompt + completion tokens; 0 = unlimited
 
     def allows_workload(self, workload: str) -> bool:
         return workload == self.workload or workload in self.workloads
@@ -45,6 +47,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 3600.0
     default_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 120.0
     default_max_tokens: Annotated[int, Meta(ge=1, le=32_768)] = 2048  # Ollama/OpenAI chat with no limit set
+    keyless_requests_per_min: Annotated[int, Meta(ge=0)] = 0  # all keyless callers together; 0 = unlimited
+    keyless_tokens_per_min: Annotated[int, Meta(ge=0)] = 0
 
     @property
     def keys_required(self) -> bool:

@@ -16,8 +16,9 @@ from nats.aio.client import Client as NATS
 from gateway.answer_text import AnswerText
 from gateway.identity import Identity
 from gateway.model_directory import ModelDirectory
+from gateway.rate_limits import RateLimiter
 from schemas.errors import Cancelled, QueueFull
-from schemas.exchange import Exchange, build_envelope
+from schemas.exchange import Exchange, build_envelope, now_ms
 from schemas.messages import GenerateRequest, Result
 
 T = TypeVar("T")
@@ -29,6 +30,7 @@ class Forwarder:
         self.nc, self.models = nc, models
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.limiter = RateLimiter()
 
     def open(
         self, request: GenerateRequest, model: str | None, identity: Identity, idempotency_key: str | None = None
@@ -46,9 +48,11 @@ class Forwarder:
             deadline_s=identity.deadline_s,
             idempotency_key=idempotency_key,
         )
-        return self._answer_events(Exchange(self.nc, envelope))
+        if not identity.rate.unlimited:
+            self.limiter.admit(identity.limit_key, identity.rate, now_ms())
+        return self._answer_events(Exchange(self.nc, envelope), identity)
 
-    async def _answer_events(self, exchange: Exchange) -> AsyncGenerator[str | Result, None]:
+    async def _answer_events(self, exchange: Exchange, identity: Identity) -> AsyncGenerator[str | Result, None]:
         """Text deltas safe to forward, then the final `Result`; an `IrisError` ends it early. Closing it
         before the end cancels the request (its slot is freed)."""
         self.in_flight += 1
@@ -60,6 +64,10 @@ class Forwarder:
                 if delta:
                     yield delta
             assert exchange.result is not None
+            usage = exchange.result.usage
+            self.limiter.charge(
+                identity.limit_key, identity.rate, usage.prompt_tokens + usage.completion_tokens, now_ms()
+            )
             tail = text.finish(exchange.result.text)
             if tail:
                 yield tail

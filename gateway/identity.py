@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config import ApiKey, GatewayConfig, hash_key
+from gateway.rate_limits import RateLimit
 from schemas.errors import Forbidden, InvalidRequest, Unauthorized
 from schemas.subjects import MAX_TOKEN_CHARS, is_token, to_token
 
@@ -30,6 +31,8 @@ class Identity:
     workload: str
     priority: int
     deadline_s: float
+    limit_key: str = ""  # whose allowance the request spends (the key's hash; "" = keyless callers)
+    rate: RateLimit = RateLimit()
 
 
 class KeyRing:
@@ -38,6 +41,7 @@ class KeyRing:
         self.keys_required = config.keys_required
         self.default_deadline_s = config.default_deadline_s
         self.max_deadline_s = config.max_deadline_s
+        self.keyless_rate = RateLimit(config.keyless_requests_per_min, config.keyless_tokens_per_min)
 
     def key_for(self, authorization: str | None) -> ApiKey | None:
         """The key behind an `Authorization` header; None for a keyless request that is allowed."""
@@ -69,7 +73,8 @@ class KeyRing:
         if end_user:
             mapped = to_token(end_user)
             user = mapped if user is None else to_token(f"{user}-{mapped}")
-        return Identity(user=user, workload=workload, priority=priority, deadline_s=deadline_s)
+        rate = self.keyless_rate if key is None else RateLimit(key.requests_per_min, key.tokens_per_min)
+        return Identity(user, workload, priority, deadline_s, "" if key is None else key.sha256, rate)
 
     def _deadline_s(self, raw: str | None) -> float:
         if raw is None:

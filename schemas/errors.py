@@ -17,6 +17,7 @@ class ErrorCode(enum.StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     QUEUE_FULL = "queue_full"
+    RATE_LIMITED = "rate_limited"
     DEADLINE_UNMEETABLE = "deadline_unmeetable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"
@@ -32,6 +33,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.QUEUE_FULL: 429,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.DEADLINE_UNMEETABLE: 429,
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.CANCELLED: 499,
@@ -90,6 +92,12 @@ class QueueFull(IrisError):
     code = ErrorCode.QUEUE_FULL
 
 
+class RateLimited(IrisError):
+    """The API key used up its requests or tokens per minute; `retry_after_s` says when it may go on."""
+
+    code = ErrorCode.RATE_LIMITED
+
+
 class DeadlineUnmeetable(IrisError):
     code = ErrorCode.DEADLINE_UNMEETABLE
 
@@ -123,6 +131,7 @@ _BY_CODE: dict[ErrorCode, type[IrisError]] = {
         ModelNotFound,
         PayloadTooLarge,
         QueueFull,
+        RateLimited,
         DeadlineUnmeetable,
         DeadlineExceeded,
         Cancelled,

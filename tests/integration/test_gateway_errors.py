@@ -12,7 +12,7 @@ import pytest
 from broker.service import BrokerService
 from gpu_worker.fake_engine import FakeEngine
 from iris.nats_server import NatsServer
-from tests.integration.gateway_stack import OPEN_KEY, PAID_KEY, gateway, metric
+from tests.integration.gateway_stack import LIMITED_KEY, OPEN_KEY, PAID_KEY, gateway, metric
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 from tests.integration.test_gateway_clients import MESSAGES, openai_client
 
@@ -59,6 +59,24 @@ async def test_unauthorized_and_forbidden(nats_server: NatsServer) -> None:
         )
         answer = await allowed.chat.completions.create(model="fake", messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
         assert answer.usage is not None and answer.usage.completion_tokens == 2
+
+
+async def test_rate_limited_key_is_429_with_retry_after(nats_server: NatsServer) -> None:
+    url = nats_server.url
+    async with broker(url), worker(url, FakeEngine("fake"), "w1"), gateway(url, "fake") as gw:
+        limited = openai_client(gw.http.url, LIMITED_KEY)  # type: ignore[union-attr]
+        for _ in range(2):
+            await limited.chat.completions.create(model="fake", messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as limit:
+            await limited.chat.completions.create(model="fake", messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
+        assert limit.value.response.headers["x-iris-error"] == "rate_limited"
+        assert 1 <= int(limit.value.response.headers["retry-after"]) <= 30
+        other = await openai_client(gw.http.url, OPEN_KEY).chat.completions.create(  # type: ignore[union-attr]
+            model="fake",
+            messages=MESSAGES,
+            max_tokens=2,  # type: ignore[arg-type]
+        )
+        assert other.usage is not None  # another key's allowance is untouched
 
 
 async def test_queue_full_is_429_with_retry_after(nats_server: NatsServer) -> None:
