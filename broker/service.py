@@ -14,7 +14,6 @@ import collections
 import time
 from typing import Any
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -30,6 +29,7 @@ from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
 from broker.streams import ensure_lease_bucket, ensure_request_stream
 from broker.wfq import estimate_prompt_tokens
 from schemas import headers as h
+from schemas.connection import connect
 from schemas.errors import ErrorCode, InvalidRequest, IrisError
 from schemas.headers import is_reply_subject, parse_request_headers
 from schemas.messages import (
@@ -79,7 +79,7 @@ class BrokerService:
         return self._nc
 
     async def start(self) -> None:
-        self._nc = await nats.connect(self.config.nats_url, name="iris-broker", max_reconnect_attempts=-1)
+        self._nc = await connect(self.config.nats_url, "iris-broker")
         js = self.nc.jetstream()
         await ensure_request_stream(js, self.config)
         self._kv = await ensure_lease_bucket(js, self.config)

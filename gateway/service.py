@@ -6,7 +6,6 @@ first lets open answers finish (bounded), so a SIGTERM drains instead of cutting
 
 from __future__ import annotations
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -18,6 +17,7 @@ from gateway.identity import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.micro_api import MicroApi
 from gateway.model_directory import ModelDirectory
+from schemas.connection import connect
 
 
 class GatewayService:
@@ -32,7 +32,7 @@ class GatewayService:
 
     async def start(self) -> None:
         config = self.config
-        self._nc = nc = await nats.connect(config.nats_url, name="iris-gateway", max_reconnect_attempts=-1)
+        self._nc = nc = await connect(config.nats_url, "iris-gateway")
         await self.models.start(nc)
         forwarder = Forwarder(nc, self.models, config.max_in_flight)
         self._micro = MicroApi(nc, forwarder, self.log)

@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,6 +20,7 @@ from nats.js.kv import KeyValue
 from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
+from schemas.connection import connect
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_decoder
 from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, cancelled_request_id, heartbeat_subject, lease_offer_subject
 
@@ -51,9 +51,7 @@ class WorkerService:
 
     async def start(self) -> None:
         await self.engine.load()
-        self._nc = await nats.connect(
-            self.config.nats_url, name=f"iris-worker-{self.worker_id}", max_reconnect_attempts=-1
-        )
+        self._nc = await connect(self.config.nats_url, f"iris-worker-{self.worker_id}")
         kv = await self._lease_bucket()
         self._runner = LeaseRunner(self.nc, kv, self.engine, self.worker_id, self.stats, self.log)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)

@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 
 from schemas import headers as h
+from schemas.connection import connect
 from schemas.errors import InvalidRequest, NoCapacity
 from schemas.exchange import DuplicateRequest, Exchange, RequestEnvelope, build_envelope
 from schemas.messages import ChatMessage, Chunk, GenerateRequest, QueueUpdate, Result, heartbeat_decoder
@@ -78,7 +78,8 @@ class Client:
 
     @classmethod
     async def connect(cls, url: str = "nats://127.0.0.1:4222", **options: Any) -> Client:
-        return cls(await nats.connect(url, **options), owns_connection=True)
+        name = options.pop("name", "iris-client")
+        return cls(await connect(url, name, **options), owns_connection=True)
 
     async def close(self) -> None:
         if self._owns and not self.nc.is_closed:

@@ -6,6 +6,7 @@ caller owns, ready when it accepts connections.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -34,11 +35,23 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        config_file: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`config_file`: a nats-server config (accounts, cluster, TLS); host, port and store dir given here
+        override its `listen` and `store_dir`. `env`: variables it refers to (`$IRIS_NATS_..._PASSWORD`)."""
         self.store_dir = store_dir
         self.host = host
         self.port = port or free_port()
         self.log_file = log_file
+        self.config_file = config_file
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,8 +61,11 @@ class NatsServer:
     def start(self, timeout_s: float = 10.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port)]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file), "-m", "0"]  # no monitoring port: several servers share a host
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env}
+        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
-import nats
 from nats.aio.msg import Msg
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from schemas.connection import connect
 from schemas.messages import BrokerStats, Heartbeat, broker_stats_decoder, heartbeat_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT, HEARTBEAT_FILTER
 
@@ -121,7 +121,7 @@ def render(state: TopState, url: str, now_s: float) -> Group:
 
 async def run_top(url: str, refresh_s: float, once: bool) -> None:
     state = TopState()
-    nc = await nats.connect(url, name="iris-top", max_reconnect_attempts=-1)
+    nc = await connect(url, "iris-top")
     try:
         await nc.subscribe(BROKER_STATS_SUBJECT, cb=state.on_stats)
         await nc.subscribe(HEARTBEAT_FILTER, cb=state.on_heartbeat)
