@@ -6,13 +6,21 @@ restarted or second broker never fights the first over settings.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServerError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
 from schemas.subjects import LEASE_BUCKET, REQUEST_FILTER, REQUEST_STREAM
+
+T = TypeVar("T")
 
 
 def request_stream_config(config: BrokerConfig) -> StreamConfig:
@@ -31,7 +39,27 @@ def request_stream_config(config: BrokerConfig) -> StreamConfig:
     )
 
 
+async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
+    """Retry while JetStream is still electing its leaders (a cluster just started or lost a node)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await action()
+        except (ServiceUnavailableError, ServerError, NatsTimeout, NoRespondersError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> None:
+    await until_available(lambda: _ensure_request_stream(js, config))
+
+
+async def ensure_lease_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:
+    return await until_available(lambda: _ensure_lease_bucket(js, config))
+
+
+async def _ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> None:
     wanted = request_stream_config(config)
     try:
         await js.stream_info(REQUEST_STREAM)
@@ -44,7 +72,7 @@ async def ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> N
     await js.update_stream(wanted)
 
 
-async def ensure_lease_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:
+async def _ensure_lease_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:
     """Leases are one key per stream sequence; the TTL ages out delete markers of finished leases."""
     try:
         return await js.key_value(LEASE_BUCKET)

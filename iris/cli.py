@@ -37,6 +37,7 @@ def main() -> None:
 @click.option("--n-gpu-layers", type=int, help="-1 offloads every layer to the GPU.")
 @click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence.")
 @click.option("--nats-port", type=int, help="NATS port (default 4222).")
+@click.option("--cluster", type=int, help="Run a local JetStream cluster of N nodes (3 or 5) with replicated streams.")
 @click.option("--http-host", help="Gateway HTTP address (default 127.0.0.1: keyless requests allowed).")
 @click.option("--http-port", type=int, help="Gateway HTTP port (default 8080; 0 = no HTTP).")
 @click.option(

@@ -20,7 +20,8 @@ import msgspec
 import nats
 from msgspec import Meta
 
-from iris.nats_server import NatsServer
+from iris.nats_server import NatsCluster, NatsServer
+from schemas.connection import connect
 from schemas.messages import heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER
 
@@ -36,6 +37,7 @@ class UpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     n_gpu_layers: Annotated[int, Meta(ge=-1)] = 0
     fake_tps: Annotated[float, Meta(ge=0)] = 0.0
     nats_port: Annotated[int, Meta(ge=0, le=65535)] = 4222
+    cluster: Annotated[int, Meta(ge=1, le=5)] = 1  # JetStream nodes; >1 runs a local cluster with R3 (or Rn) streams
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101  # broker; workers count up from the next port
@@ -56,7 +58,11 @@ class Launcher:
         self.config_file = config_file
         self.state_dir = Path(config.state_dir).expanduser() if config.state_dir else default_state_dir()
         self.log_dir = self.state_dir / "logs"
-        self.nats = NatsServer(self.state_dir / "nats", port=config.nats_port, log_file=self.log_dir / "nats.log")
+        self.nats: NatsServer | NatsCluster
+        if config.cluster > 1:
+            self.nats = NatsCluster(self.state_dir / "nats-cluster", config.cluster, self.log_dir, config.nats_port)
+        else:
+            self.nats = NatsServer(self.state_dir / "nats", port=config.nats_port, log_file=self.log_dir / "nats.log")
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
     def _spawn(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -102,7 +108,9 @@ class Launcher:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            self._spawn("broker", "broker", self._flags(("policy", "max_concurrency")) + self._metrics_port(0))
+            replicas = ["--replicas", str(min(3, self.config.cluster))] if self.config.cluster > 1 else []
+            broker_args = self._flags(("policy", "max_concurrency")) + self._metrics_port(0) + replicas
+            self._spawn("broker", "broker", broker_args)
             for index in range(self.config.workers):
                 self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
             self._spawn("gateway", "gateway", *self._gateway_args())
@@ -119,7 +127,7 @@ class Launcher:
     async def _wait_ready(self, stop: asyncio.Event) -> set[str] | None:
         """Wait until every worker has sent a heartbeat; None when a child died or we were stopped."""
         print(f"iris: starting (logs in {self.log_dir}) ...", file=sys.stderr)
-        nc = await nats.connect(self.nats.url)
+        nc = await connect(self.nats.url, "iris-up")
         beating: dict[str, str] = {}
         sub = await nc.subscribe(HEARTBEAT_FILTER)
         try:

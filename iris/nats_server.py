@@ -43,6 +43,7 @@ class NatsServer:
         log_file: Path | None = None,
         config_file: Path | None = None,
         env: dict[str, str] | None = None,
+        cluster: ClusterMember | None = None,
     ) -> None:
         """`config_file`: a nats-server config (accounts, cluster, TLS); host, port and store dir given here
         override its `listen` and `store_dir`. `env`: variables it refers to (`$IRIS_NATS_..._PASSWORD`)."""
@@ -52,6 +53,7 @@ class NatsServer:
         self.log_file = log_file
         self.config_file = config_file
         self.env = env or {}
+        self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +65,8 @@ class NatsServer:
         args = [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port)]
         if self.config_file is not None:
             args += ["-c", str(self.config_file), "-m", "0"]  # no monitoring port: several servers share a host
+        if self.cluster is not None:
+            args += self.cluster.args(self.host)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         env = {**os.environ, **self.env}
         self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -78,6 +82,12 @@ class NatsServer:
         self.stop()
         raise TimeoutError(f"nats-server did not listen on {self.url} within {timeout_s} s")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node (fault tests); `start()` brings it back with the same data."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -86,3 +96,51 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class ClusterMember:
+    """One node's place in a local cluster: its name, route port, and every node's route port."""
+
+    def __init__(self, name: str, route_port: int, all_route_ports: list[int], cluster_name: str = "iris") -> None:
+        self.name, self.route_port, self.all_route_ports = name, route_port, all_route_ports
+        self.cluster_name = cluster_name
+
+    def args(self, host: str) -> list[str]:
+        routes = ",".join(f"nats://{host}:{port}" for port in self.all_route_ports if port != self.route_port)
+        return [
+            "-n", self.name,
+            "--cluster_name", self.cluster_name,
+            "--cluster", f"nats://{host}:{self.route_port}",
+            "--routes", routes,
+        ]  # fmt: skip
+
+
+class NatsCluster:
+    """N JetStream nodes on loopback routed to each other (`iris up --cluster 3`, cluster fault tests).
+    `url` lists every node, so clients fail over between them."""
+
+    def __init__(self, store_dir: Path, size: int = 3, log_dir: Path | None = None, first_port: int = 0) -> None:
+        route_ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(
+                store_dir / f"node-{i + 1}",
+                port=first_port + i if first_port else 0,
+                log_file=log_dir / f"nats-{i + 1}.log" if log_dir else None,
+                cluster=ClusterMember(f"iris-{i + 1}", route_ports[i], route_ports),
+            )
+            for i in range(size)
+        ]
+        self.store_dir = store_dir
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> NatsCluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
