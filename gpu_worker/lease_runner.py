@@ -33,7 +33,7 @@ from schemas.messages import (
     encoder,
     request_decoder,
 )
-from schemas.stream_ops import delete_request, error_reply, get_request, publish_reply
+from schemas.stream_ops import delete_request, error_reply, get_request, publish_reply, while_unavailable
 from schemas.subjects import done_subject, lease_key
 
 
@@ -169,4 +169,4 @@ class LeaseRunner:
         """After the final reply: the request leaves the stream, then its lease ends."""
         if delete_body:
             await delete_request(self.nc, lease.stream_seq)
-        await self.kv.delete(lease_key(lease.stream_seq))
+        await while_unavailable(lambda: self.kv.delete(lease_key(lease.stream_seq)))

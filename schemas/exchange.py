@@ -18,7 +18,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from nats.nuid import NUID
 
 from schemas import headers as h
@@ -35,10 +36,11 @@ from schemas.messages import (
     request_decoder,
     result_decoder,
 )
+from schemas.stream_ops import while_unavailable
 from schemas.subjects import MAX_TOKEN_CHARS, cancel_subject, is_token, request_subject
 
 REPLY_GRACE_S = 5.0
-PUBLISH_ATTEMPTS = 3
+PUBLISH_GIVE_UP_S = 10.0
 _NUID = NUID()
 
 
@@ -233,21 +235,25 @@ async def _next_reply(replies: asyncio.Queue[Msg], deadline_ms: int) -> Msg:
         raise IrisError.from_wire(ErrorCode.DEADLINE_EXCEEDED, "no final reply before the deadline") from None
 
 
-async def publish_request(nc: NATS, env: RequestEnvelope) -> None:
-    """Publish to JetStream; retries reuse the same `Nats-Msg-Id`, so they can never enqueue twice."""
+async def publish_request(nc: NATS, env: RequestEnvelope, give_up_s: float = PUBLISH_GIVE_UP_S) -> None:
+    """Publish to JetStream; retries reuse the same `Nats-Msg-Id`, so they can never enqueue twice. A
+    cluster electing a stream leader is waited out for up to `give_up_s`."""
     js = nc.jetstream()
     subject = request_subject(env.model, env.workload)
-    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-        try:
-            ack = await js.publish(subject, env.body, headers=env.headers, timeout=2.0)
-        except NatsTimeout:
-            if attempt == PUBLISH_ATTEMPTS:
-                raise NoCapacity("JetStream did not acknowledge the request", retry_after_s=1.0) from None
-            continue
-        except NoStreamResponseError:
-            raise NoCapacity("no Iris request stream: is the broker running?", retry_after_s=1.0) from None
-        except APIError as exc:
-            raise QueueFull(f"request stream refused the request: {exc.description}", retry_after_s=1.0) from None
-        if ack.duplicate and attempt == 1:
-            raise DuplicateRequest(f"request id {env.request_id!r} was already submitted")
-        return
+    attempts = 0
+
+    async def publish() -> PubAck:
+        nonlocal attempts
+        attempts += 1
+        return await js.publish(subject, env.body, headers=env.headers, timeout=2.0)
+
+    try:
+        ack = await while_unavailable(publish, give_up_s)
+    except NatsTimeout:
+        raise NoCapacity("JetStream did not acknowledge the request", retry_after_s=1.0) from None
+    except (NoStreamResponseError, ServiceUnavailableError):
+        raise NoCapacity("no Iris request stream: is the broker running?", retry_after_s=1.0) from None
+    except APIError as exc:
+        raise QueueFull(f"request stream refused the request: {exc.description}", retry_after_s=1.0) from None
+    if ack.duplicate and attempts == 1:  # a retry may find its own first try, which did get through
+        raise DuplicateRequest(f"request id {env.request_id!r} was already submitted")

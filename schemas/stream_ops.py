@@ -7,16 +7,27 @@ so every reply carries `Iris-Kind` and `Iris-Request-Id`.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from schemas import headers as h
 from schemas.errors import ErrorCode
 from schemas.messages import Chunk, Error, QueueUpdate, Result, encoder
 from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE
+
+T = TypeVar("T")
+UNAVAILABLE_GIVE_UP_S = 60.0
 
 _KIND_OF: dict[type, str] = {
     QueueUpdate: h.KIND_QUEUED,
@@ -51,7 +62,15 @@ class StoredRequest:
 
 async def get_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> StoredRequest | None:
     """Direct-get one request by sequence; None when it is no longer in the stream."""
-    reply = await nc.request(JS_DIRECT_GET, b'{"seq":%d}' % stream_seq, timeout=timeout_s)
+
+    async def attempt() -> Msg:
+        reply = await nc.request(JS_DIRECT_GET, b'{"seq":%d}' % stream_seq, timeout=timeout_s)
+        status = (reply.headers or {}).get("Status")
+        if status is not None and status != "404":
+            raise _Unavailable(f"direct get answered status {status}")
+        return reply
+
+    reply = await while_unavailable(attempt)
     headers = reply.headers or {}
     if headers.get("Status") is not None:
         return None
@@ -61,9 +80,35 @@ async def get_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> Stor
 
 
 async def delete_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> bool:
-    """Remove a request from the stream without erasing bytes; False when it was already gone."""
-    reply = await nc.request(JS_MSG_DELETE, b'{"seq":%d,"no_erase":true}' % stream_seq, timeout=timeout_s)
-    return _delete_decoder.decode(reply.data).success
+    """Remove a request from the stream without erasing bytes; False when it was already gone. Retried
+    while JetStream is unavailable: a request whose final reply was sent must leave, or it runs again."""
+
+    async def attempt() -> bool:
+        reply = await nc.request(JS_MSG_DELETE, b'{"seq":%d,"no_erase":true}' % stream_seq, timeout=timeout_s)
+        answer = _delete_decoder.decode(reply.data)
+        if answer.error is not None and answer.error.code >= 500:
+            raise _Unavailable(answer.error.description)
+        return answer.success
+
+    return await while_unavailable(attempt)
+
+
+class _Unavailable(Exception):
+    """JetStream answered, but cannot serve the call right now (a stream leader is being elected)."""
+
+
+async def while_unavailable(call: Callable[[], Awaitable[T]], give_up_s: float = UNAVAILABLE_GIVE_UP_S) -> T:
+    """Retry a stream call through a leader election (seconds on a cluster), then give up with its error."""
+    deadline = time.monotonic() + give_up_s
+    pause_s = 0.1
+    while True:
+        try:
+            return await call()
+        except (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError, _Unavailable):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(pause_s)
+        pause_s = min(1.0, pause_s * 2)
 
 
 async def publish_reply(
