@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
@@ -55,6 +56,9 @@ from schemas.subjects import (
     parse_request_subject,
 )
 
+CONSUMER_HEARTBEAT_S = 2.0
+CONSUMER_CHECK_S = 5.0
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -72,6 +76,8 @@ class BrokerService:
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
         self._closing = False
+        self._request_sub: Any = None
+        self._indexed_seq = 0  # highest stream sequence the request consumer delivered
 
     @property
     def nc(self) -> NATS:
@@ -87,19 +93,40 @@ class BrokerService:
         self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
         self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
         self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
-        self._subs.append(
-            await js.subscribe(
-                REQUEST_FILTER,
-                cb=self._on_request,
-                ordered_consumer=True,
-                config=ConsumerConfig(headers_only=True, deliver_policy=DeliverPolicy.ALL),
-            )
-        )
+        await self._subscribe_requests(DeliverPolicy.ALL)
+        self._spawn(self._watch_request_consumer())
         self._spawn(self._tick_loop())
         self._spawn(self._stats_loop())
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self.log.info("broker started", nats=self.config.nats_url, policy=self.config.policy)
+
+    async def _subscribe_requests(self, policy: DeliverPolicy, start_seq: int | None = None) -> None:
+        self._request_sub = await self.nc.jetstream().subscribe(
+            REQUEST_FILTER,
+            cb=self._on_request,
+            ordered_consumer=True,
+            idle_heartbeat=CONSUMER_HEARTBEAT_S,
+            config=ConsumerConfig(headers_only=True, deliver_policy=policy, opt_start_seq=start_seq),
+        )
+
+    async def _watch_request_consumer(self) -> None:
+        """nats-py recreates an ordered consumer that stops heart-beating, but its watcher task dies if the
+        reset itself fails (a cluster node went down mid-election), and then no new request is ever seen.
+        So check the consumer exists, and if it is gone, subscribe again after the last request indexed."""
+        while not self._closing:
+            await asyncio.sleep(CONSUMER_CHECK_S)
+            try:
+                await self._request_sub.consumer_info()
+            except NotFoundError:
+                self.log.warning("request consumer lost, subscribing again", after_seq=self._indexed_seq)
+                try:
+                    await self._request_sub.unsubscribe()
+                except Exception as exc:  # the old subscription may be half gone already
+                    self.log.info("old request subscription not removed cleanly", error=str(exc))
+                await self._subscribe_requests(DeliverPolicy.BY_START_SEQUENCE, self._indexed_seq + 1)
+            except Exception as exc:  # unavailable for now (leader election): look again next round
+                self.log.info("request consumer not checked", error=str(exc))
 
     async def _restore_leases(self) -> None:
         """Read every live lease, then keep watching for leases that end (workers delete them)."""
@@ -188,6 +215,7 @@ class BrokerService:
     async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata
         seq = meta.sequence.stream
+        self._indexed_seq = max(self._indexed_seq, seq)
         if self.scheduler.knows(seq):
             return
         headers = msg.headers or {}

@@ -86,7 +86,7 @@ async def delete_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> b
     async def attempt() -> bool:
         reply = await nc.request(JS_MSG_DELETE, b'{"seq":%d,"no_erase":true}' % stream_seq, timeout=timeout_s)
         answer = _delete_decoder.decode(reply.data)
-        if answer.error is not None and answer.error.code >= 500:
+        if answer.error is not None and answer.error.code == 503:  # 500 "stream store EOF" = already gone
             raise _Unavailable(answer.error.description)
         return answer.success
 

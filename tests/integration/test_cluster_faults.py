@@ -33,8 +33,14 @@ async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
             broker(cluster.url, replicas=3),
             worker(cluster.url, engines[0], "w1"),
             worker(cluster.url, engines[1], "w2"),
-            await Client.connect(cluster.url) as client,
+            await Client.connect(cluster.url) as probe,
         ):
+            # Services connect to any node; the load client to one that survives. A client whose own node
+            # dies can miss final replies sent while it reconnects (core NATS does not buffer them).
+            leader = await _stream_leader(probe)
+            victim = next(node for node in cluster.nodes if node.cluster and node.cluster.name == leader)
+            survivor = next(node for node in cluster.nodes if node is not victim)
+            client = await Client.connect(survivor.url)
             slots = asyncio.Semaphore(IN_FLIGHT)
 
             async def one(i: int) -> None:
@@ -52,8 +58,7 @@ async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
                 return len(outcomes) >= REQUESTS // 3
 
             await eventually(a_third_done, what="load to be under way")
-            leader = await _stream_leader(client)
-            victim = next(node for node in cluster.nodes if node.cluster and node.cluster.name == leader)
+            assert await _stream_leader(client) == leader
             victim.kill()
             await asyncio.gather(*load)
 
@@ -64,7 +69,7 @@ async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
                 f"errors: {Counter(o for o in outcomes.values() if o.startswith('error'))}"
             )
             assert all(o in ("result:8",) or o.startswith("error:") for o in outcomes.values())
-            assert kinds["result"] >= REQUESTS * 0.9
+            assert kinds["result"] == REQUESTS
             assert sum(e.generations for e in engines) <= REQUESTS  # no request ran twice
 
             victim.start()  # the node comes back and catches up on its own
@@ -76,5 +81,6 @@ async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
 
             await eventually(rejoined, 60, "the restarted node to rejoin as a current replica")
             await wait_stream_empty(client.nc)
+            await client.close()
     finally:
         cluster.stop()
