@@ -3,6 +3,8 @@
 A `WaitingRequest` is the compact, prompt-free index entry the broker keeps for every request in the
 stream. `RequestQueue` is the one seam between "who is waiting" and "in which order they run": the
 foundation ships `FifoQueue` (stream order); the weighted-fair queue plugs in behind the same methods.
+`pop(eligible)` takes the best request that may start now (`Eligible`: a free worker slot, or a ticket,
+and a label value not at its cap); FIFO finds it by looking past the ineligible ones at the head.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
@@ -28,6 +31,26 @@ class WaitingRequest(msgspec.Struct, gc=False):
     cost_tokens: int = 0  # Iris-Tokens; 0 = estimated when charged
     attempt: int = 1
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
+    ticket: bool = False  # an admission request: granted a ticket, run by the app, needs no worker
+
+
+@dataclass(frozen=True)
+class Eligible:
+    """Which waiting requests may start now: tickets always, others only with a free worker slot;
+    none whose `label` value (`user` or `workload`) is in `at_cap`."""
+
+    worker_free: bool = True
+    label: str = ""
+    at_cap: frozenset[str] = frozenset()
+
+    def workload_ok(self, workload: str) -> bool:
+        return not (self.label == "workload" and workload in self.at_cap)
+
+    def request_ok(self, request: WaitingRequest) -> bool:
+        if not (request.ticket or self.worker_free):
+            return False
+        value = request.user if self.label == "user" else request.workload
+        return not (self.label and value in self.at_cap)
 
 
 class RequestQueue(Protocol):
@@ -35,13 +58,21 @@ class RequestQueue(Protocol):
 
     def push(self, request: WaitingRequest) -> None: ...
 
-    def pop(self) -> WaitingRequest | None: ...
+    def pop(self, eligible: Eligible | None = None) -> WaitingRequest | None:
+        """The next request to start (None: every waiting one is eligible)."""
+        ...
 
     def remove(self, stream_seq: int) -> WaitingRequest | None: ...
 
     def position(self, stream_seq: int) -> int: ...
 
     def count(self, workload: str) -> int: ...
+
+    def count_user(self, user: str) -> int: ...
+
+    def tickets(self) -> int:
+        """Admission requests waiting."""
+        ...
 
     def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
         """A finished request cost `delta_tokens` more (or less) than it was charged."""
@@ -52,6 +83,27 @@ class RequestQueue(Protocol):
     def __contains__(self, stream_seq: object) -> bool: ...
 
 
+class Tally:
+    """Waiting requests counted per workload, per user and tickets: what limits and shortcuts ask."""
+
+    def __init__(self) -> None:
+        self.per_workload: Counter[str] = Counter()
+        self.per_user: Counter[str] = Counter()
+        self.tickets = 0
+
+    def add(self, request: WaitingRequest, delta: int) -> None:
+        self.per_workload[request.workload] += delta
+        self.per_user[request.user] += delta
+        self.tickets += delta if request.ticket else 0
+
+    def none_eligible(self, eligible: Eligible, total: int) -> bool:
+        """True when counts alone prove no waiting request is eligible (saves a scan)."""
+        if not eligible.worker_free and self.tickets == 0:
+            return True
+        per_value = self.per_user if eligible.label == "user" else self.per_workload
+        return bool(eligible.label) and sum(per_value[value] for value in eligible.at_cap) >= total
+
+
 class FifoQueue:
     """First come, first served by stream sequence; a re-queued request keeps its original place."""
 
@@ -59,27 +111,37 @@ class FifoQueue:
         self._by_seq: dict[int, WaitingRequest] = {}
         self._heap: list[int] = []  # stream sequences; entries no longer in _by_seq are skipped lazily
         self._last_seq = 0
-        self._per_workload: Counter[str] = Counter()
+        self._tally = Tally()
 
     def push(self, request: WaitingRequest) -> None:
         self._by_seq[request.stream_seq] = request
         heapq.heappush(self._heap, request.stream_seq)
         self._last_seq = max(self._last_seq, request.stream_seq)
-        self._per_workload[request.workload] += 1
+        self._tally.add(request, 1)
 
-    def pop(self) -> WaitingRequest | None:
+    def pop(self, eligible: Eligible | None = None) -> WaitingRequest | None:
+        if eligible is not None and self._tally.none_eligible(eligible, len(self._by_seq)):
+            return None
+        skipped: list[int] = []  # ineligible requests ahead of the one taken: they keep their place
+        found = None
         while self._heap:
             seq = heapq.heappop(self._heap)
-            request = self._by_seq.pop(seq, None)
-            if request is not None:
-                self._per_workload[request.workload] -= 1
-                return request
-        return None
+            request = self._by_seq.get(seq)
+            if request is None:
+                continue
+            if eligible is None or eligible.request_ok(request):
+                found = self._by_seq.pop(seq)
+                self._tally.add(found, -1)
+                break
+            skipped.append(seq)
+        for seq in skipped:
+            heapq.heappush(self._heap, seq)
+        return found
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._by_seq.pop(stream_seq, None)
         if request is not None:
-            self._per_workload[request.workload] -= 1
+            self._tally.add(request, -1)
         if len(self._heap) > 2 * len(self._by_seq) + 64:
             self._heap = list(self._by_seq)
             heapq.heapify(self._heap)
@@ -96,7 +158,13 @@ class FifoQueue:
         return sum(1 for seq in self._by_seq if seq < stream_seq)
 
     def count(self, workload: str) -> int:
-        return self._per_workload[workload]
+        return self._tally.per_workload[workload]
+
+    def count_user(self, user: str) -> int:
+        return self._tally.per_user[user]
+
+    def tickets(self) -> int:
+        return self._tally.tickets
 
     def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
         return None  # arrival order does not depend on cost
@@ -112,6 +180,7 @@ def make_queue(
     policy: str,
     workload_weights: Mapping[str, float] | None = None,
     estimate: Callable[[WaitingRequest], int] | None = None,
+    min_share: float = 0.0,
 ) -> RequestQueue:
     """The queue for a scheduling policy name (config `policy`)."""
     if policy == "fifo":
@@ -119,5 +188,5 @@ def make_queue(
     if policy == "wfq":
         from broker.wfq import WfqQueue
 
-        return WfqQueue(workload_weights, estimate=estimate)
+        return WfqQueue(workload_weights, estimate=estimate, min_share=min_share)
     raise ValueError(f"unknown scheduling policy {policy!r}")

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 
 from schemas import headers as h
 from schemas.errors import ErrorCode
-from schemas.messages import Chunk, Error, QueueUpdate, Result, encoder
+from schemas.messages import Chunk, Error, QueueUpdate, Result, Ticket, encoder
 from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE
 
 _KIND_OF: dict[type, str] = {
@@ -23,6 +23,7 @@ _KIND_OF: dict[type, str] = {
     Chunk: h.KIND_CHUNK,
     Result: h.KIND_RESULT,
     Error: h.KIND_ERROR,
+    Ticket: h.KIND_TICKET,
 }
 
 
@@ -67,7 +68,7 @@ async def delete_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> b
 
 
 async def publish_reply(
-    nc: NATS, reply_to: str, request_id: str, message: QueueUpdate | Chunk | Result | Error
+    nc: NATS, reply_to: str, request_id: str, message: QueueUpdate | Chunk | Result | Error | Ticket
 ) -> None:
     headers = {h.KIND: _KIND_OF[type(message)], h.REQUEST_ID: request_id}
     await nc.publish(reply_to, encoder.encode(message), headers=headers)
