@@ -68,6 +68,7 @@ class AdmissionService:
         await self._service.add_endpoint(
             name="end", subject=ADMIT_END, queue_group=END_QUEUE_GROUP, handler=self._on_end
         )
+        await self.nc.flush()  # subscribed at the server once start returns
 
     async def stop(self) -> None:
         if self._service is not None:
