@@ -26,6 +26,9 @@ from schemas.logs import configure_logging
 )
 @click.option("--max-queue", type=int, help="Waiting requests per workload (0 = no limit).")
 @click.option("--max-inflight", "max_inflight_s", type=float, help="Seconds a lease may run before it is cut off.")
+@click.option("--limit-by", type=click.Choice(["user", "workload"]), help="Cap leases per user or per workload.")
+@click.option("--limit-per-value", type=int, help="Leases per --limit-by value before borrowing idle capacity.")
+@click.option("--min-share", type=float, help="WFQ: the lowest class runs at least this fraction as fast as the top.")
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
     config = load_config_or_exit(BrokerConfig, "broker", config_path, flags, "broker")

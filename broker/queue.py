@@ -104,6 +104,43 @@ class Tally:
         return bool(eligible.label) and sum(per_value[value] for value in eligible.at_cap) >= total
 
 
+class Lanes:
+    """Stream-order heaps per label value and kind (ticket or not), for both labels: how FIFO finds the
+    oldest eligible request without walking past every ineligible one (a user flooding the head while at
+    its cap). Entries of requests gone are dropped lazily, and all are rebuilt when mostly stale."""
+
+    def __init__(self) -> None:
+        self.by_label: dict[str, dict[tuple[str, bool], list[int]]] = {"user": {}, "workload": {}}
+        self.entries = 0
+
+    def push(self, request: WaitingRequest) -> None:
+        for label, value in (("user", request.user), ("workload", request.workload)):
+            heapq.heappush(self.by_label[label].setdefault((value, request.ticket), []), request.stream_seq)
+        self.entries += 2
+
+    def oldest(self, eligible: Eligible, live: Mapping[int, WaitingRequest]) -> int | None:
+        lanes = self.by_label[eligible.label or "workload"]
+        best: int | None = None
+        for (value, ticket), seqs in list(lanes.items()):
+            if value in eligible.at_cap or not (ticket or eligible.worker_free):
+                continue
+            while seqs and seqs[0] not in live:
+                heapq.heappop(seqs)
+                self.entries -= 1
+            if not seqs:
+                del lanes[(value, ticket)]
+            elif best is None or seqs[0] < best:
+                best = seqs[0]
+        return best
+
+    def compact(self, live: Mapping[int, WaitingRequest]) -> None:
+        if self.entries > 4 * len(live) + 256:
+            self.by_label = {"user": {}, "workload": {}}
+            self.entries = 0
+            for request in live.values():
+                self.push(request)
+
+
 class FifoQueue:
     """First come, first served by stream sequence; a re-queued request keeps its original place."""
 
@@ -112,40 +149,44 @@ class FifoQueue:
         self._heap: list[int] = []  # stream sequences; entries no longer in _by_seq are skipped lazily
         self._last_seq = 0
         self._tally = Tally()
+        self._lanes = Lanes()
 
     def push(self, request: WaitingRequest) -> None:
         self._by_seq[request.stream_seq] = request
         heapq.heappush(self._heap, request.stream_seq)
         self._last_seq = max(self._last_seq, request.stream_seq)
         self._tally.add(request, 1)
+        self._lanes.push(request)
 
     def pop(self, eligible: Eligible | None = None) -> WaitingRequest | None:
-        if eligible is not None and self._tally.none_eligible(eligible, len(self._by_seq)):
+        if eligible is None:
+            while self._heap:
+                request = self._by_seq.pop(heapq.heappop(self._heap), None)
+                if request is not None:
+                    return self._taken(request)
             return None
-        skipped: list[int] = []  # ineligible requests ahead of the one taken: they keep their place
-        found = None
-        while self._heap:
-            seq = heapq.heappop(self._heap)
-            request = self._by_seq.get(seq)
-            if request is None:
-                continue
-            if eligible is None or eligible.request_ok(request):
-                found = self._by_seq.pop(seq)
-                self._tally.add(found, -1)
-                break
-            skipped.append(seq)
-        for seq in skipped:
-            heapq.heappush(self._heap, seq)
-        return found
+        if self._tally.none_eligible(eligible, len(self._by_seq)):
+            return None
+        seq = self._lanes.oldest(eligible, self._by_seq)
+        return None if seq is None else self._taken(self._by_seq.pop(seq))
+
+    def _taken(self, request: WaitingRequest) -> WaitingRequest:
+        self._tally.add(request, -1)
+        self._compact()
+        return request
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._by_seq.pop(stream_seq, None)
         if request is not None:
             self._tally.add(request, -1)
+        self._compact()
+        return request
+
+    def _compact(self) -> None:
         if len(self._heap) > 2 * len(self._by_seq) + 64:
             self._heap = list(self._by_seq)
             heapq.heapify(self._heap)
-        return request
+        self._lanes.compact(self._by_seq)
 
     def position(self, stream_seq: int) -> int:
         """How many requests start before this one (0 = next)."""

@@ -204,9 +204,10 @@ class BrokerService:
         decision = self.scheduler.admit(request, now)
         if isinstance(decision, Rejection):
             await self._reject(decision, leased_before=False)
-        elif isinstance(decision, Admitted) and not request.ticket:  # an admission's one answer is its ticket
-            update = QueueUpdate(position=decision.position, eta_s=decision.eta_s)
-            await publish_reply(self.nc, request.reply_to, request.request_id, update)
+        elif isinstance(decision, Admitted):
+            if not request.ticket:  # an admission's one answer is its ticket
+                update = QueueUpdate(position=decision.position, eta_s=decision.eta_s)
+                await publish_reply(self.nc, request.reply_to, request.request_id, update)
             self._pump()
 
     @staticmethod
