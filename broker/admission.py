@@ -15,7 +15,9 @@ its cut-off (`max_inflight`), which the leader expires the same way. An admissio
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
@@ -59,14 +61,15 @@ class AdmissionService:
     def __init__(self, nc: NATS, kv: KeyValue, log: structlog.stdlib.BoundLogger) -> None:
         self.nc, self.kv, self.log = nc, kv, log
         self._service: Service | None = None
+        self._handling: set[asyncio.Task[None]] = set()  # requests in progress, so one slow one blocks no other
 
     async def start(self) -> None:
         self._service = await add_service(
             self.nc, name=SERVICE_NAME, version=SERVICE_VERSION, description="Iris admission: slots for your own model"
         )
-        await self._service.add_endpoint(name="admit", subject=ADMIT_FILTER, handler=self._on_admit)
+        await self._service.add_endpoint(name="admit", subject=ADMIT_FILTER, handler=self._concurrently(self._on_admit))
         await self._service.add_endpoint(
-            name="end", subject=ADMIT_END, queue_group=END_QUEUE_GROUP, handler=self._on_end
+            name="end", subject=ADMIT_END, queue_group=END_QUEUE_GROUP, handler=self._concurrently(self._on_end)
         )
         await self.nc.flush()  # subscribed at the server once start returns
 
@@ -74,6 +77,25 @@ class AdmissionService:
         if self._service is not None:
             service, self._service = self._service, None
             await service.stop()
+        for task in list(self._handling):
+            task.cancel()
+        await asyncio.gather(*self._handling, return_exceptions=True)
+
+    def _concurrently(self, handle: Callable[[Request], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:
+        """NATS runs one subscription's callbacks one after another; each request gets its own task."""
+
+        async def spawn(req: Request) -> None:
+            task = asyncio.create_task(self._logged(handle, req))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
+        return spawn
+
+    async def _logged(self, handle: Callable[[Request], Awaitable[None]], req: Request) -> None:
+        try:
+            await handle(req)
+        except Exception:
+            self.log.exception("admission request failed", subject=req.subject)
 
     async def grant(self, lease: Lease) -> None:
         """Record the ticket, then tell the app that waits for it."""
