@@ -16,7 +16,7 @@ from broker.service import BrokerService
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
 from iris.nats_server import NatsServer
-from schemas.errors import DeadlineExceeded, InvalidRequest, NoCapacity, QueueFull
+from schemas.errors import DeadlineExceeded, DeadlineUnmeetable, InvalidRequest, NoCapacity, QueueFull
 from schemas.messages import Ticket
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 
@@ -91,7 +91,10 @@ async def test_ticket_survives_a_broker_restart(nats_server: NatsServer, nc: NAT
         await waiting(restarted, "app", 1)
 
         async def still_held() -> bool:  # the restored ticket keeps the slot past the start-up grace
-            return restarted.scheduler.running("app") == 1 and not second.done()
+            dispatching = (
+                time.time() * 1000 - restarted.scheduler.started_ms > restarted.scheduler.limits.startup_grace_ms
+            )
+            return dispatching and restarted.scheduler.running("app") == 1 and not second.done()
 
         await eventually(still_held, what="the restored ticket to hold the slot")
         assert await held.release() is True
@@ -110,6 +113,17 @@ async def test_waiting_past_the_deadline_and_a_full_queue(nats_server: NatsServe
                 await client.admit(model="app").acquire()
             assert full.value.retry_after_s is not None and full.value.retry_after_s >= 1
         assert isinstance(await asyncio.wait_for(waiter, 10), Ticket)  # released on leaving the block
+
+
+async def test_a_wait_longer_than_the_deadline_is_refused_at_once(nats_server: NatsServer, nc: NATS) -> None:
+    async with broker(nats_server.url, models=APP):
+        client = Client(nc)
+        async with client.admit(model="app"):
+            await asyncio.sleep(1.0)  # the app's own work: tickets are held about a second
+        async with client.admit(model="app"):
+            with pytest.raises(DeadlineUnmeetable) as unmeetable:
+                await client.admit(model="app", deadline_s=0.5).acquire()
+        assert unmeetable.value.retry_after_s is not None and unmeetable.value.retry_after_s >= 1.0
 
 
 async def test_bad_admissions_get_typed_errors(nats_server: NatsServer, nc: NATS) -> None:
