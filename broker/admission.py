@@ -38,6 +38,7 @@ from schemas.messages import (
     AdmitRequest,
     Error,
     Lease,
+    LeaseDone,
     Ticket,
     admit_end_decoder,
     admit_request_decoder,
@@ -45,7 +46,7 @@ from schemas.messages import (
     lease_decoder,
 )
 from schemas.stream_ops import delete_request, publish_reply
-from schemas.subjects import ADMIT_END, ADMIT_FILTER, admitted_model, cancel_subject, is_token, lease_key
+from schemas.subjects import ADMIT_END, ADMIT_FILTER, admitted_model, cancel_subject, done_subject, is_token, lease_key
 
 SERVICE_NAME = "iris-admit"
 SERVICE_VERSION = "0.1.0"
@@ -154,6 +155,9 @@ class AdmissionService:
         lease = lease_decoder.decode(entry.value)
         if not lease.ticket or lease.request_id != end.ticket_id:
             raise InvalidRequest(f"stream_seq {end.stream_seq} does not hold ticket {end.ticket_id!r}")
+        if end.prompt_tokens or end.completion_tokens:  # before the record goes, as a worker does
+            usage = LeaseDone(lease.stream_seq, lease.model, lease.workload, end.prompt_tokens, end.completion_tokens)
+            await self.nc.publish(done_subject(lease.model), encoder.encode(usage))
         await self.drop(lease, "released")
         return True
 

@@ -30,6 +30,7 @@ from schemas.messages import (
     AdmitEnded,
     AdmitRequest,
     Ticket,
+    admit_end_decoder,
     admit_ended_decoder,
     admit_request_decoder,
     encoder,
@@ -53,6 +54,7 @@ class Admission:
     def __init__(self, nc: NATS, model: str, request: AdmitRequest) -> None:
         self.nc, self.model, self.request = nc, model, request
         self.ticket: Ticket | None = None
+        self._usage = (0, 0)
 
     @property
     def ticket_id(self) -> str:
@@ -86,12 +88,20 @@ class Admission:
             await asyncio.sleep(pause_s)
             pause_s = min(0.5, pause_s * 2)
 
+    def report_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """What the call really cost: sent with the release, so fairness charges actual tokens."""
+        try:  # constructing a Struct does not check its bounds; decoding does
+            admit_end_decoder.decode(encoder.encode(AdmitEnd("x", 0, prompt_tokens, completion_tokens)))
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"invalid usage: {exc}") from None
+        self._usage = (prompt_tokens, completion_tokens)
+
     async def release(self) -> bool:
         """Give the slot back; False when the ticket had already expired (or was never granted)."""
         if self.ticket is None:
             return False
         ticket, self.ticket = self.ticket, None
-        end = AdmitEnd(ticket_id=ticket.ticket_id, stream_seq=ticket.stream_seq)
+        end = AdmitEnd(ticket.ticket_id, ticket.stream_seq, *self._usage)
         reply = await self.nc.request(ADMIT_END, encoder.encode(end), timeout=END_TIMEOUT_S)
         if (reply.headers or {}).get(h.KIND) == h.KIND_ERROR:
             raise _error_from(reply.data)

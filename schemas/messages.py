@@ -185,6 +185,9 @@ class AdmitEnd(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_def
 
     ticket_id: _Token
     stream_seq: Annotated[int, Meta(ge=0)] = 0  # from the Ticket; 0 when none was granted yet
+    # What the call really cost, when the app knows: fairness charges the difference to the estimate.
+    prompt_tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    completion_tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
 
 
 class AdmitEnded(msgspec.Struct, frozen=True):

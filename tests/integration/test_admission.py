@@ -39,8 +39,16 @@ async def test_release_frees_the_slot_for_the_next(nats_server: NatsServer, nc: 
         second = asyncio.ensure_future(client.admit(model="app", user="bob").acquire())
         await waiting(service, "app", 1)
         assert not second.done() and service.scheduler.running("app") == 1
+        with pytest.raises(InvalidRequest, match="completion_tokens"):
+            first.report_usage(10, -1)
+        first.report_usage(prompt_tokens=12, completion_tokens=40)
         assert await first.release() is True
         next_ticket = await asyncio.wait_for(second, 10)
+
+        async def usage_learned() -> bool:
+            return service.scheduler.pools["app"].completion_tokens_ema.get("default") == 40
+
+        await eventually(usage_learned, what="the reported usage to reach the scheduler")
         assert next_ticket.ticket_id != ticket.ticket_id
         assert await first.release() is False  # released once only
 
