@@ -29,6 +29,9 @@ from schemas.logs import configure_logging
 @click.option("--replicas", type=int, help="Stream and lease bucket replicas (3 on a 3-node cluster).")
 @click.option("--metrics-host", help="Address of the Prometheus /metrics endpoint (default 127.0.0.1).")
 @click.option("--metrics-port", type=int, help="Port of the Prometheus /metrics endpoint (0 = off).")
+@click.option("--limit-by", type=click.Choice(["user", "workload"]), help="Cap leases per user or per workload.")
+@click.option("--limit-per-value", type=int, help="Leases per --limit-by value before borrowing idle capacity.")
+@click.option("--min-share", type=float, help="WFQ: the lowest class runs at least this fraction as fast as the top.")
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
     config = load_config_or_exit(BrokerConfig, "broker", config_path, flags, "broker")

@@ -1,4 +1,8 @@
-"""Broker configuration: one frozen Struct from `[broker]` in TOML, `IRIS_BROKER_*` and flags."""
+"""Broker configuration: one frozen Struct from `[broker]` in TOML, `IRIS_BROKER_*` and flags.
+
+Limits have flat defaults for every model; `[broker.models.<name>]` tables override them per model
+(any key of `ModelConfig` left out keeps the flat value).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,33 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]
+LimitBy = Literal["", "user", "workload"]
+MinShare = Annotated[float, Meta(ge=0, le=1)]
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One model's limits; None = the flat `[broker]` value."""
+
+    max_concurrency: Annotated[int, Meta(ge=0)] | None = None  # also an admission model's capacity
+    max_queue: Annotated[int, Meta(ge=0)] | None = None
+    max_inflight_s: Annotated[float, Meta(ge=0, le=3600)] | None = None
+    limit_by: LimitBy | None = None
+    limit_per_value: Annotated[int, Meta(ge=0)] | None = None
+    min_share: MinShare | None = None
+
 
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     policy: Literal["wfq", "fifo"] = "wfq"
-    workload_weights: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")], Annotated[float, Meta(gt=0)]] = {}
+    workload_weights: dict[Token, Annotated[float, Meta(gt=0)]] = {}
     max_concurrency: Annotated[int, Meta(ge=0)] = 0  # per model; 0 = all worker slots
     max_queue: Annotated[int, Meta(ge=0)] = 0  # waiting requests per workload; 0 = only the stream's limits
     max_inflight_s: Annotated[float, Meta(ge=0, le=3600)] = 600.0  # longer leases are cut off; 0 = no limit
+    limit_by: LimitBy = ""  # "user" or "workload": each value gets `limit_per_value` leases, more by borrowing
+    limit_per_value: Annotated[int, Meta(ge=0)] = 0
+    min_share: MinShare = 0.0  # WFQ: every waiting class is served at least this fraction as fast as the top one
+    models: dict[Token, ModelConfig] = {}
     worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
     offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
     tick_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
@@ -28,3 +51,11 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off
     stats_s: Annotated[float, Meta(gt=0, le=60)] = 1.0  # BrokerStats on iris.broker.stats (what `iris top` reads)
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name, model in [("", ModelConfig()), *self.models.items()]:
+            limit_by = self.limit_by if model.limit_by is None else model.limit_by
+            per_value = self.limit_per_value if model.limit_per_value is None else model.limit_per_value
+            if limit_by and not per_value:
+                where = f"models.{name}." if name else ""
+                raise ValueError(f"{where}limit_by = {limit_by!r} needs {where}limit_per_value >= 1")

@@ -3,6 +3,8 @@
 A `WaitingRequest` is the compact, prompt-free index entry the broker keeps for every request in the
 stream. `RequestQueue` is the one seam between "who is waiting" and "in which order they run": the
 foundation ships `FifoQueue` (stream order); the weighted-fair queue plugs in behind the same methods.
+`pop(eligible)` takes the best request that may start now (`Eligible`: a free worker slot, or a ticket,
+and a label value not at its cap); FIFO finds it by looking past the ineligible ones at the head.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
@@ -28,6 +31,26 @@ class WaitingRequest(msgspec.Struct, gc=False):
     cost_tokens: int = 0  # Iris-Tokens; 0 = estimated when charged
     attempt: int = 1
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
+    ticket: bool = False  # an admission request: granted a ticket, run by the app, needs no worker
+
+
+@dataclass(frozen=True)
+class Eligible:
+    """Which waiting requests may start now: tickets always, others only with a free worker slot;
+    none whose `label` value (`user` or `workload`) is in `at_cap`."""
+
+    worker_free: bool = True
+    label: str = ""
+    at_cap: frozenset[str] = frozenset()
+
+    def workload_ok(self, workload: str) -> bool:
+        return not (self.label == "workload" and workload in self.at_cap)
+
+    def request_ok(self, request: WaitingRequest) -> bool:
+        if not (request.ticket or self.worker_free):
+            return False
+        value = request.user if self.label == "user" else request.workload
+        return not (self.label and value in self.at_cap)
 
 
 class RequestQueue(Protocol):
@@ -35,13 +58,21 @@ class RequestQueue(Protocol):
 
     def push(self, request: WaitingRequest) -> None: ...
 
-    def pop(self) -> WaitingRequest | None: ...
+    def pop(self, eligible: Eligible | None = None) -> WaitingRequest | None:
+        """The next request to start (None: every waiting one is eligible)."""
+        ...
 
     def remove(self, stream_seq: int) -> WaitingRequest | None: ...
 
     def position(self, stream_seq: int) -> int: ...
 
     def count(self, workload: str) -> int: ...
+
+    def count_user(self, user: str) -> int: ...
+
+    def tickets(self) -> int:
+        """Admission requests waiting."""
+        ...
 
     def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
         """A finished request cost `delta_tokens` more (or less) than it was charged."""
@@ -52,6 +83,64 @@ class RequestQueue(Protocol):
     def __contains__(self, stream_seq: object) -> bool: ...
 
 
+class Tally:
+    """Waiting requests counted per workload, per user and tickets: what limits and shortcuts ask."""
+
+    def __init__(self) -> None:
+        self.per_workload: Counter[str] = Counter()
+        self.per_user: Counter[str] = Counter()
+        self.tickets = 0
+
+    def add(self, request: WaitingRequest, delta: int) -> None:
+        self.per_workload[request.workload] += delta
+        self.per_user[request.user] += delta
+        self.tickets += delta if request.ticket else 0
+
+    def none_eligible(self, eligible: Eligible, total: int) -> bool:
+        """True when counts alone prove no waiting request is eligible (saves a scan)."""
+        if not eligible.worker_free and self.tickets == 0:
+            return True
+        per_value = self.per_user if eligible.label == "user" else self.per_workload
+        return bool(eligible.label) and sum(per_value[value] for value in eligible.at_cap) >= total
+
+
+class Lanes:
+    """Stream-order heaps per label value and kind (ticket or not), for both labels: how FIFO finds the
+    oldest eligible request without walking past every ineligible one (a user flooding the head while at
+    its cap). Entries of requests gone are dropped lazily, and all are rebuilt when mostly stale."""
+
+    def __init__(self) -> None:
+        self.by_label: dict[str, dict[tuple[str, bool], list[int]]] = {"user": {}, "workload": {}}
+        self.entries = 0
+
+    def push(self, request: WaitingRequest) -> None:
+        for label, value in (("user", request.user), ("workload", request.workload)):
+            heapq.heappush(self.by_label[label].setdefault((value, request.ticket), []), request.stream_seq)
+        self.entries += 2
+
+    def oldest(self, eligible: Eligible, live: Mapping[int, WaitingRequest]) -> int | None:
+        lanes = self.by_label[eligible.label or "workload"]
+        best: int | None = None
+        for (value, ticket), seqs in list(lanes.items()):
+            if value in eligible.at_cap or not (ticket or eligible.worker_free):
+                continue
+            while seqs and seqs[0] not in live:
+                heapq.heappop(seqs)
+                self.entries -= 1
+            if not seqs:
+                del lanes[(value, ticket)]
+            elif best is None or seqs[0] < best:
+                best = seqs[0]
+        return best
+
+    def compact(self, live: Mapping[int, WaitingRequest]) -> None:
+        if self.entries > 4 * len(live) + 256:
+            self.by_label = {"user": {}, "workload": {}}
+            self.entries = 0
+            for request in live.values():
+                self.push(request)
+
+
 class FifoQueue:
     """First come, first served by stream sequence; a re-queued request keeps its original place."""
 
@@ -59,31 +148,45 @@ class FifoQueue:
         self._by_seq: dict[int, WaitingRequest] = {}
         self._heap: list[int] = []  # stream sequences; entries no longer in _by_seq are skipped lazily
         self._last_seq = 0
-        self._per_workload: Counter[str] = Counter()
+        self._tally = Tally()
+        self._lanes = Lanes()
 
     def push(self, request: WaitingRequest) -> None:
         self._by_seq[request.stream_seq] = request
         heapq.heappush(self._heap, request.stream_seq)
         self._last_seq = max(self._last_seq, request.stream_seq)
-        self._per_workload[request.workload] += 1
+        self._tally.add(request, 1)
+        self._lanes.push(request)
 
-    def pop(self) -> WaitingRequest | None:
-        while self._heap:
-            seq = heapq.heappop(self._heap)
-            request = self._by_seq.pop(seq, None)
-            if request is not None:
-                self._per_workload[request.workload] -= 1
-                return request
-        return None
+    def pop(self, eligible: Eligible | None = None) -> WaitingRequest | None:
+        if eligible is None:
+            while self._heap:
+                request = self._by_seq.pop(heapq.heappop(self._heap), None)
+                if request is not None:
+                    return self._taken(request)
+            return None
+        if self._tally.none_eligible(eligible, len(self._by_seq)):
+            return None
+        seq = self._lanes.oldest(eligible, self._by_seq)
+        return None if seq is None else self._taken(self._by_seq.pop(seq))
+
+    def _taken(self, request: WaitingRequest) -> WaitingRequest:
+        self._tally.add(request, -1)
+        self._compact()
+        return request
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._by_seq.pop(stream_seq, None)
         if request is not None:
-            self._per_workload[request.workload] -= 1
+            self._tally.add(request, -1)
+        self._compact()
+        return request
+
+    def _compact(self) -> None:
         if len(self._heap) > 2 * len(self._by_seq) + 64:
             self._heap = list(self._by_seq)
             heapq.heapify(self._heap)
-        return request
+        self._lanes.compact(self._by_seq)
 
     def position(self, stream_seq: int) -> int:
         """How many requests start before this one (0 = next)."""
@@ -96,7 +199,13 @@ class FifoQueue:
         return sum(1 for seq in self._by_seq if seq < stream_seq)
 
     def count(self, workload: str) -> int:
-        return self._per_workload[workload]
+        return self._tally.per_workload[workload]
+
+    def count_user(self, user: str) -> int:
+        return self._tally.per_user[user]
+
+    def tickets(self) -> int:
+        return self._tally.tickets
 
     def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
         return None  # arrival order does not depend on cost
@@ -112,6 +221,7 @@ def make_queue(
     policy: str,
     workload_weights: Mapping[str, float] | None = None,
     estimate: Callable[[WaitingRequest], int] | None = None,
+    min_share: float = 0.0,
 ) -> RequestQueue:
     """The queue for a scheduling policy name (config `policy`)."""
     if policy == "fifo":
@@ -119,5 +229,5 @@ def make_queue(
     if policy == "wfq":
         from broker.wfq import WfqQueue
 
-        return WfqQueue(workload_weights, estimate=estimate)
+        return WfqQueue(workload_weights, estimate=estimate, min_share=min_share)
     raise ValueError(f"unknown scheduling policy {policy!r}")

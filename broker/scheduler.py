@@ -3,36 +3,32 @@
 The async service feeds it events (a request appeared, a worker beat, a lease ended, time passed) and
 carries out what it returns (offer these leases, send these errors, re-queue these). Invariants it keeps:
 a request is either waiting in its model's queue or held by exactly one lease, never both; a model never
-has more leases than `max_concurrency` nor a worker more than its slots; a lease on a worker that stopped
-beating, or that its worker no longer lists, goes back to the queue with `attempt + 1`.
+has more leases than its capacity (`broker.limits`) nor a worker more than its slots; a value of
+`limit_by` passes its cap only by borrowing idle capacity; a lease on a worker that stopped beating, or
+that its worker no longer lists, goes back to the queue with `attempt + 1`. An admission request
+(`ticket`) is granted a lease held by the app instead of a worker: it needs capacity but no worker slot,
+and ends when the app releases it or at its cut-off (`max_inflight`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
-from broker.queue import FifoQueue, RequestQueue, WaitingRequest, make_queue
-from broker.wfq import DEFAULT_COST_TOKENS, WfqQueue
+from broker.limits import ModelLimits, SchedulerLimits, next_request
+from broker.pool import SHARED_FIELDS, ModelPool, WorkerState, estimate, waiting_from
+from broker.queue import FifoQueue, WaitingRequest, make_queue
+from broker.wfq import WfqQueue
 from schemas.errors import ErrorCode
+from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import Heartbeat, Lease, LeaseDone
 
+__all__ = ["Admitted", "Rejection", "Scheduler", "SchedulerLimits"]
+
 MIN_POSITION_FOR_UPDATES = 4  # nearer the head, the admission update says enough
-
-
-@dataclass(frozen=True)
-class SchedulerLimits:
-    policy: str = "wfq"
-    workload_weights: Mapping[str, float] = field(default_factory=dict)
-    max_concurrency: int = 0  # per model; 0 = the sum of the model's worker slots
-    worker_timeout_ms: int = 3_000
-    lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
-    startup_grace_ms: int = 1_500  # no offers until every live worker has beaten once (adopts its leases)
-    max_queue: int = 0  # waiting requests per (model, workload); 0 = no limit but the stream's own
-    max_inflight_ms: int = 0  # a lease running longer is cut off by its worker; 0 = no limit
+TICKET_MAX_HOLD_MS = int(MAX_DEADLINE_S * 1000)  # a ticket's cut-off when max_inflight is 0: never forever
 
 
 @dataclass(frozen=True)
@@ -50,37 +46,6 @@ class Admitted:
     eta_s: float
 
 
-@dataclass
-class WorkerState:
-    worker_id: str
-    model: str
-    slots: int
-    last_seen_ms: int
-    leases: set[int] = field(default_factory=set)
-    refusing: bool = False  # refused an offer; no more offers until its next heartbeat
-    draining: bool = False
-    reported: frozenset[int] = frozenset()  # what its last heartbeat listed as running
-
-    @property
-    def free_slots(self) -> int:
-        if self.refusing or self.draining:
-            return 0
-        return max(0, self.slots - len(self.leases))
-
-
-@dataclass
-class ModelPool:
-    queue: RequestQueue
-    workers: dict[str, WorkerState] = field(default_factory=dict)
-    leases: dict[int, Lease] = field(default_factory=dict)
-    service_ms_ema: float = 2_000.0
-    completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
-    completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
-    dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
-    # QueueUpdates still to send: (dispatch count when due, seq, position then, dispatch count then, reply_to, id)
-    updates_due: list[tuple[int, int, int, int, str, str]] = field(default_factory=list)
-
-
 class Scheduler:
     def __init__(self, limits: SchedulerLimits, now_ms: int) -> None:
         self.limits = limits
@@ -89,12 +54,16 @@ class Scheduler:
         self._model_of: dict[int, str] = {}  # every known stream sequence → its model
         self._deadlines: list[tuple[int, int]] = []  # (deadline_ms, seq) of waiting requests, lazy
         self._by_request_id: dict[str, int] = {}  # request id → stream sequence, while waiting
+        self._tickets: dict[str, int] = {}  # request id → stream sequence of granted tickets
+        self._ticket_cutoffs: list[tuple[int, int]] = []  # (cutoff_ms, seq) of granted tickets, lazy
 
     def _pool(self, model: str) -> ModelPool:
         pool = self.pools.get(model)
         if pool is None:
-            pool = self.pools[model] = ModelPool(queue=FifoQueue())
-            pool.queue = make_queue(self.limits.policy, self.limits.workload_weights, partial(_estimate, pool))
+            pool = self.pools[model] = ModelPool(model=model, queue=FifoQueue())
+            min_share = self.limits.for_model(model).min_share
+            cost = partial(estimate, pool)
+            pool.queue = make_queue(self.limits.policy, self.limits.workload_weights, cost, min_share)
         return pool
 
     def update_limits(self, limits: SchedulerLimits) -> None:
@@ -104,6 +73,7 @@ class Scheduler:
         for pool in self.pools.values():
             if isinstance(pool.queue, WfqQueue):
                 pool.queue.weights = dict(limits.workload_weights)
+                pool.queue.min_share = limits.for_model(pool.model).min_share
 
     def knows(self, stream_seq: int) -> bool:
         return stream_seq in self._model_of
@@ -111,8 +81,15 @@ class Scheduler:
     def _live_slots(self, pool: ModelPool) -> int:
         return sum(w.slots for w in pool.workers.values() if not w.draining)
 
+    def _parallelism(self, pool: ModelPool, limits: ModelLimits) -> int:
+        """How many of the model's requests run at once: its cap, or its worker slots when fewer."""
+        live = self._live_slots(pool)
+        if not pool.workers:
+            return max(1, limits.max_concurrency)
+        return max(1, min(limits.max_concurrency or live, live))
+
     def _eta_s(self, pool: ModelPool, position: int) -> float:
-        slots = max(1, self._live_slots(pool))
+        slots = self._parallelism(pool, self.limits.for_model(pool.model))
         return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
 
     def admit(self, request: WaitingRequest, now_ms: int) -> Admitted | Rejection | None:
@@ -122,28 +99,42 @@ class Scheduler:
         if request.deadline_ms <= now_ms:
             return Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
         pool = self._pool(request.model)
-        warmed_up = now_ms - self.started_ms >= self.limits.worker_timeout_ms
-        if warmed_up and not pool.workers:
-            retry_s = self.limits.worker_timeout_ms / 1000.0
-            return Rejection(request, ErrorCode.NO_CAPACITY, f"no worker serves model {request.model!r}", retry_s)
+        limits = self.limits.for_model(request.model)
+        refused = self._refuse_at_once(pool, limits, request, now_ms)
+        if refused is not None:
+            return refused
         runner = next((w for w in pool.workers.values() if request.stream_seq in w.reported), None)
         if runner is not None:  # a worker already runs it (its lease record was lost): adopt, never re-run
             self._adopt(pool, request, runner, now_ms)
             return None
-        if self.limits.max_queue and pool.queue.count(request.workload) >= self.limits.max_queue:
-            waiting = pool.queue.count(request.workload)
-            message = f"workload {request.workload!r} already has {waiting} requests waiting (max_queue)"
-            return Rejection(request, ErrorCode.QUEUE_FULL, message, max(1.0, self._eta_s(pool, 0)))
         self._enqueue(pool, request)
         position = pool.queue.position(request.stream_seq)
-        start_ms = now_ms + self._start_delay_ms(pool, position)
+        start_ms = now_ms + self._start_delay_ms(pool, limits, position)
         if pool.completed and start_ms > request.deadline_ms:
             self._forget_waiting(request.stream_seq)
             wait_s = (start_ms - now_ms) / 1000
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
             return Rejection(request, ErrorCode.DEADLINE_UNMEETABLE, message, round(wait_s, 3))
-        self._plan_update(pool, request.stream_seq, position, request.reply_to, request.request_id)
+        if not request.ticket:  # an admission waits on one request/reply: its only answer is the ticket
+            self._plan_update(pool, request.stream_seq, position, request.reply_to, request.request_id)
         return Admitted(request, position, self._eta_s(pool, position))
+
+    def _refuse_at_once(
+        self, pool: ModelPool, limits: ModelLimits, request: WaitingRequest, now_ms: int
+    ) -> Rejection | None:
+        """no_capacity (nothing can ever serve it) or queue_full (its workload's queue is at max_queue)."""
+        warmed_up = now_ms - self.started_ms >= self.limits.worker_timeout_ms
+        if request.ticket and not pool.workers and not limits.max_concurrency and warmed_up:
+            message = f"model {request.model!r} has no max_concurrency for admission and no worker"
+            return Rejection(request, ErrorCode.NO_CAPACITY, message, self.limits.worker_timeout_ms / 1000.0)
+        if not request.ticket and warmed_up and not pool.workers:
+            retry_s = self.limits.worker_timeout_ms / 1000.0
+            return Rejection(request, ErrorCode.NO_CAPACITY, f"no worker serves model {request.model!r}", retry_s)
+        if limits.max_queue and pool.queue.count(request.workload) >= limits.max_queue:
+            waiting = pool.queue.count(request.workload)
+            message = f"workload {request.workload!r} already has {waiting} requests waiting (max_queue)"
+            return Rejection(request, ErrorCode.QUEUE_FULL, message, max(1.0, self._eta_s(pool, 0)))
+        return None
 
     def _plan_update(self, pool: ModelPool, seq: int, position: int, reply_to: str, request_id: str) -> None:
         """Tell the client again once half of the requests ahead of it have started."""
@@ -165,13 +156,13 @@ class Scheduler:
                 self._plan_update(pool, seq, now_position, reply_to, request_id)
         return out
 
-    def _start_delay_ms(self, pool: ModelPool, position: int) -> float:
+    def _start_delay_ms(self, pool: ModelPool, limits: ModelLimits, position: int) -> float:
         """Expected wait before the request at `position` starts: whole service rounds ahead of it."""
-        free_now = max(0, min(self._capacity(pool), sum(w.free_slots for w in pool.workers.values())))
+        free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
+        free_now = max(0, min(self._capacity(pool, limits), free_slots))
         if position < free_now:
             return 0.0
-        concurrency = min(self.limits.max_concurrency or 1 << 30, max(1, self._live_slots(pool)))
-        return ((position - free_now) // concurrency + 1) * pool.service_ms_ema
+        return ((position - free_now) // self._parallelism(pool, limits) + 1) * pool.service_ms_ema
 
     def _forget_waiting(self, stream_seq: int) -> WaitingRequest | None:
         """Take a waiting request out of the index (expired, cancelled, finished elsewhere, rejected)."""
@@ -190,8 +181,9 @@ class Scheduler:
         self._model_of[request.stream_seq] = request.model
         heapq.heappush(self._deadlines, (request.deadline_ms, request.stream_seq))
 
-    def _capacity(self, pool: ModelPool) -> int:
-        cap = self.limits.max_concurrency or self._live_slots(pool)
+    def _capacity(self, pool: ModelPool, limits: ModelLimits) -> int:
+        """Leases and tickets the model may still grant."""
+        cap = limits.max_concurrency or self._live_slots(pool)
         return cap - len(pool.leases)
 
     def _adopt(self, pool: ModelPool, request: WaitingRequest, worker: WorkerState, now_ms: int) -> None:
@@ -201,31 +193,71 @@ class Scheduler:
         self._model_of[request.stream_seq] = request.model
 
     def _lease_for(self, request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
-        cutoff_ms = now_ms + self.limits.max_inflight_ms if self.limits.max_inflight_ms else 0
-        fields = {name: getattr(request, name) for name in _SHARED_FIELDS}
-        fields["cost_tokens"] = request.cost_tokens or _estimate(self.pools[request.model], request)
+        inflight_ms = self.limits.for_model(request.model).max_inflight_ms
+        if request.ticket and not inflight_ms:
+            inflight_ms = TICKET_MAX_HOLD_MS  # an app that vanishes must not hold a slot forever
+        cutoff_ms = now_ms + inflight_ms if inflight_ms else 0
+        fields = {name: getattr(request, name) for name in SHARED_FIELDS}
+        fields["cost_tokens"] = request.cost_tokens or estimate(self.pools[request.model], request)
         return Lease(**fields, worker_id=worker_id, leased_ms=now_ms, cutoff_ms=cutoff_ms)
 
     def dispatch(self, now_ms: int) -> list[Lease]:
-        """Hand waiting requests to free slots, best first; the caller records and offers each lease."""
+        """Hand waiting requests to free slots, best first; the caller records and offers each lease
+        (a ticket lease goes to the app that asked for it)."""
         offers: list[Lease] = []
         if now_ms - self.started_ms < self.limits.startup_grace_ms:
             return offers
         for pool in self.pools.values():
-            while len(pool.queue) and self._capacity(pool) > 0:
-                worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
-                if worker is None or worker.free_slots == 0:
-                    break
-                request = pool.queue.pop()
-                if request is None:
-                    break
-                self._by_request_id.pop(request.request_id, None)
-                lease = self._lease_for(request, worker.worker_id, now_ms)
-                pool.dispatched += 1
-                pool.leases[request.stream_seq] = lease
-                worker.leases.add(request.stream_seq)
-                offers.append(lease)
+            offers += self._dispatch_pool(pool, now_ms)
         return offers
+
+    def _dispatch_pool(self, pool: ModelPool, now_ms: int) -> list[Lease]:
+        limits = self.limits.for_model(pool.model)
+        offers: list[Lease] = []
+        while len(pool.queue) and self._capacity(pool, limits) > 0:
+            worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
+            worker_free = worker is not None and worker.free_slots > 0
+            request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
+            if request is None:
+                break
+            self._by_request_id.pop(request.request_id, None)
+            pool.dispatched += 1
+            if request.ticket:
+                lease = self._lease_for(request, "", now_ms)
+                self._hold_ticket(lease)
+            else:
+                assert worker is not None
+                lease = self._lease_for(request, worker.worker_id, now_ms)
+                worker.leases.add(request.stream_seq)
+            pool.leases[request.stream_seq] = lease
+            offers.append(lease)
+        return offers
+
+    def _hold_ticket(self, lease: Lease) -> None:
+        self._tickets[lease.request_id] = lease.stream_seq
+        heapq.heappush(self._ticket_cutoffs, (lease.cutoff_ms, lease.stream_seq))
+
+    def expire_tickets(self, now_ms: int) -> list[Lease]:
+        """Tickets held past their cut-off: their slots are free; the caller deletes their records."""
+        expired = []
+        while self._ticket_cutoffs and self._ticket_cutoffs[0][0] <= now_ms:
+            cutoff_ms, seq = heapq.heappop(self._ticket_cutoffs)
+            model = self._model_of.get(seq)
+            lease = None if model is None else self.pools[model].leases.get(seq)
+            if lease is not None and lease.ticket and lease.cutoff_ms == cutoff_ms:
+                self.lease_ended(seq, now_ms)
+                expired.append(lease)
+        return expired
+
+    def release_ticket(self, request_id: str, now_ms: int) -> Lease | None:
+        """An app is done with its ticket (found by id): the slot is free at once."""
+        seq = self._tickets.get(request_id)
+        if seq is None:
+            return None
+        model = self._model_of[seq]
+        lease = self.pools[model].leases.get(seq)
+        self.lease_ended(seq, now_ms)
+        return lease
 
     def offer_refused(self, stream_seq: int) -> None:
         """The worker said no (full or draining): back to the queue, same attempt, no offers until it beats."""
@@ -235,7 +267,7 @@ class Scheduler:
         worker = self._pool(lease.model).workers.get(lease.worker_id)
         if worker is not None:
             worker.refusing = True
-        self._enqueue(self._pool(lease.model), _waiting_from(lease, lease.attempt))
+        self._enqueue(self._pool(lease.model), waiting_from(lease, lease.attempt))
 
     def worker_gone(self, worker_id: str, now_ms: int) -> list[WaitingRequest]:
         """No one answers on the worker's subject: forget it and re-queue its leases."""
@@ -267,6 +299,8 @@ class Scheduler:
             worker = pool.workers.get(lease.worker_id)
             if worker is not None:
                 worker.leases.discard(stream_seq)
+            if lease.ticket:
+                self._tickets.pop(lease.request_id, None)
         return lease
 
     def restore_lease(self, lease: Lease, now_ms: int) -> None:
@@ -274,13 +308,16 @@ class Scheduler:
         if self.knows(lease.stream_seq):
             return
         pool = self._pool(lease.model)
+        self._model_of[lease.stream_seq] = lease.model
+        pool.leases[lease.stream_seq] = lease
+        if lease.ticket:
+            self._hold_ticket(lease)
+            return
         worker = pool.workers.get(lease.worker_id)
         if worker is None:
             # Unknown until it beats; slots=0 keeps new offers away, the timeout reclaims its leases.
             worker = pool.workers[lease.worker_id] = WorkerState(lease.worker_id, lease.model, 0, now_ms)
-        pool.leases[lease.stream_seq] = lease
         worker.leases.add(lease.stream_seq)
-        self._model_of[lease.stream_seq] = lease.model
 
     def heartbeat(self, beat: Heartbeat, now_ms: int) -> list[WaitingRequest]:
         """A worker is alive; leases it should be running but does not list go back to the queue."""
@@ -308,7 +345,7 @@ class Scheduler:
             lease = self._drop_lease(seq)
             if lease is None:
                 continue
-            request = _waiting_from(lease, lease.attempt + 1)
+            request = waiting_from(lease, lease.attempt + 1)
             self._enqueue(pool, request)
             requeued.append(request)
         return requeued
@@ -358,19 +395,3 @@ class Scheduler:
     def running(self, model: str) -> int:
         pool = self.pools.get(model)
         return len(pool.leases) if pool else 0
-
-
-def _estimate(pool: ModelPool, request: WaitingRequest) -> int:
-    """Tokens a request without `Iris-Tokens` will cost: its prompt, plus the completion length its
-    workload has shown so far."""
-    expected = pool.completion_tokens_ema.get(request.workload, DEFAULT_COST_TOKENS)
-    return request.prompt_tokens_est + round(expected)
-
-
-def _waiting_from(lease: Lease, attempt: int) -> WaitingRequest:
-    fields = {name: getattr(lease, name) for name in _SHARED_FIELDS}
-    return WaitingRequest(**{**fields, "attempt": attempt})
-
-
-# What a lease and an index entry have in common: a lease is an entry plus who runs it, since when.
-_SHARED_FIELDS = tuple(f for f in WaitingRequest.__struct_fields__ if f in Lease.__struct_fields__)

@@ -23,7 +23,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from broker.admission import AdmissionService
 from broker.config import BrokerConfig
+from broker.limits import scheduler_limits
 from broker.metrics import BrokerMetrics
 from broker.queue import WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
@@ -72,6 +74,7 @@ class BrokerService:
         self.metrics = BrokerMetrics()
         self._nc: NATS | None = None
         self._kv: KeyValue | None = None
+        self._admission: AdmissionService | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
@@ -95,6 +98,8 @@ class BrokerService:
         self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
         await self._subscribe_requests(DeliverPolicy.ALL)
         self._spawn(self._watch_request_consumer())
+        self._admission = AdmissionService(self.nc, self._kv, self.log)
+        await self._admission.start()
         self._spawn(self._tick_loop())
         self._spawn(self._stats_loop())
         if self.config.metrics_port:
@@ -175,6 +180,8 @@ class BrokerService:
         if self._closing:
             return
         self._closing = True
+        if self._admission is not None:
+            await self._admission.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -235,8 +242,9 @@ class BrokerService:
             await self._reject(decision, leased_before=False)
         elif isinstance(decision, Admitted):
             self.metrics.admitted(request)
-            update = QueueUpdate(position=decision.position, eta_s=decision.eta_s)
-            await publish_reply(self.nc, request.reply_to, request.request_id, update)
+            if not request.ticket:  # an admission's one answer is its ticket
+                update = QueueUpdate(position=decision.position, eta_s=decision.eta_s)
+                await publish_reply(self.nc, request.reply_to, request.request_id, update)
             self._pump()
 
     @staticmethod
@@ -257,6 +265,7 @@ class BrokerService:
             user=labels.user,
             cost_tokens=labels.cost_tokens,
             prompt_tokens_est=estimate_prompt_tokens(_body_bytes(headers)),
+            ticket=headers.get(h.ADMISSION) == "1",
         )
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -282,9 +291,16 @@ class BrokerService:
 
     async def _on_cancel(self, msg: Msg) -> None:
         """A waiting request leaves at once; a running one is stopped by the worker that runs it."""
-        request = self.scheduler.cancel_waiting(cancelled_request_id(msg.subject))
+        request_id = cancelled_request_id(msg.subject)
+        request = self.scheduler.cancel_waiting(request_id)
         if request is not None:
             await self._reject(Rejection(request, ErrorCode.CANCELLED, "cancelled by the client while queued"))
+            return
+        ticket = self.scheduler.release_ticket(request_id, now_ms())
+        if ticket is not None:
+            assert self._admission is not None
+            await self._admission.drop(ticket, "released by id")
+            self._pump()
 
     async def _tick_loop(self) -> None:
         while not self._closing:
@@ -295,6 +311,9 @@ class BrokerService:
                 self.metrics.reclaimed(request)
             for request in expired:
                 await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
+            for ticket in self.scheduler.expire_tickets(now_ms()):
+                assert self._admission is not None
+                await self._admission.drop(ticket, "expired at max_inflight")
             self._pump()
             for reply_to, request_id, position, eta_s in self.scheduler.queue_updates():
                 await publish_reply(self.nc, reply_to, request_id, QueueUpdate(position=position, eta_s=eta_s))
@@ -327,7 +346,10 @@ class BrokerService:
             self._spawn(self._offer(lease))
 
     async def _offer(self, lease: Lease) -> None:
-        assert self._kv is not None
+        assert self._kv is not None and self._admission is not None
+        if lease.ticket:
+            await self._admission.grant(lease)
+            return
         payload = encoder.encode(lease)
         # The record is on the wire before the offer (one connection keeps order) and both round trips
         # overlap. Should the broker die before the record is stored, its successor still adopts the lease
@@ -368,14 +390,7 @@ class BrokerService:
 
 
 def _limits(config: BrokerConfig) -> SchedulerLimits:
-    return SchedulerLimits(
-        policy=config.policy,
-        workload_weights=config.workload_weights,
-        max_concurrency=config.max_concurrency,
-        max_queue=config.max_queue,
-        max_inflight_ms=int(config.max_inflight_s * 1000),
-        worker_timeout_ms=int(config.worker_timeout_s * 1000),
-    )
+    return scheduler_limits(config)
 
 
 def _body_bytes(headers: dict[str, str]) -> int:

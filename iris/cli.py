@@ -186,5 +186,18 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
 
 
+@bench.command("limits")
+@click.option("--waiting", "n_waiting", type=int, default=20_000, show_default=True, help="Requests queued.")
+@click.option("--decisions", type=int, default=5_000, show_default=True, help="Dispatch decisions timed.")
+@click.option("--round-trips", type=int, default=500, show_default=True, help="Sequential admissions timed.")
+@click.option("--apps", type=int, default=32, show_default=True, help="Concurrent apps for tickets/s.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/limits.json"), show_default=True)
+def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, out: Path) -> None:
+    """Dispatch cost of limit_by with a deep backlog, and admission ticket latency and rate."""
+    from iris.bench_limits import run_limits_bench
+
+    asyncio.run(run_limits_bench(n_waiting, decisions, round_trips, apps, out))
+
+
 if __name__ == "__main__":
     main()

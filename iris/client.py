@@ -4,6 +4,8 @@
         async for chunk in client.generate("Why is the sky blue?"):
             print(chunk.text, end="")
         result = await client.complete("Hello", priority=5, user="alice")
+        async with client.admit(model="my-own-llm", workload="chat", user="alice") as ticket:
+            ...  # call your own model server: Iris only hands out the slot (`iris.admission`)
 
 Delivery is at-least-once: when a worker dies mid-answer the broker re-runs the request and chunks
 arrive again with a higher `attempt`. `generate` yields every chunk (a reader that sees `attempt` grow
@@ -21,6 +23,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 
+from iris.admission import Admission, admission
 from schemas import headers as h
 from schemas.connection import connect
 from schemas.errors import InvalidRequest, NoCapacity
@@ -28,7 +31,7 @@ from schemas.exchange import DuplicateRequest, Exchange, RequestEnvelope, build_
 from schemas.messages import ChatMessage, Chunk, GenerateRequest, QueueUpdate, Result, heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER, to_token
 
-__all__ = ["Client", "DuplicateRequest", "Generation"]
+__all__ = ["Admission", "Client", "DuplicateRequest", "Generation"]
 
 
 class Generation:
@@ -177,3 +180,27 @@ class Client:
         only the result) unless `stream=True` is passed."""
         options.setdefault("stream", False)
         return await self.generate(prompt, **options).finish()
+
+    def admit(
+        self,
+        *,
+        model: str,
+        workload: str = "default",
+        priority: int = 1,
+        user: str | None = None,
+        tokens: int | None = None,
+        deadline_s: float = h.DEFAULT_DEADLINE_S,
+        ticket_id: str | None = None,
+    ) -> Admission:
+        """A slot for a model you call yourself: `async with client.admit(...) as ticket:` waits in the fair
+        queue for it and releases it on exit (see `iris.admission`)."""
+        return admission(
+            self.nc,
+            model=model,
+            workload=workload,
+            priority=priority,
+            user=user,
+            tokens=tokens,
+            deadline_s=deadline_s,
+            ticket_id=ticket_id,
+        )

@@ -20,6 +20,7 @@ USER = "Iris-User"
 TOKENS = "Iris-Tokens"
 KIND = "Iris-Kind"
 REQUEST_ID = "Iris-Request-Id"
+ADMISSION = "Iris-Admission"  # "1": an admission request; the broker answers with a Ticket, no worker runs it
 MSG_ID = "Nats-Msg-Id"
 MSG_TTL = "Nats-TTL"
 # Set by JetStream on direct-get replies.
@@ -32,6 +33,7 @@ KIND_QUEUED = "queued"
 KIND_CHUNK = "chunk"
 KIND_RESULT = "result"
 KIND_ERROR = "error"
+KIND_TICKET = "ticket"
 
 DEFAULT_DEADLINE_S = 120.0
 MAX_DEADLINE_S = 3600.0

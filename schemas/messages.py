@@ -95,6 +95,7 @@ class Lease(msgspec.Struct, frozen=True):
     user: str = ""
     cost_tokens: int = 0
     cutoff_ms: int = 0  # max_inflight: the worker stops the answer here (0 = no cut-off)
+    ticket: bool = False  # an admission ticket: held by the app that asked (worker_id ""), not a worker
 
 
 class LeaseDone(msgspec.Struct, frozen=True):
@@ -187,3 +188,48 @@ class ApiRequest(GenerateRequest, forbid_unknown_fields=True, frozen=True, omit_
 
 
 api_request_decoder = msgspec.json.Decoder(ApiRequest)
+
+_Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=128)]
+
+
+class AdmitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Body of `iris.admit.<model>`: ask for a slot of a model the app calls itself (Aperture `startFlow`)."""
+
+    workload: _Token = "default"
+    priority: Annotated[int, Meta(ge=1, le=100)] = 1
+    user: _Token | None = None
+    tokens: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None  # expected cost; else estimated
+    deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 120.0  # give up waiting after this
+    ticket_id: _Token | None = None  # idempotency key and the id to release with; generated when absent
+
+
+class Ticket(msgspec.Struct, frozen=True):
+    """A granted slot: the reply to `iris.admit.<model>`. Release it on `iris.admit.end`; it expires by itself
+    at `expires_ms` (the model's `max_inflight`)."""
+
+    ticket_id: str
+    model: str
+    workload: str
+    stream_seq: int
+    granted_ms: int
+    expires_ms: int
+
+
+class AdmitEnd(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Body of `iris.admit.end`: release a ticket (Aperture `end`), or withdraw an admission still waiting."""
+
+    ticket_id: _Token
+    stream_seq: Annotated[int, Meta(ge=0)] = 0  # from the Ticket; 0 when none was granted yet
+    # What the call really cost, when the app knows: fairness charges the difference to the estimate.
+    prompt_tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    completion_tokens: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+
+
+class AdmitEnded(msgspec.Struct, frozen=True):
+    released: bool  # False: no such ticket held (already released, expired, or still waiting: withdrawn)
+
+
+admit_request_decoder = msgspec.json.Decoder(AdmitRequest)
+ticket_decoder = msgspec.json.Decoder(Ticket)
+admit_end_decoder = msgspec.json.Decoder(AdmitEnd)
+admit_ended_decoder = msgspec.json.Decoder(AdmitEnded)

@@ -23,7 +23,7 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from schemas import headers as h
 from schemas.errors import ErrorCode
-from schemas.messages import Chunk, Error, QueueUpdate, Result, encoder
+from schemas.messages import Chunk, Error, QueueUpdate, Result, Ticket, encoder
 from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE
 
 T = TypeVar("T")
@@ -34,6 +34,7 @@ _KIND_OF: dict[type, str] = {
     Chunk: h.KIND_CHUNK,
     Result: h.KIND_RESULT,
     Error: h.KIND_ERROR,
+    Ticket: h.KIND_TICKET,
 }
 
 
@@ -112,7 +113,7 @@ async def while_unavailable(call: Callable[[], Awaitable[T]], give_up_s: float =
 
 
 async def publish_reply(
-    nc: NATS, reply_to: str, request_id: str, message: QueueUpdate | Chunk | Result | Error
+    nc: NATS, reply_to: str, request_id: str, message: QueueUpdate | Chunk | Result | Error | Ticket
 ) -> None:
     headers = {h.KIND: _KIND_OF[type(message)], h.REQUEST_ID: request_id}
     await nc.publish(reply_to, encoder.encode(message), headers=headers)

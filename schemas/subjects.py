@@ -20,6 +20,8 @@ DONE_FILTER = "iris.worker.done.>"
 API_PREFIX = "iris.api"
 BROKER_STATS_SUBJECT = "iris.broker.stats"
 ADMIT_PREFIX = "iris.admit"
+ADMIT_FILTER = "iris.admit.*"
+ADMIT_END = "iris.admit.end"  # so `end` is no model name for admission
 
 # JetStream API subjects Iris calls directly because nats-py's helpers are slower or erase bytes.
 JS_DIRECT_GET = "$JS.API.DIRECT.GET." + REQUEST_STREAM
@@ -75,6 +77,14 @@ def done_subject(model: str) -> str:
 
 def api_subject(endpoint: str) -> str:
     return f"{API_PREFIX}.{endpoint}"
+
+
+def admit_subject(model: str) -> str:
+    return f"{ADMIT_PREFIX}.{model}"
+
+
+def admitted_model(subject: str) -> str:
+    return subject[len(ADMIT_PREFIX) + 1 :]
 
 
 def lease_key(stream_seq: int) -> str:

@@ -1,0 +1,136 @@
+"""Per-model limits, and which waiting request may take a free slot under them.
+
+A model's capacity is `max_concurrency` (or, when 0, the sum of its live workers' slots); leases and
+admission tickets both count against it. With `limit_by` (`user` or `workload`) each value of that label
+also has a cap, `limit_per_value`, that idle capacity may be *borrowed* past:
+
+    A lease is granted to a value that already holds `limit_per_value` leases or more (a *borrowed*
+    lease) only when no admissible waiting request belongs to a value below its cap. A waiting request
+    is admissible when it is a ticket, or some worker of the model has a free slot; under WFQ only the
+    first request of each flow is a candidate (a flow keeps stream order).
+
+So a value exceeds its cap only with capacity nobody within their cap was waiting for, and the scheduler
+stays work-conserving: while capacity is left, an admissible request never waits. Borrowed leases are not
+preempted; they return when they end, and from then on waiters within their cap go first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from broker.config import BrokerConfig, ModelConfig
+from broker.queue import Eligible, RequestQueue, WaitingRequest
+from schemas.messages import Lease
+
+LimitLabel = Literal["", "user", "workload"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    max_concurrency: int = 0  # 0 = the sum of the model's worker slots
+    max_queue: int = 0  # waiting requests per workload; 0 = no limit but the stream's own
+    max_inflight_ms: int = 0  # a lease or ticket held longer is cut off; 0 = no limit
+    limit_by: LimitLabel = ""
+    limit_per_value: int = 0  # leases per value of `limit_by` before borrowing
+    min_share: float = 0.0  # WFQ: weights floored at this fraction of the heaviest active one
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    policy: str = "wfq"
+    workload_weights: Mapping[str, float] = field(default_factory=dict)
+    max_concurrency: int = 0  # per model; 0 = the sum of the model's worker slots
+    worker_timeout_ms: int = 3_000
+    lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
+    startup_grace_ms: int = 1_500  # no offers until every live worker has beaten once (adopts its leases)
+    max_queue: int = 0  # waiting requests per (model, workload); 0 = no limit but the stream's own
+    max_inflight_ms: int = 0  # a lease running longer is cut off by its worker; 0 = no limit
+    limit_by: LimitLabel = ""
+    limit_per_value: int = 0
+    min_share: float = 0.0
+    models: Mapping[str, ModelLimits] = field(default_factory=dict)  # complete limits of configured models
+
+    def for_model(self, model: str) -> ModelLimits:
+        """The model's own limits when configured, else the flat defaults."""
+        own = self.models.get(model)
+        if own is not None:
+            return own
+        return ModelLimits(
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+            max_inflight_ms=self.max_inflight_ms,
+            limit_by=self.limit_by,
+            limit_per_value=self.limit_per_value,
+            min_share=self.min_share,
+        )
+
+
+def label_value(request: WaitingRequest | Lease, label: LimitLabel) -> str:
+    return request.user if label == "user" else request.workload
+
+
+def values_at_cap(leases: Iterable[Lease], limits: ModelLimits) -> frozenset[str]:
+    """Values of `limit_by` holding `limit_per_value` leases or more: they may only borrow."""
+    if not limits.limit_by or limits.limit_per_value <= 0:
+        return frozenset()
+    held = Counter(label_value(lease, limits.limit_by) for lease in leases)
+    return frozenset(value for value, count in held.items() if count >= limits.limit_per_value)
+
+
+def next_request(
+    queue: RequestQueue, leases: Iterable[Lease], limits: ModelLimits, worker_free: bool
+) -> WaitingRequest | None:
+    """The best admissible request, preferring values below their cap; a value at its cap borrows
+    only when no one below theirs can start."""
+    at_cap = values_at_cap(leases, limits)
+    if at_cap:
+        within = queue.pop(Eligible(worker_free, limits.limit_by, at_cap))
+        if within is not None:
+            return within
+    return queue.pop(None if worker_free else Eligible(worker_free=False))
+
+
+def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
+    """The scheduler's limits from the broker config: flat defaults, and each `[broker.models.<name>]`
+    table completed with them."""
+    flat = ModelLimits(
+        max_concurrency=config.max_concurrency,
+        max_queue=config.max_queue,
+        max_inflight_ms=int(config.max_inflight_s * 1000),
+        limit_by=config.limit_by,
+        limit_per_value=config.limit_per_value,
+        min_share=config.min_share,
+    )
+    models = {name: _merged(flat, own) for name, own in config.models.items()}
+    return SchedulerLimits(
+        policy=config.policy,
+        workload_weights=config.workload_weights,
+        max_concurrency=flat.max_concurrency,
+        max_queue=flat.max_queue,
+        max_inflight_ms=flat.max_inflight_ms,
+        limit_by=flat.limit_by,
+        limit_per_value=flat.limit_per_value,
+        min_share=flat.min_share,
+        models=models,
+        worker_timeout_ms=int(config.worker_timeout_s * 1000),
+    )
+
+
+def _merged(flat: ModelLimits, own: ModelConfig) -> ModelLimits:
+    inflight_ms = None if own.max_inflight_s is None else int(own.max_inflight_s * 1000)
+    return ModelLimits(
+        max_concurrency=_given(own.max_concurrency, flat.max_concurrency),
+        max_queue=_given(own.max_queue, flat.max_queue),
+        max_inflight_ms=_given(inflight_ms, flat.max_inflight_ms),
+        limit_by=_given(own.limit_by, flat.limit_by),
+        limit_per_value=_given(own.limit_per_value, flat.limit_per_value),
+        min_share=_given(own.min_share, flat.min_share),
+    )
+
+
+def _given(value: T | None, default: T) -> T:
+    return default if value is None else value

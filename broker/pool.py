@@ -1,0 +1,60 @@
+"""What the scheduler knows about one model: its workers, leases, waiting queue and learned costs.
+
+Plain state, no decisions; `broker.scheduler` changes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from broker.queue import RequestQueue, WaitingRequest
+from broker.wfq import DEFAULT_COST_TOKENS
+from schemas.messages import Lease
+
+
+@dataclass
+class WorkerState:
+    worker_id: str
+    model: str
+    slots: int
+    last_seen_ms: int
+    leases: set[int] = field(default_factory=set)
+    refusing: bool = False  # refused an offer; no more offers until its next heartbeat
+    draining: bool = False
+    reported: frozenset[int] = frozenset()  # what its last heartbeat listed as running
+
+    @property
+    def free_slots(self) -> int:
+        if self.refusing or self.draining:
+            return 0
+        return max(0, self.slots - len(self.leases))
+
+
+@dataclass
+class ModelPool:
+    model: str
+    queue: RequestQueue
+    workers: dict[str, WorkerState] = field(default_factory=dict)
+    leases: dict[int, Lease] = field(default_factory=dict)
+    service_ms_ema: float = 2_000.0
+    completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
+    completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
+    dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
+    # QueueUpdates still to send: (dispatch count when due, seq, position then, dispatch count then, reply_to, id)
+    updates_due: list[tuple[int, int, int, int, str, str]] = field(default_factory=list)
+
+
+def estimate(pool: ModelPool, request: WaitingRequest) -> int:
+    """Tokens a request without `Iris-Tokens` will cost: its prompt, plus the completion length its
+    workload has shown so far."""
+    expected = pool.completion_tokens_ema.get(request.workload, DEFAULT_COST_TOKENS)
+    return request.prompt_tokens_est + round(expected)
+
+
+def waiting_from(lease: Lease, attempt: int) -> WaitingRequest:
+    fields = {name: getattr(lease, name) for name in SHARED_FIELDS}
+    return WaitingRequest(**{**fields, "attempt": attempt})
+
+
+# What a lease and an index entry have in common: a lease is an entry plus who runs it, since when.
+SHARED_FIELDS = tuple(f for f in WaitingRequest.__struct_fields__ if f in Lease.__struct_fields__)
