@@ -7,11 +7,13 @@ user subscribe only below its own prefix, so no one can read another client's re
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.protocol import parser
 
 
 def server_list(url: str) -> list[str]:
@@ -29,3 +31,19 @@ async def connect(url: str, name: str, **options: Any) -> NATS:
         options["inbox_prefix"] = prefix
     options.setdefault("max_reconnect_attempts", -1)
     return await nats.connect(server_list(url), name=name, **options)
+
+
+def _tolerate_any_subject_bytes() -> None:
+    """nats-server splits protocol arguments on spaces and tabs only, so a client may publish a subject
+    holding a vertical tab or form feed (`iris.req.a\\x0bb.c`). nats-py's parser splits on every regex
+    `\\s`, fails to read such a message and drops the connection; a JetStream consumer then meets the same
+    message again after reconnecting, forever. One hostile publish would stall the broker. Parse protocol
+    lines the way the server writes them instead."""
+    token, gap = rb"([^ \t\r\n]+)", rb"[ \t]+"
+    parser.MSG_RE = re.compile(rb"\AMSG" + gap + token + gap + token + gap + rb"(" + token + gap + rb")?(\d+)\r\n")
+    parser.HMSG_RE = re.compile(
+        rb"\AHMSG" + gap + token + gap + token + gap + rb"(" + token + gap + rb")?(\d+)" + gap + rb"(\d+)\r\n"
+    )
+
+
+_tolerate_any_subject_bytes()
