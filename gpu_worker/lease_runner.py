@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 import structlog
@@ -19,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.throughput import ThroughputMeter
 from schemas.errors import ErrorCode
 from schemas.messages import (
     Chunk,
@@ -40,23 +40,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass
-class RunStats:
-    """What the heartbeat reports: completion tokens over generation time, as an EMA."""
-
-    tokens_per_s: float = 0.0
-    completed: int = 0
-
-    def record(self, completion_tokens: int, run_s: float) -> None:
-        self.completed += 1
-        if completion_tokens > 0 and run_s > 0:
-            rate = completion_tokens / run_s
-            self.tokens_per_s = rate if self.tokens_per_s == 0 else 0.8 * self.tokens_per_s + 0.2 * rate
-
-
 class LeaseRunner:
     def __init__(
-        self, nc: NATS, kv: KeyValue, engine: Engine, worker_id: str, stats: RunStats, log: structlog.stdlib.BoundLogger
+        self,
+        nc: NATS,
+        kv: KeyValue,
+        engine: Engine,
+        worker_id: str,
+        stats: ThroughputMeter,
+        log: structlog.stdlib.BoundLogger,
     ) -> None:
         self.nc, self.kv, self.engine = nc, kv, engine
         self.worker_id = worker_id
@@ -101,7 +93,7 @@ class LeaseRunner:
         log: structlog.stdlib.BoundLogger,
         answered: Callable[[], None],
     ) -> None:
-        started_ms = now_ms()
+        started_ms, started_s = now_ms(), time.monotonic()
         loop = asyncio.get_running_loop()
         timers = [loop.call_later(max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline")]
         if lease.cutoff_ms:
@@ -132,7 +124,7 @@ class LeaseRunner:
             await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
             return
         run_ms = now_ms() - started_ms
-        self.stats.record(finished.completion_tokens, run_ms / 1000)
+        self.stats.record(started_s, time.monotonic(), finished.completion_tokens)
         result = Result(
             text="".join(parts),
             finish_reason=finished.finish_reason,
