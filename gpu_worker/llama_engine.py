@@ -16,6 +16,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 from gpu_worker.engine import EngineEvent, EngineInputError, StopSignal
 from gpu_worker.llama_batch import BatchLoop
 from gpu_worker.llama_context import LoadedModel, batch_tokens, load_model, new_context
@@ -93,7 +95,7 @@ class LlamaCppEngine:
             self._ctx = None
         if self._loaded is not None:
             self._loaded.free()
-            self._loaded = None
+            self._loaded = self._vocab = None
 
     def cells_in_use(self) -> dict[int, int]:
         """KV cells held per sequence id (empty when nothing runs): what a cancel must give back."""
@@ -110,7 +112,10 @@ class LlamaCppEngine:
             return request.prompt, []
         messages = [{"role": m.role, "content": m.content} for m in request.messages or []]
         if self._template is not None:
-            formatted = self._template(messages=messages)
+            try:
+                formatted = self._template(messages=messages)
+            except (TemplateError, ValueError) as exc:  # raise_exception() in a template raises ValueError
+                raise EngineInputError(f"the model's chat template refused the messages: {exc}") from exc
             stops = formatted.stop or []
             return formatted.prompt, [stops] if isinstance(stops, str) else list(stops)
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
@@ -120,6 +125,7 @@ class LlamaCppEngine:
         """Special tokens in the text are parsed; BOS is added unless the text (a template) starts with it."""
         import llama_cpp.llama_cpp as llama
 
+        assert self._loaded is not None, "engine not loaded"
         data = text.encode()
         add_bos = not (self._bos_text and text.startswith(self._bos_text))
         capacity = len(data) + 2
@@ -133,7 +139,7 @@ class LlamaCppEngine:
         assert self._loop is not None, "engine not loaded"
         prompt, format_stops = self.format_prompt(request)
         self.last_prompt = prompt
-        prompt_tokens = self.tokenize(prompt)
+        prompt_tokens = await asyncio.to_thread(self.tokenize, prompt)  # long prompts: not on the loop
         self._check_fits(len(prompt_tokens), request.max_tokens)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
