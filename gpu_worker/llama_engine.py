@@ -18,7 +18,7 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 
-from gpu_worker.engine import EngineEvent, EngineInputError, StopSignal
+from gpu_worker.engine import EngineEvent, EngineInputError, Piece, StopSignal
 from gpu_worker.llama_batch import BatchLoop
 from gpu_worker.llama_context import LoadedModel, batch_tokens, load_model, new_context
 from gpu_worker.llama_sequence import DONE, Sequence
@@ -141,26 +141,17 @@ class LlamaCppEngine:
         self.last_prompt = prompt
         prompt_tokens = await asyncio.to_thread(self.tokenize, prompt)  # long prompts: not on the loop
         self._check_fits(len(prompt_tokens), request.max_tokens)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, item)
-            except RuntimeError:  # the event loop is gone: nobody is reading any more
-                pass
-
-        self._loop.submit(Sequence(prompt_tokens, request, [*request.stop, *format_stops], stop, emit))
-        item: Any = None
+        events = SequenceEvents(asyncio.get_running_loop())
+        self._loop.submit(Sequence(prompt_tokens, request, [*request.stop, *format_stops], stop, events.emit))
         try:
-            while (item := await events.get()) is not DONE:
+            while (item := await events.next()) is not DONE:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
             stop.stop("cancelled")  # no-op when it already finished; ends the sequence if we were abandoned
-            while item is not DONE:  # the slot is free only once the batch loop let the sequence go
-                item = await events.get()
+            while not events.done:  # the slot is free only once the batch loop let the sequence go
+                await events.next()
 
     def _check_fits(self, n_prompt_tokens: int, max_tokens: int) -> None:
         if n_prompt_tokens == 0:
@@ -170,6 +161,39 @@ class LlamaCppEngine:
                 f"prompt ({n_prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
                 f"context of {self.ctx_per_slot} tokens per slot"
             )
+
+
+class SequenceEvents:
+    """The event-loop side of one sequence. Pieces that queued up while the reader was busy (publishing,
+    a slow client) come out merged into one, so a lagging reader catches up instead of falling behind."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._held: object | None = None
+        self.done = False
+
+    def emit(self, item: object) -> None:
+        """Called from the batch thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: nobody is reading any more
+            pass
+
+    async def next(self) -> object:
+        item = self._held if self._held is not None else await self._queue.get()
+        self._held = None
+        if isinstance(item, Piece) and not self._queue.empty():
+            parts = [item.text]
+            while not self._queue.empty():
+                following = self._queue.get_nowait()
+                if not isinstance(following, Piece):
+                    self._held = following
+                    break
+                parts.append(following.text)
+            item = Piece("".join(parts))
+        self.done = item is DONE
+        return item
 
 
 def _token_text(vocab: Any, token: int) -> str:

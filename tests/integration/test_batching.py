@@ -80,7 +80,7 @@ async def test_one_at_a_time_through_the_batched_context_is_exactly_unbatched(
     single: LlamaCppEngine, batched: LlamaCppEngine
 ) -> None:
     """Same kernels, so bit-identical: sequence ids are reused and a leftover cell would change answers."""
-    requests = [GenerateRequest(prompt=p, max_tokens=16, temperature=0) for p in PROMPTS]
+    requests = [GenerateRequest(prompt=p, max_tokens=12, temperature=0) for p in PROMPTS]
     for request in requests:
         assert await answer(batched, request) == await answer(single, request)
     assert batched.cells_in_use() == {}
@@ -118,7 +118,7 @@ async def greedy_both_ways(model: str, prompts: list[str], max_tokens: int) -> t
 
 
 async def test_cancel_frees_the_sequence_cells_and_the_others_go_on(batched: LlamaCppEngine) -> None:
-    other = asyncio.create_task(answer(batched, GenerateRequest(prompt=PROMPTS[0], max_tokens=64, temperature=0)))
+    other = asyncio.create_task(answer(batched, GenerateRequest(prompt=PROMPTS[0], max_tokens=40, temperature=0)))
     stop = StopSignal()
     events = batched.generate(GenerateRequest(prompt=PROMPTS[1], max_tokens=400, temperature=0), stop)
     pieces = 0
