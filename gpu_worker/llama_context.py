@@ -20,7 +20,7 @@ MIN_BATCH_TOKENS = 512
 _GGML_LOG_LEVEL_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 
 
-@llama_log_callback
+@llama_log_callback  # type: ignore[untyped-decorator]
 def _errors_only(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """llama.cpp logs every tensor it loads; only its errors reach our stderr."""
     if level == _GGML_LOG_LEVEL_ERROR:

@@ -18,7 +18,7 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 
-from gpu_worker.engine import EngineEvent, EngineInputError, Piece, StopSignal
+from gpu_worker.engine import EngineEvent, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.llama_batch import BatchLoop
 from gpu_worker.llama_context import LoadedModel, batch_tokens, load_model, new_context
 from gpu_worker.llama_sequence import DONE, Sequence
@@ -147,6 +147,7 @@ class LlamaCppEngine:
             while (item := await events.next()) is not DONE:
                 if isinstance(item, BaseException):
                     raise item
+                assert isinstance(item, (Piece, Finished))
                 yield item
         finally:
             stop.stop("cancelled")  # no-op when it already finished; ends the sequence if we were abandoned

@@ -155,7 +155,9 @@ async def bench_concurrency(
 
 
 def summarize(n_seq: int, direct: list[dict[str, float]], iris: list[dict[str, float]]) -> dict[str, Any]:
-    rate = lambda rounds, key="seconds": statistics.median(r["tokens"] / r[key] for r in rounds)  # noqa: E731
+    def rate(rounds: list[dict[str, float]], key: str = "seconds") -> float:
+        return statistics.median(r["tokens"] / r[key] for r in rounds)
+
     direct_tps, iris_tps = rate(direct), rate(iris)
     return {
         "sequences": n_seq,
