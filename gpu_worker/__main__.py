@@ -26,7 +26,7 @@ def make_engine(config: WorkerConfig) -> Engine:
     if config.engine == "fake":
         return FakeEngine(config.model_name or "fake", config.slots, config.fake_tps)
     if config.engine == "http":
-        name = config.model_name or to_token(config.upstream_model.lower())
+        name = config.model_name or to_token(config.upstream_model.removesuffix(":latest").lower())
         return HttpEngine(
             config.upstream,
             config.upstream_api,

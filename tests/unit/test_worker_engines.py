@@ -24,7 +24,7 @@ def test_http_engine_from_flags() -> None:
     config = WorkerConfig(engine="http", upstream="http://gpu-box:11434", upstream_model="mistral:latest", slots=2)
     engine = make_engine(config)
     assert isinstance(engine, HttpEngine)
-    assert engine.model_name == "mistral_latest" and engine.slots == 2 and engine.api == "ollama"
+    assert engine.model_name == "mistral" and engine.slots == 2 and engine.api == "ollama"
 
 
 @pytest.mark.parametrize(
