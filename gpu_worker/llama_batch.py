@@ -42,7 +42,6 @@ class BatchLoop:
         self._running: dict[int, Sequence] = {}
         self._closed = False
         self._step_lock = threading.Lock()
-        self.decoded_tokens = 0  # generated tokens, all sequences (for throughput figures)
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
 
     def start(self) -> None:
@@ -148,7 +147,6 @@ class BatchLoop:
             is_eog = bool(llama.llama_vocab_is_eog(self._vocab, token))
             piece = b"" if is_eog else token_piece(self._vocab, token, self._piece_buffer)
             reason = sequence.accept(token, is_eog, piece)
-            self.decoded_tokens += 0 if is_eog else 1
             if reason is not None:
                 self._end(sequence, reason=reason)
 

@@ -33,7 +33,6 @@ class LlamaCppEngine:
         model_name: str,
         slots: int = 1,
         ctx_per_slot: int = 2048,
-        n_gpu_layers: int = 0,
         n_threads: int | None = None,
         offload: Offload | None = None,
         kv_unified: bool = True,
@@ -42,7 +41,7 @@ class LlamaCppEngine:
         self.model_name = model_name
         self.slots = slots
         self.ctx_per_slot = ctx_per_slot
-        self.offload = offload or Offload(n_gpu_layers=n_gpu_layers)
+        self.offload = offload or Offload()
         self.n_threads = n_threads or os.cpu_count() or 1
         self.kv_unified = kv_unified
         self.on_gpu = False
@@ -101,10 +100,6 @@ class LlamaCppEngine:
         """KV cells held per sequence id (empty when nothing runs): what a cancel must give back."""
         assert self._loop is not None, "engine not loaded"
         return self._loop.cells_in_use()
-
-    @property
-    def decoded_tokens(self) -> int:
-        return self._loop.decoded_tokens if self._loop is not None else 0
 
     def format_prompt(self, request: GenerateRequest) -> tuple[str, list[str]]:
         """The text the model sees, and extra stop strings the format implies."""

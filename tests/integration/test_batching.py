@@ -30,8 +30,8 @@ SUBJECTS = (
 ).split()
 
 
-async def load(model: str, slots: int) -> LlamaCppEngine:
-    engine = LlamaCppEngine(model, EMBEDDED_MODEL_NAME, slots=slots, ctx_per_slot=512, n_threads=2)
+async def load(model: str, slots: int, ctx_per_slot: int = 512) -> LlamaCppEngine:
+    engine = LlamaCppEngine(model, EMBEDDED_MODEL_NAME, slots=slots, ctx_per_slot=ctx_per_slot, n_threads=2)
     await engine.load()
     return engine
 
@@ -88,7 +88,10 @@ async def test_one_at_a_time_through_the_batched_context_is_exactly_unbatched(
 
 async def test_batched_greedy_output_matches_unbatched_exactly(tiny_mistral_model: str) -> None:
     """F16 weights: batched kernels give the unbatched result, so every answer must match to the token."""
-    alone, together = await greedy_both_ways(tiny_mistral_model, [f"{p} {i}" for i in range(2) for p in PROMPTS], 16)
+    long_prompt = " ".join(f"{p} {i}" for i in range(12) for p in PROMPTS)  # > one batch: prefilled in chunks
+    prompts = [f"{p} {i}" for i in range(2) for p in PROMPTS] + [long_prompt]
+    alone, together = await greedy_both_ways(tiny_mistral_model, prompts, 16, ctx_per_slot=4096)
+    assert alone[-1][1].prompt_tokens > 2 * 512
     assert together == alone
 
 
@@ -104,9 +107,11 @@ async def test_batched_greedy_agreement_on_embedded_model(embedded_model: str) -
     assert all(f.completion_tokens == 8 or f.finish_reason == "stop" for _, f in together)
 
 
-async def greedy_both_ways(model: str, prompts: list[str], max_tokens: int) -> tuple[list[Any], list[Any]]:
+async def greedy_both_ways(
+    model: str, prompts: list[str], max_tokens: int, ctx_per_slot: int = 512
+) -> tuple[list[Any], list[Any]]:
     requests = [GenerateRequest(prompt=p, max_tokens=max_tokens, temperature=0) for p in prompts]
-    single, batched = await load(model, slots=1), await load(model, slots=4)
+    single, batched = await load(model, 1, ctx_per_slot), await load(model, 4, ctx_per_slot)
     try:
         alone = [await answer(single, r) for r in requests]
         together = await staggered(batched, requests)  # more requests than slots: later ones wait for an id
