@@ -187,11 +187,8 @@ def print_table(rows: list[dict[str, Any]], load_before: tuple[float, ...], load
             row["best_direct_tokens_per_s"],
             row["best_iris_tokens_per_s"],
         )
-        print(
-            f"{row['sequences']:>13} "
-            + " ".join(f"{v:>13.3g}" for v in values)
-            + f" {row['best_iris_vs_best_direct']:>11.3f}"
-        )
+        cells = [f"{v:>13.3f}" if i == 3 else f"{v:>13.1f}" for i, v in enumerate(values)]
+        print(f"{row['sequences']:>13} " + " ".join(cells) + f" {row['best_iris_vs_best_direct']:>11.3f}")
     print(f"targets: iris/direct >= {TARGET_SINGLE} with 1 sequence, >= {TARGET_BATCHED} with 4")
     print(f"load average before {load_before}, after {load_after}")
 
