@@ -163,15 +163,22 @@ async def test_stop_string_across_tokens_and_exact_counts(single: LlamaCppEngine
     assert cut_finished.finish_reason == "stop" and cut_finished.completion_tokens < 16
 
 
-async def test_seeded_sampling_is_per_sequence(batched: LlamaCppEngine) -> None:
+async def test_seeded_sampling_is_per_sequence(tiny_mistral_model: str) -> None:
+    """Each sequence draws from its own seeded sampler: batched with others it samples what it samples alone
+    (F16 weights, so the batched logits are the unbatched ones)."""
     request = GenerateRequest(prompt=PROMPTS[5], max_tokens=16, temperature=1.0, top_p=0.95, seed=7)
-    first, second, other_seed = await asyncio.gather(
-        answer(batched, request),
-        answer(batched, request),
-        answer(batched, GenerateRequest(prompt=PROMPTS[5], max_tokens=16, temperature=1.0, seed=8)),
-    )
-    assert first == second  # each sequence draws from its own seeded sampler, batched or not
-    assert other_seed[0] != first[0]
+    other_seed = GenerateRequest(prompt=PROMPTS[5], max_tokens=16, temperature=1.0, top_p=0.95, seed=8)
+    single, batched = await load(tiny_mistral_model, 1), await load(tiny_mistral_model, 4)
+    try:
+        alone = await answer(single, request)
+        first, second, third = await asyncio.gather(
+            answer(batched, request), answer(batched, request), answer(batched, other_seed)
+        )
+    finally:
+        await single.close()
+        await batched.close()
+    assert first == second == alone
+    assert third[0] != first[0]
 
 
 async def test_prompt_longer_than_a_slot_is_refused(batched: LlamaCppEngine) -> None:
