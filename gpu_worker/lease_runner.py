@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import msgspec
 import structlog
@@ -40,15 +41,25 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass
+class RunStats:
+    """What the heartbeat reports: aggregate completion tokens per second of busy time (batched sequences
+    add up), from `ThroughputMeter`."""
+
+    tokens_per_s: float = 0.0
+    completed: int = 0
+    meter: ThroughputMeter = field(default_factory=ThroughputMeter)
+
+    def record(self, completion_tokens: int, run_s: float) -> None:
+        self.completed += 1
+        ended_s = time.monotonic()
+        self.meter.record(ended_s - run_s, ended_s, completion_tokens)
+        self.tokens_per_s = self.meter.tokens_per_s(ended_s)
+
+
 class LeaseRunner:
     def __init__(
-        self,
-        nc: NATS,
-        kv: KeyValue,
-        engine: Engine,
-        worker_id: str,
-        stats: ThroughputMeter,
-        log: structlog.stdlib.BoundLogger,
+        self, nc: NATS, kv: KeyValue, engine: Engine, worker_id: str, stats: RunStats, log: structlog.stdlib.BoundLogger
     ) -> None:
         self.nc, self.kv, self.engine = nc, kv, engine
         self.worker_id = worker_id
@@ -93,7 +104,7 @@ class LeaseRunner:
         log: structlog.stdlib.BoundLogger,
         answered: Callable[[], None],
     ) -> None:
-        started_ms, started_s = now_ms(), time.monotonic()
+        started_ms = now_ms()
         loop = asyncio.get_running_loop()
         timers = [loop.call_later(max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline")]
         if lease.cutoff_ms:
@@ -124,7 +135,7 @@ class LeaseRunner:
             await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
             return
         run_ms = now_ms() - started_ms
-        self.stats.record(started_s, time.monotonic(), finished.completion_tokens)
+        self.stats.record(finished.completion_tokens, run_ms / 1000)
         result = Result(
             text="".join(parts),
             finish_reason=finished.finish_reason,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 
 import nats
 import structlog
@@ -21,8 +20,7 @@ from nats.js.kv import KeyValue
 
 from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine, StopSignal
-from gpu_worker.lease_runner import LeaseRunner, now_ms
-from gpu_worker.throughput import ThroughputMeter
+from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_decoder
 from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, cancelled_request_id, heartbeat_subject, lease_offer_subject
 
@@ -36,7 +34,7 @@ class WorkerService:
         self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
         self.log = log or structlog.get_logger().bind(service="gpu_worker")
         self.log = self.log.bind(worker=self.worker_id, model=engine.model_name)
-        self.stats = ThroughputMeter()
+        self.stats = RunStats()
         # Listed in heartbeats until the lease ends: seq → (task, stop signal, request id).
         self.running: dict[int, tuple[asyncio.Task[None], StopSignal, str]] = {}
         self.busy: set[int] = set()  # leases holding an engine slot: until their final reply is out
@@ -119,7 +117,7 @@ class WorkerService:
             slots=self.engine.slots,
             free_slots=max(0, self.engine.slots - len(self.busy)),
             running=sorted(self.running),
-            tokens_per_s=round(self.stats.tokens_per_s(time.monotonic()), 2),
+            tokens_per_s=round(self.stats.tokens_per_s, 2),
             sent_ms=now_ms(),
             gpu=self.engine.on_gpu,
             draining=self.draining,

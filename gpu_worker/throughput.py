@@ -14,12 +14,10 @@ from collections import deque
 class ThroughputMeter:
     def __init__(self, window_s: float = 30.0) -> None:
         self.window_s = window_s
-        self.completed = 0
         self._runs: deque[tuple[float, float, int]] = deque()  # (started_s, ended_s, tokens), by end
         self._last_rate = 0.0
 
     def record(self, started_s: float, ended_s: float, tokens: int) -> None:
-        self.completed += 1
         if tokens > 0 and ended_s > started_s:
             self._runs.append((started_s, ended_s, tokens))
 
