@@ -9,20 +9,29 @@ from msgspec import Meta
 
 from schemas.subjects import TOKEN_PATTERN
 
+TENSOR_SPLIT_PATTERN = r"^$|^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)*$"
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, max_length=128)]
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
-    engine: Literal["llama", "fake"] = "llama"
+    engine: Literal["llama", "fake", "http"] = "llama"
     model: str = ""  # GGUF path; empty = the embedded Gemma 3 270M
     model_name: Token | Literal[""] = ""  # the <model> subject token; empty = derived from the file
     worker_id: Token | Literal[""] = ""  # empty = <host>-<pid>
     slots: Annotated[int, Meta(ge=1, le=256)] = 1
     ctx_per_slot: Annotated[int, Meta(ge=128, le=1_048_576)] = 2048
     n_gpu_layers: Annotated[int, Meta(ge=-1)] = 0
+    main_gpu: Annotated[int, Meta(ge=0, le=255)] = 0
+    tensor_split: Annotated[str, Meta(pattern=TENSOR_SPLIT_PATTERN)] = ""  # proportions per GPU: "3,1"
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    kv_unified: bool = True  # one KV buffer shared by all slots (False: one stream per slot)
     threads: Annotated[int, Meta(ge=0, le=1024)] = 0  # 0 = all cores
     fake_tps: Annotated[float, Meta(ge=0)] = 0.0
+    upstream: str = ""  # --engine http: base URL of an Ollama or OpenAI-compatible server
+    upstream_api: Literal["ollama", "openai"] = "ollama"
+    upstream_model: str = ""  # the model name the upstream server knows
+    upstream_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 300.0
     heartbeat_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     drain_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     metrics_host: str = "127.0.0.1"

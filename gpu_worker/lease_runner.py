@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.metrics import WorkerMetrics
+from gpu_worker.throughput import ThroughputMeter
 from schemas.errors import ErrorCode
 from schemas.messages import (
     Chunk,
@@ -43,18 +44,19 @@ def now_ms() -> int:
 
 @dataclass
 class RunStats:
-    """What the heartbeat reports: completion tokens over generation time, as an EMA; and the Prometheus
-    metrics of every lease run."""
+    """What the heartbeat reports: aggregate completion tokens per second of busy time (batched sequences
+    add up), from `ThroughputMeter`; and the Prometheus metrics of every lease run."""
 
     tokens_per_s: float = 0.0
     completed: int = 0
+    meter: ThroughputMeter = field(default_factory=ThroughputMeter)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
     def record(self, completion_tokens: int, run_s: float) -> None:
         self.completed += 1
-        if completion_tokens > 0 and run_s > 0:
-            rate = completion_tokens / run_s
-            self.tokens_per_s = rate if self.tokens_per_s == 0 else 0.8 * self.tokens_per_s + 0.2 * rate
+        ended_s = time.monotonic()
+        self.meter.record(ended_s - run_s, ended_s, completion_tokens)
+        self.tokens_per_s = self.meter.tokens_per_s(ended_s)
 
 
 class LeaseRunner:

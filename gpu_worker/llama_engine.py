@@ -1,26 +1,29 @@
-"""`LlamaCppEngine`: a GGUF model through llama-cpp-python, off the event loop.
+"""`LlamaCppEngine`: a GGUF model through llama-cpp-python's low-level API, with continuous batching.
 
-Each slot owns one `Llama` context (weights are mmap'ed and shared between them on CPU); a generation
-borrows a free context, runs the token loop in that slot's thread and hands pieces to the event loop.
-The token loop is ours rather than `create_completion`'s so that token counts are exact, stop strings
-and UTF-8 boundaries are handled once, and a `StopSignal` ends generation within one token. Chat
-requests use the model's own chat template from its GGUF metadata; a model without one gets a plain
-"Role: text" prompt.
+One model, one context with `n_seq_max = slots`: every running request is a sequence in one KV cache
+(split by sequence id, `ctx_per_slot` cells each), and one `llama_decode` per step advances them all
+(`BatchLoop`, in its own thread). Requests join between steps and leave at once when they finish or are
+stopped. Per request: its own sampler (temperature, top_p, seed), exact token counts, stop strings across
+tokens, UTF-8 boundaries (`Sequence`). Chat requests use the model's own chat template from its GGUF
+metadata; a model without one gets a plain "Role: text" prompt. GPU options are checked against the build
+before the model loads (`offload.check_offload`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from gpu_worker.engine import EngineEvent, EngineInputError, Finished, Piece, StopSignal
-from schemas.messages import FinishReason, GenerateRequest
+from jinja2.exceptions import TemplateError
 
-_DONE = object()
+from gpu_worker.engine import EngineEvent, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.llama_batch import BatchLoop
+from gpu_worker.llama_context import LoadedModel, batch_tokens, load_model, new_context
+from gpu_worker.llama_sequence import DONE, Sequence
+from gpu_worker.offload import Offload
+from schemas.messages import GenerateRequest
 
 
 class LlamaCppEngine:
@@ -30,54 +33,73 @@ class LlamaCppEngine:
         model_name: str,
         slots: int = 1,
         ctx_per_slot: int = 2048,
-        n_gpu_layers: int = 0,
         n_threads: int | None = None,
+        offload: Offload | None = None,
+        kv_unified: bool = True,
     ) -> None:
         self.model_path = model_path
         self.model_name = model_name
         self.slots = slots
         self.ctx_per_slot = ctx_per_slot
-        self.n_gpu_layers = n_gpu_layers
+        self.offload = offload or Offload()
         self.n_threads = n_threads or os.cpu_count() or 1
+        self.kv_unified = kv_unified
         self.on_gpu = False
         self.last_prompt = ""  # the exact text the model saw last (templates are tested through it)
-        self._free: asyncio.Queue[Any] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="llama-slot")
+        self._loaded: LoadedModel | None = None
+        self._ctx: Any = None
+        self._vocab: Any = None
+        self._loop: BatchLoop | None = None
         self._template: Any = None
+        self._bos_text = ""
 
     async def load(self) -> None:
         if not os.path.isfile(self.model_path):
             raise FileNotFoundError(f"model file not found: {self.model_path}")
-        loop = asyncio.get_running_loop()
-        for _ in range(self.slots):
-            llm = await loop.run_in_executor(self._executor, self._load_one)
-            self._free.put_nowait(llm)
-        import llama_cpp
+        await asyncio.to_thread(self._load)
 
-        self.on_gpu = self.n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+    def _load(self) -> None:
+        self._loaded = load_model(self.model_path, self.offload)
+        self._vocab = self._loaded.vocab
+        self._ctx = new_context(
+            self._loaded, self.slots, self.ctx_per_slot, self.n_threads, self.offload, self.kv_unified
+        )
+        self.on_gpu = self._loaded.on_gpu
+        self._load_template()
+        self._loop = BatchLoop(self._ctx, self._vocab, self.slots, batch_tokens(self.slots))
+        self._loop.start()
 
-    def _load_one(self) -> Any:
-        from llama_cpp import Llama
+    def _load_template(self) -> None:
+        import llama_cpp.llama_cpp as llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        llm = Llama(
-            model_path=self.model_path,
-            n_ctx=self.ctx_per_slot,
-            n_gpu_layers=self.n_gpu_layers,
-            n_threads=self.n_threads,
-            verbose=False,
-        )
-        template = llm.metadata.get("tokenizer.chat_template")
-        if template and self._template is None:
+        self._bos_text = _token_text(self._vocab, llama.llama_vocab_bos(self._vocab))
+        assert self._loaded is not None
+        template = llama.llama_model_chat_template(self._loaded.model, None)
+        if template:
             self._template = Jinja2ChatFormatter(
-                template=template,
-                eos_token=llm._model.token_get_text(llm.token_eos()),
-                bos_token=llm._model.token_get_text(llm.token_bos()),
+                template=template.decode(),
+                eos_token=_token_text(self._vocab, llama.llama_vocab_eos(self._vocab)),
+                bos_token=self._bos_text,
             )
-        return llm
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        import llama_cpp.llama_cpp as llama
+
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            await asyncio.to_thread(loop.close)
+        if self._ctx is not None:
+            llama.llama_free(self._ctx)
+            self._ctx = None
+        if self._loaded is not None:
+            self._loaded.free()
+            self._loaded = self._vocab = None
+
+    def cells_in_use(self) -> dict[int, int]:
+        """KV cells held per sequence id (empty when nothing runs): what a cancel must give back."""
+        assert self._loop is not None, "engine not loaded"
+        return self._loop.cells_in_use()
 
     def format_prompt(self, request: GenerateRequest) -> tuple[str, list[str]]:
         """The text the model sees, and extra stop strings the format implies."""
@@ -85,115 +107,95 @@ class LlamaCppEngine:
             return request.prompt, []
         messages = [{"role": m.role, "content": m.content} for m in request.messages or []]
         if self._template is not None:
-            formatted = self._template(messages=messages)
+            try:
+                formatted = self._template(messages=messages)
+            except (TemplateError, ValueError) as exc:  # raise_exception() in a template raises ValueError
+                raise EngineInputError(f"the model's chat template refused the messages: {exc}") from exc
             stops = formatted.stop or []
             return formatted.prompt, [stops] if isinstance(stops, str) else list(stops)
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
         return "\n".join(lines) + "\nAssistant:", ["\nUser:", "\nSystem:"]
 
+    def tokenize(self, text: str) -> list[int]:
+        """Special tokens in the text are parsed; BOS is added unless the text (a template) starts with it."""
+        import llama_cpp.llama_cpp as llama
+
+        assert self._loaded is not None, "engine not loaded"
+        data = text.encode()
+        add_bos = not (self._bos_text and text.startswith(self._bos_text))
+        capacity = len(data) + 2
+        tokens = (llama.llama_token * capacity)()
+        n = llama.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_bos, True)
+        if n < 0:
+            raise EngineInputError(f"prompt could not be tokenized ({n})")
+        return list(tokens[:n])
+
     async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
+        assert self._loop is not None, "engine not loaded"
         prompt, format_stops = self.format_prompt(request)
         self.last_prompt = prompt
-        llm = await self._free.get()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(item: Any) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
-
-        job = loop.run_in_executor(
-            self._executor, _run_tokens, llm, prompt, request, [*request.stop, *format_stops], stop, emit
-        )
+        prompt_tokens = await asyncio.to_thread(self.tokenize, prompt)  # long prompts: not on the loop
+        self._check_fits(len(prompt_tokens), request.max_tokens)
+        events = SequenceEvents(asyncio.get_running_loop())
+        self._loop.submit(Sequence(prompt_tokens, request, [*request.stop, *format_stops], stop, events.emit))
         try:
-            while (item := await events.get()) is not _DONE:
+            while (item := await events.next()) is not DONE:
                 if isinstance(item, BaseException):
                     raise item
+                assert isinstance(item, (Piece, Finished))
                 yield item
         finally:
-            stop.stop("cancelled")  # no-op when it already finished; ends the thread if we were abandoned
-            try:
-                await job
-            finally:
-                self._free.put_nowait(llm)
+            stop.stop("cancelled")  # no-op when it already finished; ends the sequence if we were abandoned
+            while not events.done:  # the slot is free only once the batch loop let the sequence go
+                await events.next()
+
+    def _check_fits(self, n_prompt_tokens: int, max_tokens: int) -> None:
+        if n_prompt_tokens == 0:
+            raise EngineInputError("the prompt is empty after tokenization")
+        if n_prompt_tokens + max_tokens > self.ctx_per_slot:
+            raise EngineInputError(
+                f"prompt ({n_prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
+                f"context of {self.ctx_per_slot} tokens per slot"
+            )
 
 
-def _run_tokens(llm: Any, prompt: str, request: GenerateRequest, stops: list[str], stop: StopSignal, emit: Any) -> None:
-    """The token loop, in a slot thread. Emits Pieces, one Finished (or an exception), then _DONE."""
-    try:
-        emit_finished = _token_loop(llm, prompt, request, stops, stop, emit)
-        emit(emit_finished)
-    except BaseException as exc:  # handed to the event loop, re-raised there with its traceback
-        emit(exc)
-    finally:
-        emit(_DONE)
+class SequenceEvents:
+    """The event-loop side of one sequence. Pieces that queued up while the reader was busy (publishing,
+    a slow client) come out merged into one, so a lagging reader catches up instead of falling behind."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._held: object | None = None
+        self.done = False
+
+    def emit(self, item: object) -> None:
+        """Called from the batch thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: nobody is reading any more
+            pass
+
+    async def next(self) -> object:
+        item = self._held if self._held is not None else await self._queue.get()
+        self._held = None
+        if isinstance(item, Piece) and not self._queue.empty():
+            parts = [item.text]
+            while not self._queue.empty():
+                following = self._queue.get_nowait()
+                if not isinstance(following, Piece):
+                    self._held = following
+                    break
+                parts.append(following.text)
+            item = Piece("".join(parts))
+        self.done = item is DONE
+        return item
 
 
-def _token_loop(
-    llm: Any, prompt: str, request: GenerateRequest, stops: list[str], stop: StopSignal, emit: Any
-) -> Finished:
-    import llama_cpp
+def _token_text(vocab: Any, token: int) -> str:
+    import llama_cpp.llama_cpp as llama
 
-    bos_text = llm._model.token_get_text(llm.token_bos())
-    prompt_tokens = llm.tokenize(prompt.encode(), add_bos=not prompt.startswith(bos_text), special=True)
-    if len(prompt_tokens) + request.max_tokens > llm.n_ctx():
-        raise EngineInputError(
-            f"prompt ({len(prompt_tokens)} tokens) + max_tokens ({request.max_tokens}) exceeds the "
-            f"context of {llm.n_ctx()} tokens per slot"
-        )
-    if request.seed is not None:
-        llm.set_seed(request.seed)
-    text = _StopTextBuffer(stops)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    completion: list[int] = []
-    reason: FinishReason = "length"
-    for token in llm.generate(prompt_tokens, temp=request.temperature, top_p=request.top_p):
-        if stop.reason is not None:
-            reason = stop.reason
-            break
-        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-            reason = "stop"
-            break
-        raw = llm.detokenize([token], prev_tokens=prompt_tokens + completion)
-        completion.append(token)
-        ready, hit_stop = text.feed(decoder.decode(raw))
-        if ready:
-            emit(Piece(ready))
-        if hit_stop:
-            reason = "stop"
-            break
-        if len(completion) >= request.max_tokens:
-            break
-    tail = text.flush(decoder.decode(b"", final=True))
-    if tail:
-        emit(Piece(tail))
-    return Finished(reason, prompt_tokens=len(prompt_tokens), completion_tokens=len(completion))
-
-
-class _StopTextBuffer:
-    """Holds back just enough text to recognise a stop string split across tokens."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.pending = ""
-        self.stopped = False
-
-    def feed(self, new_text: str) -> tuple[str, bool]:
-        self.pending += new_text
-        for stop_text in self.stops:
-            at = self.pending.find(stop_text)
-            if at >= 0:
-                ready, self.pending, self.stopped = self.pending[:at], "", True
-                return ready, True
-        cut = len(self.pending) - self.hold
-        if cut <= 0:
-            return "", False
-        ready, self.pending = self.pending[:cut], self.pending[cut:]
-        return ready, False
-
-    def flush(self, final_text: str) -> str:
-        if self.stopped:
-            return ""
-        ready, _ = self.feed(final_text)
-        rest, self.pending = ready + self.pending, ""
-        return rest
+    if token < 0:
+        return ""
+    text = llama.llama_vocab_get_text(vocab, token)
+    return text.decode(errors="replace") if text else ""

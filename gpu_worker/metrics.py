@@ -35,7 +35,10 @@ class WorkerMetrics:
         )
         self.tokens = Counter("iris_worker_tokens_generated", "Completion tokens generated", flow, registry=r)
         self.tokens_per_s = Gauge(
-            "iris_worker_tokens_per_second", "Completion tokens/s per sequence (EMA)", ["model", "worker"], registry=r
+            "iris_worker_tokens_per_second",
+            "Completion tokens/s over busy time (batched sequences add up)",
+            ["model", "worker"],
+            registry=r,
         )
         self.slots = Gauge("iris_worker_slots", "Model slots", ["model", "worker"], registry=r)
         self.busy_slots = Gauge("iris_worker_busy_slots", "Slots running a lease", ["model", "worker"], registry=r)

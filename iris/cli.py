@@ -199,5 +199,31 @@ def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, ou
     asyncio.run(run_limits_bench(n_waiting, decisions, round_trips, apps, out))
 
 
+@bench.command("worker")
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--concurrency", default="1,2,4,8", show_default=True, help="Sequences at once, comma-separated.")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--rounds", type=int, default=3, show_default=True, help="Rounds per arm; figures are medians.")
+@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
+@click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/worker.json"), show_default=True)
+def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
+    """Tokens/s with N concurrent sequences: Iris (broker + one N-slot worker) vs raw batched llama_decode."""
+    from iris.bench_worker import bench_command
+
+    asyncio.run(bench_command(model, concurrency, out, **options))
+
+
+@bench.command("make-model")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--shape", type=click.Choice(["mistral-7b", "tiny"]), default="mistral-7b", show_default=True)
+def bench_make_model(out: Path, shape: str) -> None:
+    """Write a random-weight GGUF shaped like Mistral 7B (F16, ~14.5 GB) for `iris bench worker --model`."""
+    from iris.random_gguf import SHAPES, write_llama_gguf
+
+    click.echo(f"wrote {write_llama_gguf(out, SHAPES[shape])}")
+
+
 if __name__ == "__main__":
     main()

@@ -72,3 +72,11 @@ def embedded_model() -> str:
     from gpu_worker.embedded_model import embedded_model_path
 
     return str(embedded_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A few-MB random-weight GGUF with Mistral's architecture, SentencePiece vocab and chat template."""
+    from iris.random_gguf import TINY, write_llama_gguf
+
+    return str(write_llama_gguf(tmp_path_factory.mktemp("models") / "tiny-mistral.gguf", TINY))

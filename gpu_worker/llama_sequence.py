@@ -1,0 +1,148 @@
+"""One sequence of the batched llama.cpp context: what it feeds each step, and what it makes of a token.
+
+A sequence first feeds its prompt (in chunks, sharing decode steps with running sequences), then one
+token per step: the one it sampled last. Each sampled token is checked in this order: end-of-generation
+token, text (UTF-8 split across tokens is held back, stop strings split across tokens are recognised),
+`max_tokens`. Token counts are exact: an end-of-generation token is not counted, a token whose text
+completes a stop string is. Everything a sequence emits goes through `emit`, which the engine wires to its
+request's event queue on the event loop.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+from collections.abc import Callable
+from typing import Any
+
+from gpu_worker.engine import Finished, Piece, StopSignal
+from schemas.messages import FinishReason, GenerateRequest
+
+DONE = object()  # the last item a sequence emits
+Emit = Callable[[object], None]
+_TOP_K = 40
+_MIN_P = 0.05
+_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: a random seed
+
+
+def make_sampler(request: GenerateRequest) -> Any:
+    """Greedy at temperature 0; otherwise top-k 40 → top-p → min-p 0.05 → temperature → seeded draw."""
+    import llama_cpp.llama_cpp as llama
+
+    chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+    if request.temperature == 0:
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+        return chain
+    seed = _DEFAULT_SEED if request.seed is None else request.seed
+    for stage in (
+        llama.llama_sampler_init_top_k(_TOP_K),
+        llama.llama_sampler_init_top_p(request.top_p, 1),
+        llama.llama_sampler_init_min_p(_MIN_P, 1),
+        llama.llama_sampler_init_temp(request.temperature),
+        llama.llama_sampler_init_dist(seed),
+    ):
+        llama.llama_sampler_chain_add(chain, stage)
+    return chain
+
+
+class Sequence:
+    def __init__(
+        self, prompt_tokens: list[int], request: GenerateRequest, stops: list[str], stop: StopSignal, emit: Emit
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = request.max_tokens
+        self.stop = stop
+        self.emit = emit
+        self.sampler = make_sampler(request)
+        self.seq_id = -1  # set when it joins the context
+        self.n_cached = 0  # tokens of this sequence in the KV cache = the next position
+        self.last_token = -1
+        self.completion_tokens = 0
+        self._text = StopTextBuffer(stops)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_cached < len(self.prompt_tokens)
+
+    def next_tokens(self, budget: int) -> tuple[list[int], bool]:
+        """Tokens to feed this step (at most `budget`) and whether the last one needs logits."""
+        if not self.prefilling:
+            return [self.last_token], True
+        end = min(len(self.prompt_tokens), self.n_cached + budget)
+        return self.prompt_tokens[self.n_cached : end], end == len(self.prompt_tokens)
+
+    def accept(self, token: int, is_eog: bool, piece: bytes) -> FinishReason | None:
+        """Take a sampled token; a finish reason when the sequence is complete."""
+        if is_eog:
+            return "stop"
+        self.completion_tokens += 1
+        self.last_token = token
+        ready, hit_stop = self._text.feed(self._decoder.decode(piece))
+        if ready:
+            self.emit(Piece(ready))
+        if hit_stop:
+            return "stop"
+        if self.completion_tokens >= self.max_tokens:
+            return "length"
+        return None
+
+    def finish(self, reason: FinishReason) -> None:
+        tail = self._text.flush(self._decoder.decode(b"", final=True))
+        if tail:
+            self.emit(Piece(tail))
+        self.emit(Finished(reason, prompt_tokens=len(self.prompt_tokens), completion_tokens=self.completion_tokens))
+        self.emit(DONE)
+
+    def fail(self, error: BaseException) -> None:
+        self.emit(error)
+        self.emit(DONE)
+
+    def free_sampler(self) -> None:
+        import llama_cpp.llama_cpp as llama
+
+        if self.sampler is not None:
+            llama.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+
+def token_piece(vocab: Any, token: int, buffer: ctypes.Array[ctypes.c_char]) -> bytes:
+    """The bytes of one token (special tokens render empty), growing past `buffer` when needed."""
+    import llama_cpp.llama_cpp as llama
+
+    n = llama.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    if n < 0:
+        bigger = ctypes.create_string_buffer(-n)
+        n = llama.llama_token_to_piece(vocab, token, bigger, len(bigger), 0, False)
+        return bigger.raw[:n]
+    return buffer.raw[:n]
+
+
+class StopTextBuffer:
+    """Holds back just enough text to recognise a stop string split across tokens."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, new_text: str) -> tuple[str, bool]:
+        self.pending += new_text
+        for stop_text in self.stops:
+            at = self.pending.find(stop_text)
+            if at >= 0:
+                ready, self.pending, self.stopped = self.pending[:at], "", True
+                return ready, True
+        cut = len(self.pending) - self.hold
+        if cut <= 0:
+            return "", False
+        ready, self.pending = self.pending[:cut], self.pending[cut:]
+        return ready, False
+
+    def flush(self, final_text: str) -> str:
+        if self.stopped:
+            return ""
+        ready, _ = self.feed(final_text)
+        rest, self.pending = ready + self.pending, ""
+        return rest
