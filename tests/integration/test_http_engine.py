@@ -8,11 +8,13 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from gpu_worker.engine import EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.fake_engine import FakeEngine
 from gpu_worker.http_engine import HttpEngine, UpstreamError
 from iris.client import Client
 from iris.nats_server import NatsServer
 from schemas.messages import ChatMessage, GenerateRequest
 from tests.integration.fake_upstream import FakeUpstream, serve
+from tests.integration.gateway_stack import gateway
 from tests.integration.services import broker, eventually, worker
 
 
@@ -124,3 +126,19 @@ async def test_iris_fronts_an_ollama_server(nats_server: NatsServer, nc: NATS) -
     assert [r.text for r in results] == ["w0 w1 w2 w3 w4 w5 "] * 3
     assert all(r.usage.completion_tokens == 6 and r.usage.prompt_tokens == 7 for r in results)
     assert sorted(body["prompt"] for _, body in upstream.requests) == ["q0", "q1", "q2"]
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+async def test_iris_fronts_iris_through_its_own_gateway(nats_server: NatsServer, nc: NATS, api: str) -> None:
+    """A worker whose engine is Iris's own HTTP gateway (serving model `fake`) serves model `front`: the
+    answer crosses the broker twice and comes back word for word."""
+    url = nats_server.url
+    async with broker(url), worker(url, FakeEngine("fake"), "inner"), gateway(url, "fake") as gw:
+        front = HttpEngine(gw.http.url, api, "fake", "front", slots=2)  # type: ignore[union-attr, arg-type]
+        async with worker(url, front, "outer"):
+            client = Client(nc)
+            question = [{"role": "user", "content": "Why is the sky blue?"}]
+            through_front = await client.complete(messages=question, model="front", max_tokens=6, temperature=0)
+            direct = await client.complete(messages=question, model="fake", max_tokens=6, temperature=0)
+    assert through_front.text == direct.text and through_front.usage.completion_tokens == 6
+    assert through_front.worker == "outer" and direct.worker == "inner"
