@@ -160,6 +160,35 @@ def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, sl
     asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
 
 
+@bench.command("seed")
+@click.option("--prompts", "per_user", type=int, default=25, show_default=True, help="Prompts per user.")
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--behaviour", type=click.Choice(["closed", "burst", "both"]), default="both", show_default=True)
+@click.option("--engine", type=click.Choice(["llama", "fake"]), default="llama", show_default=True)
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M), e.g. Mistral 7B Instruct.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
+@click.option("--fake-tps", type=float, default=50.0, show_default=True, help="FakeEngine tokens/s (engine fake).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
+def bench_seed(
+    per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
+    fake_tps: float, out_dir: Path,
+) -> None:  # fmt: skip
+    """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
+    from iris.bench_seed import run_seed_bench
+
+    if engine == "fake":
+        worker_args, name = ["--engine", "fake", "--model-name", "fake", "--fake-tps", str(fake_tps)], "fake"
+    elif model:
+        name = Path(model).stem.replace(".", "-")[:60]
+        worker_args = ["--model", model, "--model-name", name, "--n-gpu-layers", str(n_gpu_layers)]
+    else:
+        from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME
+
+        worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
+    behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
+    asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir))
+
+
 @bench.command("fairness")
 @click.option(
     "--duration", "duration_s", type=float, default=20.0, show_default=True, help="Seconds of saturating load."

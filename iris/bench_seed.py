@@ -1,0 +1,228 @@
+"""`iris bench seed`: the reference experiment (Aperture's Mistral test) re-run on Iris.
+
+10 users share one model behind `max_concurrency = 2`: 5 "paid" (priority 5) and 5 "open-source"
+(priority 1), N prompts each from a fixed, varied set shipped with Iris (`iris/data/seed_prompts.json`).
+Three arms on the same model and prompts, each on a fresh stack (nats-server, broker, one 2-slot worker):
+  * `fifo`        — `--policy fifo`, all 10 users: what a plain queue gives;
+  * `iris`        — weighted-fair queuing, all 10 users;
+  * `paid-alone`  — only the 5 paid users: the ideal a prioritizing scheduler can approach.
+Users behave `closed` (next prompt when the last answer arrives) or `burst` (all prompts at once).
+Aperture's queue timeout (120 s) and max in-flight (60 s) map to the request deadline (queue timeout +
+max in-flight = 180 s: a request must be answered within that, or it gets a typed deadline error) and the
+broker's `max_inflight_s = 60`. Sampling is greedy, so every arm generates the same tokens.
+Writes `report.md`, `seed.json` and PNG plots under the output directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from iris.bench_overhead import spawn, stop_all, wait_for_model
+from iris.client import Client
+from iris.nats_server import NatsServer
+from schemas.errors import IrisError
+
+TIERS = (("paid", 5), ("open-source", 1))
+USERS_PER_TIER = 5
+MAX_CONCURRENCY = 2
+QUEUE_TIMEOUT_S = 120.0
+MAX_INFLIGHT_S = 60.0
+ARMS = ("fifo", "iris", "paid-alone")
+
+
+@dataclass(frozen=True)
+class Sample:
+    arm: str
+    tier: str
+    user: str
+    index: int
+    submitted_s: float
+    latency_s: float
+    completion_tokens: int
+    outcome: str  # "ok" or the Iris error code
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    tier: str
+    priority: int
+    prompts: tuple[str, ...]
+
+
+def seed_prompts() -> list[str]:
+    text = resources.files("iris").joinpath("data/seed_prompts.json").read_text()
+    prompts: list[str] = json.loads(text)
+    return prompts
+
+
+def make_users(per_user: int) -> list[User]:
+    prompts = seed_prompts()
+    users = []
+    for t, (tier, priority) in enumerate(TIERS):
+        for i in range(USERS_PER_TIER):
+            start = (t * USERS_PER_TIER + i) * per_user
+            mine = tuple(prompts[(start + k) % len(prompts)] for k in range(per_user))
+            users.append(User(f"{tier}-{i + 1}", tier, priority, mine))
+    return users
+
+
+async def _one(client: Client, arm: str, user: User, index: int, model: str, t0: float, max_tokens: int) -> Sample:
+    submitted = time.monotonic()
+    tokens, outcome = 0, "ok"
+    try:
+        result = await client.complete(
+            messages=[{"role": "user", "content": user.prompts[index]}],
+            model=model,
+            priority=user.priority,
+            user=user.name,
+            deadline_s=QUEUE_TIMEOUT_S + MAX_INFLIGHT_S,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            seed=1,
+        )
+        tokens = result.usage.completion_tokens
+    except IrisError as exc:
+        outcome = exc.code.value
+    latency = time.monotonic() - submitted
+    return Sample(arm, user.tier, user.name, index, submitted - t0, latency, tokens, outcome)
+
+
+async def _drive(
+    client: Client, arm: str, users: list[User], behaviour: str, model: str, max_tokens: int
+) -> list[Sample]:
+    t0 = time.monotonic()
+    if behaviour == "burst":
+        calls = [_one(client, arm, u, i, model, t0, max_tokens) for u in users for i in range(len(u.prompts))]
+        return list(await asyncio.gather(*calls))
+
+    async def closed_loop(user: User) -> list[Sample]:
+        return [await _one(client, arm, user, i, model, t0, max_tokens) for i in range(len(user.prompts))]
+
+    per_user = await asyncio.gather(*(closed_loop(u) for u in users))
+    return [s for samples in per_user for s in samples]
+
+
+async def run_arm(
+    arm: str, users: list[User], behaviour: str, worker_args: list[str], model: str, max_tokens: int
+) -> list[Sample]:
+    policy = "fifo" if arm == "fifo" else "wfq"
+    with tempfile.TemporaryDirectory(prefix=f"iris-seed-{arm}-") as tmp:
+        workdir = Path(tmp)
+        server = NatsServer(workdir / "nats").start()
+        broker_args = [
+            "--policy",
+            policy,
+            "--max-concurrency",
+            str(MAX_CONCURRENCY),
+            "--max-inflight",
+            str(MAX_INFLIGHT_S),
+        ]
+        procs = [
+            spawn("broker", server.url, broker_args, workdir / "broker.log"),
+            spawn("gpu_worker", server.url, ["--slots", str(MAX_CONCURRENCY), *worker_args], workdir / "worker.log"),
+        ]
+        try:
+            async with await Client.connect(server.url) as client:
+                await wait_for_model(client, model, procs)
+                arm_users = [u for u in users if u.tier == "paid"] if arm == "paid-alone" else users
+                return await _drive(client, arm, arm_users, behaviour, model, max_tokens)
+        finally:
+            stop_all(procs, server)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    """Per arm: per tier p50/p90/max latency and outcomes; throughput over the arm's makespan."""
+    out: dict[str, Any] = {}
+    for arm in ARMS:
+        mine = [s for s in samples if s.arm == arm]
+        if not mine:
+            continue
+        makespan = max(s.submitted_s + s.latency_s for s in mine) - min(s.submitted_s for s in mine)
+        ok = [s for s in mine if s.outcome == "ok"]
+        tiers = {}
+        for tier, _ in TIERS:
+            lat = [s.latency_s for s in ok if s.tier == tier]
+            rejected = [s.outcome for s in mine if s.tier == tier and s.outcome != "ok"]
+            if lat or rejected:
+                tiers[tier] = {
+                    "completed": len(lat),
+                    "rejected": {code: rejected.count(code) for code in sorted(set(rejected))},
+                    "p50_s": round(_pct(lat, 0.5), 2),
+                    "p90_s": round(_pct(lat, 0.9), 2),
+                    "max_s": round(max(lat), 2) if lat else float("nan"),
+                    "mean_s": round(statistics.fmean(lat), 2) if lat else float("nan"),
+                }
+        out[arm] = {
+            "requests": len(mine),
+            "makespan_s": round(makespan, 2),
+            "requests_per_s": round(len(ok) / makespan, 4),
+            "tokens_per_s": round(sum(s.completion_tokens for s in ok) / makespan, 2),
+            "tiers": tiers,
+        }
+    return out
+
+
+def verdict(summary: dict[str, Any], samples: list[Sample]) -> dict[str, Any]:
+    """The acceptance figures: paid p50 vs FIFO and vs alone, throughput vs FIFO, starvation."""
+    paid = {arm: summary[arm]["tiers"]["paid"]["p50_s"] for arm in ARMS if arm in summary}
+    deadline_s = QUEUE_TIMEOUT_S + MAX_INFLIGHT_S
+    starved = [
+        s for s in samples
+        if s.arm == "iris" and s.tier == "open-source"
+        and not (s.outcome == "ok" or (s.outcome.startswith("deadline") and s.latency_s <= deadline_s + 5))
+    ]  # fmt: skip
+    return {
+        "paid_p50_vs_fifo": round(paid["iris"] / paid["fifo"], 3),
+        "paid_p50_vs_alone": round(paid["iris"] / paid["paid-alone"], 3),
+        "throughput_vs_fifo": round(summary["iris"]["requests_per_s"] / summary["fifo"]["requests_per_s"], 3),
+        "tokens_per_s_vs_fifo": round(summary["iris"]["tokens_per_s"] / summary["fifo"]["tokens_per_s"], 3),
+        "open_source_starved": len(starved),
+        "targets": {"paid_p50_vs_fifo": 0.65, "paid_p50_vs_alone": 1.25, "throughput_vs_fifo": 0.98},
+    }
+
+
+async def run_seed_bench(
+    behaviours: list[str], per_user: int, max_tokens: int, worker_args: list[str], model: str, out_dir: Path
+) -> dict[str, Any]:
+    from iris.seed_report import write_report
+
+    users = make_users(per_user)
+    results: dict[str, Any] = {}
+    for behaviour in behaviours:
+        samples: list[Sample] = []
+        for arm in ARMS:
+            print(f"seed: {behaviour} / {arm} ...", flush=True)
+            samples += await run_arm(arm, users, behaviour, worker_args, model, max_tokens)
+        summary = summarize(samples)
+        results[behaviour] = {
+            "summary": summary,
+            "verdict": verdict(summary, samples),
+            "samples": [asdict(s) for s in samples],
+        }
+    setup = {
+        "users": {tier: USERS_PER_TIER for tier, _ in TIERS},
+        "priorities": dict(TIERS),
+        "prompts_per_user": per_user,
+        "max_tokens": max_tokens,
+        "max_concurrency": MAX_CONCURRENCY,
+        "queue_timeout_s": QUEUE_TIMEOUT_S,
+        "max_inflight_s": MAX_INFLIGHT_S,
+        "model": model,
+        "worker_args": worker_args,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return write_report(setup, results, out_dir)
