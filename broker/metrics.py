@@ -7,14 +7,13 @@ Labels are bounded: model, workload, priority (1-100), outcome and error code; n
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from threading import Thread
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.queue import WaitingRequest
 from broker.stats import Flow, StatsWindow
 from schemas.messages import BrokerStats, Lease, LeaseDone
+from schemas.metrics_http import MetricsEndpoint
 
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 FLOW = ["model", "workload"]
@@ -62,18 +61,14 @@ class BrokerMetrics:
         )
         self.share = Gauge("iris_broker_token_share", "Share of the model's tokens in the window", FLOW, registry=r)
         self.target_share = Gauge("iris_broker_target_share", "Weight share among busy workloads", FLOW, registry=r)
-        self._server: tuple[WSGIServer, Thread] | None = None
+        self.endpoint = MetricsEndpoint(r)
         self._shown: set[Flow] = set()
 
     def serve(self, host: str, port: int) -> None:
-        self._server = start_http_server(port, host, registry=self.registry)
+        self.endpoint.serve(host, port)
 
     def close(self) -> None:
-        if self._server is not None:
-            server, thread = self._server
-            server.shutdown()
-            thread.join(timeout=5)
-            self._server = None
+        self.endpoint.close()
 
     def admitted(self, request: WaitingRequest) -> None:
         self._count(request.model, request.workload, request.priority, "admitted")

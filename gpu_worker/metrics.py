@@ -6,12 +6,10 @@ Labels are bounded (model, workload, finish reason or error code). `/metrics` is
 
 from __future__ import annotations
 
-from threading import Thread
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.messages import Lease
+from schemas.metrics_http import MetricsEndpoint
 
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -42,17 +40,13 @@ class WorkerMetrics:
         )
         self.slots = Gauge("iris_worker_slots", "Model slots", ["model", "worker"], registry=r)
         self.busy_slots = Gauge("iris_worker_busy_slots", "Slots running a lease", ["model", "worker"], registry=r)
-        self._server: tuple[WSGIServer, Thread] | None = None
+        self.endpoint = MetricsEndpoint(r)
 
     def serve(self, host: str, port: int) -> None:
-        self._server = start_http_server(port, host, registry=self.registry)
+        self.endpoint.serve(host, port)
 
     def close(self) -> None:
-        if self._server is not None:
-            server, thread = self._server
-            server.shutdown()
-            thread.join(timeout=5)
-            self._server = None
+        self.endpoint.close()
 
     def first_token(self, lease: Lease, seconds: float) -> None:
         self.first_token_s.labels(lease.model, lease.workload).observe(seconds)

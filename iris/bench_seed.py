@@ -101,7 +101,9 @@ async def _drive(
 ) -> list[Sample]:
     t0 = time.monotonic()
     if behaviour == "burst":
-        calls = [_one(client, arm, u, i, model, t0, max_tokens) for u in users for i in range(len(u.prompts))]
+        # Round-robin over users, so submission order favours no tier (FIFO would serve the first in first).
+        rounds = max(len(u.prompts) for u in users)
+        calls = [_one(client, arm, u, i, model, t0, max_tokens) for i in range(rounds) for u in _alternate(users)]
         return list(await asyncio.gather(*calls))
 
     async def closed_loop(user: User) -> list[Sample]:
@@ -109,6 +111,12 @@ async def _drive(
 
     per_user = await asyncio.gather(*(closed_loop(u) for u in users))
     return [s for samples in per_user for s in samples]
+
+
+def _alternate(users: list[User]) -> list[User]:
+    """paid-1, open-source-1, paid-2, open-source-2, …"""
+    tiers = [[u for u in users if u.tier == tier] for tier, _ in TIERS]
+    return [u for group in zip(*tiers, strict=False) for u in group] or users
 
 
 async def run_arm(
