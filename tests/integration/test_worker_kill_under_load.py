@@ -1,0 +1,57 @@
+"""`kill -9` of one of two worker processes under a load of 200 requests: every request gets exactly one
+final result, the ones it was running are re-run on the other worker, and no request completes twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+
+from iris.client import Client
+from iris.nats_server import NatsServer
+from schemas.errors import IrisError
+from tests.conftest import Processes
+from tests.integration.services import eventually, wait_for_models, wait_stream_empty
+
+REQUESTS = 200
+IN_FLIGHT = 16
+
+
+async def test_worker_killed_under_load(nats_server: NatsServer, nc: NATS, processes: Processes) -> None:
+    url = nats_server.url
+    processes.start("broker", "broker", "--nats", url, "--worker-timeout", "1")
+    victim = processes.start_fake_worker(url, "w1", tokens_per_s=200)
+    processes.start_fake_worker(url, "w2", tokens_per_s=200)
+    client = Client(nc)
+    await wait_for_models(client, "fake")
+    outcomes: dict[int, str] = {}
+    slots = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(i: int) -> None:
+        async with slots:
+            try:
+                result = await client.complete(f"request {i}", model="fake", max_tokens=10, idempotency_key=f"kill-{i}")
+                outcomes[i] = f"result:{result.usage.completion_tokens}:attempt{result.attempt}"
+            except IrisError as exc:
+                outcomes[i] = f"error:{exc.code.value}"
+
+    load = [asyncio.ensure_future(one(i)) for i in range(REQUESTS)]
+
+    async def under_way() -> bool:
+        return len(outcomes) >= REQUESTS // 3 and '"request done"' in processes.log("w1")
+
+    await eventually(under_way, what="both workers serving the load")
+    victim.kill()
+    await asyncio.gather(*load)
+
+    assert len(outcomes) == REQUESTS
+    assert all(o.startswith("result:10:") for o in outcomes.values()), sorted(set(outcomes.values()))
+    assert any(o.endswith("attempt2") for o in outcomes.values())  # what w1 was running was re-run
+    await wait_stream_empty(nc)
+
+    async def all_logged() -> bool:
+        return processes.log("w1").count('"request done"') + processes.log("w2").count('"request done"') >= REQUESTS
+
+    await eventually(all_logged, what="every run logged")
+    done = processes.log("w1").count('"request done"') + processes.log("w2").count('"request done"')
+    assert done == REQUESTS  # each request completed exactly once across both workers
