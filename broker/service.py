@@ -116,9 +116,8 @@ class BrokerService:
         )
 
     async def _watch_request_consumer(self) -> None:
-        """nats-py recreates an ordered consumer that stops heart-beating, but its watcher task dies if the
-        reset itself fails (a cluster node went down mid-election), and then no new request is ever seen.
-        So check the consumer exists, and if it is gone, subscribe again after the last request indexed."""
+        """nats-py's reset of a dead ordered consumer can itself fail (a node down mid-election), and then no
+        request is ever seen again: if the consumer is gone, subscribe again after the last one indexed."""
         while not self._closing:
             await asyncio.sleep(CONSUMER_CHECK_S)
             try:
