@@ -27,6 +27,8 @@ from schemas.logs import configure_logging
 @click.option("--max-queue", type=int, help="Waiting requests per workload (0 = no limit).")
 @click.option("--max-inflight", "max_inflight_s", type=float, help="Seconds a lease may run before it is cut off.")
 @click.option("--replicas", type=int, help="Stream and lease bucket replicas (3 on a 3-node cluster).")
+@click.option("--broker-id", help="Name in the leader election (default: <hostname>-<pid>).")
+@click.option("--leader-ttl", "leader_ttl_s", type=float, help="Seconds a silent leader keeps the lead (default 2).")
 @click.option("--metrics-host", help="Address of the Prometheus /metrics endpoint (default 127.0.0.1).")
 @click.option("--metrics-port", type=int, help="Port of the Prometheus /metrics endpoint (0 = off).")
 @click.option("--limit-by", type=click.Choice(["user", "workload"]), help="Cap leases per user or per workload.")

@@ -46,6 +46,8 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024**3
     duplicate_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 600.0
     lease_ttl_s: Annotated[float, Meta(ge=60, le=86_400)] = 3_600.0
+    broker_id: str = ""  # default: <hostname>-<pid>
+    leader_ttl_s: Annotated[float, Meta(ge=0.5, le=60)] = 2.0  # a standby takes over this long after the leader died
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off

@@ -30,6 +30,7 @@ class BrokerMetrics:
             [*FLOW_PRIORITY, "outcome", "code"],
             registry=r,
         )
+        self.leader = Gauge("iris_broker_leader", "1 while this broker leads, 0 while it stands by", registry=r)
         self.queue_depth = Gauge("iris_broker_queue_depth", "Requests waiting", FLOW, registry=r)
         self.running = Gauge("iris_broker_running", "Leases running", FLOW, registry=r)
         self.queue_wait_s = Histogram(
@@ -63,6 +64,9 @@ class BrokerMetrics:
         self.target_share = Gauge("iris_broker_target_share", "Weight share among busy workloads", FLOW, registry=r)
         self.endpoint = MetricsEndpoint(r)
         self._shown: set[Flow] = set()
+
+    def leading(self, leads: bool) -> None:
+        self.leader.set(1 if leads else 0)
 
     def serve(self, host: str, port: int) -> None:
         self.endpoint.serve(host, port)

@@ -1,16 +1,18 @@
 """The broker's async shell: moves events between NATS and the pure `Scheduler`.
 
-It reads `IRIS_REQUESTS` with a headers-only ordered consumer, watches `IRIS_LEASES`, listens to worker
-heartbeats, and every `tick_s` lets time pass. Each decision the scheduler returns becomes I/O here: a
-lease is written to the KV bucket *before* it is offered, a rejected or expired request gets its typed
-`Error` and then leaves the stream. On start it rebuilds from the bucket and the stream, so a broker can
-be killed at any point and a new one carries on.
+Every broker campaigns for the lead (`Leadership`); only the leader schedules. A term starts from
+`IRIS_LEASES` and the stream (headers-only ordered consumer), exactly as after a restart, then follows
+leases, worker heartbeats and cancels, and every `tick_s` lets time pass. Each decision becomes I/O
+here: a lease is recorded in the bucket as it is offered, a rejected or expired request gets its typed
+`Error` and then leaves the stream. A term that ends (deposed, stopping) drops all of that, so any broker
+can be killed at any point and another carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import os
+import socket
 import time
 from typing import Any
 
@@ -19,29 +21,29 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from broker.admission import AdmissionService
 from broker.config import BrokerConfig
+from broker.intake import waiting_request
+from broker.leadership import Leadership
+from broker.lease_records import LeaseRecords
 from broker.limits import scheduler_limits
 from broker.metrics import BrokerMetrics
-from broker.queue import WaitingRequest
-from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
+from broker.request_feed import RequestFeed
+from broker.scheduler import Admitted, Rejection, Scheduler
+from broker.stats import flow_load
 from broker.streams import ensure_lease_bucket, ensure_request_stream
-from broker.wfq import estimate_prompt_tokens
 from schemas import headers as h
 from schemas.connection import connect
-from schemas.errors import ErrorCode, InvalidRequest, IrisError
-from schemas.headers import is_reply_subject, parse_request_headers
+from schemas.errors import ErrorCode, IrisError
+from schemas.headers import is_reply_subject
 from schemas.messages import (
     Lease,
     QueueUpdate,
     encoder,
     heartbeat_decoder,
     lease_answer_decoder,
-    lease_decoder,
     lease_done_decoder,
 )
 from schemas.stream_ops import delete_request, error_reply, publish_reply
@@ -50,16 +52,10 @@ from schemas.subjects import (
     CANCEL_FILTER,
     DONE_FILTER,
     HEARTBEAT_FILTER,
-    REQUEST_FILTER,
     cancelled_request_id,
-    is_token,
     lease_key,
     lease_offer_subject,
-    parse_request_subject,
 )
-
-CONSUMER_HEARTBEAT_S = 2.0
-CONSUMER_CHECK_S = 5.0
 
 
 def now_ms() -> int:
@@ -70,17 +66,20 @@ class BrokerService:
     def __init__(self, config: BrokerConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.log = log or structlog.get_logger().bind(service="broker")
-        self.scheduler = Scheduler(_limits(config), now_ms())
+        self.scheduler = Scheduler(scheduler_limits(config), now_ms())
         self.metrics = BrokerMetrics()
         self._nc: NATS | None = None
         self._kv: KeyValue | None = None
         self._admission: AdmissionService | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.broker_id = config.broker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+        self._leadership: Leadership | None = None
+        self._activation: asyncio.Task[None] | None = None
+        self._term_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()  # the current term's
+        self._owners: set[asyncio.Task[Any]] = set()
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
         self._closing = False
-        self._request_sub: Any = None
-        self._indexed_seq = 0  # highest stream sequence the request consumer delivered
 
     @property
     def nc(self) -> NATS:
@@ -88,85 +87,94 @@ class BrokerService:
         return self._nc
 
     async def start(self) -> None:
+        """Connect and campaign; everything a leader does starts when this broker is elected."""
         self._nc = await connect(self.config.nats_url, "iris-broker")
         js = self.nc.jetstream()
         await ensure_request_stream(js, self.config)
         self._kv = await ensure_lease_bucket(js, self.config)
-        await self._restore_leases()
-        self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
-        self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
-        self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
-        await self._subscribe_requests(DeliverPolicy.ALL)
-        self._spawn(self._watch_request_consumer())
-        self._admission = AdmissionService(self.nc, self._kv, self.log)
-        await self._admission.start()
-        self._spawn(self._tick_loop())
-        self._spawn(self._stats_loop())
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
-        self.log.info("broker started", nats=self.config.nats_url, policy=self.config.policy)
-
-    async def _subscribe_requests(self, policy: DeliverPolicy, start_seq: int | None = None) -> None:
-        self._request_sub = await self.nc.jetstream().subscribe(
-            REQUEST_FILTER,
-            cb=self._on_request,
-            ordered_consumer=True,
-            idle_heartbeat=CONSUMER_HEARTBEAT_S,
-            config=ConsumerConfig(headers_only=True, deliver_policy=policy, opt_start_seq=start_seq),
+        self._leadership = Leadership(
+            js,
+            self.broker_id,
+            ttl_s=self.config.leader_ttl_s,
+            replicas=self.config.replicas,
+            on_elected=self._elected,
+            on_deposed=lambda reason: self._owned(self._deactivate()),
+            log=self.log,
         )
+        await self._leadership.start()  # the first campaign round is awaited: a lone broker leads from here
+        if self._activation is not None:
+            await asyncio.gather(self._activation, return_exceptions=True)
+        self.log.info("broker started", nats=self.config.nats_url, policy=self.config.policy, broker=self.broker_id)
 
-    async def _watch_request_consumer(self) -> None:
-        """nats-py's reset of a dead ordered consumer can itself fail (a node down mid-election), and then no
-        request is ever seen again: if the consumer is gone, subscribe again after the last one indexed."""
-        while not self._closing:
-            await asyncio.sleep(CONSUMER_CHECK_S)
-            try:
-                await self._request_sub.consumer_info()
-            except NotFoundError:
-                self.log.warning("request consumer lost, subscribing again", after_seq=self._indexed_seq)
+    def _elected(self) -> None:
+        self._activation = self._spawn(self._activate())
+
+    async def _activate(self) -> None:
+        """Elected: rebuild from `IRIS_LEASES` and the stream (as after a restart), then schedule."""
+        async with self._term_lock:
+            self.scheduler = Scheduler(scheduler_limits(self.config), now_ms())
+            self.metrics.leading(True)
+            await self._restore_leases()
+            self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
+            self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
+            self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
+            feed = RequestFeed(self.nc, self._on_request, self.log)
+            await feed.subscribe()
+            self._subs.append(feed)
+            self._spawn(feed.watch())
+            assert self._kv is not None
+            self._admission = AdmissionService(self.nc, self._kv, self.log)
+            await self._admission.start()
+            self._spawn(self._tick_loop())
+            self._spawn(self._stats_loop())
+            self.log.info("leading", broker=self.broker_id)
+
+    async def _deactivate(self) -> None:
+        """Deposed or stopping: stop every task and subscription of the term; the next leader rebuilds."""
+        tasks = list(self._tasks)  # a running activation too
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        async with self._term_lock:
+            self.metrics.leading(False)
+            if self._admission is not None:
+                await self._admission.stop()
+                self._admission = None
+            subs, self._subs = self._subs, []
+            for sub in subs:
                 try:
-                    await self._request_sub.unsubscribe()
-                except Exception as exc:  # the old subscription may be half gone already
-                    self.log.info("old request subscription not removed cleanly", error=str(exc))
-                await self._subscribe_requests(DeliverPolicy.BY_START_SEQUENCE, self._indexed_seq + 1)
-            except Exception as exc:  # unavailable for now (leader election): look again next round
-                self.log.info("request consumer not checked", error=str(exc))
+                    await sub.unsubscribe()
+                except Exception as exc:  # the connection may be closing already
+                    self.log.info("subscription not removed cleanly", error=str(exc))
+            self.scheduler = Scheduler(scheduler_limits(self.config), now_ms())
 
     async def _restore_leases(self) -> None:
-        """Read every live lease, then keep watching for leases that end (workers delete them)."""
+        """Read every live lease, then keep following them (workers delete the ones that end)."""
         assert self._kv is not None
-        watcher = await self._kv.watchall()
-        restored = 0
-        while True:
-            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
-            if entry is None:
-                break
-            if entry.value:
-                self.scheduler.restore_lease(lease_decoder.decode(entry.value), now_ms())
-                restored += 1
-        self.log.info("leases restored", count=restored)
-        self._spawn(self._watch_leases(watcher))
+        records = LeaseRecords(self._kv)
+        leases = await records.read_all()
+        for lease in leases:
+            self.scheduler.restore_lease(lease, now_ms())
+        self.log.info("leases restored", count=len(leases))
+        self._subs.append(records)
+        self._spawn(records.follow(self._lease_recorded, self._lease_record_ended))
 
-    async def _watch_leases(self, watcher: Any) -> None:
-        # `async for`, not `updates(timeout=…)`: Python 3.11's wait_for can swallow a cancel when its
-        # queue is never empty, which under load left stop() waiting forever.
-        async for entry in watcher:
-            if self._closing:
-                return
-            if entry is None:
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self.scheduler.lease_ended(int(entry.key), now_ms())
-                self._pump()
-            elif not self.scheduler.knows(int(entry.key)):
-                self.scheduler.restore_lease(lease_decoder.decode(entry.value), now_ms())
+    def _lease_recorded(self, lease: Lease) -> None:
+        if not self.scheduler.knows(lease.stream_seq):
+            self.scheduler.restore_lease(lease, now_ms())
+
+    def _lease_record_ended(self, stream_seq: int) -> None:
+        self.scheduler.lease_ended(stream_seq, now_ms())
+        self._pump()
 
     def reload(self, config: BrokerConfig) -> None:
         """Apply new limits and weights without a restart (SIGHUP in `python -m broker`)."""
         if config.policy != self.config.policy:
             self.log.warning("policy changes need a restart; keeping it", policy=self.config.policy)
         self.config = config
-        self.scheduler.update_limits(_limits(config))
+        self.scheduler.update_limits(scheduler_limits(config))
         self.log.info(
             "config reloaded",
             max_concurrency=config.max_concurrency,
@@ -179,11 +187,10 @@ class BrokerService:
         if self._closing:
             return
         self._closing = True
-        if self._admission is not None:
-            await self._admission.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._deactivate()
+        if self._leadership is not None:
+            await self._leadership.stop()  # after the last offer: the successor starts from a quiet state
+        await asyncio.gather(*self._owners, return_exceptions=True)
         self.metrics.close()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
@@ -200,13 +207,21 @@ class BrokerService:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """A task of the current term: `_deactivate` cancels it."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda done: self._task_done(self._tasks, done))
+        return task
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+    def _owned(self, coro: Any) -> None:
+        """A task that outlives terms (deactivation itself); `stop` waits for it."""
+        task = asyncio.create_task(coro)
+        self._owners.add(task)
+        task.add_done_callback(lambda done: self._task_done(self._owners, done))
+
+    def _task_done(self, tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("broker task failed", exc_info=task.exception())
 
@@ -221,13 +236,12 @@ class BrokerService:
     async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata
         seq = meta.sequence.stream
-        self._indexed_seq = max(self._indexed_seq, seq)
         if self.scheduler.knows(seq):
             return
         headers = msg.headers or {}
         now = now_ms()
         try:
-            request = self._index_entry(msg.subject, headers, seq, int(meta.timestamp.timestamp() * 1000), now)
+            request = waiting_request(msg.subject, headers, seq, int(meta.timestamp.timestamp() * 1000), now)
         except IrisError as exc:
             self.log.warning("request rejected", seq=seq, subject=msg.subject, reason=exc.message)
             reply_to = headers.get(h.REPLY_TO, "")
@@ -245,27 +259,6 @@ class BrokerService:
                 update = QueueUpdate(position=decision.position, eta_s=decision.eta_s)
                 await publish_reply(self.nc, request.reply_to, request.request_id, update)
             self._pump()
-
-    @staticmethod
-    def _index_entry(subject: str, headers: dict[str, str], seq: int, stored_ms: int, now: int) -> WaitingRequest:
-        parts = parse_request_subject(subject)
-        if parts is None or not all(is_token(p) for p in parts):
-            raise InvalidRequest(f"subject {subject!r} is not iris.req.<model>.<workload> with [A-Za-z0-9_-] tokens")
-        labels = parse_request_headers(headers, now, fallback_id=str(seq))
-        return WaitingRequest(
-            stream_seq=seq,
-            request_id=labels.request_id,
-            model=parts[0],
-            workload=parts[1],
-            reply_to=labels.reply_to,
-            deadline_ms=labels.deadline_ms,
-            enqueued_ms=stored_ms,
-            priority=labels.priority,
-            user=labels.user,
-            cost_tokens=labels.cost_tokens,
-            prompt_tokens_est=estimate_prompt_tokens(_body_bytes(headers)),
-            ticket=headers.get(h.ADMISSION) == "1",
-        )
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -322,23 +315,16 @@ class BrokerService:
     async def _stats_loop(self) -> None:
         while not self._closing:
             await asyncio.sleep(self.config.stats_s)
-            stats = self.metrics.snapshot(now_ms(), self._load(), self._weight, policy=self.config.policy)
+            load = flow_load(self.scheduler.pools, self.metrics.window.flows, self.config.workload_weights)
+            stats = self.metrics.snapshot(now_ms(), load, self._weight, policy=self.config.policy)
             await self.nc.publish(BROKER_STATS_SUBJECT, encoder.encode(stats))
 
     def _weight(self, workload: str) -> float:
         return self.config.workload_weights.get(workload, 1.0)
 
-    def _load(self) -> dict[tuple[str, str], tuple[int, int]]:
-        """(queued, running) per (model, workload) now."""
-        load = {}
-        for model, pool in self.scheduler.pools.items():
-            running = collections.Counter(lease.workload for lease in pool.leases.values())
-            seen = {w for m, w in self.metrics.window.flows if m == model}
-            for workload in seen | set(running) | set(self.config.workload_weights):
-                load[(model, workload)] = (pool.queue.count(workload), running[workload])
-        return load
-
     def _pump(self) -> None:
+        if self._leadership is None or not self._leadership.leading:
+            return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         now = now_ms()
         for lease in self.scheduler.dispatch(now):
             self.metrics.started(lease, now)
@@ -386,15 +372,3 @@ class BrokerService:
         if leased_before:
             assert self._kv is not None
             await self._kv.delete(lease_key(request.stream_seq))
-
-
-def _limits(config: BrokerConfig) -> SchedulerLimits:
-    return scheduler_limits(config)
-
-
-def _body_bytes(headers: dict[str, str]) -> int:
-    """Body size as a headers-only consumer reports it."""
-    try:
-        return int(headers.get(h.NATS_MSG_SIZE, "0"))
-    except ValueError:
-        return 0

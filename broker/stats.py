@@ -8,10 +8,11 @@ running), which is what weighted-fair queuing converges to while all of them sta
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from broker.pool import ModelPool
 from schemas.messages import BrokerStats, RejectionNote, WorkloadStats
 
 Flow = tuple[str, str]  # (model, workload)
@@ -109,3 +110,17 @@ class StatsWindow:
             wait_p95_s=percentile(waits, 0.95) / 1000,
             started=len(waits),
         )
+
+
+def flow_load(
+    pools: Mapping[str, ModelPool], flows: Iterable[Flow], workloads: Iterable[str]
+) -> dict[Flow, tuple[int, int]]:
+    """(queued, running) now per (model, workload): every workload seen in the window, running, or configured."""
+    seen_flows, configured = set(flows), set(workloads)
+    load = {}
+    for model, pool in pools.items():
+        running = Counter(lease.workload for lease in pool.leases.values())
+        seen = {w for m, w in seen_flows if m == model}
+        for workload in seen | set(running) | configured:
+            load[(model, workload)] = (pool.queue.count(workload), running[workload])
+    return load

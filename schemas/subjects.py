@@ -10,6 +10,8 @@ import re
 
 REQUEST_STREAM = "IRIS_REQUESTS"
 LEASE_BUCKET = "IRIS_LEASES"
+BROKER_BUCKET = "IRIS_BROKERS"  # leader election between brokers
+LEADER_KEY = "leader"
 
 REQUEST_PREFIX = "iris.req"
 REQUEST_FILTER = "iris.req.>"

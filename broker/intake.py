@@ -1,0 +1,41 @@
+"""Intake: a stream message's subject and headers (all a headers-only consumer sees) become the compact
+`WaitingRequest` the scheduler indexes, or an `InvalidRequest` naming what is wrong. No prompt text is
+read here; the prompt's size comes from the `Nats-Msg-Size` header."""
+
+from __future__ import annotations
+
+from broker.queue import WaitingRequest
+from broker.wfq import estimate_prompt_tokens
+from schemas import headers as h
+from schemas.errors import InvalidRequest
+from schemas.headers import parse_request_headers
+from schemas.subjects import is_token, parse_request_subject
+
+
+def waiting_request(subject: str, headers: dict[str, str], seq: int, stored_ms: int, now_ms: int) -> WaitingRequest:
+    parts = parse_request_subject(subject)
+    if parts is None or not all(is_token(p) for p in parts):
+        raise InvalidRequest(f"subject {subject!r} is not iris.req.<model>.<workload> with [A-Za-z0-9_-] tokens")
+    labels = parse_request_headers(headers, now_ms, fallback_id=str(seq))
+    return WaitingRequest(
+        stream_seq=seq,
+        request_id=labels.request_id,
+        model=parts[0],
+        workload=parts[1],
+        reply_to=labels.reply_to,
+        deadline_ms=labels.deadline_ms,
+        enqueued_ms=stored_ms,
+        priority=labels.priority,
+        user=labels.user,
+        cost_tokens=labels.cost_tokens,
+        prompt_tokens_est=estimate_prompt_tokens(body_bytes(headers)),
+        ticket=headers.get(h.ADMISSION) == "1",
+    )
+
+
+def body_bytes(headers: dict[str, str]) -> int:
+    """Body size as a headers-only consumer reports it."""
+    try:
+        return int(headers.get(h.NATS_MSG_SIZE, "0"))
+    except ValueError:
+        return 0

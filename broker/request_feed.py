@@ -1,0 +1,62 @@
+"""The feed of the broker's index: a headers-only ordered consumer on `IRIS_REQUESTS`, from the first
+message still in the stream, plus a watchdog. nats-py resets an ordered consumer that dies, but that reset
+can itself fail (a node down mid-election), and then no request would ever be seen again: if the consumer
+is gone, the watchdog subscribes again right after the last sequence delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from schemas.subjects import REQUEST_FILTER
+
+CONSUMER_HEARTBEAT_S = 2.0
+CONSUMER_CHECK_S = 5.0
+
+
+class RequestFeed:
+    def __init__(self, nc: NATS, on_request: Callable[[Msg], Awaitable[None]], log: structlog.stdlib.BoundLogger):
+        self.nc = nc
+        self.on_request = on_request
+        self.log = log
+        self.delivered_seq = 0  # highest stream sequence delivered
+        self._sub: Any = None
+
+    async def subscribe(self, policy: DeliverPolicy = DeliverPolicy.ALL, start_seq: int | None = None) -> None:
+        self._sub = await self.nc.jetstream().subscribe(
+            REQUEST_FILTER,
+            cb=self._deliver,
+            ordered_consumer=True,
+            idle_heartbeat=CONSUMER_HEARTBEAT_S,
+            config=ConsumerConfig(headers_only=True, deliver_policy=policy, opt_start_seq=start_seq),
+        )
+
+    async def _deliver(self, msg: Msg) -> None:
+        self.delivered_seq = max(self.delivered_seq, msg.metadata.sequence.stream)
+        await self.on_request(msg)
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(CONSUMER_CHECK_S)
+            try:
+                await self._sub.consumer_info()
+            except NotFoundError:
+                self.log.warning("request consumer lost, subscribing again", after_seq=self.delivered_seq)
+                await self.unsubscribe()
+                await self.subscribe(DeliverPolicy.BY_START_SEQUENCE, self.delivered_seq + 1)
+            except Exception as exc:  # unavailable for now (leader election): look again next round
+                self.log.info("request consumer not checked", error=str(exc))
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except Exception as exc:  # the subscription may be half gone already
+            self.log.info("request subscription not removed cleanly", error=str(exc))
