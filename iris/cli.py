@@ -215,6 +215,16 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
 
 
+@bench.command("failover")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Leaders killed, one after the other.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/failover.json"), show_default=True)
+def bench_failover(rounds: int, out: Path) -> None:
+    """kill -9 of the leading broker under load: seconds until the standby leads and serves again."""
+    from iris.bench_failover import run_failover_bench
+
+    asyncio.run(run_failover_bench(rounds, out))
+
+
 @bench.command("limits")
 @click.option("--waiting", "n_waiting", type=int, default=20_000, show_default=True, help="Requests queued.")
 @click.option("--decisions", type=int, default=5_000, show_default=True, help="Dispatch decisions timed.")
