@@ -16,6 +16,7 @@ preempted; they return when they end, and from then on waiters within their cap 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,8 +58,11 @@ class SchedulerLimits:
     def for_model(self, model: str) -> ModelLimits:
         """The model's own limits when configured, else the flat defaults."""
         own = self.models.get(model)
-        if own is not None:
-            return own
+        return own if own is not None else self.flat
+
+    @functools.cached_property
+    def flat(self) -> ModelLimits:
+        """The flat defaults, built once (a hot path asks for them on every decision)."""
         return ModelLimits(
             max_concurrency=self.max_concurrency,
             max_queue=self.max_queue,

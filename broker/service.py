@@ -307,7 +307,7 @@ class BrokerService:
                 assert self._admission is not None
                 await self._admission.drop(ticket, "expired at max_inflight")
             self._pump()
-            for reply_to, request_id, position, eta_s in self.scheduler.queue_updates():
+            for reply_to, request_id, position, eta_s in self.scheduler.queue_updates(now_ms()):
                 await publish_reply(self.nc, reply_to, request_id, QueueUpdate(position=position, eta_s=eta_s))
 
     # --- decisions out ---------------------------------------------------------------------------

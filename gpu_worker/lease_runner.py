@@ -47,7 +47,6 @@ class RunStats:
     """What the heartbeat reports: aggregate completion tokens per second of busy time (batched sequences
     add up), from `ThroughputMeter`; and the Prometheus metrics of every lease run."""
 
-    tokens_per_s: float = 0.0
     completed: int = 0
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
@@ -56,7 +55,11 @@ class RunStats:
         self.completed += 1
         ended_s = time.monotonic()
         self.meter.record(ended_s - run_s, ended_s, completion_tokens)
-        self.tokens_per_s = self.meter.tokens_per_s(ended_s)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Read once per heartbeat, not per run: the meter's cost grows with the runs in its window."""
+        return self.meter.tokens_per_s(time.monotonic())
 
 
 class LeaseRunner:

@@ -231,10 +231,24 @@ def test_queue_update_when_position_halves() -> None:
     for seq in range(1, 18):
         scheduler.admit(request(seq), now)  # seq 17 waits at position 16 (none started yet)
     sent: list[tuple[str, int]] = []
-    for _ in range(12):
+    for i in range(12):
         (lease,) = scheduler.dispatch(now)
-        sent += [(reply_to, position) for reply_to, _, position, _ in scheduler.queue_updates()]
+        sent += [(reply_to, position) for reply_to, _, position, _ in scheduler.queue_updates(now + 1000 * (i + 1))]
         scheduler.lease_ended(lease.stream_seq, now)
     last = [position for reply_to, position in sent if reply_to == "_INBOX.17"]
     assert last == [8, 4]  # 16 → 8 after 8 starts → 4 after 4 more, then no more chatter
     assert all(position >= 0 for _, position in sent)
+
+
+def test_queue_updates_at_most_once_a_second_per_request() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    for seq in range(1, 66):
+        scheduler.admit(request(seq), now)  # seq 65 waits at position 64
+    sent: list[tuple[int, int]] = []
+    for i in range(60):  # 60 starts in 600 ms: its position halves 3 times, but only 1 s may pass
+        (lease,) = scheduler.dispatch(now + 10 * i)
+        sent += [(now + 10 * i, p) for r, _, p, _ in scheduler.queue_updates(now + 10 * i) if r == "_INBOX.65"]
+        scheduler.lease_ended(lease.stream_seq, now + 10 * i)
+    assert sent == []  # the admission update was less than a second ago
+    later = [p for r, _, p, _ in scheduler.queue_updates(now + 1000) if r == "_INBOX.65"]
+    assert later == [4]  # one update, with the position it has now
