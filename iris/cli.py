@@ -225,6 +225,18 @@ def bench_failover(rounds: int, out: Path) -> None:
     asyncio.run(run_failover_bench(rounds, out))
 
 
+@bench.command("soak")
+@click.option("--duration", "duration_s", type=float, default=300.0, show_default=True, help="Seconds of overload.")
+@click.option("--slots", type=int, default=4, show_default=True, help="Slots of the FakeEngine worker.")
+@click.option("--fake-tps", type=float, default=200.0, show_default=True, help="Tokens/s per FakeEngine sequence.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/soak.json"), show_default=True)
+def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> None:
+    """2x capacity through the HTTP gateway: bounded queues, 429 + Retry-After, RSS, fairness under overload."""
+    from iris.bench_soak import run_soak_bench
+
+    asyncio.run(run_soak_bench(duration_s, slots, fake_tps, out))
+
+
 @bench.command("limits")
 @click.option("--waiting", "n_waiting", type=int, default=20_000, show_default=True, help="Requests queued.")
 @click.option("--decisions", type=int, default=5_000, show_default=True, help="Dispatch decisions timed.")
