@@ -20,7 +20,7 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class Sample:
     latency_s: float
     completion_tokens: int
     outcome: str  # "ok" or the Iris error code
+    run: int = 0  # which repeat of the arm
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def _makespan(samples: list[Sample]) -> float:
+    return max(s.submitted_s + s.latency_s for s in samples) - min(s.submitted_s for s in samples)
+
+
 def summarize(samples: list[Sample]) -> dict[str, Any]:
     """Per arm: per tier p50/p90/max latency and outcomes; throughput over the arm's makespan."""
     out: dict[str, Any] = {}
@@ -159,7 +164,10 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
         mine = [s for s in samples if s.arm == arm]
         if not mine:
             continue
-        makespan = max(s.submitted_s + s.latency_s for s in mine) - min(s.submitted_s for s in mine)
+        runs = sorted({s.run for s in mine})
+        per_run = {r: [s for s in mine if s.run == r] for r in runs}
+        spans = {r: _makespan(xs) for r, xs in per_run.items()}
+        makespan = sum(spans.values())  # repeats add up: throughput is all their work over all their time
         ok = [s for s in mine if s.outcome == "ok"]
         tiers = {}
         for tier, _ in TIERS:
@@ -179,6 +187,10 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
             "makespan_s": round(makespan, 2),
             "requests_per_s": round(len(ok) / makespan, 4),
             "tokens_per_s": round(sum(s.completion_tokens for s in ok) / makespan, 2),
+            "runs": [
+                {"run": r, "makespan_s": round(spans[r], 2), "requests_per_s": round(len(per_run[r]) / spans[r], 4)}
+                for r in runs
+            ],
             "tiers": tiers,
         }
     return out
@@ -203,8 +215,20 @@ def verdict(summary: dict[str, Any], samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def arm_order(repeat: int) -> tuple[str, ...]:
+    """Every other repeat runs the arms in reverse, so a drift of the machine's speed during the bench
+    (other load, thermal) does not favour whichever arm runs first."""
+    return ARMS if repeat % 2 == 0 else ARMS[::-1]
+
+
 async def run_seed_bench(
-    behaviours: list[str], per_user: int, max_tokens: int, worker_args: list[str], model: str, out_dir: Path
+    behaviours: list[str],
+    per_user: int,
+    max_tokens: int,
+    worker_args: list[str],
+    model: str,
+    out_dir: Path,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     from iris.seed_report import write_report
 
@@ -212,9 +236,11 @@ async def run_seed_bench(
     results: dict[str, Any] = {}
     for behaviour in behaviours:
         samples: list[Sample] = []
-        for arm in ARMS:
-            print(f"seed: {behaviour} / {arm} ...", flush=True)
-            samples += await run_arm(arm, users, behaviour, worker_args, model, max_tokens)
+        for repeat in range(repeats):
+            for arm in arm_order(repeat):
+                print(f"seed: {behaviour} / {arm} (run {repeat + 1} of {repeats}) ...", flush=True)
+                arm_samples = await run_arm(arm, users, behaviour, worker_args, model, max_tokens)
+                samples += [replace(s, run=repeat) for s in arm_samples]
         summary = summarize(samples)
         results[behaviour] = {
             "summary": summary,
@@ -230,6 +256,7 @@ async def run_seed_bench(
         "queue_timeout_s": QUEUE_TIMEOUT_S,
         "max_inflight_s": MAX_INFLIGHT_S,
         "model": model,
+        "repeats": repeats,
         "worker_args": worker_args,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

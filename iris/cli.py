@@ -168,10 +168,11 @@ def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, sl
 @click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M), e.g. Mistral 7B Instruct.")
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
 @click.option("--fake-tps", type=float, default=50.0, show_default=True, help="FakeEngine tokens/s (engine fake).")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Runs of each arm (alternating order).")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
-    fake_tps: float, out_dir: Path,
+    fake_tps: float, repeats: int, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
     from iris.bench_seed import run_seed_bench
@@ -186,7 +187,7 @@ def bench_seed(
 
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
-    asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir))
+    asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats))
 
 
 @bench.command("fairness")
