@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from broker.queue import RequestQueue, WaitingRequest
+from broker.queue_updates import QueueUpdatePlan
 from broker.wfq import DEFAULT_COST_TOKENS
 from schemas.messages import Lease
 
@@ -40,10 +41,7 @@ class ModelPool:
     completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
     completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
     dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
-    # QueueUpdates still to send, first by time: (not before ms, seq, position then, dispatch count then,
-    # reply_to, id), then by progress: (dispatch count when due, seq, position then, …)
-    updates_timed: list[tuple[int, int, int, int, str, str]] = field(default_factory=list)
-    updates_due: list[tuple[int, int, int, int, str, str]] = field(default_factory=list)
+    updates: QueueUpdatePlan = field(default_factory=QueueUpdatePlan)  # QueueUpdates still to send
 
 
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:

@@ -27,8 +27,6 @@ from schemas.messages import Heartbeat, Lease, LeaseDone
 
 __all__ = ["Admitted", "Rejection", "Scheduler", "SchedulerLimits"]
 
-MIN_POSITION_FOR_UPDATES = 4  # nearer the head, the admission update says enough
-UPDATE_EVERY_MS = 1_000  # at most one QueueUpdate per request per second
 TICKET_MAX_HOLD_MS = int(MAX_DEADLINE_S * 1000)  # a ticket's cut-off when max_inflight is 0: never forever
 
 
@@ -117,7 +115,8 @@ class Scheduler:
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
             return Rejection(request, ErrorCode.DEADLINE_UNMEETABLE, message, round(wait_s, 3))
         if not request.ticket:  # an admission waits on one request/reply: its only answer is the ticket
-            self._plan_update(pool, request.stream_seq, position, request.reply_to, request.request_id, now_ms)
+            updates = pool.updates
+            updates.plan(request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms)
         return Admitted(request, position, self._eta_s(pool, position))
 
     def _refuse_at_once(
@@ -137,31 +136,13 @@ class Scheduler:
             return Rejection(request, ErrorCode.QUEUE_FULL, message, max(1.0, self._eta_s(pool, 0)))
         return None
 
-    def _plan_update(
-        self, pool: ModelPool, seq: int, position: int, reply_to: str, request_id: str, now_ms: int
-    ) -> None:
-        """Tell the client again once half of the requests ahead of it have started, and no sooner than
-        `UPDATE_EVERY_MS` after the last update (a fast-draining backlog would otherwise chatter)."""
-        if position >= MIN_POSITION_FOR_UPDATES:
-            update = (now_ms + UPDATE_EVERY_MS, seq, position, pool.dispatched, reply_to, request_id)
-            heapq.heappush(pool.updates_timed, update)
-
     def queue_updates(self, now_ms: int) -> list[tuple[str, str, int, float]]:
-        """(reply_to, request id, position, eta_s) for waiting requests whose position halved since the
-        last update. Position is estimated as the old one minus the leases handed out since."""
+        """(reply_to, request id, position, eta_s) for waiting requests due a `QueueUpdate`."""
         out = []
         for pool in self.pools.values():
-            while pool.updates_timed and pool.updates_timed[0][0] <= now_ms:
-                _, seq, position, then, reply_to, request_id = heapq.heappop(pool.updates_timed)
-                due = then + (position + 1) // 2
-                heapq.heappush(pool.updates_due, (due, seq, position, then, reply_to, request_id))
-            while pool.updates_due and pool.updates_due[0][0] <= pool.dispatched:
-                _, seq, position, then, reply_to, request_id = heapq.heappop(pool.updates_due)
-                if seq not in pool.queue:
-                    continue  # started, cancelled or expired meanwhile
-                now_position = max(0, position - (pool.dispatched - then))
-                out.append((reply_to, request_id, now_position, self._eta_s(pool, now_position)))
-                self._plan_update(pool, seq, now_position, reply_to, request_id, now_ms)
+            for seq, position, reply_to, request_id in pool.updates.take_due(pool.queue, pool.dispatched, now_ms):
+                out.append((reply_to, request_id, position, self._eta_s(pool, position)))
+                pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
         return out
 
     def _start_delay_ms(self, pool: ModelPool, limits: ModelLimits, position: int) -> float:
@@ -290,6 +271,9 @@ class Scheduler:
         lease = self._drop_lease(stream_seq)
         if lease is not None:
             pool = self._pool(lease.model)
+            worker = pool.workers.get(lease.worker_id)
+            if worker is not None:  # its last heartbeat may still list the lease: it ran, it must not be adopted
+                worker.reported = worker.reported - {stream_seq}
             service_ms = max(1, now_ms - lease.leased_ms)
             pool.service_ms_ema = service_ms if not pool.completed else 0.8 * pool.service_ms_ema + 0.2 * service_ms
             pool.completed += 1

@@ -110,6 +110,14 @@ def rss_all(procs: dict[str, Any]) -> dict[str, float]:
     return {name: round(rss_mb(proc.pid), 1) for name, proc in procs.items()}
 
 
+async def sample_rss(procs: dict[str, Any], timeline: list[dict[str, float]], every_s: float = 30.0) -> None:
+    """RSS of every process every `every_s`: growth that levels off is a warming cache, not a leak."""
+    began = time.monotonic()
+    while True:
+        timeline.append({"t_s": round(time.monotonic() - began, 1), **rss_all(procs)})
+        await asyncio.sleep(every_s)
+
+
 def _stack(workdir: Path, slots: int, tokens_per_s: float) -> tuple[NatsServer, dict[str, Any], str]:
     server = NatsServer(workdir / "nats").start()
     config = workdir / "iris.toml"
@@ -149,10 +157,14 @@ async def run_soak_bench(duration_s: float, slots: int, tokens_per_s: float, out
                 report["capacity_requests_per_s"] = round(capacity, 2)
                 report["rss_start_mb"] = rss_all({"nats": server.process, **procs})
                 tally = Tally()
+                timeline: list[dict[str, float]] = []
+                sampler = asyncio.create_task(sample_rss({"nats": server.process, **procs}, timeline))
                 # Each workload alone offers the whole capacity (and a margin: the closed loop measures a
                 # little under what a full queue sustains), so together at least 2x.
                 await overload(http, capacity * OVERLOAD_MARGIN, duration_s, tally)
+                sampler.cancel()
                 report["rss_end_mb"] = rss_all({"nats": server.process, **procs})
+                report["rss_timeline_mb"] = timeline
             await nc.close()
         finally:
             stop_all(list(procs.values()), server)
@@ -209,6 +221,10 @@ def _print(report: dict[str, Any]) -> None:
     )
     print(f"deepest queue {report['deepest_queue']} (max_queue {report['max_queue']} per workload)")
     for name in report["rss_start_mb"]:
-        print(f"RSS {name:8} {report['rss_start_mb'][name]:7.1f} MB -> {report['rss_end_mb'][name]:7.1f} MB")
+        steps = " ".join(f"{point[name]:.0f}" for point in report["rss_timeline_mb"])
+        print(
+            f"RSS {name:8} {report['rss_start_mb'][name]:7.1f} MB -> {report['rss_end_mb'][name]:7.1f} MB "
+            f"(every 30 s: {steps})"
+        )
     for workload, share in report["token_share"].items():
         print(f"{workload:7} token share {share['share']:.4f} (target {share['target']:.4f} ±5%)")
