@@ -1,8 +1,9 @@
 """The broker's async shell: moves events between NATS and the pure `Scheduler`.
 
-Every broker campaigns for the lead (`Leadership`); only the leader schedules. A term starts from
-`IRIS_LEASES` and the stream (headers-only ordered consumer), exactly as after a restart, then follows
-leases, worker heartbeats and cancels, and every `tick_s` lets time pass. Each decision becomes I/O
+Every broker campaigns for the lead (`Leadership`) and hears worker heartbeats; only the leader schedules.
+A term starts from `IRIS_LEASES`, the heartbeats heard so far and the stream (headers-only ordered
+consumer), exactly as after a restart, then follows leases, heartbeats and cancels, and every `tick_s`
+lets time pass. Each decision becomes I/O
 here: a lease is recorded in the bucket as it is offered, a rejected or expired request gets its typed
 `Error` and then leaves the stream. A term that ends (deposed, stopping) drops all of that, so any broker
 can be killed at any point and another carries on.
@@ -39,6 +40,7 @@ from schemas.connection import connect
 from schemas.errors import ErrorCode, IrisError
 from schemas.headers import is_reply_subject
 from schemas.messages import (
+    Heartbeat,
     Lease,
     QueueUpdate,
     encoder,
@@ -74,6 +76,9 @@ class BrokerService:
         self.broker_id = config.broker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
         self._leadership: Leadership | None = None
         self._activation: asyncio.Task[None] | None = None
+        self._scheduling = False  # a term is fully up: heartbeats go to the scheduler, not only to `_beats`
+        self._beats: dict[str, tuple[Heartbeat, int]] = {}  # each worker's last heartbeat and when it came
+        self._listening_since_ms = 0
         self._term_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # the current term's
         self._owners: set[asyncio.Task[Any]] = set()
@@ -94,6 +99,8 @@ class BrokerService:
         self._kv = await ensure_lease_bucket(js, self.config)
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+        self._listening_since_ms = now_ms()  # a standby hears the workers all along: no grace when it takes over
+        await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat)
         self._leadership = Leadership(
             js,
             self.broker_id,
@@ -114,10 +121,13 @@ class BrokerService:
     async def _activate(self) -> None:
         """Elected: rebuild from `IRIS_LEASES` and the stream (as after a restart), then schedule."""
         async with self._term_lock:
-            self.scheduler = Scheduler(scheduler_limits(self.config), now_ms())
+            limits = scheduler_limits(self.config)
+            # Start-up grace and the no-worker judgement count from when this broker began to hear heartbeats.
+            self.scheduler = Scheduler(limits, max(self._listening_since_ms, now_ms() - limits.worker_timeout_ms))
             self.metrics.leading(True)
             await self._restore_leases()
-            self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
+            self._replay_heartbeats()
+            self._scheduling = True
             self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
             self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
             feed = RequestFeed(self.nc, self._on_request, self.log)
@@ -133,6 +143,7 @@ class BrokerService:
 
     async def _deactivate(self) -> None:
         """Deposed or stopping: stop every task and subscription of the term; the next leader rebuilds."""
+        self._scheduling = False
         tasks = list(self._tasks)  # a running activation too
         for task in tasks:
             task.cancel()
@@ -266,10 +277,24 @@ class BrokerService:
         except Exception as exc:  # a foreign publisher on our subject must not stop the broker
             self.log.warning("bad heartbeat ignored", subject=msg.subject, error=str(exc))
             return
-        for request in self.scheduler.heartbeat(beat, now_ms()):
+        self._beats[beat.worker_id] = (beat, now_ms())
+        if self._scheduling:
+            self._apply_heartbeat(beat, now_ms())
+            self._pump()
+
+    def _replay_heartbeats(self) -> None:
+        """A new term learns every live worker (slots, running leases) from the beats heard before it."""
+        cutoff_ms = now_ms() - self.scheduler.limits.worker_timeout_ms
+        for worker_id, (beat, heard_ms) in list(self._beats.items()):
+            if heard_ms < cutoff_ms:
+                del self._beats[worker_id]  # gone: keeps the map to live workers
+            else:
+                self._apply_heartbeat(beat, heard_ms)
+
+    def _apply_heartbeat(self, beat: Heartbeat, heard_ms: int) -> None:
+        for request in self.scheduler.heartbeat(beat, heard_ms):
             self.log.warning("lease lost, re-queued", seq=request.stream_seq, worker=beat.worker_id)
             self.metrics.reclaimed(request)
-        self._pump()
 
     async def _on_lease_done(self, msg: Msg) -> None:
         try:
@@ -323,7 +348,7 @@ class BrokerService:
         return self.config.workload_weights.get(workload, 1.0)
 
     def _pump(self) -> None:
-        if self._leadership is None or not self._leadership.leading:
+        if not self._scheduling or self._leadership is None or not self._leadership.leading:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         now = now_ms()
         for lease in self.scheduler.dispatch(now):
