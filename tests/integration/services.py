@@ -15,6 +15,7 @@ from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine
 from gpu_worker.service import WorkerService
 from iris.client import Client
+from schemas.errors import IrisError
 from schemas.subjects import REQUEST_STREAM
 
 
@@ -60,3 +61,35 @@ async def wait_stream_empty(nc: NATS, timeout_s: float = 30.0) -> None:
         return await stream_messages(nc) == 0
 
     await eventually(empty, timeout_s, "the request stream to be empty")
+
+
+class SteadyLoad:
+    """`total` requests, at most `in_flight` at a time, each ending as `outcomes[i]`: "result:<completion
+    tokens>:attempt<n>" or "error:<code>". What fault tests put a system under while they break it."""
+
+    def __init__(self, client: Client, total: int, in_flight: int, max_tokens: int, key_prefix: str) -> None:
+        self.client, self.total, self.max_tokens, self.key_prefix = client, total, max_tokens, key_prefix
+        self.outcomes: dict[int, str] = {}
+        self._slots = asyncio.Semaphore(in_flight)
+        self._tasks = [asyncio.ensure_future(self._one(i)) for i in range(total)]
+
+    async def _one(self, i: int) -> None:
+        async with self._slots:
+            key = f"{self.key_prefix}-{i}"
+            try:
+                result = await self.client.complete(
+                    f"request {i}", model="fake", max_tokens=self.max_tokens, idempotency_key=key
+                )
+                self.outcomes[i] = f"result:{result.usage.completion_tokens}:attempt{result.attempt}"
+            except IrisError as exc:
+                self.outcomes[i] = f"error:{exc.code.value}"
+
+    async def under_way(self, fraction: float) -> None:
+        async def enough_done() -> bool:
+            return len(self.outcomes) >= self.total * fraction
+
+        await eventually(enough_done, what=f"{fraction:.0%} of the load answered")
+
+    async def finished(self) -> dict[int, str]:
+        await asyncio.gather(*self._tasks)
+        return self.outcomes

@@ -4,15 +4,12 @@ heartbeats), and every request gets exactly one result; across both workers each
 
 from __future__ import annotations
 
-import asyncio
-
 from nats.aio.client import Client as NATS
 
 from iris.client import Client
 from iris.nats_server import NatsServer
-from schemas.errors import IrisError
 from tests.conftest import Processes
-from tests.integration.services import eventually, wait_for_models, wait_stream_empty
+from tests.integration.services import SteadyLoad, eventually, wait_for_models, wait_stream_empty
 
 REQUESTS = 200
 IN_FLIGHT = 16
@@ -33,30 +30,15 @@ async def test_leading_broker_killed_under_load(nats_server: NatsServer, nc: NAT
     processes.start_fake_worker(url, "w2", tokens_per_s=100)
     client = Client(nc)
     await wait_for_models(client, "fake")
-    outcomes: dict[int, str] = {}
-    slots = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one(i: int) -> None:
-        async with slots:
-            try:
-                result = await client.complete(f"request {i}", model="fake", max_tokens=10, idempotency_key=f"ha-{i}")
-                outcomes[i] = f"result:{result.usage.completion_tokens}"
-            except IrisError as exc:
-                outcomes[i] = f"error:{exc.code.value}"
-
-    load = [asyncio.ensure_future(one(i)) for i in range(REQUESTS)]
-
-    async def under_way() -> bool:
-        return len(outcomes) >= REQUESTS // 4
-
-    await eventually(under_way, what="the load under way")
+    load = SteadyLoad(client, REQUESTS, IN_FLIGHT, max_tokens=10, key_prefix="ha")
+    await load.under_way(0.25)
     leader.kill()
-    done_at_kill = len(outcomes)
+    done_at_kill = len(load.outcomes)
     await eventually(lambda: logged("broker-b", '"leading"'), what="broker b taking the lead")
-    await asyncio.gather(*load)
+    outcomes = await load.finished()
 
     assert len(outcomes) == REQUESTS
-    assert set(outcomes.values()) == {"result:10"}, sorted(set(outcomes.values()))
+    assert all(o.startswith("result:10:") for o in outcomes.values()), sorted(set(outcomes.values()))
     assert done_at_kill + IN_FLIGHT < REQUESTS  # so broker b leased the rest: a was dead
     await wait_stream_empty(nc)
 

@@ -3,15 +3,12 @@ final result, the ones it was running are re-run on the other worker, and no req
 
 from __future__ import annotations
 
-import asyncio
-
 from nats.aio.client import Client as NATS
 
 from iris.client import Client
 from iris.nats_server import NatsServer
-from schemas.errors import IrisError
 from tests.conftest import Processes
-from tests.integration.services import eventually, wait_for_models, wait_stream_empty
+from tests.integration.services import SteadyLoad, eventually, wait_for_models, wait_stream_empty
 
 REQUESTS = 200
 IN_FLIGHT = 16
@@ -24,25 +21,14 @@ async def test_worker_killed_under_load(nats_server: NatsServer, nc: NATS, proce
     processes.start_fake_worker(url, "w2", tokens_per_s=200)
     client = Client(nc)
     await wait_for_models(client, "fake")
-    outcomes: dict[int, str] = {}
-    slots = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one(i: int) -> None:
-        async with slots:
-            try:
-                result = await client.complete(f"request {i}", model="fake", max_tokens=10, idempotency_key=f"kill-{i}")
-                outcomes[i] = f"result:{result.usage.completion_tokens}:attempt{result.attempt}"
-            except IrisError as exc:
-                outcomes[i] = f"error:{exc.code.value}"
-
-    load = [asyncio.ensure_future(one(i)) for i in range(REQUESTS)]
+    load = SteadyLoad(client, REQUESTS, IN_FLIGHT, max_tokens=10, key_prefix="kill")
 
     async def under_way() -> bool:
-        return len(outcomes) >= REQUESTS // 3 and '"request done"' in processes.log("w1")
+        return len(load.outcomes) >= REQUESTS // 3 and '"request done"' in processes.log("w1")
 
     await eventually(under_way, what="both workers serving the load")
     victim.kill()
-    await asyncio.gather(*load)
+    outcomes = await load.finished()
 
     assert len(outcomes) == REQUESTS
     assert all(o.startswith("result:10:") for o in outcomes.values()), sorted(set(outcomes.values()))
