@@ -5,7 +5,8 @@ the key with a compare-and-set `update` every `renew_s`; the bucket's TTL (`ttl_
 renewals stop (the leader died or lost NATS), and the next standby's `create` wins. A leader counts itself
 leader only until `ttl_s × margin` after the last renewal it *sent*, measured on its own clock, so it stops
 dispatching before any standby can win the key (the server's TTL starts later, when it stores the
-renewal). A renewal refused because someone else holds the key deposes it at once. A leader that stops
+renewal). A renewal refused because someone else holds the key deposes it at once; one that fails for
+longer than the term deposes it too. A leader that stops
 cleanly deletes the key so a standby takes over without waiting for the TTL.
 """
 
@@ -141,10 +142,9 @@ class Leadership:
             if not self.term.holds(time.monotonic()):
                 await self._depose(f"leader key not renewed in time: {exc}")
             return
-        if self.term.holds(time.monotonic()):
-            self.term.won(revision, sent_at)
-        else:  # the renewal came back too late: a standby may already lead
-            await self._depose("leader key renewed too late")
+        # The compare-and-set proves no one took the key meanwhile. Counted from when it was sent: had the
+        # answer come late, the term is already over until the next renewal, and nothing is offered.
+        self.term.won(revision, sent_at)
 
     async def _depose(self, reason: str) -> None:
         self.term.lost()

@@ -116,7 +116,8 @@ class BrokerService:
         self.log.info("broker started", nats=self.config.nats_url, policy=self.config.policy, broker=self.broker_id)
 
     def _elected(self) -> None:
-        self._activation = self._spawn(self._activate())
+        if not self._closing:
+            self._activation = self._spawn(self._activate())
 
     async def _activate(self) -> None:
         """Elected: rebuild from `IRIS_LEASES` and the stream (as after a restart), then schedule."""

@@ -1,0 +1,74 @@
+"""Leader election on a real nats-server: one leader at a time, a clean stop hands over at once, a
+leader whose key someone else took is deposed at its next renewal, and a silent leader's key expires."""
+
+from __future__ import annotations
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from broker.leadership import Leadership
+from schemas.subjects import BROKER_BUCKET, LEADER_KEY
+from tests.integration.services import eventually
+
+TTL_S = 1.0
+
+
+class Candidate:
+    def __init__(self, nc: NATS, name: str) -> None:
+        self.events: list[str] = []
+        self.leadership = Leadership(
+            nc.jetstream(),
+            name,
+            ttl_s=TTL_S,
+            replicas=1,
+            on_elected=lambda: self.events.append("elected"),
+            on_deposed=lambda reason: self.events.append(f"deposed: {reason}"),
+            log=structlog.get_logger(),
+        )
+
+
+async def test_one_leader_then_handover_on_stop(nc: NATS) -> None:
+    a, b = Candidate(nc, "a"), Candidate(nc, "b")
+    await a.leadership.start()
+    await b.leadership.start()
+    assert a.events == ["elected"] and a.leadership.leading
+    assert b.events == [] and not b.leadership.leading
+    await a.leadership.stop()
+
+    async def b_leads() -> bool:
+        return b.leadership.leading
+
+    await eventually(b_leads, what="b elected after a handed the key back")
+    entry = await (await nc.jetstream().key_value(BROKER_BUCKET)).get(LEADER_KEY)
+    assert entry.value == b"b"
+    await b.leadership.stop()
+
+
+async def test_deposed_when_another_holds_the_key(nc: NATS) -> None:
+    a = Candidate(nc, "a")
+    await a.leadership.start()
+    kv = await nc.jetstream().key_value(BROKER_BUCKET)
+    await kv.put(LEADER_KEY, b"intruder")  # as if a's term had lapsed and someone else won
+
+    async def deposed() -> bool:
+        return any(e.startswith("deposed") for e in a.events)
+
+    await eventually(deposed, what="a deposed at its next renewal")
+    assert not a.leadership.leading
+    await a.leadership.stop()
+    assert (await kv.get(LEADER_KEY)).value == b"intruder"  # a deposed leader never deletes another's key
+
+
+async def test_silent_leader_key_expires(nc: NATS) -> None:
+    a, b = Candidate(nc, "a"), Candidate(nc, "b")
+    await a.leadership.start()
+    assert a.leadership._task is not None
+    a.leadership._task.cancel()  # a stops renewing, as if its process froze or died
+    await b.leadership.start()
+
+    async def b_leads() -> bool:
+        return b.leadership.leading
+
+    await eventually(b_leads, what="b elected once a's key expired")
+    assert not a.leadership.leading  # a's own clock ended its term before the key expired
+    await b.leadership.stop()
