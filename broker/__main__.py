@@ -26,6 +26,7 @@ from schemas.logs import configure_logging
 )
 @click.option("--max-queue", type=int, help="Waiting requests per workload (0 = no limit).")
 @click.option("--max-inflight", "max_inflight_s", type=float, help="Seconds a lease may run before it is cut off.")
+@click.option("--max-attempts", type=int, help="Workers lost in a row on one request before it is dead-lettered.")
 @click.option("--replicas", type=int, help="Stream and lease bucket replicas (3 on a 3-node cluster).")
 @click.option("--metrics-host", help="Address of the Prometheus /metrics endpoint (default 127.0.0.1).")
 @click.option("--metrics-port", type=int, help="Port of the Prometheus /metrics endpoint (0 = off).")

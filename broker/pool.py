@@ -43,6 +43,20 @@ class ModelPool:
     # QueueUpdates still to send: (dispatch count when due, seq, position then, dispatch count then, reply_to, id)
     updates_due: list[tuple[int, int, int, int, str, str]] = field(default_factory=list)
 
+    def live_slots(self) -> int:
+        return sum(w.slots for w in self.workers.values() if not w.draining)
+
+    def parallelism(self, max_concurrency: int) -> int:
+        """How many of the model's requests run at once: its cap, or its worker slots when fewer."""
+        live = self.live_slots()
+        if not self.workers:
+            return max(1, max_concurrency)
+        return max(1, min(max_concurrency or live, live))
+
+    def capacity(self, max_concurrency: int) -> int:
+        """Leases and tickets the model may still grant."""
+        return (max_concurrency or self.live_slots()) - len(self.leases)
+
 
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:
     """Tokens a request without `Iris-Tokens` will cost: its prompt, plus the completion length its

@@ -25,16 +25,17 @@ from nats.js.kv import KeyValue
 
 from broker.admission import AdmissionService
 from broker.config import BrokerConfig
+from broker.dead_letters import DeadLetters
 from broker.limits import scheduler_limits
 from broker.metrics import BrokerMetrics
 from broker.queue import WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
-from broker.streams import ensure_lease_bucket, ensure_request_stream
+from broker.streams import ensure_lease_bucket, ensure_streams
 from broker.wfq import estimate_prompt_tokens
 from schemas import headers as h
 from schemas.connection import connect
 from schemas.errors import ErrorCode, InvalidRequest, IrisError
-from schemas.headers import is_reply_subject, parse_request_headers
+from schemas.headers import parse_request_headers
 from schemas.messages import (
     Lease,
     QueueUpdate,
@@ -75,6 +76,7 @@ class BrokerService:
         self._nc: NATS | None = None
         self._kv: KeyValue | None = None
         self._admission: AdmissionService | None = None
+        self._dead_letters = DeadLetters(self.log, self.metrics)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
@@ -90,8 +92,9 @@ class BrokerService:
     async def start(self) -> None:
         self._nc = await connect(self.config.nats_url, "iris-broker")
         js = self.nc.jetstream()
-        await ensure_request_stream(js, self.config)
+        await ensure_streams(js, self.config)
         self._kv = await ensure_lease_bucket(js, self.config)
+        self._dead_letters.connect(self.nc, self._kv)
         await self._restore_leases()
         self._subs.append(await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat))
         self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
@@ -228,13 +231,8 @@ class BrokerService:
         now = now_ms()
         try:
             request = self._index_entry(msg.subject, headers, seq, int(meta.timestamp.timestamp() * 1000), now)
-        except IrisError as exc:
-            self.log.warning("request rejected", seq=seq, subject=msg.subject, reason=exc.message)
-            reply_to = headers.get(h.REPLY_TO, "")
-            if is_reply_subject(reply_to):
-                error = error_reply(exc.code, exc.message)
-                await publish_reply(self.nc, reply_to, headers.get(h.MSG_ID, str(seq)), error)
-            await delete_request(self.nc, seq)
+        except IrisError as exc:  # unparseable: a dead letter, its client gets the parse error
+            await self._dead_letters.unparseable(seq, headers, exc)
             return
         decision = self.scheduler.admit(request, now)
         if isinstance(decision, Rejection):
@@ -310,6 +308,7 @@ class BrokerService:
                 self.metrics.reclaimed(request)
             for request in expired:
                 await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
+            await self._dead_letters.failed_on_workers(self.scheduler.take_dead_letters())
             for ticket in self.scheduler.expire_tickets(now_ms()):
                 assert self._admission is not None
                 await self._admission.drop(ticket, "expired at max_inflight")
