@@ -159,15 +159,16 @@ def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
 @click.argument("seqs", nargs=-1, type=int)
 @click.option("--all", "every", is_flag=True, help="Replay every dead letter.")
 @click.option("--deadline", "deadline_s", type=float, help="Seconds each may take (default: its original budget).")
+@click.option("--wait", is_flag=True, help="Send the answers here, not to the original inbox, and print them.")
 @nats_option
-def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, nats_url: str) -> None:
+def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, wait: bool, nats_url: str) -> None:
     """Publish dead letters SEQ... again to their original subject (new id, fresh deadline); each leaves the
-    DLQ once JetStream has stored it. Answers go to the original reply inbox."""
+    DLQ once JetStream has stored it. Answers go to the original reply inbox unless --wait."""
     from iris import dead_letters
 
     if bool(seqs) == every:
         raise click.UsageError("give dead-letter sequences or --all, not both")
-    lines, failed = _with_nats(nats_url, lambda nc: dead_letters.replay_many(nc, list(seqs), deadline_s))
+    lines, failed = _with_nats(nats_url, lambda nc: dead_letters.replay_many(nc, list(seqs), deadline_s, wait))
     click.echo("\n".join(lines) if lines else "no dead letters")
     sys.exit(1 if failed else 0)
 

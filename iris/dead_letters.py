@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -23,9 +24,12 @@ from nats.js.errors import NotFoundError
 from schemas import headers as h
 from schemas.dead_letters import DeadLetter, read_dead_letter, replay_headers
 from schemas.errors import InvalidRequest
+from schemas.headers import DEFAULT_DEADLINE_S
+from schemas.messages import error_decoder, result_decoder
 from schemas.subjects import DLQ_FILTER, DLQ_STREAM, parse_request_subject
 
 READ_TIMEOUT_S = 5.0
+ANSWER_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class Replayed:
     request_id: str  # the id it runs under now
     stream_seq: int  # its new sequence in IRIS_REQUESTS
     reply_to: str
+    deadline_ms: int  # 0 = the broker's default
 
 
 async def dead_letter_count(nc: NATS) -> int:
@@ -65,9 +70,10 @@ async def list_dead_letters(nc: NATS, limit: int = 0) -> list[DeadLetter]:
     return list(found)
 
 
-async def replay(nc: NATS, dlq_seq: int, deadline_s: float | None = None) -> Replayed:
-    """Publish dead letter `dlq_seq` again, then remove it. Raises `NotFoundError` when there is no such
-    dead letter, `InvalidRequest` when its subject was never a request subject (nothing could run it)."""
+async def replay(nc: NATS, dlq_seq: int, deadline_s: float | None = None, reply_to: str = "") -> Replayed:
+    """Publish dead letter `dlq_seq` again (answers to `reply_to` when given, else to the original inbox),
+    then remove it. Raises `NotFoundError` when there is no such dead letter, `InvalidRequest` when its
+    subject was never a request subject (nothing could run it)."""
     js = nc.jetstream()
     stored = await js.get_msg(DLQ_STREAM, dlq_seq, direct=True)
     headers = dict(stored.headers or {})
@@ -76,18 +82,28 @@ async def replay(nc: NATS, dlq_seq: int, deadline_s: float | None = None) -> Rep
         raise InvalidRequest(f"dead letter {dlq_seq} was published to {dead.subject!r}, not a request subject")
     now_ms = time.time_ns() // 1_000_000
     republished = replay_headers(headers, dlq_seq, now_ms, deadline_s)
+    if reply_to:
+        republished[h.REPLY_TO] = reply_to
     ack = await js.publish(dead.subject, stored.data or b"", headers=republished)
     await js.delete_msg(DLQ_STREAM, dlq_seq)
-    return Replayed(dead, republished[h.MSG_ID], int(ack.seq), republished.get(h.REPLY_TO, ""))
+    deadline = republished.get(h.DEADLINE, "")
+    deadline_ms = int(deadline) if deadline.isdigit() else 0
+    return Replayed(dead, republished[h.MSG_ID], int(ack.seq), republished.get(h.REPLY_TO, ""), deadline_ms)
 
 
-async def replay_many(nc: NATS, dlq_seqs: list[int], deadline_s: float | None = None) -> tuple[list[str], int]:
-    """Replay each dead letter (all when `dlq_seqs` is empty): a line per outcome, and how many failed."""
+async def replay_many(
+    nc: NATS, dlq_seqs: list[int], deadline_s: float | None = None, wait: bool = False
+) -> tuple[list[str], int]:
+    """Replay each dead letter (all when `dlq_seqs` is empty): a line per outcome, and how many failed.
+    With `wait`, answers come to this connection instead of the original inbox, and each line says how
+    the replay ended."""
     seqs = dlq_seqs or [d.dlq_seq for d in await list_dead_letters(nc)]
     lines, failed = [], 0
     for seq in seqs:
+        inbox = nc.new_inbox() if wait else ""
+        answers = await nc.subscribe(inbox) if wait else None
         try:
-            done = await replay(nc, seq, deadline_s)
+            done = await replay(nc, seq, deadline_s, inbox)
         except NotFoundError:
             lines.append(f"{seq}: no such dead letter")
             failed += 1
@@ -97,7 +113,32 @@ async def replay_many(nc: NATS, dlq_seqs: list[int], deadline_s: float | None = 
         else:
             where = f"{done.dead.subject} as request {done.request_id} (IRIS_REQUESTS seq {done.stream_seq})"
             lines.append(f"{seq}: replayed to {where}")
+            if answers is not None:
+                outcome, ok = await _final_answer(answers, done)
+                lines.append(f"{seq}: {outcome}")
+                failed += not ok
+        finally:
+            if answers is not None:
+                await answers.unsubscribe()
     return lines, failed
+
+
+async def _final_answer(answers: Subscription, done: Replayed) -> tuple[str, bool]:
+    """The replay's result or error, read from its inbox until its deadline (and a little more)."""
+    deadline_s = (done.deadline_ms - time.time_ns() // 1_000_000) / 1000 if done.deadline_ms else DEFAULT_DEADLINE_S
+    end = time.monotonic() + max(1.0, deadline_s) + ANSWER_GRACE_S
+    while True:
+        try:
+            msg = await answers.next_msg(timeout=max(0.1, end - time.monotonic()))
+        except NatsTimeout:
+            return "no answer before its deadline", False
+        kind = (msg.headers or {}).get(h.KIND)
+        if kind == h.KIND_RESULT:
+            result = result_decoder.decode(msg.data)
+            return f"result ({result.finish_reason}, {result.usage.completion_tokens} tokens): {result.text}", True
+        if kind == h.KIND_ERROR:
+            error = error_decoder.decode(msg.data)
+            return f"error {error.code}: {error.message}", False
 
 
 async def remove(nc: NATS, dlq_seqs: list[int]) -> int:

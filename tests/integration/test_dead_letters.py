@@ -146,3 +146,15 @@ async def test_dlq_ls_and_replay_run_it_again_on_a_healthy_worker(
     await wait_stream_empty(nc)
     again = await asyncio.to_thread(iris_cli, "dlq", "replay", str(row["dlq_seq"]), "--nats", url)
     assert again.returncode == 1 and "no such dead letter" in again.stdout
+
+    # An unparseable request replayed with --wait: the error comes back to the terminal, and it is a dead
+    # letter again under a new sequence.
+    headers = {h.REPLY_TO: nc.new_inbox(), h.PRIORITY: "high", h.MSG_ID: "bad-priority"}
+    await nc.jetstream().publish("iris.req.fake.default", b'{"prompt": "hi"}', headers=headers)
+    await eventually(dead_lettered, what="the unparseable request in IRIS_DLQ")
+    (bad,) = await list_dead_letters(nc)
+    waited = await asyncio.to_thread(iris_cli, "dlq", "replay", "--all", "--wait", "--nats", url)
+    assert waited.returncode == 1 and "error invalid_request" in waited.stdout and "Iris-Priority" in waited.stdout
+    await eventually(dead_lettered, what="the replayed request back in IRIS_DLQ")
+    (back,) = await list_dead_letters(nc)
+    assert back.dlq_seq > bad.dlq_seq and back.request_id == f"bad-priority-replay-{bad.dlq_seq}"
