@@ -256,11 +256,14 @@ class Scheduler:
             worker.refusing = True
         self._enqueue(self._pool(lease.model), waiting_from(lease, lease.attempt))
 
-    def worker_gone(self, worker_id: str, now_ms: int) -> list[WaitingRequest]:
-        """No one answers on the worker's subject: forget it and re-queue its leases."""
+    def worker_gone(self, worker_id: str, now_ms: int, offered: int = 0) -> list[WaitingRequest]:
+        """No one answers on the worker's subject: forget it and re-queue its leases. The lease whose offer
+        found it gone (`offered`) never ran there, so it keeps its attempt (no step towards a dead letter)."""
         for pool in self.pools.values():
             worker = pool.workers.pop(worker_id, None)
             if worker is not None:
+                if offered in worker.leases:
+                    self.offer_refused(offered)
                 return self._requeue_lost(pool, sorted(worker.leases), now_ms)
         return []
 

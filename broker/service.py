@@ -359,7 +359,7 @@ class BrokerService:
             )
         except NoRespondersError:
             self.log.warning("worker gone", worker=lease.worker_id, seq=lease.stream_seq)
-            self.scheduler.worker_gone(lease.worker_id, now_ms())
+            self.scheduler.worker_gone(lease.worker_id, now_ms(), lease.stream_seq)
         except NatsTimeout:
             # The worker may have accepted; its heartbeats decide (lease_confirm_ms) so it never runs twice.
             self.log.warning("lease offer timed out", worker=lease.worker_id, seq=lease.stream_seq)

@@ -63,6 +63,21 @@ def test_max_attempts_one_gives_up_on_the_first_loss() -> None:
     assert [d.attempt for d in scheduler.take_dead_letters()] == [1]
 
 
+def test_an_offer_that_finds_its_worker_gone_is_no_attempt() -> None:
+    scheduler = Scheduler(SchedulerLimits(max_attempts=1), T0)
+    now = T0 + GRACE
+    scheduler.heartbeat(beat("w1", 2, [], now), now)
+    scheduler.admit(request(1), now)
+    scheduler.admit(request(2), now)
+    running, offered = scheduler.dispatch(now)
+    requeued = scheduler.worker_gone("w1", now + 1, offered=offered.stream_seq)
+    assert requeued == []  # the offered one went back with its attempt
+    assert [d.stream_seq for d in scheduler.take_dead_letters()] == [running.stream_seq]  # the running one was lost
+    scheduler.heartbeat(beat("w2", 1, [], now + 2), now + 2)
+    (again,) = scheduler.dispatch(now + 2)
+    assert again.stream_seq == offered.stream_seq and again.attempt == 1
+
+
 def stored(headers: dict[str, str]) -> StoredRequest:
     return StoredRequest(42, "iris.req.fake.batch", headers, b'{"prompt": "POISON"}', T0)
 
