@@ -26,6 +26,7 @@ from schemas.logs import configure_logging
 )
 @click.option("--max-queue", type=int, help="Waiting requests per workload (0 = no limit).")
 @click.option("--max-inflight", "max_inflight_s", type=float, help="Seconds a lease may run before it is cut off.")
+@click.option("--max-attempts", type=int, help="Workers lost in a row on one request before it is dead-lettered.")
 @click.option("--replicas", type=int, help="Stream and lease bucket replicas (3 on a 3-node cluster).")
 @click.option("--broker-id", help="Name in the leader election (default: <hostname>-<pid>).")
 @click.option("--leader-ttl", "leader_ttl_s", type=float, help="Seconds a silent leader keeps the lead (default 2).")

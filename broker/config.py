@@ -41,10 +41,14 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
     offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
     tick_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    # A request lost with `max_attempts` workers in a row (a poison prompt crashing them) is dead-lettered.
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
     # Stream backstops (see DESIGN.md: limits retention, discard-new).
     max_msgs: Annotated[int, Meta(ge=1)] = 1_000_000
     max_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024**3
     duplicate_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 600.0
+    dlq_max_age_s: Annotated[float, Meta(ge=60)] = 7 * 86_400.0  # dead letters older than this are dropped
+    dlq_max_bytes: Annotated[int, Meta(ge=1024)] = 1024**3  # beyond this, the oldest dead letters go
     lease_ttl_s: Annotated[float, Meta(ge=60, le=86_400)] = 3_600.0
     broker_id: str = ""  # default: <hostname>-<pid>
     leader_ttl_s: Annotated[float, Meta(ge=0.5, le=60)] = 2.0  # a standby takes over this long after the leader died

@@ -47,6 +47,7 @@ class SchedulerLimits:
     max_concurrency: int = 0  # per model; 0 = the sum of the model's worker slots
     worker_timeout_ms: int = 3_000
     lease_confirm_ms: int = 2_000  # a lease its worker's heartbeats never list after this is lost
+    max_attempts: int = 3  # lost on this many workers in a row: a dead letter, not re-queued
     startup_grace_ms: int = 1_500  # no offers until every live worker has beaten once (adopts its leases)
     max_queue: int = 0  # waiting requests per (model, workload); 0 = no limit but the stream's own
     max_inflight_ms: int = 0  # a lease running longer is cut off by its worker; 0 = no limit
@@ -121,6 +122,7 @@ def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
         min_share=flat.min_share,
         models=models,
         worker_timeout_ms=int(config.worker_timeout_s * 1000),
+        max_attempts=config.max_attempts,
     )
 
 

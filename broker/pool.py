@@ -43,6 +43,20 @@ class ModelPool:
     dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
     updates: QueueUpdatePlan = field(default_factory=QueueUpdatePlan)  # QueueUpdates still to send
 
+    def live_slots(self) -> int:
+        return sum(w.slots for w in self.workers.values() if not w.draining)
+
+    def parallelism(self, max_concurrency: int) -> int:
+        """How many of the model's requests run at once: its cap, or its worker slots when fewer."""
+        live = self.live_slots()
+        if not self.workers:
+            return max(1, max_concurrency)
+        return max(1, min(max_concurrency or live, live))
+
+    def capacity(self, max_concurrency: int) -> int:
+        """Leases and tickets the model may still grant."""
+        return (max_concurrency or self.live_slots()) - len(self.leases)
+
 
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:
     """Tokens a request without `Iris-Tokens` will cost: its prompt, plus the completion length its

@@ -5,9 +5,10 @@ carries out what it returns (offer these leases, send these errors, re-queue the
 a request is either waiting in its model's queue or held by exactly one lease, never both; a model never
 has more leases than its capacity (`broker.limits`) nor a worker more than its slots; a value of
 `limit_by` passes its cap only by borrowing idle capacity; a lease on a worker that stopped beating, or
-that its worker no longer lists, goes back to the queue with `attempt + 1`. An admission request
-(`ticket`) is granted a lease held by the app instead of a worker: it needs capacity but no worker slot,
-and ends when the app releases it or at its cut-off (`max_inflight`).
+that its worker no longer lists, goes back to the queue with `attempt + 1` (after `max_attempts` lost in a
+row, it is a dead letter instead). An admission request (`ticket`) is granted a lease held by the app
+instead of a worker: it needs capacity but no worker slot, and ends when the app releases it or at its
+cut-off (`max_inflight`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Scheduler:
         self._by_request_id: dict[str, int] = {}  # request id → stream sequence, while waiting
         self._tickets: dict[str, int] = {}  # request id → stream sequence of granted tickets
         self._ticket_cutoffs: list[tuple[int, int]] = []  # (cutoff_ms, seq) of granted tickets, lazy
+        self._dead_letters: list[WaitingRequest] = []  # lost on max_attempts workers; the service moves them
 
     def _pool(self, model: str) -> ModelPool:
         pool = self.pools.get(model)
@@ -77,18 +79,8 @@ class Scheduler:
     def knows(self, stream_seq: int) -> bool:
         return stream_seq in self._model_of
 
-    def _live_slots(self, pool: ModelPool) -> int:
-        return sum(w.slots for w in pool.workers.values() if not w.draining)
-
-    def _parallelism(self, pool: ModelPool, limits: ModelLimits) -> int:
-        """How many of the model's requests run at once: its cap, or its worker slots when fewer."""
-        live = self._live_slots(pool)
-        if not pool.workers:
-            return max(1, limits.max_concurrency)
-        return max(1, min(limits.max_concurrency or live, live))
-
     def _eta_s(self, pool: ModelPool, position: int) -> float:
-        slots = self._parallelism(pool, self.limits.for_model(pool.model))
+        slots = pool.parallelism(self.limits.for_model(pool.model).max_concurrency)
         return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
 
     def admit(self, request: WaitingRequest, now_ms: int) -> Admitted | Rejection | None:
@@ -148,10 +140,10 @@ class Scheduler:
     def _start_delay_ms(self, pool: ModelPool, limits: ModelLimits, position: int) -> float:
         """Expected wait before the request at `position` starts: whole service rounds ahead of it."""
         free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
-        free_now = max(0, min(self._capacity(pool, limits), free_slots))
+        free_now = max(0, min(pool.capacity(limits.max_concurrency), free_slots))
         if position < free_now:
             return 0.0
-        return ((position - free_now) // self._parallelism(pool, limits) + 1) * pool.service_ms_ema
+        return ((position - free_now) // pool.parallelism(limits.max_concurrency) + 1) * pool.service_ms_ema
 
     def _forget_waiting(self, stream_seq: int) -> WaitingRequest | None:
         """Take a waiting request out of the index (expired, cancelled, finished elsewhere, rejected)."""
@@ -169,11 +161,6 @@ class Scheduler:
         self._by_request_id[request.request_id] = request.stream_seq
         self._model_of[request.stream_seq] = request.model
         heapq.heappush(self._deadlines, (request.deadline_ms, request.stream_seq))
-
-    def _capacity(self, pool: ModelPool, limits: ModelLimits) -> int:
-        """Leases and tickets the model may still grant."""
-        cap = limits.max_concurrency or self._live_slots(pool)
-        return cap - len(pool.leases)
 
     def _adopt(self, pool: ModelPool, request: WaitingRequest, worker: WorkerState, now_ms: int) -> None:
         self._by_request_id.pop(request.request_id, None)
@@ -203,7 +190,7 @@ class Scheduler:
     def _dispatch_pool(self, pool: ModelPool, now_ms: int) -> list[Lease]:
         limits = self.limits.for_model(pool.model)
         offers: list[Lease] = []
-        while len(pool.queue) and self._capacity(pool, limits) > 0:
+        while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
             worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
             worker_free = worker is not None and worker.free_slots > 0
             request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
@@ -258,11 +245,14 @@ class Scheduler:
             worker.refusing = True
         self._enqueue(self._pool(lease.model), waiting_from(lease, lease.attempt))
 
-    def worker_gone(self, worker_id: str, now_ms: int) -> list[WaitingRequest]:
-        """No one answers on the worker's subject: forget it and re-queue its leases."""
+    def worker_gone(self, worker_id: str, now_ms: int, offered: int = 0) -> list[WaitingRequest]:
+        """No one answers on the worker's subject: forget it and re-queue its leases. The lease whose offer
+        found it gone (`offered`) never ran there, so it keeps its attempt (no step towards a dead letter)."""
         for pool in self.pools.values():
             worker = pool.workers.pop(worker_id, None)
             if worker is not None:
+                if offered in worker.leases:
+                    self.offer_refused(offered)
                 return self._requeue_lost(pool, sorted(worker.leases), now_ms)
         return []
 
@@ -332,10 +322,16 @@ class Scheduler:
         return self._requeue_lost(pool, lost, now_ms)
 
     def _requeue_lost(self, pool: ModelPool, seqs: list[int], now_ms: int) -> list[WaitingRequest]:
+        """Lost leases go back to the queue with `attempt + 1`, unless that was the `max_attempts`-th worker
+        lost in a row (a poison prompt crashes each one): then it is a dead letter (`take_dead_letters`)."""
         requeued = []
         for seq in seqs:
             lease = self._drop_lease(seq)
             if lease is None:
+                continue
+            if lease.attempt >= self.limits.max_attempts:
+                self._model_of.pop(seq, None)
+                self._dead_letters.append(waiting_from(lease, lease.attempt))
                 continue
             request = waiting_from(lease, lease.attempt + 1)
             self._enqueue(pool, request)
@@ -351,6 +347,11 @@ class Scheduler:
                 del pool.workers[worker.worker_id]
                 requeued += self._requeue_lost(pool, sorted(worker.leases), now_ms)
         return requeued, self._expire(now_ms)
+
+    def take_dead_letters(self) -> list[WaitingRequest]:
+        """Requests given up on since the last call (`attempt` = workers tried); they are no longer known."""
+        dead, self._dead_letters = self._dead_letters, []
+        return dead
 
     def _expire(self, now_ms: int) -> list[WaitingRequest]:
         expired = []

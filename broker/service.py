@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 
 from broker.admission import AdmissionService
 from broker.config import BrokerConfig
+from broker.dead_letters import DeadLetters
 from broker.intake import waiting_request
 from broker.leadership import Leadership
 from broker.lease_records import LeaseRecords
@@ -34,11 +35,9 @@ from broker.metrics import BrokerMetrics
 from broker.request_feed import RequestFeed
 from broker.scheduler import Admitted, Rejection, Scheduler
 from broker.stats import flow_load
-from broker.streams import ensure_lease_bucket, ensure_request_stream
-from schemas import headers as h
+from broker.streams import ensure_lease_bucket, ensure_streams
 from schemas.connection import connect
 from schemas.errors import ErrorCode, IrisError
-from schemas.headers import is_reply_subject
 from schemas.messages import (
     Heartbeat,
     Lease,
@@ -82,6 +81,7 @@ class BrokerService:
         self._term_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # the current term's
         self._owners: set[asyncio.Task[Any]] = set()
+        self._dead_letters = DeadLetters(self.log, self.metrics)
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
         self._closing = False
@@ -95,8 +95,9 @@ class BrokerService:
         """Connect and campaign; everything a leader does starts when this broker is elected."""
         self._nc = await connect(self.config.nats_url, "iris-broker")
         js = self.nc.jetstream()
-        await ensure_request_stream(js, self.config)
+        await ensure_streams(js, self.config)
         self._kv = await ensure_lease_bucket(js, self.config)
+        self._dead_letters.connect(self.nc, self._kv)
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self._listening_since_ms = now_ms()  # a standby hears the workers all along: no grace when it takes over
@@ -254,13 +255,8 @@ class BrokerService:
         now = now_ms()
         try:
             request = waiting_request(msg.subject, headers, seq, int(meta.timestamp.timestamp() * 1000), now)
-        except IrisError as exc:
-            self.log.warning("request rejected", seq=seq, subject=msg.subject, reason=exc.message)
-            reply_to = headers.get(h.REPLY_TO, "")
-            if is_reply_subject(reply_to):
-                error = error_reply(exc.code, exc.message)
-                await publish_reply(self.nc, reply_to, headers.get(h.MSG_ID, str(seq)), error)
-            await delete_request(self.nc, seq)
+        except IrisError as exc:  # unparseable: a dead letter, its client gets the parse error
+            await self._dead_letters.unparseable(seq, headers, exc)
             return
         decision = self.scheduler.admit(request, now)
         if isinstance(decision, Rejection):
@@ -329,6 +325,7 @@ class BrokerService:
                 self.metrics.reclaimed(request)
             for request in expired:
                 await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
+            await self._dead_letters.failed_on_workers(self.scheduler.take_dead_letters())
             for ticket in self.scheduler.expire_tickets(now_ms()):
                 assert self._admission is not None
                 await self._admission.drop(ticket, "expired at max_inflight")
@@ -372,7 +369,7 @@ class BrokerService:
             )
         except NoRespondersError:
             self.log.warning("worker gone", worker=lease.worker_id, seq=lease.stream_seq)
-            self.scheduler.worker_gone(lease.worker_id, now_ms())
+            self.scheduler.worker_gone(lease.worker_id, now_ms(), lease.stream_seq)
         except NatsTimeout:
             # The worker may have accepted; its heartbeats decide (lease_confirm_ms) so it never runs twice.
             self.log.warning("lease offer timed out", worker=lease.worker_id, seq=lease.stream_seq)

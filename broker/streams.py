@@ -1,4 +1,4 @@
-"""Provision stream `IRIS_REQUESTS` and KV bucket `IRIS_LEASES`, idempotently.
+"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ` and KV bucket `IRIS_LEASES`, idempotently.
 
 Creating what exists is a no-op; an existing stream whose config differs is updated in place, so a
 restarted or second broker never fights the first over settings.
@@ -18,7 +18,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServerError, ServiceU
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
-from schemas.subjects import LEASE_BUCKET, REQUEST_FILTER, REQUEST_STREAM
+from schemas.subjects import DLQ_FILTER, DLQ_STREAM, LEASE_BUCKET, REQUEST_FILTER, REQUEST_STREAM
 
 T = TypeVar("T")
 
@@ -39,6 +39,23 @@ def request_stream_config(config: BrokerConfig) -> StreamConfig:
     )
 
 
+def dlq_stream_config(config: BrokerConfig) -> StreamConfig:
+    """Dead letters are kept for `dlq_max_age_s`; when `dlq_max_bytes` is reached the oldest go, so a
+    flood of garbage never stops a new dead letter from being kept."""
+    return StreamConfig(
+        name=DLQ_STREAM,
+        subjects=[DLQ_FILTER],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=config.dlq_max_age_s,
+        max_bytes=config.dlq_max_bytes,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=config.duplicate_window_s,
+        allow_direct=True,
+        num_replicas=config.replicas,
+    )
+
+
 async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
     """Retry while JetStream is still electing its leaders (a cluster just started or lost a node)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -51,18 +68,28 @@ async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float =
             await asyncio.sleep(0.5)
 
 
+async def ensure_streams(js: JetStreamContext, config: BrokerConfig) -> None:
+    """The request stream and the dead-letter stream."""
+    await ensure_request_stream(js, config)
+    await ensure_dlq_stream(js, config)
+
+
 async def ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> None:
-    await until_available(lambda: _ensure_request_stream(js, config))
+    await until_available(lambda: _ensure_stream(js, request_stream_config(config)))
+
+
+async def ensure_dlq_stream(js: JetStreamContext, config: BrokerConfig) -> None:
+    await until_available(lambda: _ensure_stream(js, dlq_stream_config(config)))
 
 
 async def ensure_lease_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:
     return await until_available(lambda: _ensure_lease_bucket(js, config))
 
 
-async def _ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> None:
-    wanted = request_stream_config(config)
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
+    assert wanted.name is not None
     try:
-        await js.stream_info(REQUEST_STREAM)
+        await js.stream_info(wanted.name)
     except NotFoundError:
         try:
             await js.add_stream(wanted)

@@ -24,7 +24,7 @@ from schemas.subjects import to_token
 def make_engine(config: WorkerConfig) -> Engine:
     """The engine the config names; a contradictory config raises `ValueError` naming the option."""
     if config.engine == "fake":
-        return FakeEngine(config.model_name or "fake", config.slots, config.fake_tps)
+        return FakeEngine(config.model_name or "fake", config.slots, config.fake_tps, config.fake_crash_on)
     if config.engine == "http":
         name = config.model_name or to_token(config.upstream_model.removesuffix(":latest").lower())
         return HttpEngine(
@@ -72,6 +72,7 @@ def make_engine(config: WorkerConfig) -> Engine:
 @click.option("--kv-unified/--kv-per-slot", default=None, help="One KV buffer for all slots, or one per slot.")
 @click.option("--threads", type=int)
 @click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence (0 = no delay).")
+@click.option("--fake-crash-on", help="FakeEngine: a prompt containing this text kills the process (tests).")
 @click.option("--upstream", help="--engine http: base URL of an Ollama or OpenAI-compatible server.")
 @click.option("--upstream-api", type=click.Choice(["ollama", "openai"]))
 @click.option("--upstream-model", help="--engine http: the model name the upstream serves.")

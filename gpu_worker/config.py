@@ -28,6 +28,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kv_unified: bool = True  # one KV buffer shared by all slots (False: one stream per slot)
     threads: Annotated[int, Meta(ge=0, le=1024)] = 0  # 0 = all cores
     fake_tps: Annotated[float, Meta(ge=0)] = 0.0
+    fake_crash_on: str = ""  # FakeEngine: a prompt containing this kills the process (poison-prompt tests)
     upstream: str = ""  # --engine http: base URL of an Ollama or OpenAI-compatible server
     upstream_api: Literal["ollama", "openai"] = "ollama"
     upstream_model: str = ""  # the model name the upstream server knows

@@ -2,18 +2,21 @@
 
 It emits exactly `max_tokens` tokens (fewer only when stopped) at `tokens_per_s` per sequence
 (0 = as fast as possible). Text depends only on the prompt and the token index, so two runs of one
-request give the same answer, which is what duplicate- and redelivery-tests compare.
+request give the same answer, which is what duplicate- and redelivery-tests compare. `crash_on` makes it a
+model with a poison prompt: a prompt that contains it kills the whole process at once, as a segfault would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import zlib
 from collections.abc import AsyncIterator
 
 from gpu_worker.engine import EngineEvent, Finished, Piece, StopSignal
 from schemas.messages import GenerateRequest
 
+CRASH_EXIT_CODE = 70
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 
 
@@ -26,8 +29,9 @@ def prompt_text(request: GenerateRequest) -> str:
 class FakeEngine:
     on_gpu = False
 
-    def __init__(self, model_name: str = "fake", slots: int = 1, tokens_per_s: float = 0.0) -> None:
+    def __init__(self, model_name: str = "fake", slots: int = 1, tokens_per_s: float = 0.0, crash_on: str = "") -> None:
         self.model_name = model_name
+        self.crash_on = crash_on
         self.slots = slots
         self.tokens_per_s = tokens_per_s
         self.generations = 0  # how many generations started: lets tests prove "ran once"
@@ -41,6 +45,8 @@ class FakeEngine:
     async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
         self.generations += 1
         text = prompt_text(request)
+        if self.crash_on and self.crash_on in text:
+            os._exit(CRASH_EXIT_CODE)  # no reply, no cleanup: the broker only sees the heartbeats stop
         seed = zlib.crc32(text.encode())
         delay_s = 1.0 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
         produced = 0

@@ -17,10 +17,12 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
+from structlog.stdlib import BoundLogger
 
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
+from schemas.dead_letters import DeadLetterError, move_to_dlq
 from schemas.errors import ErrorCode
 from schemas.messages import (
     Chunk,
@@ -34,7 +36,14 @@ from schemas.messages import (
     encoder,
     request_decoder,
 )
-from schemas.stream_ops import delete_request, error_reply, get_request, publish_reply, while_unavailable
+from schemas.stream_ops import (
+    StoredRequest,
+    delete_request,
+    error_reply,
+    get_request,
+    publish_reply,
+    while_unavailable,
+)
 from schemas.subjects import done_subject, lease_key
 
 
@@ -84,14 +93,10 @@ class LeaseRunner:
         try:
             request = request_decoder.decode(stored.body)
         except msgspec.ValidationError as exc:
-            await self._fail(
-                answered, lease, error_reply(ErrorCode.INVALID_REQUEST, f"invalid request body: {exc}"), log
-            )
+            await self._dead_letter(answered, lease, stored, f"invalid request body: {exc}", log)
             return
         except msgspec.DecodeError as exc:
-            await self._fail(
-                answered, lease, error_reply(ErrorCode.INVALID_REQUEST, f"malformed JSON body: {exc}"), log
-            )
+            await self._dead_letter(answered, lease, stored, f"malformed JSON body: {exc}", log)
             return
         if now_ms() >= lease.deadline_ms:
             await self._fail(
@@ -169,6 +174,23 @@ class LeaseRunner:
         await publish_reply(self.nc, lease.reply_to, lease.request_id, error)
         answered()
         await self._release(lease, delete_body=True)
+
+    async def _dead_letter(
+        self, answered: Callable[[], None], lease: Lease, stored: StoredRequest, reason: str, log: BoundLogger
+    ) -> None:
+        """A body no worker can ever run: it moves to `IRIS_DLQ` and its client gets `invalid_request`."""
+        log.warning("request body invalid, dead-lettered", reason=reason)
+        code = ErrorCode.INVALID_REQUEST
+        self.stats.metrics.requests.labels(lease.model, lease.workload, code.value).inc()
+        try:
+            await move_to_dlq(
+                self.nc, stored, code, reason, lease.attempt, (lease.reply_to, lease.request_id), now_ms()
+            )
+        except DeadLetterError as exc:
+            log.error("dead letter not stored; the request stays until its TTL", error=exc.message)
+            await publish_reply(self.nc, lease.reply_to, lease.request_id, error_reply(code, reason))
+        answered()
+        await self._release(lease, delete_body=False)
 
     async def _release(self, lease: Lease, *, delete_body: bool) -> None:
         """After the final reply: the request leaves the stream, then its lease ends."""

@@ -23,6 +23,15 @@ REQUEST_ID = "Iris-Request-Id"
 ADMISSION = "Iris-Admission"  # "1": an admission request; the broker answers with a Ticket, no worker runs it
 MSG_ID = "Nats-Msg-Id"
 MSG_TTL = "Nats-TTL"
+# On a dead letter in IRIS_DLQ, next to the original request's own headers (see schemas.dead_letters).
+DEAD_CODE = "Iris-Dead-Code"  # the error code its client got
+DEAD_REASON = "Iris-Dead-Reason"
+DEAD_SUBJECT = "Iris-Dead-Subject"  # where it was published
+DEAD_SEQ = "Iris-Dead-Seq"  # its sequence in IRIS_REQUESTS
+DEAD_ATTEMPTS = "Iris-Dead-Attempts"  # workers it ran on
+DEAD_MS = "Iris-Dead-Ms"  # when it was dead-lettered, Unix ms
+DEAD_STORED_MS = "Iris-Dead-Stored-Ms"  # when it was first stored, Unix ms
+DEAD_MSG_ID = "Iris-Dead-Msg-Id"  # its Nats-Msg-Id (JetStream headers do not travel into the dead letter)
 # Set by JetStream on direct-get replies.
 NATS_TIMESTAMP = "Nats-Time-Stamp"
 NATS_SUBJECT = "Nats-Subject"

@@ -12,9 +12,12 @@ REQUEST_STREAM = "IRIS_REQUESTS"
 LEASE_BUCKET = "IRIS_LEASES"
 BROKER_BUCKET = "IRIS_BROKERS"  # leader election between brokers
 LEADER_KEY = "leader"
+DLQ_STREAM = "IRIS_DLQ"  # dead letters: requests Iris gave up on, with their reason
 
 REQUEST_PREFIX = "iris.req"
 REQUEST_FILTER = "iris.req.>"
+DLQ_PREFIX = "iris.dlq"
+DLQ_FILTER = "iris.dlq.>"
 CANCEL_PREFIX = "iris.cancel"
 CANCEL_FILTER = "iris.cancel.*"
 HEARTBEAT_FILTER = "iris.worker.hb.>"
@@ -55,6 +58,13 @@ def parse_request_subject(subject: str) -> tuple[str, str] | None:
     if len(parts) != 4 or f"{parts[0]}.{parts[1]}" != REQUEST_PREFIX:
         return None
     return parts[2], parts[3]
+
+
+def dead_letter_subject(request_subject: str) -> str:
+    """`iris.dlq.<model>.<workload>` of a request's subject; a subject of another shape maps to `_._`."""
+    parts = parse_request_subject(request_subject)
+    model, workload = (to_token(p) for p in parts) if parts is not None else ("_", "_")
+    return f"{DLQ_PREFIX}.{model}.{workload}"
 
 
 def cancel_subject(request_id: str) -> str:

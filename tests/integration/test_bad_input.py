@@ -1,5 +1,6 @@
-"""Bad input over raw NATS: each gets a typed Error on its inbox (when it has one), leaves the stream,
-and the broker and worker go on serving."""
+"""Bad input over raw NATS: each gets a typed Error on its inbox (when it has one), leaves the request stream
+for the dead-letter stream with its reason (unparseable by the broker or by the worker alike), and the broker
+and worker go on serving."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from nats.aio.client import Client as NATS
 
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
+from iris.dead_letters import list_dead_letters
 from iris.nats_server import NatsServer
+from schemas.subjects import DLQ_STREAM
 from tests.integration.services import broker, wait_stream_empty, worker
 
 
@@ -74,8 +77,12 @@ async def test_bad_input_gets_typed_error_and_leaves_stream(
         reply = await raw_request(nc, subject, body, {**good_headers(nc), **extra_headers})
         assert reply["kind"] == "error"
         assert reply["code"] == "invalid_request"
-        assert named in str(reply["message"])
+        assert named in str(reply["message"]) and DLQ_STREAM in str(reply["message"])
         await wait_stream_empty(nc)
+        (dead,) = await list_dead_letters(nc)
+        assert dead.code == "invalid_request" and named in dead.reason and dead.subject == subject
+        stored = await nc.jetstream().get_msg(DLQ_STREAM, dead.dlq_seq, direct=True)
+        assert stored.data == body  # kept byte for byte, to inspect or replay
         # Nothing wedged: a good request is still served.
         async with Client(nc) as client:
             result = await client.complete("still alive?", model="fake", max_tokens=3)
@@ -86,6 +93,8 @@ async def test_request_without_reply_inbox_is_removed_and_logged(nats_server: Na
     async with broker(nats_server.url), worker(nats_server.url, FakeEngine("fake"), "w1"):
         ack = await nc.jetstream().publish("iris.req.fake.default", b'{"prompt": "hi"}')
         await wait_stream_empty(nc)
+        (dead,) = await list_dead_letters(nc)
+        assert dead.code == "invalid_request" and "Iris-Reply-To" in dead.reason
         async with Client(nc) as client:
             result = await client.complete("next", model="fake", max_tokens=2)
         assert result.usage.completion_tokens == 2

@@ -1,0 +1,87 @@
+"""The broker's side of dead letters: the I/O for what the scheduler gave up on, and for unparseable input.
+
+The scheduler decides (a request lost on `max_attempts` workers in a row); this moves it to `IRIS_DLQ`
+through `schemas.dead_letters.move_to_dlq`, which stores the dead letter before the client's typed error and
+before the request leaves `IRIS_REQUESTS`. The broker reads the stream headers-only, so the body is fetched
+by sequence here, only for the rare request that dies. Should the dead letter not be stored, the client still
+gets its error and the request stays in the stream until its `Nats-TTL`: nothing is dropped unrecorded.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from broker.metrics import BrokerMetrics
+from broker.queue import WaitingRequest
+from schemas import headers as h
+from schemas.dead_letters import DeadLetterError, move_to_dlq
+from schemas.errors import ErrorCode, IrisError
+from schemas.headers import is_reply_subject
+from schemas.stream_ops import error_reply, get_request, publish_reply, while_unavailable
+from schemas.subjects import lease_key
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class DeadLetters:
+    def __init__(self, log: structlog.stdlib.BoundLogger, metrics: BrokerMetrics) -> None:
+        self.log, self.metrics = log, metrics
+        self._nc: NATS | None = None
+        self._kv: KeyValue | None = None
+
+    def connect(self, nc: NATS, kv: KeyValue) -> None:
+        self._nc, self._kv = nc, kv
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "dead letters not connected"
+        return self._nc
+
+    async def failed_on_workers(self, requests: list[WaitingRequest]) -> None:
+        """What the scheduler gave up on (`Scheduler.take_dead_letters`)."""
+        for request in requests:
+            try:
+                await self._failed_on_workers(request)
+            except Exception:  # the tick loop that called must go on; the request waits for its TTL
+                self.log.exception("dead-lettering failed", seq=request.stream_seq)
+
+    async def _failed_on_workers(self, request: WaitingRequest) -> None:
+        """Lost on `request.attempt` workers in a row: dead-letter it, then end its stale lease record."""
+        assert self._kv is not None
+        kv = self._kv
+        reason = f"failed on {request.attempt} workers in a row (each was lost while running it)"
+        self.log.error("request dead-lettered", seq=request.stream_seq, attempts=request.attempt, reason=reason)
+        self.metrics.rejected(request, ErrorCode.WORKER_FAILED.value, reason, now_ms())
+        reply = (request.reply_to, request.request_id)
+        await self._move(request.stream_seq, ErrorCode.WORKER_FAILED, reason, request.attempt, reply)
+        await while_unavailable(lambda: kv.delete(lease_key(request.stream_seq)))
+
+    async def unparseable(self, seq: int, headers: dict[str, str], error: IrisError) -> None:
+        """A request the broker cannot index (bad subject or header): dead-letter it with the parse error."""
+        self.log.warning("request rejected, dead-lettered", seq=seq, reason=error.message)
+        reply = (headers.get(h.REPLY_TO, ""), headers.get(h.MSG_ID, str(seq)))
+        await self._move(seq, error.code, error.message, 0, reply)
+
+    async def _move(self, seq: int, code: ErrorCode, reason: str, attempts: int, reply: tuple[str, str]) -> None:
+        stored = await get_request(self.nc, seq)
+        if stored is None:  # gone meanwhile (its TTL passed): nothing to keep, the client still gets its answer
+            await self._reply(reply, code, reason)
+            return
+        try:
+            dlq_seq = await move_to_dlq(self.nc, stored, code, reason, attempts, reply, now_ms())
+        except DeadLetterError as exc:
+            self.log.error("dead letter not stored; the request stays until its TTL", seq=seq, error=exc.message)
+            await self._reply(reply, code, reason)
+            return
+        self.log.info("dead letter stored", seq=seq, dlq_seq=dlq_seq, code=code.value)
+
+    async def _reply(self, reply: tuple[str, str], code: ErrorCode, reason: str) -> None:
+        reply_to, request_id = reply
+        if is_reply_subject(reply_to):
+            await publish_reply(self.nc, reply_to, request_id, error_reply(code, reason))
