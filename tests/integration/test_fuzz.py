@@ -29,6 +29,7 @@ from iris.dead_letters import list_dead_letters
 from iris.nats_server import NatsServer
 from schemas import headers as h
 from schemas.errors import ErrorCode
+from schemas.exchange import reply_router
 from schemas.messages import error_decoder, result_decoder
 from tests.integration.gateway_stack import PAID_KEY, gateway
 from tests.integration.services import broker, eventually, stream_messages, worker
@@ -217,6 +218,12 @@ def test_after_the_fuzz_nothing_is_left_and_everything_answers(stack: Stack, htt
             return await stream_messages(stack.nc) == 0 and not stack.broker.scheduler._model_of  # type: ignore[union-attr]
 
         await eventually(empty, what="the stream and the scheduler index to be empty")
+        # Memory does not grow: every structure that holds per-request state is empty again.
+        scheduler = stack.broker.scheduler
+        assert not scheduler._by_request_id and not scheduler._tickets
+        assert all(not pool.leases and not len(pool.queue) for pool in scheduler.pools.values())
+        assert stack.gateway._nc is not None
+        assert not reply_router(stack.gateway._nc)._queues  # no exchange left listening
         letters = await list_dead_letters(stack.nc)
         assert letters and all(d.code == ErrorCode.INVALID_REQUEST and d.reason for d in letters)
 
