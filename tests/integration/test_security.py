@@ -15,9 +15,13 @@ from gateway.config import GatewayConfig
 from gateway.service import GatewayService
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
+from iris.dead_letters import list_dead_letters
 from iris.nats_server import NatsServer
+from schemas import headers as h
+from schemas.errors import ErrorCode
+from schemas.messages import error_decoder
 from schemas.subjects import JS_DIRECT_GET, REQUEST_STREAM
-from tests.integration.services import broker, eventually, worker
+from tests.integration.services import broker, eventually, wait_for_models, worker
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 USERS = ("broker", "worker", "gateway", "alice", "bob", "sys")
@@ -79,3 +83,26 @@ async def test_clients_are_isolated_and_iris_still_works(secured: tuple[NatsServ
 
         await eventually(publish_refused, what="the server to refuse the JetStream API calls")
         await snoop.close()
+
+
+async def test_dead_letters_move_under_least_privilege(secured: tuple[NatsServer, dict[str, str]]) -> None:
+    """A body the worker cannot parse is dead-lettered by the `worker` user; its client gets the error."""
+    _, url = secured
+    async with (
+        broker(url["broker"]),
+        worker(url["worker"], FakeEngine("fake"), "w1"),
+        await Client.connect(url["alice"]) as alice,
+    ):
+        await wait_for_models(alice, "fake")
+        inbox = "_INBOX.alice.dlq-probe"
+        answers = await alice.nc.subscribe(inbox)
+        headers = {h.REPLY_TO: inbox, h.MSG_ID: "dlq-probe"}
+        await alice.nc.jetstream().publish("iris.req.fake.default", b"{not json", headers=headers)
+        answer = await answers.next_msg(timeout=30)
+        while (answer.headers or {}).get(h.KIND) == h.KIND_QUEUED:
+            answer = await answers.next_msg(timeout=30)
+        assert (answer.headers or {}).get(h.KIND) == h.KIND_ERROR
+        assert error_decoder.decode(answer.data).code == ErrorCode.INVALID_REQUEST
+        async with await Client.connect(url["broker"]) as operator:
+            letters = await list_dead_letters(operator.nc)
+        assert [letter.request_id for letter in letters] == ["dlq-probe"]
