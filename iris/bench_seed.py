@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -258,6 +259,9 @@ async def run_seed_bench(
         "model": model,
         "repeats": repeats,
         "worker_args": worker_args,
+        # Worker settings given by environment (e.g. IRIS_WORKER_KV_UNIFIED) change the engine, so they go
+        # into the report too.
+        "worker_env": {k: v for k, v in os.environ.items() if k.startswith("IRIS_WORKER_")},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return write_report(setup, results, out_dir)
