@@ -121,32 +121,48 @@ class BrokerService:
             self._activation = self._spawn(self._activate())
 
     async def _activate(self) -> None:
-        """Elected: rebuild from `IRIS_LEASES` and the stream (as after a restart), then schedule."""
-        async with self._term_lock:
-            limits = scheduler_limits(self.config)
-            # Start-up grace and the no-worker judgement count from when this broker began to hear heartbeats.
-            self.scheduler = Scheduler(limits, max(self._listening_since_ms, now_ms() - limits.worker_timeout_ms))
-            self.metrics.leading(True)
-            await self._restore_leases()
-            self._replay_heartbeats()
-            self._scheduling = True
-            self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
-            self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
-            feed = RequestFeed(self.nc, self._on_request, self.log)
-            await feed.subscribe()
-            self._subs.append(feed)
-            self._spawn(feed.watch())
-            assert self._kv is not None
-            self._admission = AdmissionService(self.nc, self._kv, self.log)
-            await self._admission.start()
-            self._spawn(self._tick_loop())
-            self._spawn(self._stats_loop())
-            self.log.info("leading", broker=self.broker_id)
+        """Elected: start a term, again and again while JetStream is unavailable (a node just died)."""
+        while self._leadership is not None and self._leadership.term.revision is not None:
+            try:
+                async with self._term_lock:
+                    await self._start_term()
+                return
+            except Exception as exc:
+                self.log.warning("term did not start, trying again", error=repr(exc))
+                await self._deactivate(spare=asyncio.current_task())
+                await asyncio.sleep(0.5)
 
-    async def _deactivate(self) -> None:
-        """Deposed or stopping: stop every task and subscription of the term; the next leader rebuilds."""
+    async def _start_term(self) -> None:
+        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart); schedule."""
+        limits = scheduler_limits(self.config)
+        # Start-up grace and the no-worker judgement count from when this broker began to hear heartbeats.
+        self.scheduler = Scheduler(limits, max(self._listening_since_ms, now_ms() - limits.worker_timeout_ms))
+        self.metrics.leading(True)
+        assert self._kv is not None
+        records = LeaseRecords(self._kv)  # every live lease, then each that appears or ends
+        self._subs.append(records)
+        for lease in (leases := await records.read_all()):
+            self.scheduler.restore_lease(lease, now_ms())
+        self.log.info("leases restored", count=len(leases))
+        self._spawn(records.follow(lambda lease: self.scheduler.restore_lease(lease, now_ms()), self._lease_ended))
+        self._replay_heartbeats()
+        self._scheduling = True
+        self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
+        self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
+        feed = RequestFeed(self.nc, self._on_request, self.log)
+        self._subs.append(feed)
+        await feed.subscribe()
+        self._spawn(feed.watch())
+        self._admission = AdmissionService(self.nc, self._kv, self.log)
+        await self._admission.start()
+        self._spawn(self._tick_loop())
+        self._spawn(self._stats_loop())
+        self.log.info("leading", broker=self.broker_id)
+
+    async def _deactivate(self, spare: asyncio.Task[Any] | None = None) -> None:
+        """End the term (deposed, stopping, or failed to start): its tasks but `spare`, its subscriptions."""
         self._scheduling = False
-        tasks = list(self._tasks)  # a running activation too
+        tasks = [task for task in self._tasks if task is not spare]  # a running activation too
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -163,22 +179,7 @@ class BrokerService:
                     self.log.info("subscription not removed cleanly", error=str(exc))
             self.scheduler = Scheduler(scheduler_limits(self.config), now_ms())
 
-    async def _restore_leases(self) -> None:
-        """Read every live lease, then keep following them (workers delete the ones that end)."""
-        assert self._kv is not None
-        records = LeaseRecords(self._kv)
-        leases = await records.read_all()
-        for lease in leases:
-            self.scheduler.restore_lease(lease, now_ms())
-        self.log.info("leases restored", count=len(leases))
-        self._subs.append(records)
-        self._spawn(records.follow(self._lease_recorded, self._lease_record_ended))
-
-    def _lease_recorded(self, lease: Lease) -> None:
-        if not self.scheduler.knows(lease.stream_seq):
-            self.scheduler.restore_lease(lease, now_ms())
-
-    def _lease_record_ended(self, stream_seq: int) -> None:
+    def _lease_ended(self, stream_seq: int) -> None:
         self.scheduler.lease_ended(stream_seq, now_ms())
         self._pump()
 

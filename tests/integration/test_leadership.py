@@ -3,12 +3,19 @@ leader whose key someone else took is deposed at its next renewal, and a silent 
 
 from __future__ import annotations
 
+import pytest
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
 
 from broker.leadership import Leadership
+from broker.lease_records import LeaseRecords
+from gpu_worker.fake_engine import FakeEngine
+from iris.client import Client
+from iris.nats_server import NatsServer
+from schemas.messages import Lease
 from schemas.subjects import BROKER_BUCKET, LEADER_KEY
-from tests.integration.services import eventually
+from tests.integration.services import broker, eventually, wait_for_models, worker
 
 TTL_S = 1.0
 
@@ -72,3 +79,28 @@ async def test_silent_leader_key_expires(nc: NATS) -> None:
     await eventually(b_leads, what="b elected once a's key expired")
     assert not a.leadership.leading  # a's own clock ended its term before the key expired
     await b.leadership.stop()
+
+
+async def test_a_term_that_fails_to_start_is_started_again(
+    nats_server: NatsServer, nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Elected while JetStream is electing its own leaders (a node just died): reading `IRIS_LEASES` times
+    out. The broker must not stay a leader that schedules nothing: it starts the term again."""
+    real_read_all = LeaseRecords.read_all
+    failures = [NatsTimeout()]
+
+    async def flaky_read_all(self: LeaseRecords) -> list[Lease]:
+        if failures:
+            raise failures.pop()
+        return await real_read_all(self)
+
+    monkeypatch.setattr(LeaseRecords, "read_all", flaky_read_all)
+    async with (
+        broker(nats_server.url) as service,
+        worker(nats_server.url, FakeEngine("fake"), "w1"),
+    ):
+        client = Client(nc)
+        await wait_for_models(client, "fake")
+        result = await client.complete("still scheduled?", model="fake", max_tokens=3)
+        assert result.usage.completion_tokens == 3
+        assert not failures and service._scheduling
