@@ -3,11 +3,11 @@
 Every broker campaigns: `create` on the `leader` key succeeds for exactly one of them. The leader renews
 the key with a compare-and-set `update` every `renew_s`; the bucket's TTL (`ttl_s`) removes the key when
 renewals stop (the leader died or lost NATS), and the next standby's `create` wins. A leader counts itself
-leader only until `ttl_s × margin` after the last renewal it *sent*, measured on its own clock, so it stops
-dispatching before any standby can win the key (the server's TTL starts later, when it stores the
+leader only until `ttl_s × VALID_FRACTION` after the last renewal it *sent*, measured on its own clock, so
+it stops dispatching before any standby can win the key (the server's TTL starts later, when it stores the
 renewal). A renewal refused because someone else holds the key deposes it at once; one that fails for
-longer than the term deposes it too. A leader that stops
-cleanly deletes the key so a standby takes over without waiting for the TTL.
+longer than the term deposes it too. A leader that stops cleanly deletes the key so a standby takes over
+without waiting for the TTL.
 """
 
 from __future__ import annotations
@@ -136,17 +136,17 @@ class Leadership:
         try:
             revision = await self._kv.update(LEADER_KEY, self.broker_id.encode(), last=self.term.revision)
         except KeyWrongLastSequenceError:
-            await self._depose("another broker holds the leader key")
+            self._depose("another broker holds the leader key")
             return
         except Exception as exc:
             if not self.term.holds(time.monotonic()):
-                await self._depose(f"leader key not renewed in time: {exc}")
+                self._depose(f"leader key not renewed in time: {exc}")
             return
         # The compare-and-set proves no one took the key meanwhile. Counted from when it was sent: had the
         # answer come late, the term is already over until the next renewal, and nothing is offered.
         self.term.won(revision, sent_at)
 
-    async def _depose(self, reason: str) -> None:
+    def _depose(self, reason: str) -> None:
         self.term.lost()
         self.log.warning("no longer leader", broker=self.broker_id, reason=reason)
         self.on_deposed(reason)

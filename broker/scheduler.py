@@ -107,8 +107,9 @@ class Scheduler:
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
             return Rejection(request, ErrorCode.DEADLINE_UNMEETABLE, message, round(wait_s, 3))
         if not request.ticket:  # an admission waits on one request/reply: its only answer is the ticket
-            updates = pool.updates
-            updates.plan(request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms)
+            pool.updates.plan(
+                request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms
+            )
         return Admitted(request, position, self._eta_s(pool, position))
 
     def _refuse_at_once(

@@ -3,10 +3,9 @@
 Every broker campaigns for the lead (`Leadership`) and hears worker heartbeats; only the leader schedules.
 A term starts from `IRIS_LEASES`, the heartbeats heard so far and the stream (headers-only ordered
 consumer), exactly as after a restart, then follows leases, heartbeats and cancels, and every `tick_s`
-lets time pass. Each decision becomes I/O
-here: a lease is recorded in the bucket as it is offered, a rejected or expired request gets its typed
-`Error` and then leaves the stream. A term that ends (deposed, stopping) drops all of that, so any broker
-can be killed at any point and another carries on.
+lets time pass. Each decision becomes I/O here: a lease is recorded in the bucket as it is offered, a
+rejected or expired request gets its typed `Error` and then leaves the stream. A term that ends (deposed,
+stopping) drops all of that, so any broker can be killed at any point and another carries on.
 """
 
 from __future__ import annotations
@@ -275,9 +274,10 @@ class BrokerService:
         except Exception as exc:  # a foreign publisher on our subject must not stop the broker
             self.log.warning("bad heartbeat ignored", subject=msg.subject, error=str(exc))
             return
-        self._beats[beat.worker_id] = (beat, now_ms())
+        heard_ms = now_ms()
+        self._beats[beat.worker_id] = (beat, heard_ms)
         if self._scheduling:
-            self._apply_heartbeat(beat, now_ms())
+            self._apply_heartbeat(beat, heard_ms)
             self._pump()
 
     def _replay_heartbeats(self) -> None:

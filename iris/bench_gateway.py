@@ -99,7 +99,7 @@ def _start_stack(workdir: Path, workers: int, slots: int) -> tuple[NatsServer, l
     return server, procs, f"http://127.0.0.1:{port}"
 
 
-async def _wait_http(base_url: str, timeout_s: float = 60.0) -> None:
+async def wait_http(base_url: str, timeout_s: float = 60.0) -> None:
     async with httpx.AsyncClient(base_url=base_url) as http:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
@@ -120,7 +120,7 @@ async def run_gateway_bench(
         try:
             async with await Client.connect(server.url) as client:
                 await wait_for_model(client, "fake", procs)
-                await _wait_http(base_url)
+                await wait_http(base_url)
                 async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
                     latency = await _latency(client, http, n_latency)
             throughput = await _throughput(base_url, clients, seconds)

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from iris.bench_gateway import _wait_http
+from iris.bench_gateway import wait_http
 from iris.bench_overhead import spawn, stop_all
 from iris.bench_scheduler import rss_mb
 from iris.nats_server import NatsServer, free_port
@@ -140,7 +140,7 @@ async def run_soak_bench(duration_s: float, slots: int, tokens_per_s: float, out
     with tempfile.TemporaryDirectory(prefix="iris-soak-") as tmp:
         server, procs, base_url = _stack(Path(tmp), slots, tokens_per_s)
         try:
-            await _wait_http(base_url)
+            await wait_http(base_url)
             nc = await connect(server.url, "iris-bench-soak")
             deepest = dict.fromkeys(WEIGHTS, 0)
 
