@@ -39,6 +39,7 @@ from schemas.messages import (
     Error,
     Lease,
     LeaseDone,
+    LeasesDone,
     Ticket,
     admit_end_decoder,
     admit_request_decoder,
@@ -155,10 +156,13 @@ class AdmissionService:
         lease = lease_decoder.decode(entry.value)
         if not lease.ticket or lease.request_id != end.ticket_id:
             raise InvalidRequest(f"stream_seq {end.stream_seq} does not hold ticket {end.ticket_id!r}")
-        if end.prompt_tokens or end.completion_tokens:  # before the record goes, as a worker does
-            usage = LeaseDone(lease.stream_seq, lease.model, lease.workload, end.prompt_tokens, end.completion_tokens)
-            await self.nc.publish(done_subject(lease.model), encoder.encode(usage))
         await self.drop(lease, "released")
+        # The leader hears the ticket's end as it hears a worker's lease ends; tokens when the app gave them.
+        completed = bool(end.prompt_tokens or end.completion_tokens)
+        usage = LeaseDone(
+            lease.stream_seq, lease.model, lease.workload, end.prompt_tokens, end.completion_tokens, completed
+        )
+        await self.nc.publish(done_subject(lease.model), encoder.encode(LeasesDone([usage])))
         return True
 
 

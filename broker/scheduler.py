@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 
@@ -246,19 +247,20 @@ class Scheduler:
             worker.refusing = True
         self._enqueue(self._pool(lease.model), waiting_from(lease, lease.attempt))
 
-    def worker_gone(self, worker_id: str, now_ms: int, offered: int = 0) -> list[WaitingRequest]:
-        """No one answers on the worker's subject: forget it and re-queue its leases. The lease whose offer
-        found it gone (`offered`) never ran there, so it keeps its attempt (no step towards a dead letter)."""
+    def worker_gone(self, worker_id: str, now_ms: int, offered: Collection[int] = ()) -> list[WaitingRequest]:
+        """No one answers on the worker's subject: forget it and re-queue its leases. The leases whose offer
+        found it gone (`offered`) never ran there, so they keep their attempt (no step towards a dead letter)."""
         for pool in self.pools.values():
             worker = pool.workers.pop(worker_id, None)
             if worker is not None:
-                if offered in worker.leases:
-                    self.offer_refused(offered)
+                for seq in offered:
+                    if seq in worker.leases:
+                        self.offer_refused(seq)
                 return self._requeue_lost(pool, sorted(worker.leases), now_ms)
         return []
 
     def lease_ended(self, stream_seq: int, now_ms: int) -> None:
-        """The worker deleted the lease: the request got its final reply and left the stream."""
+        """The worker ended the lease (`LeasesDone`): the request got its final reply and left the stream."""
         lease = self._drop_lease(stream_seq)
         if lease is not None:
             pool = self._pool(lease.model)

@@ -40,11 +40,12 @@ from schemas.errors import ErrorCode, IrisError
 from schemas.messages import (
     Heartbeat,
     Lease,
+    LeaseOffer,
     QueueUpdate,
     encoder,
     heartbeat_decoder,
     lease_answer_decoder,
-    lease_done_decoder,
+    leases_done_decoder,
 )
 from schemas.stream_ops import delete_request, error_reply, publish_reply
 from schemas.subjects import (
@@ -55,6 +56,7 @@ from schemas.subjects import (
     cancelled_request_id,
     lease_key,
     lease_offer_subject,
+    lease_record_subject,
 )
 
 
@@ -74,6 +76,7 @@ class BrokerService:
         self.broker_id = config.broker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
         self._leadership: Leadership | None = None
         self._activation: asyncio.Task[None] | None = None
+        self._pump_due = False  # a scheduling round is due at the end of this event-loop turn
         self._scheduling = False  # a term is fully up: heartbeats go to the scheduler, not only to `_beats`
         self._beats: dict[str, tuple[Heartbeat, int]] = {}  # each worker's last heartbeat and when it came
         self._listening_since_ms = 0
@@ -138,16 +141,13 @@ class BrokerService:
         self.scheduler = Scheduler(limits, max(self._listening_since_ms, now_ms() - limits.worker_timeout_ms))
         self.metrics.leading(True)
         assert self._kv is not None
-        records = LeaseRecords(self._kv)  # every live lease, then each that appears or ends
-        self._subs.append(records)
-        for lease in (leases := await records.read_all()):
+        self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done))  # before the read
+        for lease in (leases := await LeaseRecords(self._kv).read_all()):
             self.scheduler.restore_lease(lease, now_ms())
         self.log.info("leases restored", count=len(leases))
-        self._spawn(records.follow(lambda lease: self.scheduler.restore_lease(lease, now_ms()), self._lease_ended))
         self._replay_heartbeats()
         self._scheduling = True
         self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
-        self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_lease_done))
         feed = RequestFeed(self.nc, self._on_request, self.log)
         self._subs.append(feed)
         await feed.subscribe()
@@ -177,10 +177,6 @@ class BrokerService:
                 except Exception as exc:  # the connection may be closing already
                     self.log.info("subscription not removed cleanly", error=str(exc))
             self.scheduler = Scheduler(scheduler_limits(self.config), now_ms())
-
-    def _lease_ended(self, stream_seq: int) -> None:
-        self.scheduler.lease_ended(stream_seq, now_ms())
-        self._pump()
 
     def reload(self, config: BrokerConfig) -> None:
         """Apply new limits and weights without a restart (SIGHUP in `python -m broker`)."""
@@ -294,15 +290,22 @@ class BrokerService:
             self.log.warning("lease lost, re-queued", seq=request.stream_seq, worker=beat.worker_id)
             self.metrics.reclaimed(request)
 
-    async def _on_lease_done(self, msg: Msg) -> None:
+    async def _on_leases_done(self, msg: Msg) -> None:
+        """Leases a worker ended: slots free, and the real tokens of each answer charged to its flow."""
         try:
-            done = lease_done_decoder.decode(msg.data)
-            pool = self.scheduler.pools.get(done.model)
-            lease = pool.leases.get(done.stream_seq) if pool is not None else None
-            self.metrics.finished(done, lease.priority if lease else 1, now_ms())
-            self.scheduler.lease_usage(done)
+            ended = leases_done_decoder.decode(msg.data).done
         except Exception as exc:  # a foreign publisher on our subject must not stop the broker
-            self.log.warning("bad lease usage ignored", subject=msg.subject, error=str(exc))
+            self.log.warning("bad lease ends ignored", subject=msg.subject, error=str(exc))
+            return
+        now = now_ms()
+        for done in ended:
+            if done.completed:
+                pool = self.scheduler.pools.get(done.model)
+                lease = pool.leases.get(done.stream_seq) if pool is not None else None
+                self.metrics.finished(done, lease.priority if lease else 1, now)
+                self.scheduler.lease_usage(done)
+            self.scheduler.lease_ended(done.stream_seq, now)
+        self._pump()
 
     async def _on_cancel(self, msg: Msg) -> None:
         """A waiting request leaves at once; a running one is stopped by the worker that runs it."""
@@ -347,42 +350,57 @@ class BrokerService:
         return self.config.workload_weights.get(workload, 1.0)
 
     def _pump(self) -> None:
+        """Schedule once this event-loop turn is over: one round for every event that freed or filled a slot."""
+        if not self._pump_due:
+            self._pump_due = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._pump_due = False
         if not self._scheduling or self._leadership is None or not self._leadership.leading:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         now = now_ms()
+        offers: dict[str, list[Lease]] = {}
         for lease in self.scheduler.dispatch(now):
             self.metrics.started(lease, now)
-            self._spawn(self._offer(lease))
+            if lease.ticket:
+                assert self._admission is not None
+                self._spawn(self._admission.grant(lease))
+            else:
+                offers.setdefault(lease.worker_id, []).append(lease)
+        for worker_id, leases in offers.items():
+            self._spawn(self._offer(worker_id, leases))
 
-    async def _offer(self, lease: Lease) -> None:
-        assert self._kv is not None and self._admission is not None
-        if lease.ticket:
-            await self._admission.grant(lease)
-            return
-        payload = encoder.encode(lease)
-        # The record is on the wire before the offer (one connection keeps order) and both round trips
-        # overlap. Should the broker die before the record is stored, its successor still adopts the lease
-        # from the worker's heartbeat, which lists it as running.
-        recorded = asyncio.ensure_future(self._kv.put(lease_key(lease.stream_seq), payload))
+    async def _offer(self, worker_id: str, leases: list[Lease]) -> None:
+        """Record a round's leases for one worker, then offer them in one request; any it does not accept
+        go back to the queue. The records are on the wire before the offer (one connection keeps order),
+        in order, only the last one acknowledged. Should the broker die before they are stored, its
+        successor still adopts each lease from the worker's heartbeat, which lists it as running."""
+        records = [(lease_record_subject(lease.stream_seq), encoder.encode(lease)) for lease in leases]
+        for subject, payload in records[:-1]:
+            await self.nc.publish(subject, payload)
+        recorded = asyncio.ensure_future(self.nc.jetstream().publish(*records[-1]))
+        seqs = [lease.stream_seq for lease in leases]
         try:
-            reply = await self.nc.request(
-                lease_offer_subject(lease.worker_id), payload, timeout=self.config.offer_timeout_s
-            )
+            offer = encoder.encode(LeaseOffer(leases))
+            reply = await self.nc.request(lease_offer_subject(worker_id), offer, timeout=self.config.offer_timeout_s)
         except NoRespondersError:
-            self.log.warning("worker gone", worker=lease.worker_id, seq=lease.stream_seq)
-            self.scheduler.worker_gone(lease.worker_id, now_ms(), lease.stream_seq)
+            self.log.warning("worker gone", worker=worker_id, leases=seqs)
+            self.scheduler.worker_gone(worker_id, now_ms(), seqs)
         except NatsTimeout:
-            # The worker may have accepted; its heartbeats decide (lease_confirm_ms) so it never runs twice.
-            self.log.warning("lease offer timed out", worker=lease.worker_id, seq=lease.stream_seq)
+            # The worker may have accepted; its heartbeats decide (lease_confirm_ms) so none runs twice.
+            self.log.warning("lease offer timed out", worker=worker_id, leases=seqs)
             return
         else:
-            if not lease_answer_decoder.decode(reply.data).accepted:
-                self.scheduler.offer_refused(lease.stream_seq)
+            accepted = set(lease_answer_decoder.decode(reply.data).accepted)
+            for seq in seqs:
+                if seq not in accepted:
+                    self.scheduler.offer_refused(seq)
         finally:
             try:
                 await recorded
             except Exception as exc:
-                self.log.error("lease record failed", seq=lease.stream_seq, error=str(exc))
+                self.log.error("lease records failed", worker=worker_id, leases=seqs, error=str(exc))
         self._pump()
 
     async def _reject(self, rejection: Rejection, *, leased_before: bool = True) -> None:

@@ -1,9 +1,10 @@
 """Run one lease: fetch the body by sequence, stream the answer, then let the request go.
 
 Order is the whole point: the final `Result` (or `Error`) is published first, then the request is
-deleted from the stream, then its lease. A worker killed anywhere before the delete leaves the request in
-the stream for the broker to re-queue; one killed after it has already answered. A body that is no longer
-in the stream means another attempt finished it: nothing runs.
+deleted from the stream, then its lease record, and then the broker hears that the lease ended
+(`LeaseEnds`, one `LeasesDone` per event-loop turn however many ended in it). A worker killed anywhere
+before the delete leaves the request in the stream for the broker to re-queue; one killed after it has
+already answered. A body that is no longer in the stream means another attempt finished it: nothing runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.kv import KeyValue
 from structlog.stdlib import BoundLogger
 
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
@@ -30,6 +30,7 @@ from schemas.messages import (
     GenerateRequest,
     Lease,
     LeaseDone,
+    LeasesDone,
     Result,
     Timings,
     Usage,
@@ -42,9 +43,10 @@ from schemas.stream_ops import (
     error_reply,
     get_request,
     publish_reply,
-    while_unavailable,
 )
-from schemas.subjects import done_subject, lease_key
+from schemas.subjects import done_subject, lease_record_subject
+
+_DELETE_RECORD = {"KV-Operation": "DEL"}
 
 
 def now_ms() -> int:
@@ -71,14 +73,39 @@ class RunStats:
         return self.meter.tokens_per_s(time.monotonic())
 
 
+class LeaseEnds:
+    """Tells the broker which leases ended: every end of one event-loop turn in one `LeasesDone`, so a
+    worker finishing hundreds of short leases a second sends a few messages, not hundreds."""
+
+    def __init__(self, nc: NATS, model: str, log: structlog.stdlib.BoundLogger) -> None:
+        self.nc, self.subject, self.log = nc, done_subject(model), log
+        self._pending: list[LeaseDone] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def add(self, done: LeaseDone) -> None:
+        self._pending.append(done)
+        if len(self._pending) == 1:  # the first of this turn: send them all once the turn is over
+            task = asyncio.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            await self.nc.publish(self.subject, encoder.encode(LeasesDone(pending)))
+        except Exception as exc:  # the broker still learns it: our heartbeat stops listing these leases
+            self.log.warning("lease ends not sent", count=len(pending), error=str(exc))
+
+
 class LeaseRunner:
     def __init__(
-        self, nc: NATS, kv: KeyValue, engine: Engine, worker_id: str, stats: RunStats, log: structlog.stdlib.BoundLogger
+        self, nc: NATS, engine: Engine, worker_id: str, stats: RunStats, log: structlog.stdlib.BoundLogger
     ) -> None:
-        self.nc, self.kv, self.engine = nc, kv, engine
+        self.nc, self.engine = nc, engine
         self.worker_id = worker_id
         self.stats = stats
         self.log = log
+        self.ends = LeaseEnds(nc, engine.model_name, log)
 
     async def run(self, lease: Lease, stop: StopSignal, answered: Callable[[], None]) -> None:
         """`answered` is called once the final reply is out: the engine slot is free from then on, while
@@ -159,11 +186,7 @@ class LeaseRunner:
         )
         await publish_reply(self.nc, lease.reply_to, lease.request_id, result)
         answered()
-        usage = LeaseDone(
-            lease.stream_seq, lease.model, lease.workload, finished.prompt_tokens, finished.completion_tokens
-        )
-        await self.nc.publish(done_subject(lease.model), encoder.encode(usage))
-        await self._release(lease, delete_body=True)
+        await self._release(lease, delete_body=True, usage=(finished.prompt_tokens, finished.completion_tokens))
         log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
 
     async def _fail(
@@ -192,8 +215,16 @@ class LeaseRunner:
         answered()
         await self._release(lease, delete_body=False)
 
-    async def _release(self, lease: Lease, *, delete_body: bool) -> None:
-        """After the final reply: the request leaves the stream, then its lease ends."""
+    async def _release(self, lease: Lease, *, delete_body: bool, usage: tuple[int, int] | None = None) -> None:
+        """After the final reply: the request leaves the stream, then its lease record, then the broker
+        hears the lease ended (with its real token `usage` when it generated an answer). The record's
+        delete is not awaited: a record left behind only makes a future leader re-queue the lease,
+        and the worker that gets it again finds the request gone from the stream."""
         if delete_body:
             await delete_request(self.nc, lease.stream_seq)
-        await while_unavailable(lambda: self.kv.delete(lease_key(lease.stream_seq)))
+        await self.nc.publish(lease_record_subject(lease.stream_seq), b"", headers=_DELETE_RECORD)
+        prompt_tokens, completion_tokens = usage or (0, 0)
+        done = LeaseDone(
+            lease.stream_seq, lease.model, lease.workload, prompt_tokens, completion_tokens, completed=usage is not None
+        )
+        self.ends.add(done)

@@ -1,8 +1,9 @@
 """The worker service: answers lease offers, runs leases on its engine's slots, and heart-beats.
 
-An offer is answered at once (accept while a slot is free, refuse otherwise) and the lease then runs in
-its own task. The heartbeat lists every running lease, which is how the broker tells a lease that is
-running from one that was lost. SIGTERM drains: no new leases, running ones finish, then it exits.
+An offer (one or more leases) is answered at once: each lease is accepted while a slot is free and
+refused otherwise, and each accepted one then runs in its own task. The heartbeat lists every running
+lease, which is how the broker tells a lease that is running from one that was lost. SIGTERM drains:
+no new leases, running ones finish, then it exits.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
 from schemas.connection import connect
-from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_decoder
+from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
 from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, cancelled_request_id, heartbeat_subject, lease_offer_subject
-
-_ACCEPT = encoder.encode(LeaseAnswer(accepted=True))
 
 
 class WorkerService:
@@ -52,8 +51,8 @@ class WorkerService:
     async def start(self) -> None:
         await self.engine.load()
         self._nc = await connect(self.config.nats_url, f"iris-worker-{self.worker_id}")
-        kv = await self._lease_bucket()
-        self._runner = LeaseRunner(self.nc, kv, self.engine, self.worker_id, self.stats, self.log)
+        await self._lease_bucket()  # the broker has set up the streams
+        self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
         await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
@@ -75,23 +74,26 @@ class WorkerService:
 
     async def _on_offer(self, msg: Msg) -> None:
         try:
-            lease = lease_decoder.decode(msg.data)
+            offer = lease_offer_decoder.decode(msg.data)
         except Exception as exc:
             self.log.warning("bad lease offer", error=str(exc))
-            await msg.respond(encoder.encode(LeaseAnswer(accepted=False, reason="malformed lease")))
+            await msg.respond(encoder.encode(LeaseAnswer(accepted=[], reason="malformed lease offer")))
             return
-        if lease.stream_seq in self.running:
-            await msg.respond(_ACCEPT)  # a re-sent offer for what already runs here: run it once
-            return
-        if self.draining or len(self.busy) >= self.engine.slots:
-            reason = "draining" if self.draining else "no free slot"
-            await msg.respond(encoder.encode(LeaseAnswer(accepted=False, reason=reason)))
-            return
-        stop = StopSignal()
-        task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
-        self.running[lease.stream_seq] = (task, stop, lease.request_id)
-        self.busy.add(lease.stream_seq)
-        await msg.respond(_ACCEPT)
+        accepted: list[int] = []
+        refused: list[int] = []
+        for lease in offer.leases:
+            if lease.stream_seq in self.running:
+                accepted.append(lease.stream_seq)  # a re-sent offer for what already runs here: run it once
+            elif self.draining or len(self.busy) >= self.engine.slots:
+                refused.append(lease.stream_seq)
+            else:
+                stop = StopSignal()
+                task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
+                self.running[lease.stream_seq] = (task, stop, lease.request_id)
+                self.busy.add(lease.stream_seq)
+                accepted.append(lease.stream_seq)
+        reason = ("draining" if self.draining else "no free slot") if refused else ""
+        await msg.respond(encoder.encode(LeaseAnswer(accepted=accepted, refused=refused, reason=reason)))
 
     async def _on_cancel(self, msg: Msg) -> None:
         request_id = cancelled_request_id(msg.subject)

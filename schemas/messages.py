@@ -99,18 +99,35 @@ class Lease(msgspec.Struct, frozen=True):
 
 
 class LeaseDone(msgspec.Struct, frozen=True):
-    """What a finished lease really cost, published by the worker just before it ends the lease."""
+    """A lease has ended: its final reply is out and the request has left the stream. `completed`: it
+    generated an answer, and the tokens are what it really cost (else an error ended it; tokens are 0)."""
 
     stream_seq: int
     model: str
     workload: str
     prompt_tokens: int
     completion_tokens: int
+    completed: bool = True
+
+
+class LeasesDone(msgspec.Struct, frozen=True):
+    """Every lease a worker ended since its last such message (`iris.worker.done.<model>`)."""
+
+    done: list[LeaseDone]
+
+
+class LeaseOffer(msgspec.Struct, frozen=True):
+    """The leases one scheduling round hands to one worker (`iris.worker.<id>.lease`, request/reply)."""
+
+    leases: list[Lease]
 
 
 class LeaseAnswer(msgspec.Struct, frozen=True):
-    accepted: bool
-    reason: str = ""
+    """The worker's answer to a `LeaseOffer`, at once: the leases it runs; the rest it refused."""
+
+    accepted: list[int]
+    refused: list[int] = []
+    reason: str = ""  # why it refused (no free slot, draining, malformed offer)
 
 
 class Heartbeat(msgspec.Struct, frozen=True):
@@ -165,8 +182,9 @@ chunk_decoder = msgspec.json.Decoder(Chunk)
 result_decoder = msgspec.json.Decoder(Result)
 error_decoder = msgspec.json.Decoder(Error)
 lease_decoder = msgspec.json.Decoder(Lease)
+lease_offer_decoder = msgspec.json.Decoder(LeaseOffer)
 lease_answer_decoder = msgspec.json.Decoder(LeaseAnswer)
-lease_done_decoder = msgspec.json.Decoder(LeaseDone)
+leases_done_decoder = msgspec.json.Decoder(LeasesDone)
 heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 broker_stats_decoder = msgspec.json.Decoder(BrokerStats)
 encoder = msgspec.json.Encoder()

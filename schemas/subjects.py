@@ -101,3 +101,9 @@ def admitted_model(subject: str) -> str:
 
 def lease_key(stream_seq: int) -> str:
     return str(stream_seq)
+
+
+def lease_record_subject(stream_seq: int) -> str:
+    """The KV subject of a lease's record: a plain publish there writes (or, with `KV-Operation: DEL`,
+    deletes) it without an acknowledgement to wait for."""
+    return f"$KV.{LEASE_BUCKET}.{lease_key(stream_seq)}"

@@ -75,13 +75,16 @@ async def test_kill_worker_mid_generation_other_worker_completes(
     generation = client.generate(PROMPT, **options)
     seen_attempts: list[int] = []
     killed: str | None = None
-    kv = await nc.jetstream().key_value(LEASE_BUCKET)
+    records = await (await nc.jetstream().key_value(LEASE_BUCKET)).watchall()
     async for chunk in generation:
         seen_attempts.append(chunk.attempt)
-        if killed is None:
-            keys = await kv.keys()
-            killed = lease_decoder.decode((await kv.get(keys[0])).value).worker_id
-            workers[killed].kill()  # SIGKILL: no drain, no goodbye
+        while killed is None:  # the lease record of this request names the worker that runs it
+            entry = await records.updates(timeout=10)
+            lease = lease_decoder.decode(entry.value) if entry is not None and entry.value else None
+            if lease is not None and lease.request_id == generation.request_id:
+                killed = lease.worker_id
+                workers[killed].kill()  # SIGKILL: no drain, no goodbye
+    await records.stop()
     result = generation.result
     assert result is not None and killed is not None
     assert result.worker != killed

@@ -70,7 +70,7 @@ def test_an_offer_that_finds_its_worker_gone_is_no_attempt() -> None:
     scheduler.admit(request(1), now)
     scheduler.admit(request(2), now)
     running, offered = scheduler.dispatch(now)
-    requeued = scheduler.worker_gone("w1", now + 1, offered=offered.stream_seq)
+    requeued = scheduler.worker_gone("w1", now + 1, offered=[offered.stream_seq])
     assert requeued == []  # the offered one went back with its attempt
     assert [d.stream_seq for d in scheduler.take_dead_letters()] == [running.stream_seq]  # the running one was lost
     scheduler.heartbeat(beat("w2", 1, [], now + 2), now + 2)
