@@ -136,7 +136,10 @@ class Leadership:
         try:
             revision = await self._kv.update(LEADER_KEY, self.broker_id.encode(), last=self.term.revision)
         except KeyWrongLastSequenceError:
-            self._depose("another broker holds the leader key")
+            if await self._own_renewal_landed():
+                await self._renew()  # from the revision it left; the term counts from this renewal's send
+            else:
+                self._depose("another broker holds the leader key")
             return
         except Exception as exc:
             if not self.term.holds(time.monotonic()):
@@ -145,6 +148,20 @@ class Leadership:
         # The compare-and-set proves no one took the key meanwhile. Counted from when it was sent: had the
         # answer come late, the term is already over until the next renewal, and nothing is offered.
         self.term.won(revision, sent_at)
+
+    async def _own_renewal_landed(self) -> bool:
+        """A renewal whose answer came too late (a busy event loop) was still stored: the key moved on but
+        still names this broker, and no one else can have held it since, or it would name them."""
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(LEADER_KEY)
+        except Exception:  # gone (expired) or unreadable: not ours to keep
+            return False
+        if entry.value != self.broker_id.encode() or entry.revision is None:
+            return False
+        self.log.info("late renewal of the leader key found stored", revision=entry.revision)
+        self.term.revision = entry.revision
+        return True
 
     def _depose(self, reason: str) -> None:
         self.term.lost()

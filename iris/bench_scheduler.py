@@ -27,6 +27,8 @@ from nats.js.api import RetentionPolicy, StreamConfig
 from iris.bench_overhead import spawn, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
+from schemas.messages import broker_stats_decoder
+from schemas.subjects import BROKER_STATS_SUBJECT
 
 TARGET_DISPATCH_PER_S = 5000
 TARGET_RSS_MB = 150
@@ -86,9 +88,35 @@ async def count_replies(nc: nats.NATS, inbox: str, kind: str, n: int, timeout_s:
                 done.set()
 
     sub = await nc.subscribe(inbox, cb=on_reply)
-    await asyncio.wait_for(done.wait(), timeout_s)
-    await sub.unsubscribe()
+    try:
+        await asyncio.wait_for(done.wait(), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"only {seen} of {n} {kind!r} replies within {timeout_s} s") from None
+    finally:
+        await sub.unsubscribe()
     return first, last
+
+
+async def wait_indexed(nc: nats.NATS, model: str, n: int, timeout_s: float) -> None:
+    """Until the broker's stats count n requests of `model` queued or running: all of them are indexed.
+    (Counting their `QueueUpdate`s instead would depend on this client keeping up with 100,000 of them.)"""
+    indexed = asyncio.Event()
+    seen = 0
+
+    async def on_stats(msg: Any) -> None:
+        nonlocal seen
+        stats = broker_stats_decoder.decode(msg.data)
+        seen = sum(w.queued + w.running for w in stats.workloads if w.model == model)
+        if seen >= n:
+            indexed.set()
+
+    sub = await nc.subscribe(BROKER_STATS_SUBJECT, cb=on_stats)
+    try:
+        await asyncio.wait_for(indexed.wait(), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"the broker indexed {seen} of {n} requests within {timeout_s} s") from None
+    finally:
+        await sub.unsubscribe()
 
 
 async def backlog_dispatch(client: Client, model: str, n: int) -> float:
@@ -187,10 +215,8 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dic
 
                 broker_pid = procs[0].pid
                 report["broker_rss_idle_mb"] = round(rss_mb(broker_pid), 1)
-                inbox = nc.new_inbox()
-                queued = asyncio.ensure_future(count_replies(nc, inbox, "queued", n_waiting, 900))
-                await publish_requests(nc, "slow", n_waiting, inbox)
-                await queued
+                await publish_requests(nc, "slow", n_waiting, nc.new_inbox())
+                await wait_indexed(nc, "slow", n_waiting, 900)
                 report["waiting_requests"] = n_waiting
                 report["broker_rss_with_waiting_mb"] = round(rss_mb(broker_pid), 1)
         finally:

@@ -1,5 +1,6 @@
 """Leader election on a real nats-server: one leader at a time, a clean stop hands over at once, a
-leader whose key someone else took is deposed at its next renewal, and a silent leader's key expires."""
+leader whose key someone else took is deposed at its next renewal (but not for its own renewal whose
+answer came late), and a silent leader's key expires."""
 
 from __future__ import annotations
 
@@ -64,6 +65,20 @@ async def test_deposed_when_another_holds_the_key(nc: NATS) -> None:
     assert not a.leadership.leading
     await a.leadership.stop()
     assert (await kv.get(LEADER_KEY)).value == b"intruder"  # a deposed leader never deletes another's key
+
+
+async def test_a_late_answered_renewal_that_was_stored_keeps_the_lead(nc: NATS) -> None:
+    a = Candidate(nc, "a")
+    await a.leadership.start()
+    assert a.leadership._task is not None
+    a.leadership._task.cancel()  # renewals by hand from here
+    kv = await nc.jetstream().key_value(BROKER_BUCKET)
+    assert a.leadership.term.revision is not None
+    stored = await kv.update(LEADER_KEY, b"a", last=a.leadership.term.revision)  # its answer never reached a
+    await a.leadership._renew()
+    assert a.events == ["elected"] and a.leadership.leading
+    assert a.leadership.term.revision is not None and a.leadership.term.revision > stored
+    await a.leadership.stop()
 
 
 async def test_silent_leader_key_expires(nc: NATS) -> None:
