@@ -70,8 +70,8 @@ class DeadLetters:
 
     async def _move(self, seq: int, code: ErrorCode, reason: str, attempts: int, reply: tuple[str, str]) -> None:
         stored = await get_request(self.nc, seq)
-        if stored is None:  # gone meanwhile (its TTL passed): nothing to keep, the client still gets its answer
-            await self._reply(reply, code, reason)
+        if stored is None:  # gone: answered (a stale lease record) or past its TTL, i.e. its deadline
+            self.log.info("request already gone from the stream, nothing to dead-letter", seq=seq)
             return
         try:
             dlq_seq = await move_to_dlq(self.nc, stored, code, reason, attempts, reply, now_ms())

@@ -155,9 +155,11 @@ class Leadership:
         assert self._kv is not None
         try:
             entry = await self._kv.get(LEADER_KEY)
-        except Exception:  # gone (expired) or unreadable: not ours to keep
+        except Exception as exc:  # gone (expired: renewals came too late) or unreadable: not ours to keep
+            self.log.warning("leader key gone before its renewal", error=repr(exc))
             return False
         if entry.value != self.broker_id.encode() or entry.revision is None:
+            self.log.warning("leader key held by another broker", holder=(entry.value or b"").decode(errors="replace"))
             return False
         self.log.info("late renewal of the leader key found stored", revision=entry.revision)
         self.term.revision = entry.revision

@@ -20,6 +20,13 @@ from schemas.subjects import REQUEST_FILTER
 
 CONSUMER_HEARTBEAT_S = 2.0
 CONSUMER_CHECK_S = 5.0
+# nats-py hands a subscription's queued messages to its callback without returning to the event loop while
+# the queue is not empty: a 100,000-request burst would starve the leader's key renewals and the worker
+# heartbeats for seconds (the broker deposed itself and declared live workers gone). So every YIELD_EVERY
+# requests others run, but only while fewer than YIELD_BELOW_PENDING wait in the queue: each turn of the
+# socket reader adds up to ~2,000, and yielding regardless let the queue reach 50,000 (+26 MB RSS).
+YIELD_EVERY = 256
+YIELD_BELOW_PENDING = 1_000
 
 
 class RequestFeed:
@@ -28,6 +35,7 @@ class RequestFeed:
         self.on_request = on_request
         self.log = log
         self.delivered_seq = 0  # highest stream sequence delivered
+        self._since_yield = 0
         self._sub: Any = None
 
     async def subscribe(self, policy: DeliverPolicy = DeliverPolicy.ALL, start_seq: int | None = None) -> None:
@@ -42,6 +50,10 @@ class RequestFeed:
     async def _deliver(self, msg: Msg) -> None:
         self.delivered_seq = max(self.delivered_seq, msg.metadata.sequence.stream)
         await self.on_request(msg)
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY and self._sub.pending_msgs < YIELD_BELOW_PENDING:
+            self._since_yield = 0
+            await asyncio.sleep(0)
 
     async def watch(self) -> None:
         while True:

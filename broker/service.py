@@ -19,8 +19,6 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.kv import KeyValue
 
 from broker.admission import AdmissionService
@@ -31,6 +29,7 @@ from broker.leadership import Leadership
 from broker.lease_records import LeaseRecords
 from broker.limits import scheduler_limits
 from broker.metrics import BrokerMetrics
+from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
 from broker.scheduler import Admitted, Rejection, Scheduler
 from broker.stats import flow_load
@@ -40,11 +39,9 @@ from schemas.errors import ErrorCode, IrisError
 from schemas.messages import (
     Heartbeat,
     Lease,
-    LeaseOffer,
     QueueUpdate,
     encoder,
     heartbeat_decoder,
-    lease_answer_decoder,
     leases_done_decoder,
 )
 from schemas.stream_ops import delete_request, error_reply, publish_reply
@@ -55,8 +52,6 @@ from schemas.subjects import (
     HEARTBEAT_FILTER,
     cancelled_request_id,
     lease_key,
-    lease_offer_subject,
-    lease_record_subject,
 )
 
 
@@ -71,6 +66,7 @@ class BrokerService:
         self.scheduler = Scheduler(scheduler_limits(config), now_ms())
         self.metrics = BrokerMetrics()
         self._nc: NATS | None = None
+        self._leader_nc: NATS | None = None
         self._kv: KeyValue | None = None
         self._admission: AdmissionService | None = None
         self.broker_id = config.broker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
@@ -104,8 +100,10 @@ class BrokerService:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self._listening_since_ms = now_ms()  # a standby hears the workers all along: no grace when it takes over
         await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat)
+        # Its own connection: a renewal's answer must not queue behind a burst of requests on the main one.
+        self._leader_nc = await connect(self.config.nats_url, "iris-broker-leadership")
         self._leadership = Leadership(
-            js,
+            self._leader_nc.jetstream(),
             self.broker_id,
             ttl_s=self.config.leader_ttl_s,
             replicas=self.config.replicas,
@@ -199,6 +197,8 @@ class BrokerService:
         await self._deactivate()
         if self._leadership is not None:
             await self._leadership.stop()  # after the last offer: the successor starts from a quiet state
+        if self._leader_nc is not None and not self._leader_nc.is_closed:
+            await self._leader_nc.close()
         await asyncio.gather(*self._owners, return_exceptions=True)
         self.metrics.close()
         if self._nc is not None and not self._nc.is_closed:
@@ -372,35 +372,14 @@ class BrokerService:
             self._spawn(self._offer(worker_id, leases))
 
     async def _offer(self, worker_id: str, leases: list[Lease]) -> None:
-        """Record a round's leases for one worker, then offer them in one request; any it does not accept
-        go back to the queue. The records are on the wire before the offer (one connection keeps order),
-        in order, only the last one acknowledged. Should the broker die before they are stored, its
-        successor still adopts each lease from the worker's heartbeat, which lists it as running."""
-        records = [(lease_record_subject(lease.stream_seq), encoder.encode(lease)) for lease in leases]
-        for subject, payload in records[:-1]:
-            await self.nc.publish(subject, payload)
-        recorded = asyncio.ensure_future(self.nc.jetstream().publish(*records[-1]))
-        seqs = [lease.stream_seq for lease in leases]
-        try:
-            offer = encoder.encode(LeaseOffer(leases))
-            reply = await self.nc.request(lease_offer_subject(worker_id), offer, timeout=self.config.offer_timeout_s)
-        except NoRespondersError:
-            self.log.warning("worker gone", worker=worker_id, leases=seqs)
-            self.scheduler.worker_gone(worker_id, now_ms(), seqs)
-        except NatsTimeout:
-            # The worker may have accepted; its heartbeats decide (lease_confirm_ms) so none runs twice.
-            self.log.warning("lease offer timed out", worker=worker_id, leases=seqs)
+        """Record and offer a round's leases for one worker (`offer_leases`); what it does not take goes back."""
+        outcome = await offer_leases(self.nc, worker_id, leases, self.config.offer_timeout_s, self.log)
+        if outcome.timed_out:
             return
-        else:
-            accepted = set(lease_answer_decoder.decode(reply.data).accepted)
-            for seq in seqs:
-                if seq not in accepted:
-                    self.scheduler.offer_refused(seq)
-        finally:
-            try:
-                await recorded
-            except Exception as exc:
-                self.log.error("lease records failed", worker=worker_id, leases=seqs, error=str(exc))
+        if outcome.worker_gone:
+            self.scheduler.worker_gone(worker_id, now_ms(), [lease.stream_seq for lease in leases])
+        for seq in outcome.not_accepted:
+            self.scheduler.offer_refused(seq)
         self._pump()
 
     async def _reject(self, rejection: Rejection, *, leased_before: bool = True) -> None:

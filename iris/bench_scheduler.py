@@ -72,29 +72,39 @@ async def publish_requests(nc: nats.NATS, model: str, n: int, inbox: str) -> Non
     await asyncio.gather(*futures)
 
 
-async def count_replies(nc: nats.NATS, inbox: str, kind: str, n: int, timeout_s: float) -> tuple[float, float]:
-    """Wait for n replies of `kind` on the inbox; returns when the first and the last arrived (perf_counter)."""
-    seen = 0
-    first = last = 0.0
-    done = asyncio.Event()
+class ReplyCounter:
+    """Counts replies of one kind on an inbox. `subscribe` before publishing: a reply that comes before
+    the subscription is gone (the broker answers a queued request within a millisecond)."""
 
-    async def on_reply(msg: Any) -> None:
-        nonlocal seen, first, last
-        if (msg.headers or {}).get("Iris-Kind") == kind:
-            seen += 1
-            last = time.perf_counter()
-            first = first or last
-            if seen >= n:
-                done.set()
+    def __init__(self, nc: nats.NATS, inbox: str, kind: str, n: int) -> None:
+        self.nc, self.inbox, self.kind, self.n = nc, inbox, kind, n
+        self.seen = 0
+        self.first = self.last = 0.0
+        self._done = asyncio.Event()
+        self._sub: Any = None
 
-    sub = await nc.subscribe(inbox, cb=on_reply)
-    try:
-        await asyncio.wait_for(done.wait(), timeout_s)
-    except TimeoutError:
-        raise TimeoutError(f"only {seen} of {n} {kind!r} replies within {timeout_s} s") from None
-    finally:
-        await sub.unsubscribe()
-    return first, last
+    async def subscribe(self) -> ReplyCounter:
+        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_reply)
+        await self.nc.flush()  # the server has the subscription before anything is published
+        return self
+
+    async def _on_reply(self, msg: Any) -> None:
+        if (msg.headers or {}).get("Iris-Kind") == self.kind:
+            self.seen += 1
+            self.last = time.perf_counter()
+            self.first = self.first or self.last
+            if self.seen >= self.n:
+                self._done.set()
+
+    async def wait(self, timeout_s: float) -> tuple[float, float]:
+        """Until all n came: when the first and the last arrived (perf_counter)."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"only {self.seen} of {self.n} {self.kind!r} replies within {timeout_s} s") from None
+        finally:
+            await self._sub.unsubscribe()
+        return self.first, self.last
 
 
 async def wait_indexed(nc: nats.NATS, model: str, n: int, timeout_s: float) -> None:
@@ -136,13 +146,13 @@ async def backlog_dispatch(client: Client, model: str, n: int) -> float:
     holders = [asyncio.ensure_future(hold()) for _ in range(tickets)]
     await asyncio.wait_for(all_held.wait(), 60)
     inbox = client.nc.new_inbox()
-    queued = asyncio.ensure_future(count_replies(client.nc, inbox, "queued", n, 600))
-    results = asyncio.ensure_future(count_replies(client.nc, inbox, "result", n, 600))
+    queued = await ReplyCounter(client.nc, inbox, "queued", n).subscribe()
+    results = await ReplyCounter(client.nc, inbox, "result", n).subscribe()
     await publish_requests(client.nc, model, n, inbox)
-    await queued  # every request is in the broker's index
+    await queued.wait(600)  # every request is in the broker's index
     release.set()
     await asyncio.gather(*holders)
-    first, last = await results
+    first, last = await results.wait(600)
     return round((n - 1) / (last - first), 1)
 
 
@@ -206,10 +216,10 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dic
                 await wait_for_model(client, "slow", procs)
                 nc = client.nc
                 inbox = nc.new_inbox()
-                results = asyncio.ensure_future(count_replies(nc, inbox, "result", n_dispatch, 600))
+                results = await ReplyCounter(nc, inbox, "result", n_dispatch).subscribe()
                 start = time.perf_counter()
                 await publish_requests(nc, "fast", n_dispatch, inbox)
-                report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results)[1] - start), 1)
+                report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results.wait(600))[1] - start), 1)
 
                 report["iris_dispatch_per_s"] = await backlog_dispatch(client, "fast", n_dispatch)
 
