@@ -38,7 +38,7 @@ TARGET_RSS_MB = 150
 BACKLOG_ROUNDS = 3  # the machine's speed drifts by 10-20% within minutes: the median of three backlogs
 FAST_WORKERS = 2
 FAST_SLOTS = 64
-BODY = b'{"prompt": "Why is the sky blue?", "max_tokens": 1}'
+BODY = b'{"prompt": "Why is the sky blue?", "max_tokens": 1, "stream": false}'  # one token: nothing to stream
 
 
 def rss_mb(pid: int) -> float:
