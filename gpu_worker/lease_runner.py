@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
+from nats.js.kv import KV_DEL, KV_OP
 from structlog.stdlib import BoundLogger
 
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
@@ -46,7 +47,7 @@ from schemas.stream_ops import (
 )
 from schemas.subjects import done_subject, lease_record_subject
 
-_DELETE_RECORD = {"KV-Operation": "DEL"}
+_DELETE_RECORD = {KV_OP: KV_DEL}  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
 
 
 def now_ms() -> int:
