@@ -35,6 +35,11 @@ from schemas.logs import configure_logging
 @click.option("--limit-by", type=click.Choice(["user", "workload"]), help="Cap leases per user or per workload.")
 @click.option("--limit-per-value", type=int, help="Leases per --limit-by value before borrowing idle capacity.")
 @click.option("--min-share", type=float, help="WFQ: the lowest class runs at least this fraction as fast as the top.")
+@click.option(
+    "--priority-mode",
+    type=click.Choice(["share", "strict"]),
+    help="WFQ: priority multiplies shares across workloads (share), or higher bands always first (strict).",
+)
 @click.option("--log-level")
 def main(config_path: Path | None, **flags: object) -> None:
     config = load_config_or_exit(BrokerConfig, "broker", config_path, flags, "broker")

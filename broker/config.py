@@ -14,6 +14,9 @@ from msgspec import Meta
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]
 LimitBy = Literal["", "user", "workload"]
 MinShare = Annotated[float, Meta(ge=0, le=1)]
+# "share": a workload's share is its weight x the priority it serves (Aperture); "strict": higher priority
+# bands always first, fair inside a band, `min_share` for the bands below (vLLM, llm-d).
+PriorityMode = Literal["share", "strict"]
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -25,6 +28,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limit_by: LimitBy | None = None
     limit_per_value: Annotated[int, Meta(ge=0)] | None = None
     min_share: MinShare | None = None
+    priority_mode: PriorityMode | None = None
 
 
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,6 +41,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limit_by: LimitBy = ""  # "user" or "workload": each value gets `limit_per_value` leases, more by borrowing
     limit_per_value: Annotated[int, Meta(ge=0)] = 0
     min_share: MinShare = 0.0  # WFQ: every waiting class is served at least this fraction as fast as the top one
+    priority_mode: PriorityMode = "share"
     models: dict[Token, ModelConfig] = {}
     worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
     offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0

@@ -27,6 +27,7 @@ def waiting_request(subject: str, headers: dict[str, str], seq: int, stored_ms: 
         enqueued_ms=stored_ms,
         priority=labels.priority,
         user=labels.user,
+        end_user=labels.end_user,
         cost_tokens=labels.cost_tokens,
         prompt_tokens_est=estimate_prompt_tokens(body_bytes(headers)),
         ticket=headers.get(h.ADMISSION) == "1",

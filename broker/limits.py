@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from broker.config import BrokerConfig, ModelConfig
+from broker.config import BrokerConfig, ModelConfig, PriorityMode
 from broker.queue import Eligible, RequestQueue, WaitingRequest
 from schemas.messages import Lease
 
@@ -38,6 +38,7 @@ class ModelLimits:
     limit_by: LimitLabel = ""
     limit_per_value: int = 0  # leases per value of `limit_by` before borrowing
     min_share: float = 0.0  # WFQ: weights floored at this fraction of the heaviest active one
+    priority_mode: PriorityMode = "share"  # WFQ: priority multiplies shares, or "strict" bands
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class SchedulerLimits:
     limit_by: LimitLabel = ""
     limit_per_value: int = 0
     min_share: float = 0.0
+    priority_mode: PriorityMode = "share"
     models: Mapping[str, ModelLimits] = field(default_factory=dict)  # complete limits of configured models
 
     def for_model(self, model: str) -> ModelLimits:
@@ -71,6 +73,7 @@ class SchedulerLimits:
             limit_by=self.limit_by,
             limit_per_value=self.limit_per_value,
             min_share=self.min_share,
+            priority_mode=self.priority_mode,
         )
 
 
@@ -109,6 +112,7 @@ def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
         limit_by=config.limit_by,
         limit_per_value=config.limit_per_value,
         min_share=config.min_share,
+        priority_mode=config.priority_mode,
     )
     models = {name: _merged(flat, own) for name, own in config.models.items()}
     return SchedulerLimits(
@@ -120,6 +124,7 @@ def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
         limit_by=flat.limit_by,
         limit_per_value=flat.limit_per_value,
         min_share=flat.min_share,
+        priority_mode=flat.priority_mode,
         models=models,
         worker_timeout_ms=int(config.worker_timeout_s * 1000),
         max_attempts=config.max_attempts,
@@ -135,6 +140,7 @@ def _merged(flat: ModelLimits, own: ModelConfig) -> ModelLimits:
         limit_by=_given(own.limit_by, flat.limit_by),
         limit_per_value=_given(own.limit_per_value, flat.limit_per_value),
         min_share=_given(own.min_share, flat.min_share),
+        priority_mode=_given(own.priority_mode, flat.priority_mode),
     )
 
 

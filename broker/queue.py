@@ -13,9 +13,11 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
+
+from broker.config import PriorityMode
 
 
 class WaitingRequest(msgspec.Struct, gc=False):
@@ -32,6 +34,7 @@ class WaitingRequest(msgspec.Struct, gc=False):
     attempt: int = 1
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
     ticket: bool = False  # an admission request: granted a ticket, run by the app, needs no worker
+    end_user: str = ""  # Iris-End-User: splits the user's share, never adds to it
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,8 @@ class RequestQueue(Protocol):
         """Admission requests waiting."""
         ...
 
-    def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
-        """A finished request cost `delta_tokens` more (or less) than it was charged."""
+    def charge_back(self, labels: Any, delta_tokens: int) -> None:
+        """A finished request (its `Lease`) cost `delta_tokens` more (or less) than it was charged."""
         ...
 
     def __len__(self) -> int: ...
@@ -92,8 +95,8 @@ class Tally:
         self.tickets = 0
 
     def add(self, request: WaitingRequest, delta: int) -> None:
-        self.per_workload[request.workload] += delta
-        self.per_user[request.user] += delta
+        _count(self.per_workload, request.workload, delta)
+        _count(self.per_user, request.user, delta)
         self.tickets += delta if request.ticket else 0
 
     def none_eligible(self, eligible: Eligible, total: int) -> bool:
@@ -102,6 +105,13 @@ class Tally:
             return True
         per_value = self.per_user if eligible.label == "user" else self.per_workload
         return bool(eligible.label) and sum(per_value[value] for value in eligible.at_cap) >= total
+
+
+def _count(counter: Counter[str], key: str, delta: int) -> None:
+    """Counts that drop to zero leave the map: its size follows what waits, not every value ever seen."""
+    counter[key] += delta
+    if not counter[key]:
+        del counter[key]
 
 
 class Lanes:
@@ -207,7 +217,7 @@ class FifoQueue:
     def tickets(self) -> int:
         return self._tally.tickets
 
-    def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
+    def charge_back(self, labels: Any, delta_tokens: int) -> None:
         return None  # arrival order does not depend on cost
 
     def __len__(self) -> int:
@@ -222,10 +232,15 @@ def make_queue(
     workload_weights: Mapping[str, float] | None = None,
     estimate: Callable[[WaitingRequest], int] | None = None,
     min_share: float = 0.0,
+    priority_mode: PriorityMode = "share",
 ) -> RequestQueue:
-    """The queue for a scheduling policy name (config `policy`)."""
+    """The queue for a scheduling policy name (config `policy`) and, under WFQ, its `priority_mode`."""
     if policy == "fifo":
         return FifoQueue()
+    if policy == "wfq" and priority_mode == "strict":
+        from broker.strict import StrictQueue
+
+        return StrictQueue(workload_weights, estimate=estimate, min_share=min_share)
     if policy == "wfq":
         from broker.wfq import WfqQueue
 

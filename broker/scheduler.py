@@ -22,6 +22,7 @@ from functools import partial
 from broker.limits import ModelLimits, SchedulerLimits, next_request
 from broker.pool import SHARED_FIELDS, ModelPool, WorkerState, estimate, waiting_from
 from broker.queue import FifoQueue, WaitingRequest, make_queue
+from broker.strict import StrictQueue
 from broker.wfq import WfqQueue
 from schemas.errors import ErrorCode
 from schemas.headers import MAX_DEADLINE_S
@@ -63,17 +64,20 @@ class Scheduler:
         pool = self.pools.get(model)
         if pool is None:
             pool = self.pools[model] = ModelPool(model=model, queue=FifoQueue())
-            min_share = self.limits.for_model(model).min_share
+            limits = self.limits.for_model(model)
             cost = partial(estimate, pool)
-            pool.queue = make_queue(self.limits.policy, self.limits.workload_weights, cost, min_share)
+            pool.queue = make_queue(
+                self.limits.policy, self.limits.workload_weights, cost, limits.min_share, limits.priority_mode
+            )
         return pool
 
     def update_limits(self, limits: SchedulerLimits) -> None:
-        """Live reload: new limits and weights apply to the next decision. The policy stays as started
-        (the waiting index is ordered by it); leases already running keep their cut-off."""
+        """Live reload: new limits and weights apply to the next decision. The policy and a model's
+        priority mode stay as started (the waiting index is ordered by them); leases already running keep
+        their cut-off."""
         self.limits = dataclasses.replace(limits, policy=self.limits.policy)
         for pool in self.pools.values():
-            if isinstance(pool.queue, WfqQueue):
+            if isinstance(pool.queue, WfqQueue | StrictQueue):
                 pool.queue.weights = dict(limits.workload_weights)
                 pool.queue.min_share = limits.for_model(pool.model).min_share
 
@@ -377,7 +381,7 @@ class Scheduler:
         lease = pool.leases.get(done.stream_seq)
         if lease is not None and lease.cost_tokens:
             delta = done.prompt_tokens + done.completion_tokens - lease.cost_tokens
-            pool.queue.charge_back(lease.workload, lease.user, lease.priority, delta)
+            pool.queue.charge_back(lease, delta)
 
     def cancel_waiting(self, request_id: str) -> WaitingRequest | None:
         """Remove a waiting request by id (a running one is stopped by its worker, not here)."""

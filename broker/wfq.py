@@ -1,37 +1,50 @@
-"""Weighted fair queuing: the `RequestQueue` that decides whose request runs next.
+"""Weighted fair queuing: the `RequestQueue` that decides whose request runs next (`priority_mode = "share"`).
 
-Two levels of stride scheduling over virtual time. Workloads share a model by their configured weight;
-inside a workload, flows `(user, priority)` share it by priority, so users at equal priority get equal
-shares however many requests each sends, and priority 5 gets 5x the share of priority 1. Each workload
-and flow keeps a virtual time = cost served / weight, where cost is the request's tokens; `pop` takes the
-smallest at each level and charges it. A workload or flow that becomes active starts at the smallest
-virtual time among those already active: idle time banks no credit, and a newcomer is served at once
-however deep the others' backlog is. Inside a flow, requests keep stream order. Every operation is
-O(log n); removal is lazy.
+A tree of stride levels (`broker.stride`): workloads share a model, users share their workload, end users
+(`Iris-End-User`, what an API key's callers name as OpenAI's `user`) share their user. Each turn serves the
+request at the head of the chosen end user's flow (highest priority first, then stream order) and charges
+its cost in tokens along the path:
 
-Minimum share (`min_share`, 0 = off): at each level a waiting entity's weight is raised to at least
-`min_share` times the heaviest active weight there, so the lowest class is served at least `min_share`
-as fast as the most favoured one (priority 1 beside priority 100, a workload of weight 1 beside one of
-100) and never starves, however steep the weights. `pop(eligible)` skips workloads and flows that may not
-start now (a value at its `limit_by` cap, a request that needs a worker while none is free) without
-charging them, so they keep their turn.
+    workload  += cost / (workload weight × priority served)
+    user      += cost / priority served
+    end user  += cost / priority served
+
+So while backlogged a workload's share is its configured weight times the priority it is serving, across
+workloads as inside them (the reference labels alone, priority 5 vs 1 in two workloads, give 5:1), users of
+one workload at equal priority split it equally, and a user's share never grows by spreading requests over
+priorities (one flow, weighted by the priority it is served at) or over end users (they split the user's
+share). Minimum share (`min_share`, 0 = off): at each level a weight is raised to at least `min_share` times
+the heaviest active one there (weight × highest waiting priority), so nobody starves. `pop(eligible)` skips
+what may not start now without charging it, so it keeps its turn. State is bounded by what is waiting:
+a subtree with nothing waiting is dropped, and idle keys are forgotten once they owe nothing.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
-from collections import Counter
-from collections.abc import Callable, Hashable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from broker.queue import Eligible, Tally, WaitingRequest
-
-K = TypeVar("K", bound=Hashable)
-FlowKey = tuple[str, int]  # (user, priority)
+from broker.stride import StrideLevel
 
 DEFAULT_COST_TOKENS = 256
 BYTES_PER_PROMPT_TOKEN = 4
+DEPTH = 3  # workload, user, end user
+Path = tuple[str, str, str]
+
+
+class Labels(Protocol):
+    """What places a request in the tree (a `WaitingRequest` or a `Lease`)."""
+
+    @property
+    def workload(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def end_user(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
 
 
 def estimate_prompt_tokens(body_bytes: int) -> int:
@@ -39,93 +52,34 @@ def estimate_prompt_tokens(body_bytes: int) -> int:
     return max(1, body_bytes // BYTES_PER_PROMPT_TOKEN)
 
 
-class StrideLevel(Generic[K]):
-    """Entities that take turns in proportion to their weights; the virtual clock of one level."""
+def path_of(request: Labels) -> Path:
+    return (request.workload, request.user, request.end_user)
+
+
+class _Node:
+    """A workload, user or end user: its children take turns by `level`; `priorities` counts the requests
+    waiting below it by priority. A leaf (an end user) holds its flow: (-priority, stream_seq), lazily pruned."""
+
+    __slots__ = ("children", "level", "newest_seq", "priorities", "seqs", "waiting")
 
     def __init__(self) -> None:
-        self.vtime: dict[K, float] = {}
-        self.active: set[K] = set()
-        self._heap: list[tuple[float, int, K]] = []
-        self._order = itertools.count()
-        self.floor = 0.0  # virtual time of the last turn: where a newly active entity starts
+        self.level: StrideLevel[str] = StrideLevel()
+        self.children: dict[str, _Node] = {}
+        self.priorities: dict[int, int] = {}
+        self.seqs: list[tuple[int, int]] = []
+        self.waiting = 0
+        self.newest_seq = 0
 
-    def activate(self, key: K) -> None:
-        if key in self.active:
-            return
-        self.active.add(key)
-        start = max(self.vtime.get(key, self.floor), self._min_active_vtime())
-        self.vtime[key] = start
-        heapq.heappush(self._heap, (start, next(self._order), key))
+    def top_priority(self) -> int:
+        return max(self.priorities) if self.priorities else 1
 
-    def _min_active_vtime(self) -> float:
-        self._drop_stale()
-        return self._heap[0][0] if self._heap else self.floor
-
-    def _drop_stale(self) -> None:
-        while self._heap:
-            vtime, _, key = self._heap[0]
-            if key in self.active and self.vtime.get(key) == vtime:
-                return
-            heapq.heappop(self._heap)
-
-    def peek(self) -> K | None:
-        self._drop_stale()
-        return self._heap[0][2] if self._heap else None
-
-    def peek_where(self, ok: Callable[[K], bool]) -> K | None:
-        """The active key with the smallest virtual time that satisfies `ok`; those before it keep their place."""
-        head = self.peek()
-        if head is None or ok(head):
-            return head
-        skipped = []
-        found = None
-        while self._heap:
-            entry = heapq.heappop(self._heap)
-            vtime, _, key = entry
-            if key not in self.active or self.vtime.get(key) != vtime:
-                continue  # stale
-            skipped.append(entry)
-            if ok(key):
-                found = key
-                break
-        for entry in skipped:
-            heapq.heappush(self._heap, entry)
-        return found
-
-    def charge(self, key: K, cost: float, weight: float) -> None:
-        """`key` just had a turn costing `cost`: it moves back by cost / weight."""
-        self.floor = max(self.floor, self.vtime[key])
-        self.vtime[key] += cost / weight
-        if key in self.active:
-            heapq.heappush(self._heap, (self.vtime[key], next(self._order), key))
-
-    def adjust(self, key: K, cost: float, weight: float) -> None:
-        """Correct an earlier charge (actual tokens known); affects the key's next turn, not its current one."""
-        if key not in self.vtime:
-            return
-        self.vtime[key] = max(self.floor, self.vtime[key] + cost / weight)
-        if key in self.active:
-            heapq.heappush(self._heap, (self.vtime[key], next(self._order), key))
-
-    def deactivate(self, key: K) -> None:
-        self.active.discard(key)
-        if self.vtime.get(key, 0.0) <= self.floor:
-            self.vtime.pop(key, None)  # nothing owed: forget it (a returning key starts at the floor anyway)
-
-
-class _Workload:
-    def __init__(self) -> None:
-        self.flows: dict[FlowKey, list[int]] = {}  # flow → heap of stream sequences
-        self.live: dict[FlowKey, int] = {}  # flow → waiting requests not yet removed
-        self.last_seq: dict[FlowKey, int] = {}  # flow → newest stream sequence pushed
-        self.level: StrideLevel[FlowKey] = StrideLevel()
-        self.priorities: Counter[int] = Counter()  # priorities of the active flows (for the min share)
-
-    def head(self, flow: FlowKey, requests: dict[int, WaitingRequest]) -> WaitingRequest:
-        seqs = self.flows[flow]
-        while seqs[0] not in requests:
-            heapq.heappop(seqs)  # removed lazily
-        return requests[seqs[0]]
+    def count(self, priority: int, delta: int) -> None:
+        self.waiting += delta
+        left = self.priorities.get(priority, 0) + delta
+        if left:
+            self.priorities[priority] = left
+        else:
+            del self.priorities[priority]
 
 
 class WfqQueue:
@@ -143,131 +97,170 @@ class WfqQueue:
         # as fresh as what the broker has learned by then.
         self.estimate = estimate or (lambda request: request.prompt_tokens_est + DEFAULT_COST_TOKENS)
         self._requests: dict[int, WaitingRequest] = {}
-        self._workloads: dict[str, _Workload] = {}
-        self._level: StrideLevel[str] = StrideLevel()
+        self._root = _Node()
         self._tally = Tally()
 
     def weight(self, workload: str) -> float:
         return self.weights.get(workload, self.default_weight)
 
-    def workload_weight(self, workload: str) -> float:
-        """The configured weight, raised to the minimum share of the heaviest active workload's."""
-        weight = self.weight(workload)
-        if self.min_share and self._level.active:
-            weight = max(weight, self.min_share * max(self.weight(w) for w in self._level.active))
-        return weight
-
-    def flow_weight(self, workload: _Workload, priority: int) -> float:
-        """The flow's priority, raised to the minimum share of the highest active priority's."""
-        if self.min_share and workload.priorities:
-            return max(float(priority), self.min_share * max(workload.priorities))
-        return float(priority)
-
     def cost(self, request: WaitingRequest) -> int:
         return request.cost_tokens or self.estimate(request)
 
+    def _weight(self, parent: _Node, depth: int, key: str, priority: int) -> float:
+        """A child's weight when it serves at `priority`, raised to the level's minimum share."""
+        weight = (self.weight(key) if depth == 0 else 1.0) * priority
+        if self.min_share:
+            weight = max(weight, self.min_share * self._heaviest(parent, depth))
+        return weight
+
+    def _heaviest(self, parent: _Node, depth: int) -> float:
+        if depth:  # users and end users weigh their highest waiting priority: the parent's own
+            return float(parent.top_priority())
+        active = parent.level.active
+        return max((self.weight(k) * parent.children[k].top_priority() for k in active), default=0.0)
+
+    def _nodes(self, path: Path) -> list[_Node]:
+        nodes = [self._root]
+        for key in path:
+            nodes.append(nodes[-1].children[key])
+        return nodes
+
     def push(self, request: WaitingRequest) -> None:
         self._requests[request.stream_seq] = request
-        workload = self._workloads.setdefault(request.workload, _Workload())
-        flow = (request.user, request.priority)
-        heapq.heappush(workload.flows.setdefault(flow, []), request.stream_seq)
-        workload.live[flow] = workload.live.get(flow, 0) + 1
-        workload.last_seq[flow] = max(workload.last_seq.get(flow, 0), request.stream_seq)
-        if flow not in workload.level.active:
-            workload.priorities[request.priority] += 1
-        workload.level.activate(flow)
-        self._level.activate(request.workload)
+        path = path_of(request)
+        node = self._root  # the root's own counts are the whole queue's: len() and the tally say them
+        for key in path:
+            child = node.children.get(key)
+            if child is None:
+                child = node.children[key] = _Node()
+            node.level.activate(key)
+            child.count(request.priority, 1)
+            node = child
+        heapq.heappush(node.seqs, (-request.priority, request.stream_seq))
+        node.newest_seq = max(node.newest_seq, request.stream_seq)
         self._tally.add(request, 1)
 
     def pop(self, eligible: Eligible | None = None) -> WaitingRequest | None:
-        if eligible is None:
-            name = self._level.peek()
-            flow = None if name is None else self._workloads[name].level.peek()
-        else:
-            name, flow = self._peek_eligible(eligible)
-        if name is None or flow is None:
+        path = self._best_path(eligible)
+        if path is None:
             return None
-        workload = self._workloads[name]
-        request = self._take_head(workload, flow)
+        nodes = self._nodes(path)
+        request = self._take_head(nodes[-1])
         cost = self.cost(request)
-        workload.level.charge(flow, cost, self.flow_weight(workload, flow[1]))
-        self._level.charge(name, cost, self.workload_weight(name))
-        self._settle(name, workload, flow)
-        self._tally.add(request, -1)
+        for depth, key in enumerate(path):
+            nodes[depth].level.charge(key, cost, self._weight(nodes[depth], depth, key, request.priority))
+        self._unlink(request, path, nodes)
         return request
 
-    def _peek_eligible(self, eligible: Eligible) -> tuple[str | None, FlowKey | None]:
+    def has_eligible(self, eligible: Eligible | None) -> bool:
+        return self._best_path(eligible) is not None
+
+    def _best_path(self, eligible: Eligible | None) -> Path | None:
+        if eligible is None:
+            keys: list[str] = []
+            node = self._root
+            for _ in range(DEPTH):
+                key = node.level.peek()
+                if key is None:
+                    return None
+                keys.append(key)
+                node = node.children[key]
+            return (keys[0], keys[1], keys[2])
         if self._tally.none_eligible(eligible, len(self._requests)):
-            return None, None
-        flows: dict[str, FlowKey] = {}
+            return None
+        found: list[str] = []  # filled bottom-up as the search returns
 
-        def has_eligible_flow(name: str) -> bool:
-            if not eligible.workload_ok(name):
+        def search(node: _Node, depth: int) -> bool:
+            if depth == DEPTH:
+                return eligible.request_ok(self._head(node))
+
+            def ok(key: str) -> bool:
+                if depth == 0 and not eligible.workload_ok(key):
+                    return False
+                if search(node.children[key], depth + 1):
+                    found.append(key)
+                    return True
                 return False
-            workload = self._workloads[name]
-            flow = workload.level.peek_where(lambda f: eligible.request_ok(workload.head(f, self._requests)))
-            if flow is not None:
-                flows[name] = flow
-            return flow is not None
 
-        name = self._level.peek_where(has_eligible_flow)
-        return name, None if name is None else flows[name]
+            return node.level.peek_where(ok) is not None
 
-    def _take_head(self, workload: _Workload, flow: FlowKey) -> WaitingRequest:
-        seqs = workload.flows[flow]
-        while True:
-            request = self._requests.pop(heapq.heappop(seqs), None)
-            if request is not None:
-                workload.live[flow] -= 1
-                return request
+        return (found[2], found[1], found[0]) if search(self._root, 0) else None
 
-    def _settle(self, name: str, workload: _Workload, flow: FlowKey) -> None:
-        """Deactivate a flow with nothing left, and a workload with no active flow."""
-        if workload.live.get(flow, 0) == 0:
-            workload.priorities[flow[1]] -= 1
-            if not workload.priorities[flow[1]]:
-                del workload.priorities[flow[1]]
-            workload.level.deactivate(flow)
-            workload.flows.pop(flow, None)
-            workload.live.pop(flow, None)
-            workload.last_seq.pop(flow, None)
-        if not workload.level.active:
-            self._level.deactivate(name)
-            if not workload.level.vtime:
-                del self._workloads[name]
+    def _head(self, leaf: _Node) -> WaitingRequest:
+        seqs = leaf.seqs
+        while seqs[0][1] not in self._requests:
+            heapq.heappop(seqs)  # removed lazily
+        return self._requests[seqs[0][1]]
+
+    def _take_head(self, leaf: _Node) -> WaitingRequest:
+        request = self._head(leaf)
+        heapq.heappop(leaf.seqs)
+        del self._requests[request.stream_seq]
+        return request
+
+    def _unlink(self, request: WaitingRequest, path: Path, nodes: list[_Node]) -> None:
+        """Count the request out; a subtree with nothing waiting leaves the tree (it banks no credit)."""
+        for node in nodes[1:]:
+            node.count(request.priority, -1)
+        for depth in range(DEPTH - 1, -1, -1):
+            child = nodes[depth + 1]
+            if child.waiting:
+                break
+            nodes[depth].level.deactivate(path[depth])
+            del nodes[depth].children[path[depth]]
+        leaf = nodes[-1]
+        if leaf.waiting and len(leaf.seqs) > 2 * leaf.waiting + 64:
+            leaf.seqs = [entry for entry in leaf.seqs if entry[1] in self._requests]
+            heapq.heapify(leaf.seqs)
+        self._tally.add(request, -1)
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._requests.pop(stream_seq, None)
         if request is None:
             return None
-        workload = self._workloads[request.workload]
-        flow = (request.user, request.priority)
-        workload.live[flow] -= 1
-        self._settle(request.workload, workload, flow)
-        self._tally.add(request, -1)
+        path = path_of(request)
+        self._unlink(request, path, self._nodes(path))
         return request
 
     def position(self, stream_seq: int) -> int:
-        """An estimate of how many requests start before this one: those ahead of it in its flow,
-        scaled by the flow's share of the model while the active flows stay as they are."""
+        """An estimate of how many requests start before this one: those ahead of it in its flow, scaled
+        by the flow's share of the model while the active keys stay as they are."""
         request = self._requests[stream_seq]
-        workload = self._workloads[request.workload]
-        flow = (request.user, request.priority)
-        if workload.last_seq[flow] == stream_seq:
-            ahead = workload.live[flow] - 1  # the common case, a new arrival: O(1) even behind a flood
-        else:
-            ahead = sum(1 for seq in workload.flows[flow] if seq < stream_seq and seq in self._requests)
-        active_weight = sum(self.workload_weight(w) for w in self._level.active)
-        flows_weight = sum(self.flow_weight(workload, f[1]) for f in workload.level.active)
-        flow_share = self.flow_weight(workload, flow[1]) / flows_weight
-        share = self.workload_weight(request.workload) / active_weight * flow_share
-        return min(len(self._requests) - 1, int(ahead / share))
+        path = path_of(request)
+        nodes = self._nodes(path)
+        share = 1.0
+        for depth, key in enumerate(path):
+            share *= self._share(nodes[depth], depth, key)
+        return min(len(self._requests) - 1, int(self._ahead_in_flow(nodes[-1], request) / share))
 
-    def charge_back(self, workload: str, user: str, priority: int, delta_tokens: int) -> None:
-        self._level.adjust(workload, delta_tokens, self.workload_weight(workload))
-        entry = self._workloads.get(workload)
-        if entry is not None:
-            entry.level.adjust((user, priority), delta_tokens, self.flow_weight(entry, priority))
+    def _share(self, parent: _Node, depth: int, key: str) -> float:
+        def weight(k: str) -> float:
+            return self._weight(parent, depth, k, parent.children[k].top_priority())
+
+        return weight(key) / sum(weight(k) for k in parent.level.active)
+
+    def _ahead_in_flow(self, leaf: _Node, request: WaitingRequest) -> int:
+        if leaf.newest_seq == request.stream_seq and request.priority == min(leaf.priorities):
+            return leaf.waiting - 1  # the common case, a new arrival: O(1) even behind a flood
+        mine = (-request.priority, request.stream_seq)
+        return sum(1 for entry in leaf.seqs if entry < mine and entry[1] in self._requests)
+
+    def charge_back(self, labels: Labels, delta_tokens: int) -> None:
+        node = self._root
+        for depth, key in enumerate(path_of(labels)):
+            node.level.adjust(key, delta_tokens, self._weight(node, depth, key, labels.priority))
+            child = node.children.get(key)
+            if child is None:
+                return  # nothing of it waits: forgotten, it owes nothing
+            node = child
+
+    def remembered(self) -> int:
+        """Keys held anywhere in the tree (active or still owing): what bounded state is measured by."""
+
+        def count(node: _Node) -> int:
+            return len(node.level) + sum(count(child) for child in node.children.values())
+
+        return count(self._root)
 
     def count(self, workload: str) -> int:
         return self._tally.per_workload[workload]

@@ -45,6 +45,7 @@ class Forwarder:
             workload=identity.workload,
             priority=identity.priority,
             user=identity.user,
+            end_user=identity.end_user,
             deadline_s=identity.deadline_s,
             idempotency_key=idempotency_key,
         )

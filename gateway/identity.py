@@ -5,7 +5,9 @@ A key (`Authorization: Bearer KEY`) is looked up by its sha256; an unknown or ma
 workload `default` at priority 1 (like Ollama on localhost) unless keys are required. The headers
 `X-Iris-Workload`, `X-Iris-Priority` and `X-Iris-Deadline` may narrow what the key allows, never widen it:
 asking for more is `forbidden`. A client-supplied end-user name (OpenAI's `user` field) splits the key's
-share further: it becomes the fairness key `<key user>-<end user>`.
+share between its end users (`Iris-End-User`) instead of adding shares: however many names a key sends, it
+holds what one user of its workload holds. Keyless callers naming users share the workload's one
+anonymous flow the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Identity:
     deadline_s: float
     limit_key: str = ""  # whose allowance the request spends (the key's hash; "" = keyless callers)
     rate: RateLimit = RateLimit()
+    end_user: str | None = None  # who the caller asks for: splits the user's share, never adds one
 
 
 class KeyRing:
@@ -70,11 +73,9 @@ class KeyRing:
         priority = _priority(headers.get(PRIORITY_HEADER), grant)
         deadline_s = self._deadline_s(headers.get(DEADLINE_HEADER))
         user = None if key is None else key.user
-        if end_user:
-            mapped = to_token(end_user)
-            user = mapped if user is None else to_token(f"{user}-{mapped}")
         rate = self.keyless_rate if key is None else RateLimit(key.requests_per_min, key.tokens_per_min)
-        return Identity(user, workload, priority, deadline_s, "" if key is None else key.sha256, rate)
+        limit_key = "" if key is None else key.sha256
+        return Identity(user, workload, priority, deadline_s, limit_key, rate, to_token(end_user) if end_user else None)
 
     def _deadline_s(self, raw: str | None) -> float:
         if raw is None:

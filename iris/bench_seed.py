@@ -2,6 +2,11 @@
 
 10 users share one model behind `max_concurrency = 2`: 5 "paid" (priority 5) and 5 "open-source"
 (priority 1), N prompts each from a fixed, varied set shipped with Iris (`iris/data/seed_prompts.json`).
+Labels (`--labels`): `reference` (default) labels requests as the reference does, a workload per tier
+(`paid`, `open-source`) with its priority and no configured weights; `one-workload` puts all ten users in
+workload `default`. Mode (`--mode`): `requests` sends prompts through Iris to its worker; `admission`
+is the reference's own pattern, each call asks `iris.admit.<model>` for a ticket with those labels,
+calls the model itself (a model server taking `--model-call-s` per call) and releases the ticket.
 Three arms on the same model and prompts, each on a fresh stack (nats-server, broker, one 2-slot worker):
   * `fifo`        — `--policy fifo`, all 10 users: what a plain queue gives;
   * `iris`        — weighted-fair queuing, all 10 users;
@@ -21,7 +26,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,20 @@ MAX_CONCURRENCY = 2
 QUEUE_TIMEOUT_S = 120.0
 MAX_INFLIGHT_S = 60.0
 ARMS = ("fifo", "iris", "paid-alone")
+LABELS = ("reference", "one-workload")
+MODES = ("requests", "admission")
+ADMISSION_MODEL = "seed-app"
+
+
+@dataclass(frozen=True)
+class SeedOptions:
+    labels: str = "reference"  # a workload per tier (the reference's labels), or "one-workload"
+    mode: str = "requests"  # or "admission": tickets from Iris, the model called by the app
+    priority_mode: str = "share"  # the broker's `priority_mode` in the Iris arm
+    model_call_s: float = 0.3  # admission mode: one call to the app's own model server
+
+    def workload(self, tier: str) -> str:
+        return tier if self.labels == "reference" else "default"
 
 
 @dataclass(frozen=True)
@@ -77,39 +96,82 @@ def make_users(per_user: int) -> list[User]:
     return users
 
 
-async def _one(client: Client, arm: str, user: User, index: int, model: str, t0: float, max_tokens: int) -> Sample:
-    submitted = time.monotonic()
-    tokens, outcome = 0, "ok"
-    try:
-        result = await client.complete(
+class ModelServer:
+    """The app's own model server in admission mode: each call takes `call_s`; it counts how many run at
+    once, so an over-admitting scheduler shows in the report."""
+
+    def __init__(self, call_s: float) -> None:
+        self.call_s = call_s
+        self.running = 0
+        self.most_at_once = 0
+
+    async def call(self) -> None:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(self.call_s)
+        finally:
+            self.running -= 1
+
+
+@dataclass
+class Run:
+    """One arm's drive: who asks, with which labels, through which path."""
+
+    client: Client
+    arm: str
+    model: str
+    max_tokens: int
+    options: SeedOptions
+    server: ModelServer | None = None  # admission mode
+    t0: float = field(default_factory=time.monotonic)
+
+    async def one(self, user: User, index: int) -> Sample:
+        submitted = time.monotonic()
+        tokens, outcome = 0, "ok"
+        try:
+            tokens = await (self._admitted(user) if self.server else self._requested(user, index))
+        except IrisError as exc:
+            outcome = exc.code.value
+        latency = time.monotonic() - submitted
+        return Sample(self.arm, user.tier, user.name, index, submitted - self.t0, latency, tokens, outcome)
+
+    async def _requested(self, user: User, index: int) -> int:
+        result = await self.client.complete(
             messages=[{"role": "user", "content": user.prompts[index]}],
-            model=model,
+            model=self.model,
+            workload=self.options.workload(user.tier),
             priority=user.priority,
             user=user.name,
             deadline_s=QUEUE_TIMEOUT_S + MAX_INFLIGHT_S,
-            max_tokens=max_tokens,
+            max_tokens=self.max_tokens,
             temperature=0.0,
             seed=1,
         )
-        tokens = result.usage.completion_tokens
-    except IrisError as exc:
-        outcome = exc.code.value
-    latency = time.monotonic() - submitted
-    return Sample(arm, user.tier, user.name, index, submitted - t0, latency, tokens, outcome)
+        return result.usage.completion_tokens
+
+    async def _admitted(self, user: User) -> int:
+        assert self.server is not None
+        admission = self.client.admit(
+            model=self.model,
+            workload=self.options.workload(user.tier),
+            priority=user.priority,
+            user=user.name,
+            deadline_s=QUEUE_TIMEOUT_S,
+        )
+        async with admission:
+            await self.server.call()
+        return 0
 
 
-async def _drive(
-    client: Client, arm: str, users: list[User], behaviour: str, model: str, max_tokens: int
-) -> list[Sample]:
-    t0 = time.monotonic()
+async def _drive(run: Run, users: list[User], behaviour: str) -> list[Sample]:
     if behaviour == "burst":
         # Round-robin over users, so submission order favours no tier (FIFO would serve the first in first).
         rounds = max(len(u.prompts) for u in users)
-        calls = [_one(client, arm, u, i, model, t0, max_tokens) for i in range(rounds) for u in _alternate(users)]
-        return list(await asyncio.gather(*calls))
+        return list(await asyncio.gather(*(run.one(u, i) for i in range(rounds) for u in _alternate(users))))
 
     async def closed_loop(user: User) -> list[Sample]:
-        return [await _one(client, arm, user, i, model, t0, max_tokens) for i in range(len(user.prompts))]
+        return [await run.one(user, i) for i in range(len(user.prompts))]
 
     per_user = await asyncio.gather(*(closed_loop(u) for u in users))
     return [s for samples in per_user for s in samples]
@@ -122,31 +184,46 @@ def _alternate(users: list[User]) -> list[User]:
 
 
 async def run_arm(
-    arm: str, users: list[User], behaviour: str, worker_args: list[str], model: str, max_tokens: int
+    arm: str,
+    users: list[User],
+    behaviour: str,
+    worker_args: list[str],
+    model: str,
+    max_tokens: int,
+    options: SeedOptions = SeedOptions(),
 ) -> list[Sample]:
     policy = "fifo" if arm == "fifo" else "wfq"
+    admission = options.mode == "admission"
     with tempfile.TemporaryDirectory(prefix=f"iris-seed-{arm}-") as tmp:
         workdir = Path(tmp)
         server = NatsServer(workdir / "nats").start()
-        broker_args = [
-            "--policy",
-            policy,
-            "--max-concurrency",
-            str(MAX_CONCURRENCY),
-            "--max-inflight",
-            str(MAX_INFLIGHT_S),
-        ]
-        procs = [
-            spawn("broker", server.url, broker_args, workdir / "broker.log"),
-            spawn("gpu_worker", server.url, ["--slots", str(MAX_CONCURRENCY), *worker_args], workdir / "worker.log"),
-        ]
+        broker_args = ["--policy", policy, "--max-concurrency", str(MAX_CONCURRENCY)]
+        broker_args += ["--max-inflight", str(MAX_INFLIGHT_S), "--priority-mode", options.priority_mode]
+        procs = [spawn("broker", server.url, broker_args, workdir / "broker.log")]
+        if not admission:
+            worker = ["--slots", str(MAX_CONCURRENCY), *worker_args]
+            procs.append(spawn("gpu_worker", server.url, worker, workdir / "worker.log"))
         try:
             async with await Client.connect(server.url) as client:
-                await wait_for_model(client, model, procs)
+                if admission:
+                    await _wait_for_admission(client)
+                    run = Run(client, arm, ADMISSION_MODEL, max_tokens, options, ModelServer(options.model_call_s))
+                else:
+                    await wait_for_model(client, model, procs)
+                    run = Run(client, arm, model, max_tokens, options)
                 arm_users = [u for u in users if u.tier == "paid"] if arm == "paid-alone" else users
-                return await _drive(client, arm, arm_users, behaviour, model, max_tokens)
+                samples = await _drive(run, arm_users, behaviour)
+                if run.server is not None and run.server.most_at_once > MAX_CONCURRENCY:
+                    raise RuntimeError(f"{run.server.most_at_once} model calls ran at once under max concurrency 2")
+                return samples
         finally:
             stop_all(procs, server)
+
+
+async def _wait_for_admission(client: Client, timeout_s: float = 60.0) -> None:
+    """The broker leads and grants tickets: one admitted and released before the clock starts."""
+    async with client.admit(model=ADMISSION_MODEL, workload="warm-up", deadline_s=timeout_s):
+        pass
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -197,7 +274,20 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
     return out
 
 
-def verdict(summary: dict[str, Any], samples: list[Sample]) -> dict[str, Any]:
+# Paid's fluid ideal in the closed loop: under 5:1 shares it holds 5/6 of the slots while both tiers wait,
+# so its cycle is 1/(5/6) = 1.2x paid-alone's and 0.6x FIFO's (half the users, 5/6 of the slots); strict
+# priority gives paid every slot (1.0x alone, 0.5x FIFO). The targets leave room for a non-preemptive start.
+TARGETS = {
+    "share": {"paid_p50_vs_fifo": 0.65, "paid_p50_vs_alone": 1.25, "throughput_vs_fifo": 0.98},
+    "strict": {"paid_p50_vs_fifo": 0.55, "paid_p50_vs_alone": 1.10, "throughput_vs_fifo": 0.98},
+}
+IDEALS = {
+    "share": {"paid_p50_vs_fifo": 0.6, "paid_p50_vs_alone": 1.2},
+    "strict": {"paid_p50_vs_fifo": 0.5, "paid_p50_vs_alone": 1.0},
+}
+
+
+def verdict(summary: dict[str, Any], samples: list[Sample], priority_mode: str = "share") -> dict[str, Any]:
     """The acceptance figures: paid p50 vs FIFO and vs alone, throughput vs FIFO, starvation."""
     paid = {arm: summary[arm]["tiers"]["paid"]["p50_s"] for arm in ARMS if arm in summary}
     deadline_s = QUEUE_TIMEOUT_S + MAX_INFLIGHT_S
@@ -210,9 +300,11 @@ def verdict(summary: dict[str, Any], samples: list[Sample]) -> dict[str, Any]:
         "paid_p50_vs_fifo": round(paid["iris"] / paid["fifo"], 3),
         "paid_p50_vs_alone": round(paid["iris"] / paid["paid-alone"], 3),
         "throughput_vs_fifo": round(summary["iris"]["requests_per_s"] / summary["fifo"]["requests_per_s"], 3),
-        "tokens_per_s_vs_fifo": round(summary["iris"]["tokens_per_s"] / summary["fifo"]["tokens_per_s"], 3),
+        "tokens_per_s_vs_fifo": round(summary["iris"]["tokens_per_s"] / max(summary["fifo"]["tokens_per_s"], 1e-9), 3),
         "open_source_starved": len(starved),
-        "targets": {"paid_p50_vs_fifo": 0.65, "paid_p50_vs_alone": 1.25, "throughput_vs_fifo": 0.98},
+        "open_source_answered": sum(s.arm == "iris" and s.tier == "open-source" and s.outcome == "ok" for s in samples),
+        "targets": TARGETS[priority_mode],
+        "closed_loop_ideal": IDEALS[priority_mode],
     }
 
 
@@ -230,6 +322,7 @@ async def run_seed_bench(
     model: str,
     out_dir: Path,
     repeats: int = 1,
+    options: SeedOptions = SeedOptions(),
 ) -> dict[str, Any]:
     from iris.seed_report import write_report
 
@@ -240,23 +333,28 @@ async def run_seed_bench(
         for repeat in range(repeats):
             for arm in arm_order(repeat):
                 print(f"seed: {behaviour} / {arm} (run {repeat + 1} of {repeats}) ...", flush=True)
-                arm_samples = await run_arm(arm, users, behaviour, worker_args, model, max_tokens)
+                arm_samples = await run_arm(arm, users, behaviour, worker_args, model, max_tokens, options)
                 samples += [replace(s, run=repeat) for s in arm_samples]
         summary = summarize(samples)
         results[behaviour] = {
             "summary": summary,
-            "verdict": verdict(summary, samples),
+            "verdict": verdict(summary, samples, options.priority_mode),
             "samples": [asdict(s) for s in samples],
         }
     setup = {
         "users": {tier: USERS_PER_TIER for tier, _ in TIERS},
         "priorities": dict(TIERS),
+        "labels": options.labels,
+        "workloads": {tier: options.workload(tier) for tier, _ in TIERS},
+        "mode": options.mode,
+        "priority_mode": options.priority_mode,
+        "model_call_s": options.model_call_s if options.mode == "admission" else None,
         "prompts_per_user": per_user,
         "max_tokens": max_tokens,
         "max_concurrency": MAX_CONCURRENCY,
         "queue_timeout_s": QUEUE_TIMEOUT_S,
         "max_inflight_s": MAX_INFLIGHT_S,
-        "model": model,
+        "model": ADMISSION_MODEL if options.mode == "admission" else model,
         "repeats": repeats,
         "worker_args": worker_args,
         # Worker settings given by environment (e.g. IRIS_WORKER_KV_UNIFIED) change the engine, so they go

@@ -247,13 +247,29 @@ def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, sl
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
 @click.option("--fake-tps", type=float, default=50.0, show_default=True, help="FakeEngine tokens/s (engine fake).")
 @click.option("--repeats", type=int, default=1, show_default=True, help="Runs of each arm (alternating order).")
+@click.option(
+    "--labels",
+    type=click.Choice(["reference", "one-workload"]),
+    default="reference",
+    show_default=True,
+    help="reference: a workload per tier (paid, open-source) with its priority, no weights; one-workload: default.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["requests", "admission"]),
+    default="requests",
+    show_default=True,
+    help="requests: prompts run by Iris's worker; admission: tickets from iris.admit, the app calls its own model.",
+)
+@click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
+@click.option("--model-call-s", type=float, default=0.3, show_default=True, help="Admission mode: one model call.")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
-    fake_tps: float, repeats: int, out_dir: Path,
+    fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
-    from iris.bench_seed import run_seed_bench
+    from iris.bench_seed import SeedOptions, run_seed_bench
 
     if engine == "fake":
         worker_args, name = ["--engine", "fake", "--model-name", "fake", "--fake-tps", str(fake_tps)], "fake"
@@ -265,7 +281,8 @@ def bench_seed(
 
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
-    asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats))
+    options = SeedOptions(labels, mode, priority_mode, model_call_s)
+    asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
 
 
 @bench.command("fairness")

@@ -33,10 +33,13 @@ def _tables(behaviour: str, block: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     v = block["verdict"]
     t = v["targets"]
+    ideal = v.get("closed_loop_ideal", {}) if behaviour == "closed" else {}
+    fifo_ideal = f", fluid ideal {ideal['paid_p50_vs_fifo']}" if ideal else ""
+    alone_ideal = f", fluid ideal {ideal['paid_p50_vs_alone']}" if ideal else ""
     lines += [
         "",
-        f"- paid p50, Iris / FIFO: **{v['paid_p50_vs_fifo']}** (target ≤ {t['paid_p50_vs_fifo']})",
-        f"- paid p50, Iris / paid alone: **{v['paid_p50_vs_alone']}** (target ≤ {t['paid_p50_vs_alone']})",
+        f"- paid p50, Iris / FIFO: **{v['paid_p50_vs_fifo']}** (target ≤ {t['paid_p50_vs_fifo']}{fifo_ideal})",
+        f"- paid p50, Iris / paid alone: **{v['paid_p50_vs_alone']}** (target ≤ {t['paid_p50_vs_alone']}{alone_ideal})",
         f"- throughput, Iris / FIFO: **{v['throughput_vs_fifo']}** requests/s, {v['tokens_per_s_vs_fifo']} tokens/s "
         f"(target ≥ {t['throughput_vs_fifo']})",
         f"- open-source requests starved (neither answered nor given a typed deadline error in time): "
@@ -88,6 +91,24 @@ def plot_cdf(samples: list[dict[str, Any]], path: Path, behaviour: str) -> None:
     plt.close(fig)
 
 
+def _labelling(setup: dict[str, Any]) -> str:
+    workloads = setup.get("workloads", {})
+    if setup.get("labels", "one-workload") == "reference":
+        where = "labelled as the reference labels them: a workload per tier (" + ", ".join(
+            f"`{w}` priority {setup['priorities'][tier]}" for tier, w in workloads.items()
+        ) + "), no configured weights"
+    else:
+        where = "all users in workload `default` (`--labels one-workload`), priorities 5 and 1"
+    if setup.get("mode") == "admission":
+        how = (
+            f"admission mode: each call asks `iris.admit.<model>` for a ticket, calls the app's own model "
+            f"({setup['model_call_s']} s a call) and releases the ticket"
+        )
+    else:
+        how = "requests through Iris to its worker"
+    return f"Requests {where}; {how}; Iris arm `priority_mode = \"{setup.get('priority_mode', 'share')}\"`."
+
+
 def write_report(setup: dict[str, Any], results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -99,6 +120,8 @@ def write_report(setup: dict[str, Any], results: dict[str, Any], out_dir: Path) 
         f"{setup['max_inflight_s']:.0f} s; model `{setup['model']}` ({' '.join(setup['worker_args']) or 'embedded'}"
         f"{''.join(f', {k}={v}' for k, v in setup.get('worker_env', {}).items())}); "
         f"{setup['when']}. Latency is submit → final answer.",
+        "",
+        _labelling(setup),
         "",
     ]
     for behaviour, block in results.items():

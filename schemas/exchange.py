@@ -76,6 +76,7 @@ def build_envelope(
     deadline_s: float = h.DEFAULT_DEADLINE_S,
     tokens: int | None = None,
     idempotency_key: str | None = None,
+    end_user: str | None = None,
 ) -> RequestEnvelope:
     """Validate everything a client controls and build the message; raises `InvalidRequest` naming the field."""
     body = encoder.encode(request)
@@ -83,7 +84,8 @@ def build_envelope(
         request_decoder.decode(body)  # constructing a Struct does not check its bounds; decoding does
     except (msgspec.ValidationError, ValueError) as exc:
         raise InvalidRequest(f"invalid request: {exc}") from None
-    for name, value in (("model", model), ("workload", workload), ("user", user), ("idempotency_key", idempotency_key)):
+    labels = (("model", model), ("workload", workload), ("user", user), ("end_user", end_user))
+    for name, value in (*labels, ("idempotency_key", idempotency_key)):
         if value is not None and not is_token(value):
             raise InvalidRequest(f"{name} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}, got {value[:40]!r}")
     if not h.MIN_PRIORITY <= priority <= h.MAX_PRIORITY:
@@ -103,6 +105,8 @@ def build_envelope(
     }
     if user:
         headers[h.USER] = user
+    if end_user:
+        headers[h.END_USER] = end_user
     if tokens:
         headers[h.TOKENS] = str(tokens)
     return RequestEnvelope(model, workload, body, headers, deadline_ms)

@@ -17,6 +17,9 @@ REPLY_TO = "Iris-Reply-To"
 DEADLINE = "Iris-Deadline"
 PRIORITY = "Iris-Priority"
 USER = "Iris-User"
+# Who the user acts for (an API key's callers, OpenAI's `user` field): they split the user's share between
+# them instead of each adding one.
+END_USER = "Iris-End-User"
 TOKENS = "Iris-Tokens"
 KIND = "Iris-Kind"
 REQUEST_ID = "Iris-Request-Id"
@@ -58,6 +61,7 @@ class RequestLabels(msgspec.Struct, frozen=True):
     priority: int
     user: str
     cost_tokens: int  # 0 = not given, estimate it
+    end_user: str = ""
 
 
 def _int_header(headers: dict[str, str], name: str, low: int, high: int) -> int | None:
@@ -91,9 +95,7 @@ def parse_request_headers(headers: dict[str, str], now_ms: int, fallback_id: str
         deadline_ms = now_ms + int(DEFAULT_DEADLINE_S * 1000)
     elif deadline_ms > now_ms + int(MAX_DEADLINE_S * 1000):
         raise InvalidRequest(f"header {DEADLINE} is more than {MAX_DEADLINE_S:.0f} s in the future")
-    user = headers.get(USER, "")
-    if user and not is_token(user):
-        raise InvalidRequest(f"header {USER} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}")
+    user, end_user = _token_header(headers, USER), _token_header(headers, END_USER)
     return RequestLabels(
         request_id=request_id,
         reply_to=reply_to,
@@ -101,7 +103,15 @@ def parse_request_headers(headers: dict[str, str], now_ms: int, fallback_id: str
         priority=_int_header(headers, PRIORITY, MIN_PRIORITY, MAX_PRIORITY) or MIN_PRIORITY,
         user=user,
         cost_tokens=_int_header(headers, TOKENS, 1, MAX_COST_TOKENS) or 0,
+        end_user=end_user,
     )
+
+
+def _token_header(headers: dict[str, str], name: str) -> str:
+    value = headers.get(name, "")
+    if value and not is_token(value):
+        raise InvalidRequest(f"header {name} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}")
+    return value
 
 
 def ttl_header(deadline_ms: int, now_ms: int) -> str:

@@ -21,7 +21,8 @@ def test_keys_required_off_loopback_and_specs_validated() -> None:
         raise AssertionError("a gateway bound beyond loopback served a keyless request")
     identity = ring.identify({"authorization": "Bearer local-key-1", "x-iris-priority": "3"}, end_user="eve@example")
     assert (identity.workload, identity.priority) == ("batch", 3) and identity.user is not None
-    assert identity.user.endswith("-eve_example")
+    # An end user splits the key's share (its own label), never becomes a fairness key of its own.
+    assert identity.end_user == "eve_example" and "eve" not in identity.user
     for spec in ("short", "long-enough-key:bad workload", "long-enough-key:w:500"):
         try:
             parse_key_spec(spec)

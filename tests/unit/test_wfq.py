@@ -124,7 +124,7 @@ def test_charge_back_makes_actual_tokens_fair_despite_equal_estimates() -> None:
         assert request is not None
         used = actual[request.user]
         served[request.user] += used
-        queue.charge_back(request.workload, request.user, request.priority, used - request.cost_tokens)
+        queue.charge_back(request, used - request.cost_tokens)
         queue.push(req("w", request.user, 1, 100))
     share = served["long"] / (served["long"] + served["short"])
     assert abs(share - 0.5) <= 0.025, share
