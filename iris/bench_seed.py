@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -97,19 +98,23 @@ def make_users(per_user: int) -> list[User]:
 
 
 class ModelServer:
-    """The app's own model server in admission mode: each call takes `call_s`; it counts how many run at
-    once, so an over-admitting scheduler shows in the report."""
+    """The app's own model server in admission mode. A call takes `call_s` on average, between half and
+    one and a half times that by prompt (answers differ in length; the same prompt takes the same time in
+    every arm); it counts how many calls run at once, so an over-admitting scheduler shows in the report."""
 
     def __init__(self, call_s: float) -> None:
         self.call_s = call_s
         self.running = 0
         self.most_at_once = 0
 
-    async def call(self) -> None:
+    def duration_s(self, prompt: str) -> float:
+        return self.call_s * (0.5 + random.Random(prompt).random())
+
+    async def call(self, prompt: str) -> None:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
-            await asyncio.sleep(self.call_s)
+            await asyncio.sleep(self.duration_s(prompt))
         finally:
             self.running -= 1
 
@@ -130,7 +135,7 @@ class Run:
         submitted = time.monotonic()
         tokens, outcome = 0, "ok"
         try:
-            tokens = await (self._admitted(user) if self.server else self._requested(user, index))
+            tokens = await (self._admitted(user, index) if self.server else self._requested(user, index))
         except IrisError as exc:
             outcome = exc.code.value
         latency = time.monotonic() - submitted
@@ -150,7 +155,7 @@ class Run:
         )
         return result.usage.completion_tokens
 
-    async def _admitted(self, user: User) -> int:
+    async def _admitted(self, user: User, index: int) -> int:
         assert self.server is not None
         admission = self.client.admit(
             model=self.model,
@@ -160,7 +165,7 @@ class Run:
             deadline_s=QUEUE_TIMEOUT_S,
         )
         async with admission:
-            await self.server.call()
+            await self.server.call(user.prompts[index])
         return 0
 
 
@@ -210,6 +215,8 @@ async def run_arm(
                     run = Run(client, arm, ADMISSION_MODEL, max_tokens, options, ModelServer(options.model_call_s))
                 else:
                     await wait_for_model(client, model, procs)
+                    # One answer before the clock starts: the broker's start-up grace is over, the model warm.
+                    await client.complete("warm up", model=model, workload="warm-up", max_tokens=1, deadline_s=300)
                     run = Run(client, arm, model, max_tokens, options)
                 arm_users = [u for u in users if u.tier == "paid"] if arm == "paid-alone" else users
                 samples = await _drive(run, arm_users, behaviour)

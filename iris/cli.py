@@ -292,12 +292,20 @@ def bench_seed(
 @click.option("--outstanding", type=int, default=4, show_default=True, help="Closed loops per user (greedy: 10x).")
 @click.option("--slots", type=int, default=2, show_default=True, help="FakeEngine worker slots.")
 @click.option("--policy", type=click.Choice(["wfq", "fifo"]), default="wfq", show_default=True)
+@click.option(
+    "--scenario",
+    type=click.Choice(["weights", "priorities", "both"]),
+    default="both",
+    show_default=True,
+    help="weights: workloads weighted 1:2:4; priorities: workloads at priorities 1/2/4, no weights.",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/fairness.json"), show_default=True)
-def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, out: Path) -> None:
-    """Token share per flow vs its weight under saturation (workloads 1:2:4, one greedy user)."""
-    from iris.bench_fairness import run_fairness_bench
+def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, scenario: str, out: Path) -> None:
+    """Token share per flow vs its target under saturation (weights 1:2:4, or priorities 1/2/4; a greedy user)."""
+    from iris.bench_fairness import SCENARIOS, run_fairness_bench
 
-    asyncio.run(run_fairness_bench(duration_s, outstanding, slots, out, policy))
+    names = tuple(SCENARIOS) if scenario == "both" else (scenario,)
+    asyncio.run(run_fairness_bench(duration_s, outstanding, slots, out, policy, names))
 
 
 @bench.command("scheduler")

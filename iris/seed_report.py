@@ -94,19 +94,21 @@ def plot_cdf(samples: list[dict[str, Any]], path: Path, behaviour: str) -> None:
 def _labelling(setup: dict[str, Any]) -> str:
     workloads = setup.get("workloads", {})
     if setup.get("labels", "one-workload") == "reference":
-        where = "labelled as the reference labels them: a workload per tier (" + ", ".join(
-            f"`{w}` priority {setup['priorities'][tier]}" for tier, w in workloads.items()
-        ) + "), no configured weights"
+        where = (
+            "labelled as the reference labels them: a workload per tier ("
+            + ", ".join(f"`{w}` priority {setup['priorities'][tier]}" for tier, w in workloads.items())
+            + "), no configured weights"
+        )
     else:
         where = "all users in workload `default` (`--labels one-workload`), priorities 5 and 1"
     if setup.get("mode") == "admission":
         how = (
             f"admission mode: each call asks `iris.admit.<model>` for a ticket, calls the app's own model "
-            f"({setup['model_call_s']} s a call) and releases the ticket"
+            f"({setup['model_call_s']} s a call on average, 0.5-1.5x by prompt) and releases the ticket"
         )
     else:
         how = "requests through Iris to its worker"
-    return f"Requests {where}; {how}; Iris arm `priority_mode = \"{setup.get('priority_mode', 'share')}\"`."
+    return f'Requests {where}; {how}; Iris arm `priority_mode = "{setup.get("priority_mode", "share")}"`.'
 
 
 def write_report(setup: dict[str, Any], results: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -15,9 +15,7 @@ def req(
     workload: str = "default", user: str = "", priority: int = 1, cost: int = 100, end_user: str = ""
 ) -> WaitingRequest:
     seq = next(_seq)
-    return WaitingRequest(
-        seq, f"r{seq}", "m", workload, "_INBOX.x", 10**15, 0, priority, user, cost, end_user=end_user
-    )
+    return WaitingRequest(seq, f"r{seq}", "m", workload, "_INBOX.x", 10**15, 0, priority, user, cost, end_user=end_user)
 
 
 def saturate(queue: RequestQueue, flows: dict[Flow, int], pops: int, depth: int = 3) -> Counter[Flow]:
