@@ -69,6 +69,14 @@ class RequestQueue(Protocol):
 
     def position(self, stream_seq: int) -> int: ...
 
+    def work_ahead(self, stream_seq: int) -> float:
+        """Tokens (as estimated) that start before this request: what its start waits for."""
+        ...
+
+    def cost_of(self, stream_seq: int) -> int:
+        """A waiting request's own cost, as estimated when it was pushed."""
+        ...
+
     def count(self, workload: str) -> int: ...
 
     def count_user(self, user: str) -> int: ...
@@ -154,7 +162,10 @@ class Lanes:
 class FifoQueue:
     """First come, first served by stream sequence; a re-queued request keeps its original place."""
 
-    def __init__(self) -> None:
+    def __init__(self, estimate: Callable[[WaitingRequest], int] | None = None) -> None:
+        self._estimate = estimate or (lambda request: request.prompt_tokens_est + 256)
+        self._costs: dict[int, int] = {}  # stream sequence → its cost when pushed
+        self._cost_total = 0
         self._by_seq: dict[int, WaitingRequest] = {}
         self._heap: list[int] = []  # stream sequences; entries no longer in _by_seq are skipped lazily
         self._last_seq = 0
@@ -163,6 +174,8 @@ class FifoQueue:
 
     def push(self, request: WaitingRequest) -> None:
         self._by_seq[request.stream_seq] = request
+        cost = self._costs[request.stream_seq] = request.cost_tokens or self._estimate(request)
+        self._cost_total += cost
         heapq.heappush(self._heap, request.stream_seq)
         self._last_seq = max(self._last_seq, request.stream_seq)
         self._tally.add(request, 1)
@@ -182,15 +195,13 @@ class FifoQueue:
 
     def _taken(self, request: WaitingRequest) -> WaitingRequest:
         self._tally.add(request, -1)
+        self._cost_total -= self._costs.pop(request.stream_seq)
         self._compact()
         return request
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._by_seq.pop(stream_seq, None)
-        if request is not None:
-            self._tally.add(request, -1)
-        self._compact()
-        return request
+        return None if request is None else self._taken(request)
 
     def _compact(self) -> None:
         if len(self._heap) > 2 * len(self._by_seq) + 64:
@@ -207,6 +218,15 @@ class FifoQueue:
         if self._heap and self._heap[0] == stream_seq:
             return 0
         return sum(1 for seq in self._by_seq if seq < stream_seq)
+
+    def cost_of(self, stream_seq: int) -> int:
+        return self._costs[stream_seq]
+
+    def work_ahead(self, stream_seq: int) -> float:
+        own = self._costs[stream_seq]
+        if stream_seq == self._last_seq:
+            return self._cost_total - own
+        return sum(cost for seq, cost in self._costs.items() if seq < stream_seq)
 
     def count(self, workload: str) -> int:
         return self._tally.per_workload[workload]
@@ -236,7 +256,7 @@ def make_queue(
 ) -> RequestQueue:
     """The queue for a scheduling policy name (config `policy`) and, under WFQ, its `priority_mode`."""
     if policy == "fifo":
-        return FifoQueue()
+        return FifoQueue(estimate)
     if policy == "wfq" and priority_mode == "strict":
         from broker.strict import StrictQueue
 

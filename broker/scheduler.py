@@ -84,9 +84,14 @@ class Scheduler:
     def knows(self, stream_seq: int) -> bool:
         return stream_seq in self._model_of
 
-    def _eta_s(self, pool: ModelPool, position: int) -> float:
+    def _eta_s(self, pool: ModelPool, position: int, stream_seq: int | None = None) -> float:
+        """Seconds until the answer is expected: the work ahead and its own, over the model's parallelism."""
         slots = pool.parallelism(self.limits.for_model(pool.model).max_concurrency)
-        return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
+        ms_per_token = pool.ms_per_token()
+        if ms_per_token is None or stream_seq is None or stream_seq not in pool.queue:
+            return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
+        work_ms = (pool.queue.work_ahead(stream_seq) / slots + pool.queue.cost_of(stream_seq)) * ms_per_token
+        return round(work_ms / 1000.0, 3)
 
     def admit(self, request: WaitingRequest, now_ms: int) -> Admitted | Rejection | None:
         """A request seen in the stream; None when it is already known (redelivery, rebuild)."""
@@ -105,7 +110,7 @@ class Scheduler:
             return None
         self._enqueue(pool, request)
         position = pool.queue.position(request.stream_seq)
-        start_ms = now_ms + self._start_delay_ms(pool, limits, position)
+        start_ms = now_ms + self._start_delay_ms(pool, limits, position, request.stream_seq)
         if pool.completed and start_ms > request.deadline_ms:
             self._forget_waiting(request.stream_seq)
             wait_s = (start_ms - now_ms) / 1000
@@ -115,7 +120,7 @@ class Scheduler:
             pool.updates.plan(
                 request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms
             )
-        return Admitted(request, position, self._eta_s(pool, position))
+        return Admitted(request, position, self._eta_s(pool, position, request.stream_seq))
 
     def _refuse_at_once(
         self, pool: ModelPool, limits: ModelLimits, request: WaitingRequest, now_ms: int
@@ -139,17 +144,23 @@ class Scheduler:
         out = []
         for pool in self.pools.values():
             for seq, position, reply_to, request_id in pool.updates.take_due(pool.queue, pool.dispatched, now_ms):
-                out.append((reply_to, request_id, position, self._eta_s(pool, position)))
+                out.append((reply_to, request_id, position, self._eta_s(pool, position, seq)))
                 pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
         return out
 
-    def _start_delay_ms(self, pool: ModelPool, limits: ModelLimits, position: int) -> float:
-        """Expected wait before the request at `position` starts: whole service rounds ahead of it."""
+    def _start_delay_ms(self, pool: ModelPool, limits: ModelLimits, position: int, stream_seq: int) -> float:
+        """Expected wait before a waiting request starts: the tokens that start before it under the fair
+        order, at the engine time per token its workers showed, spread over the model's parallelism. Until
+        an answer has come back with its tokens (tickets report none), whole mean service rounds ahead."""
         free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
         free_now = max(0, min(pool.capacity(limits.max_concurrency), free_slots))
         if position < free_now:
             return 0.0
-        return ((position - free_now) // pool.parallelism(limits.max_concurrency) + 1) * pool.service_ms_ema
+        slots = pool.parallelism(limits.max_concurrency)
+        ms_per_token = pool.ms_per_token()
+        if ms_per_token is not None:
+            return pool.queue.work_ahead(stream_seq) / slots * ms_per_token
+        return ((position - free_now) // slots + 1) * pool.service_ms_ema
 
     def _forget_waiting(self, stream_seq: int) -> WaitingRequest | None:
         """Take a waiting request out of the index (expired, cancelled, finished elsewhere, rejected)."""
@@ -369,16 +380,20 @@ class Scheduler:
                 expired.append(request)
         return expired
 
-    def lease_usage(self, done: LeaseDone) -> None:
-        """Actual tokens of a finished lease: learn the workload's completion length, and charge the flow
-        the difference to what it was charged up front, so a bad estimate does not skew shares."""
+    def lease_usage(self, done: LeaseDone, now_ms: int) -> None:
+        """Actual tokens of a finished lease: learn the workload's completion length and the engine time per
+        token, and charge the flow the difference to what it was charged up front, so a bad estimate does
+        not skew shares."""
         pool = self.pools.get(done.model)
         if pool is None:
             return
+        lease = pool.leases.get(done.stream_seq)
+        run_ms = done.run_ms or (now_ms - lease.leased_ms if lease is not None else 0)
+        if run_ms > 0:
+            pool.learn_run(run_ms, done.prompt_tokens + done.completion_tokens)
         ema = pool.completion_tokens_ema.get(done.workload)
         tokens = float(done.completion_tokens)
         pool.completion_tokens_ema[done.workload] = tokens if ema is None else 0.8 * ema + 0.2 * tokens
-        lease = pool.leases.get(done.stream_seq)
         if lease is not None and lease.cost_tokens:
             delta = done.prompt_tokens + done.completion_tokens - lease.cost_tokens
             pool.queue.charge_back(lease, delta)

@@ -303,7 +303,7 @@ class BrokerService:
                 pool = self.scheduler.pools.get(done.model)
                 lease = pool.leases.get(done.stream_seq) if pool is not None else None
                 self.metrics.finished(done, lease.priority if lease else 1, now)
-                self.scheduler.lease_usage(done)
+                self.scheduler.lease_usage(done, now)
             self.scheduler.lease_ended(done.stream_seq, now)
         self._pump()
 

@@ -94,6 +94,15 @@ class StrictQueue:
         above = sum(len(band) for p, band in self._bands.items() if p > priority)
         return above + self._bands[priority].position(stream_seq)
 
+    def work_ahead(self, stream_seq: int) -> float:
+        """Tokens in higher bands, then what starts before it inside its own band."""
+        priority = self._band_of[stream_seq]
+        above = sum(band.waiting_cost() for p, band in self._bands.items() if p > priority)
+        return above + self._bands[priority].work_ahead(stream_seq)
+
+    def cost_of(self, stream_seq: int) -> int:
+        return self._bands[self._band_of[stream_seq]].cost_of(stream_seq)
+
     def charge_back(self, labels: Labels, delta_tokens: int) -> None:
         band = self._bands.get(labels.priority)
         if band is not None:

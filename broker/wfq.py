@@ -60,7 +60,7 @@ class _Node:
     """A workload, user or end user: its children take turns by `level`; `priorities` counts the requests
     waiting below it by priority. A leaf (an end user) holds its flow: (-priority, stream_seq), lazily pruned."""
 
-    __slots__ = ("children", "level", "newest_seq", "priorities", "seqs", "waiting")
+    __slots__ = ("children", "cost", "level", "newest_seq", "priorities", "seqs", "waiting")
 
     def __init__(self) -> None:
         self.level: StrideLevel[str] = StrideLevel()
@@ -68,13 +68,15 @@ class _Node:
         self.priorities: dict[int, int] = {}
         self.seqs: list[tuple[int, int]] = []
         self.waiting = 0
+        self.cost = 0  # tokens waiting below, as estimated when each was pushed
         self.newest_seq = 0
 
     def top_priority(self) -> int:
         return max(self.priorities) if self.priorities else 1
 
-    def count(self, priority: int, delta: int) -> None:
+    def count(self, priority: int, delta: int, cost: int) -> None:
         self.waiting += delta
+        self.cost += delta * cost
         left = self.priorities.get(priority, 0) + delta
         if left:
             self.priorities[priority] = left
@@ -97,6 +99,7 @@ class WfqQueue:
         # as fresh as what the broker has learned by then.
         self.estimate = estimate or (lambda request: request.prompt_tokens_est + DEFAULT_COST_TOKENS)
         self._requests: dict[int, WaitingRequest] = {}
+        self._costs: dict[int, int] = {}  # stream sequence → its cost when pushed (what the sums hold)
         self._root = _Node()
         self._tally = Tally()
 
@@ -127,14 +130,16 @@ class WfqQueue:
 
     def push(self, request: WaitingRequest) -> None:
         self._requests[request.stream_seq] = request
+        cost = self._costs[request.stream_seq] = self.cost(request)
+        self._root.cost += cost
         path = path_of(request)
-        node = self._root  # the root's own counts are the whole queue's: len() and the tally say them
+        node = self._root
         for key in path:
             child = node.children.get(key)
             if child is None:
                 child = node.children[key] = _Node()
             node.level.activate(key)
-            child.count(request.priority, 1)
+            child.count(request.priority, 1, cost)
             node = child
         heapq.heappush(node.seqs, (-request.priority, request.stream_seq))
         node.newest_seq = max(node.newest_seq, request.stream_seq)
@@ -200,8 +205,10 @@ class WfqQueue:
 
     def _unlink(self, request: WaitingRequest, path: Path, nodes: list[_Node]) -> None:
         """Count the request out; a subtree with nothing waiting leaves the tree (it banks no credit)."""
+        cost = self._costs.pop(request.stream_seq)
+        self._root.cost -= cost
         for node in nodes[1:]:
-            node.count(request.priority, -1)
+            node.count(request.priority, -1, cost)
         for depth in range(DEPTH - 1, -1, -1):
             child = nodes[depth + 1]
             if child.waiting:
@@ -233,6 +240,25 @@ class WfqQueue:
             share *= self._share(nodes[depth], depth, key)
         return min(len(self._requests) - 1, int(self._ahead_in_flow(nodes[-1], request) / share))
 
+    def work_ahead(self, stream_seq: int) -> float:
+        """Tokens that start before this request under the fair order: those ahead of it in its flow,
+        scaled by the flow's share while the active keys stay as they are, and never more than all that
+        waits besides it."""
+        request = self._requests[stream_seq]
+        path = path_of(request)
+        nodes = self._nodes(path)
+        share = 1.0
+        for depth, key in enumerate(path):
+            share *= self._share(nodes[depth], depth, key)
+        own = self._costs[stream_seq]
+        return min(self._root.cost - own, self._cost_ahead_in_flow(nodes[-1], request) / share)
+
+    def _cost_ahead_in_flow(self, leaf: _Node, request: WaitingRequest) -> int:
+        if leaf.newest_seq == request.stream_seq and request.priority == min(leaf.priorities):
+            return leaf.cost - self._costs[request.stream_seq]
+        mine = (-request.priority, request.stream_seq)
+        return sum(self._costs[seq] for entry in leaf.seqs if entry < mine and (seq := entry[1]) in self._costs)
+
     def _share(self, parent: _Node, depth: int, key: str) -> float:
         def weight(k: str) -> float:
             return self._weight(parent, depth, k, parent.children[k].top_priority())
@@ -253,6 +279,12 @@ class WfqQueue:
             if child is None:
                 return  # nothing of it waits: forgotten, it owes nothing
             node = child
+
+    def cost_of(self, stream_seq: int) -> int:
+        return self._costs[stream_seq]
+
+    def waiting_cost(self) -> int:
+        return self._root.cost
 
     def remembered(self) -> int:
         """Keys held anywhere in the tree (active or still owing): what bounded state is measured by."""

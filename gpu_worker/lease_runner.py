@@ -187,7 +187,8 @@ class LeaseRunner:
         )
         await publish_reply(self.nc, lease.reply_to, lease.request_id, result)
         answered()
-        await self._release(lease, delete_body=True, usage=(finished.prompt_tokens, finished.completion_tokens))
+        usage = (finished.prompt_tokens, finished.completion_tokens)
+        await self._release(lease, delete_body=True, usage=usage, run_ms=run_ms)
         log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
 
     async def _fail(
@@ -216,7 +217,9 @@ class LeaseRunner:
         answered()
         await self._release(lease, delete_body=False)
 
-    async def _release(self, lease: Lease, *, delete_body: bool, usage: tuple[int, int] | None = None) -> None:
+    async def _release(
+        self, lease: Lease, *, delete_body: bool, usage: tuple[int, int] | None = None, run_ms: float = 0.0
+    ) -> None:
         """After the final reply: the request leaves the stream, then its lease record, then the broker
         hears the lease ended (with its real token `usage` when it generated an answer). The record's
         delete is not awaited: a record left behind only makes a future leader re-queue the lease,
@@ -226,6 +229,12 @@ class LeaseRunner:
         await self.nc.publish(lease_record_subject(lease.stream_seq), b"", headers=_DELETE_RECORD)
         prompt_tokens, completion_tokens = usage or (0, 0)
         done = LeaseDone(
-            lease.stream_seq, lease.model, lease.workload, prompt_tokens, completion_tokens, completed=usage is not None
+            lease.stream_seq,
+            lease.model,
+            lease.workload,
+            prompt_tokens,
+            completion_tokens,
+            completed=usage is not None,
+            run_ms=float(run_ms),
         )
         self.ends.add(done)

@@ -109,6 +109,7 @@ class LeaseDone(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
     completed: bool = True
+    run_ms: float = 0.0  # engine time of the answer, as its worker measured it (0 = not measured: a ticket)
 
 
 class LeasesDone(msgspec.Struct, frozen=True):

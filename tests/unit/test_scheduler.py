@@ -217,7 +217,7 @@ def test_completion_length_is_learned_per_workload() -> None:
     scheduler.admit(first, now)
     (lease,) = scheduler.dispatch(now)
     assert lease.cost_tokens == 10 + 256  # nothing learned yet: the default completion estimate
-    scheduler.lease_usage(LeaseDone(lease.stream_seq, "m", "default", prompt_tokens=12, completion_tokens=40))
+    scheduler.lease_usage(LeaseDone(lease.stream_seq, "m", "default", prompt_tokens=12, completion_tokens=40), 0)
     scheduler.lease_ended(lease.stream_seq, now + 1)
     second = request(2)
     second.prompt_tokens_est = 10
