@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from broker.queue import RequestQueue, WaitingRequest
 from broker.queue_updates import QueueUpdatePlan
+from broker.service_time import ServiceTime
 from broker.wfq import DEFAULT_COST_TOKENS
 from schemas.messages import Lease
 
@@ -42,23 +43,8 @@ class ModelPool:
     completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
     dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
     updates: QueueUpdatePlan = field(default_factory=QueueUpdatePlan)  # QueueUpdates still to send
-    # Engine time per token (prompt + completion) of finished answers, as the workers measured it: what the
-    # start estimate multiplies the tokens ahead by. Engine time leaves out the per-request overheads, so the
-    # estimate errs on the side of admitting. (ms, tokens) averages; None until an answer came back.
-    run_ms_ema: float | None = None
-    run_tokens_ema: float = 0.0
-
-    def learn_run(self, run_ms: float, tokens: int) -> None:
-        if self.run_ms_ema is None:
-            self.run_ms_ema, self.run_tokens_ema = run_ms, float(tokens)
-        else:
-            self.run_ms_ema = 0.8 * self.run_ms_ema + 0.2 * run_ms
-            self.run_tokens_ema = 0.8 * self.run_tokens_ema + 0.2 * tokens
-
-    def ms_per_token(self) -> float | None:
-        if self.run_ms_ema is None:
-            return None
-        return self.run_ms_ema / max(1.0, self.run_tokens_ema)
+    # Engine time of answers as their workers measured it: what the start estimate prices the work ahead at.
+    service_time: ServiceTime = field(default_factory=ServiceTime)
 
     def live_slots(self) -> int:
         return sum(w.slots for w in self.workers.values() if not w.draining)

@@ -87,11 +87,10 @@ class Scheduler:
     def _eta_s(self, pool: ModelPool, position: int, stream_seq: int | None = None) -> float:
         """Seconds until the answer is expected: the work ahead and its own, over the model's parallelism."""
         slots = pool.parallelism(self.limits.for_model(pool.model).max_concurrency)
-        ms_per_token = pool.ms_per_token()
-        if ms_per_token is None or stream_seq is None or stream_seq not in pool.queue:
+        if not pool.service_time.known or stream_seq is None or stream_seq not in pool.queue:
             return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
-        work_ms = (pool.queue.work_ahead(stream_seq) / slots + pool.queue.cost_of(stream_seq)) * ms_per_token
-        return round(work_ms / 1000.0, 3)
+        ahead_ms = pool.service_time.ms(position, pool.queue.work_ahead(stream_seq)) / slots
+        return round((ahead_ms + pool.service_time.ms(1, pool.queue.cost_of(stream_seq))) / 1000.0, 3)
 
     def admit(self, request: WaitingRequest, now_ms: int) -> Admitted | Rejection | None:
         """A request seen in the stream; None when it is already known (redelivery, rebuild)."""
@@ -149,17 +148,17 @@ class Scheduler:
         return out
 
     def _start_delay_ms(self, pool: ModelPool, limits: ModelLimits, position: int, stream_seq: int) -> float:
-        """Expected wait before a waiting request starts: the tokens that start before it under the fair
-        order, at the engine time per token its workers showed, spread over the model's parallelism. Until
-        an answer has come back with its tokens (tickets report none), whole mean service rounds ahead."""
+        """Expected wait before a waiting request starts: the requests and tokens that start before it under
+        the fair order, priced at the engine time its workers showed (`broker.service_time`), spread over
+        the model's parallelism. Until an answer has come back with its tokens (tickets report none), whole
+        mean service rounds ahead."""
         free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
         free_now = max(0, min(pool.capacity(limits.max_concurrency), free_slots))
         if position < free_now:
             return 0.0
         slots = pool.parallelism(limits.max_concurrency)
-        ms_per_token = pool.ms_per_token()
-        if ms_per_token is not None:
-            return pool.queue.work_ahead(stream_seq) / slots * ms_per_token
+        if pool.service_time.known:
+            return pool.service_time.ms(position - free_now, pool.queue.work_ahead(stream_seq)) / slots
         return ((position - free_now) // slots + 1) * pool.service_ms_ema
 
     def _forget_waiting(self, stream_seq: int) -> WaitingRequest | None:
@@ -390,7 +389,7 @@ class Scheduler:
         lease = pool.leases.get(done.stream_seq)
         run_ms = done.run_ms or (now_ms - lease.leased_ms if lease is not None else 0)
         if run_ms > 0:
-            pool.learn_run(run_ms, done.prompt_tokens + done.completion_tokens)
+            pool.service_time.learn(done.prompt_tokens + done.completion_tokens, run_ms)
         ema = pool.completion_tokens_ema.get(done.workload)
         tokens = float(done.completion_tokens)
         pool.completion_tokens_ema[done.workload] = tokens if ema is None else 0.8 * ema + 0.2 * tokens

@@ -1,0 +1,56 @@
+"""How long an answer takes, learned from what workers report, as a function of its tokens.
+
+Answers are grouped by size (powers of two of their prompt + completion tokens); each group keeps a moving
+average of its size and engine time (`run_ms` on `LeaseDone`), and the time of an answer of any size is read
+off the line through the groups' points: interpolated between them, extended with the last segment's slope
+past the largest, proportional below the smallest. So a burst of tiny requests, whose time is mostly fixed
+cost, refreshes only its own group instead of teaching the broker that every token costs that much (which
+would price long answers far too high), and a long run of one size cannot erase what other sizes showed.
+The times are the engine's own (no queueing or transport) and never extrapolate upwards from a fixed cost,
+so an estimate built on them errs on the side of admitting. Pure.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+ALPHA = 0.2  # weight of a new answer in its group's moving average
+
+
+class ServiceTime:
+    def __init__(self) -> None:
+        self._groups: dict[int, tuple[float, float]] = {}  # log2 of tokens → (mean tokens, mean ms)
+
+    def learn(self, tokens: int, run_ms: float) -> None:
+        group = max(1, tokens).bit_length()
+        old = self._groups.get(group)
+        if old is None:
+            self._groups[group] = (float(max(1, tokens)), run_ms)
+        else:
+            self._groups[group] = (old[0] + ALPHA * (tokens - old[0]), old[1] + ALPHA * (run_ms - old[1]))
+
+    @property
+    def known(self) -> bool:
+        return bool(self._groups)
+
+    def answer_ms(self, tokens: float) -> float:
+        """Engine time of one answer of `tokens`."""
+        points = [self._groups[g] for g in sorted(self._groups)]
+        xs = [x for x, _ in points]
+        i = bisect.bisect_left(xs, tokens)
+        if i == 0:
+            return points[0][1] * tokens / points[0][0]
+        if i == len(points):
+            if len(points) == 1:
+                return points[0][1] * tokens / points[0][0]
+            i -= 1
+        (x0, y0), (x1, y1) = points[i - 1], points[i]
+        slope = max(0.0, (y1 - y0) / (x1 - x0)) if x1 > x0 else 0.0
+        return max(0.0, y0 + slope * (tokens - x0))
+
+    def ms(self, requests: float, tokens: float) -> float:
+        """Engine time of `requests` answers of `tokens` in all, one after another (each taken at their
+        mean size)."""
+        if requests <= 0 or tokens <= 0:
+            return 0.0
+        return requests * self.answer_ms(tokens / requests)
