@@ -13,7 +13,9 @@ from tests.integration.services import eventually
 PAID_KEY = "paid-key-0123456789"  # user alice, workload paid (may also use default), priority up to 5
 OPEN_KEY = "open-key-0123456789"  # user bob, workload default, priority 1
 LIMITED_KEY = "limited-key-0123456789"  # user carol: 2 requests/min
+DAVE_KEY = "dave-key-0123456789"  # user dave, workload default, priority 1 (bob's peer)
 TEST_KEYS = [
+    ApiKey(sha256=hash_key(DAVE_KEY), user="dave"),
     ApiKey(sha256=hash_key(PAID_KEY), user="alice", workload="paid", workloads=["default"], max_priority=5),
     ApiKey(sha256=hash_key(OPEN_KEY), user="bob"),
     ApiKey(sha256=hash_key(LIMITED_KEY), user="carol", requests_per_min=2),
