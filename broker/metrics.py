@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.queue import WaitingRequest
-from broker.stats import Flow, StatsWindow
+from broker.stats import Flow, FlowLoad, StatsWindow
 from schemas.messages import BrokerStats, Lease, LeaseDone
 from schemas.metrics_http import MetricsEndpoint
 
@@ -61,7 +61,9 @@ class BrokerMetrics:
             "iris_broker_served_tokens", "Tokens served, per flow class", FLOW_PRIORITY, registry=r
         )
         self.share = Gauge("iris_broker_token_share", "Share of the model's tokens in the window", FLOW, registry=r)
-        self.target_share = Gauge("iris_broker_target_share", "Weight share among busy workloads", FLOW, registry=r)
+        self.target_share = Gauge(
+            "iris_broker_target_share", "Weight x priority share among busy workloads", FLOW, registry=r
+        )
         self.endpoint = MetricsEndpoint(r)
         self._shown: set[Flow] = set()
 
@@ -102,7 +104,7 @@ class BrokerMetrics:
         self.reclaims.labels(request.model).inc()
 
     def snapshot(
-        self, now_ms: int, load: Mapping[Flow, tuple[int, int]], weight: Callable[[str], float], **ids: str
+        self, now_ms: int, load: Mapping[Flow, FlowLoad], weight: Callable[[str], float], **ids: str
     ) -> BrokerStats:
         stats = self.window.snapshot(now_ms, load, weight, **ids)
         shown = set()

@@ -79,6 +79,10 @@ class RequestQueue(Protocol):
 
     def count(self, workload: str) -> int: ...
 
+    def top_priority(self, workload: str) -> int:
+        """The highest priority waiting in a workload (1 when none)."""
+        ...
+
     def count_user(self, user: str) -> int: ...
 
     def tickets(self) -> int:
@@ -230,6 +234,9 @@ class FifoQueue:
 
     def count(self, workload: str) -> int:
         return self._tally.per_workload[workload]
+
+    def top_priority(self, workload: str) -> int:
+        return 1  # arrival order does not weigh priority
 
     def count_user(self, user: str) -> int:
         return self._tally.per_user[user]

@@ -61,13 +61,13 @@ class StatsWindow:
     def snapshot(
         self,
         now_ms: int,
-        load: Mapping[Flow, tuple[int, int]],
+        load: Mapping[Flow, FlowLoad],
         weight: Callable[[str], float],
         *,
         broker_id: str = "",
         policy: str = "wfq",
     ) -> BrokerStats:
-        """`load`: (queued, running) per flow now; flows idle for a whole window are dropped."""
+        """`load`: (queued, running, priority) per flow now; flows idle for a whole window are dropped."""
         cutoff = now_ms - self.window_ms
         for flow in self.flows.values():
             flow.trim(cutoff)
@@ -75,26 +75,26 @@ class StatsWindow:
         busy_weight: dict[str, float] = {}
         model_tokens: dict[str, int] = {}
         for model, workload in names:
-            queued, running = load.get((model, workload), (0, 0))
+            queued, running, priority = load.get((model, workload), IDLE)
             if queued or running:
-                busy_weight[model] = busy_weight.get(model, 0.0) + weight(workload)
+                busy_weight[model] = busy_weight.get(model, 0.0) + weight(workload) * priority
             window = self.flows.get((model, workload))
             model_tokens[model] = model_tokens.get(model, 0) + (window.tokens_sum if window else 0)
         rows = [self._row(flow, load, weight, busy_weight, model_tokens) for flow in names]
         rows = [r for r in rows if r.queued or r.running or r.started or r.share]
-        self.flows = {f: w for f, w in self.flows.items() if w.waits or w.tokens or any(load.get(f, (0, 0)))}
+        self.flows = {f: w for f, w in self.flows.items() if w.waits or w.tokens or any(load.get(f, IDLE)[:2])}
         return BrokerStats(broker_id, now_ms, policy, self.window_ms / 1000, rows, list(self.rejections))
 
     def _row(
         self,
         flow: Flow,
-        load: Mapping[Flow, tuple[int, int]],
+        load: Mapping[Flow, FlowLoad],
         weight: Callable[[str], float],
         busy_weight: Mapping[str, float],
         model_tokens: Mapping[str, int],
     ) -> WorkloadStats:
         model, workload = flow
-        queued, running = load.get(flow, (0, 0))
+        queued, running, priority = load.get(flow, IDLE)
         window = self.flows.get(flow, _FlowWindow())
         waits = sorted(w for _, w in window.waits)
         busy = busy_weight.get(model, 0.0)
@@ -105,22 +105,30 @@ class StatsWindow:
             running=running,
             weight=weight(workload),
             share=round(window.tokens_sum / model_tokens[model], 4) if model_tokens.get(model) else 0.0,
-            target_share=round(weight(workload) / busy, 4) if busy and (queued or running) else 0.0,
+            target_share=round(weight(workload) * priority / busy, 4) if busy and (queued or running) else 0.0,
             wait_p50_s=percentile(waits, 0.50) / 1000,
             wait_p95_s=percentile(waits, 0.95) / 1000,
             started=len(waits),
+            priority=priority,
         )
 
 
-def flow_load(
-    pools: Mapping[str, ModelPool], flows: Iterable[Flow], workloads: Iterable[str]
-) -> dict[Flow, tuple[int, int]]:
-    """(queued, running) now per (model, workload): every workload seen in the window, running, or configured."""
+FlowLoad = tuple[int, int, int]  # queued, running, priority
+IDLE: FlowLoad = (0, 0, 1)
+
+
+def flow_load(pools: Mapping[str, ModelPool], flows: Iterable[Flow], workloads: Iterable[str]) -> dict[Flow, FlowLoad]:
+    """(queued, running, priority) now per (model, workload), for every workload seen in the window, running,
+    or configured; priority is the highest it is serving or has waiting (what multiplies its share)."""
     seen_flows, configured = set(flows), set(workloads)
     load = {}
     for model, pool in pools.items():
         running = Counter(lease.workload for lease in pool.leases.values())
+        priority: dict[str, int] = {}
+        for lease in pool.leases.values():
+            priority[lease.workload] = max(priority.get(lease.workload, 1), lease.priority)
         seen = {w for m, w in seen_flows if m == model}
         for workload in seen | set(running) | configured:
-            load[(model, workload)] = (pool.queue.count(workload), running[workload])
+            top = max(priority.get(workload, 1), pool.queue.top_priority(workload))
+            load[(model, workload)] = (pool.queue.count(workload), running[workload], top)
     return load

@@ -116,6 +116,9 @@ class StrictQueue:
     def count(self, workload: str) -> int:
         return self._tally.per_workload[workload]
 
+    def top_priority(self, workload: str) -> int:
+        return max((p for p, band in self._bands.items() if band.count(workload)), default=1)
+
     def count_user(self, user: str) -> int:
         return self._tally.per_user[user]
 

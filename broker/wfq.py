@@ -297,6 +297,10 @@ class WfqQueue:
     def count(self, workload: str) -> int:
         return self._tally.per_workload[workload]
 
+    def top_priority(self, workload: str) -> int:
+        node = self._root.children.get(workload)
+        return 1 if node is None else node.top_priority()
+
     def count_user(self, user: str) -> int:
         return self._tally.per_user[user]
 

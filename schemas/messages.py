@@ -153,10 +153,11 @@ class WorkloadStats(msgspec.Struct, frozen=True):
     running: int
     weight: float
     share: float  # of the model's tokens served in the window
-    target_share: float  # weight / sum of the weights of the model's busy workloads
+    target_share: float  # weight x priority / the sum of it over the model's busy workloads (priority_mode share)
     wait_p50_s: float
     wait_p95_s: float
     started: int  # requests started in the window
+    priority: int = 1  # the highest it is serving or has waiting: what multiplies its weight
 
 
 class RejectionNote(msgspec.Struct, frozen=True):
