@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iris.bench_seed import ARMS, USERS_PER_TIER, run_seed_bench, seed_prompts
+from iris.bench_seed import ARMS, USERS_PER_TIER, SeedOptions, run_seed_bench, seed_prompts
 
 
 async def test_seed_bench_smoke(tmp_path: Path) -> None:
@@ -25,5 +25,20 @@ async def test_seed_bench_smoke(tmp_path: Path) -> None:
             assert (tmp_path / f"{behaviour}-{plot}.png").stat().st_size > 10_000
     text = (tmp_path / "report.md").read_text()
     assert "paid p50, Iris / FIFO" in text and "| Iris (WFQ) | paid |" in text
+    assert report["setup"]["labels"] == "reference" and "a workload per tier" in text
     assert json.loads((tmp_path / "seed.json").read_text())["setup"]["max_concurrency"] == 2
     assert len(seed_prompts()) >= 250 and len(set(seed_prompts())) == len(seed_prompts())
+
+
+async def test_seed_bench_admission_mode_labels_as_the_reference(tmp_path: Path) -> None:
+    """Admission mode: tickets with the reference's labels (a workload per tier), the app's own model calls;
+    never more than max concurrency calls at once (run_arm raises otherwise), one outcome per call."""
+    options = SeedOptions(mode="admission", model_call_s=0.05)
+    report = await run_seed_bench(["closed"], 2, 10, [], "unused", tmp_path, options=options)
+    setup = report["setup"]
+    assert setup["labels"] == "reference" and setup["workloads"] == {"paid": "paid", "open-source": "open-source"}
+    assert setup["mode"] == "admission" and setup["model"] == "seed-app"
+    samples = report["results"]["closed"]["samples"]
+    assert len(samples) == 2 * 10 * 2 + 2 * 5 and all(s["outcome"] == "ok" for s in samples)
+    text = (tmp_path / "report.md").read_text()
+    assert "a workload per tier (`paid` priority 5, `open-source` priority 1)" in text and "admission mode" in text
