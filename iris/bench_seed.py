@@ -35,7 +35,7 @@ from typing import Any
 from iris.bench_overhead import spawn, stop_all, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
-from schemas.errors import IrisError
+from schemas.errors import IrisError, NoCapacity
 
 TIERS = (("paid", 5), ("open-source", 1))
 USERS_PER_TIER = 5
@@ -229,8 +229,14 @@ async def run_arm(
 
 async def _wait_for_admission(client: Client, timeout_s: float = 60.0) -> None:
     """The broker leads and grants tickets: one admitted and released before the clock starts."""
-    async with client.admit(model=ADMISSION_MODEL, workload="warm-up", deadline_s=timeout_s):
-        pass
+    give_up = time.monotonic() + timeout_s
+    while True:
+        try:
+            async with client.admit(model=ADMISSION_MODEL, workload="warm-up", deadline_s=timeout_s):
+                return
+        except NoCapacity:  # no broker answers yet: it is still starting
+            if time.monotonic() > give_up:
+                raise
 
 
 def _pct(values: list[float], q: float) -> float:
