@@ -22,6 +22,7 @@ from functools import partial
 from broker.limits import ModelLimits, SchedulerLimits, next_request
 from broker.pool import SHARED_FIELDS, ModelPool, WorkerState, estimate, waiting_from
 from broker.queue import FifoQueue, WaitingRequest, make_queue
+from broker.start_estimate import eta_s, start_delay_ms
 from broker.strict import StrictQueue
 from broker.wfq import WfqQueue
 from schemas.errors import ErrorCode
@@ -85,12 +86,7 @@ class Scheduler:
         return stream_seq in self._model_of
 
     def _eta_s(self, pool: ModelPool, position: int, stream_seq: int | None = None) -> float:
-        """Seconds until the answer is expected: the work ahead and its own, over the model's parallelism."""
-        slots = pool.parallelism(self.limits.for_model(pool.model).max_concurrency)
-        if not pool.service_time.known or stream_seq is None or stream_seq not in pool.queue:
-            return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
-        ahead_ms = pool.service_time.ms(position, pool.queue.work_ahead(stream_seq)) / slots
-        return round((ahead_ms + pool.service_time.ms(1, pool.queue.cost_of(stream_seq))) / 1000.0, 3)
+        return eta_s(pool, self.limits.for_model(pool.model), position, stream_seq)
 
     def admit(self, request: WaitingRequest, now_ms: int) -> Admitted | Rejection | None:
         """A request seen in the stream; None when it is already known (redelivery, rebuild)."""
@@ -109,7 +105,7 @@ class Scheduler:
             return None
         self._enqueue(pool, request)
         position = pool.queue.position(request.stream_seq)
-        start_ms = now_ms + self._start_delay_ms(pool, limits, position, request.stream_seq)
+        start_ms = now_ms + start_delay_ms(pool, limits, position, request.stream_seq)
         if pool.completed and start_ms > request.deadline_ms:
             self._forget_waiting(request.stream_seq)
             wait_s = (start_ms - now_ms) / 1000
@@ -146,20 +142,6 @@ class Scheduler:
                 out.append((reply_to, request_id, position, self._eta_s(pool, position, seq)))
                 pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
         return out
-
-    def _start_delay_ms(self, pool: ModelPool, limits: ModelLimits, position: int, stream_seq: int) -> float:
-        """Expected wait before a waiting request starts: the requests and tokens that start before it under
-        the fair order, priced at the engine time its workers showed (`broker.service_time`), spread over
-        the model's parallelism. Until an answer has come back with its tokens (tickets report none), whole
-        mean service rounds ahead."""
-        free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
-        free_now = max(0, min(pool.capacity(limits.max_concurrency), free_slots))
-        if position < free_now:
-            return 0.0
-        slots = pool.parallelism(limits.max_concurrency)
-        if pool.service_time.known:
-            return pool.service_time.ms(position - free_now, pool.queue.work_ahead(stream_seq)) / slots
-        return ((position - free_now) // slots + 1) * pool.service_ms_ema
 
     def _forget_waiting(self, stream_seq: int) -> WaitingRequest | None:
         """Take a waiting request out of the index (expired, cancelled, finished elsewhere, rejected)."""

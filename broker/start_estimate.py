@@ -1,0 +1,33 @@
+"""When a waiting request will start, and when its answer will be done: the estimate behind
+`deadline_unmeetable` and the ETA in `QueueUpdate`. Pure.
+
+The wait is the work that starts before the request under the fair order (`RequestQueue.work_ahead`: its
+tokens, and `position`: how many requests), priced at the engine time its workers showed for answers of each
+size (`broker.service_time`), spread over the model's parallelism; nothing when a slot is free for it now.
+Until an answer has come back with its tokens (tickets report none), whole mean service rounds ahead.
+"""
+
+from __future__ import annotations
+
+from broker.limits import ModelLimits
+from broker.pool import ModelPool
+
+
+def start_delay_ms(pool: ModelPool, limits: ModelLimits, position: int, stream_seq: int) -> float:
+    free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
+    free_now = max(0, min(pool.capacity(limits.max_concurrency), free_slots))
+    if position < free_now:
+        return 0.0
+    slots = pool.parallelism(limits.max_concurrency)
+    if pool.service_time.known:
+        return pool.service_time.ms(position - free_now, pool.queue.work_ahead(stream_seq)) / slots
+    return ((position - free_now) // slots + 1) * pool.service_ms_ema
+
+
+def eta_s(pool: ModelPool, limits: ModelLimits, position: int, stream_seq: int | None = None) -> float:
+    """Seconds until the answer is expected: the work ahead and its own, over the model's parallelism."""
+    slots = pool.parallelism(limits.max_concurrency)
+    if not pool.service_time.known or stream_seq is None or stream_seq not in pool.queue:
+        return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
+    ahead_ms = pool.service_time.ms(position, pool.queue.work_ahead(stream_seq)) / slots
+    return round((ahead_ms + pool.service_time.ms(1, pool.queue.cost_of(stream_seq))) / 1000.0, 3)
