@@ -2,8 +2,8 @@
 
 Answers are grouped by size (powers of two of their prompt + completion tokens); each group keeps a moving
 average of its size and engine time (`run_ms` on `LeaseDone`), and the time of an answer of any size is read
-off the line through the groups' points: interpolated between them, extended with the last segment's slope
-past the largest, proportional below the smallest. So a burst of tiny requests, whose time is mostly fixed
+off the line through the groups' points: interpolated between them, proportional to tokens beyond the
+smallest and the largest (a slope between two noisy, nearby groups is never extrapolated). So a burst of tiny requests, whose time is mostly fixed
 cost, refreshes only its own group instead of teaching the broker that every token costs that much (which
 would price long answers far too high), and a long run of one size cannot erase what other sizes showed.
 The times are the engine's own (no queueing or transport) and never extrapolate upwards from a fixed cost,
@@ -38,15 +38,11 @@ class ServiceTime:
         points = [self._groups[g] for g in sorted(self._groups)]
         xs = [x for x, _ in points]
         i = bisect.bisect_left(xs, tokens)
-        if i == 0:
-            return points[0][1] * tokens / points[0][0]
-        if i == len(points):
-            if len(points) == 1:
-                return points[0][1] * tokens / points[0][0]
-            i -= 1
+        if i == 0 or i == len(points):
+            x, y = points[0] if i == 0 else points[-1]
+            return y * tokens / x
         (x0, y0), (x1, y1) = points[i - 1], points[i]
-        slope = max(0.0, (y1 - y0) / (x1 - x0)) if x1 > x0 else 0.0
-        return max(0.0, y0 + slope * (tokens - x0))
+        return y0 + (y1 - y0) * (tokens - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
 
     def ms(self, requests: float, tokens: float) -> float:
         """Engine time of `requests` answers of `tokens` in all, one after another (each taken at their

@@ -64,7 +64,11 @@ def test_service_time_is_a_line_that_one_size_cannot_erase() -> None:
     assert abs(times.answer_ms(2004) - 10_000) < 1 and abs(times.answer_ms(5) - 3.0) < 0.01
     assert abs(times.ms(3000, 15_000) - 9_000) < 1  # 3,000 tiny answers
     assert 4_000 < times.answer_ms(1004) < 6_000  # between the sizes seen: on the line through them
-    assert times.answer_ms(4004) > times.answer_ms(2004)  # past the largest: the last slope goes on
+    assert abs(times.answer_ms(4008) - 20_000) < 1  # past the largest: proportional to its time per token
+    noisy = ServiceTime()
+    noisy.learn(60, 5_000.0)
+    noisy.learn(66, 20_000.0)  # two nearby sizes, very different times (a loaded machine)
+    assert noisy.answer_ms(300) < 100_000  # no extrapolated slope of 2,500 ms a token
     alone = ServiceTime()
     alone.learn(100, 50.0)
     assert alone.answer_ms(300) == 150.0 and alone.answer_ms(10) == 5.0  # one size only: proportional
