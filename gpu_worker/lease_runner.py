@@ -126,6 +126,10 @@ class LeaseRunner:
         except msgspec.DecodeError as exc:
             await self._dead_letter(answered, lease, stored, f"malformed JSON body: {exc}", log)
             return
+        if stop.reason == "cancelled":
+            error = error_reply(ErrorCode.CANCELLED, "cancelled by the client before it started")
+            await self._fail(answered, lease, error, log)
+            return
         if now_ms() >= lease.deadline_ms:
             await self._fail(
                 answered, lease, error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start"), log

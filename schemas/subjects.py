@@ -13,6 +13,7 @@ LEASE_BUCKET = "IRIS_LEASES"
 BROKER_BUCKET = "IRIS_BROKERS"  # leader election between brokers
 LEADER_KEY = "leader"
 DLQ_STREAM = "IRIS_DLQ"  # dead letters: requests Iris gave up on, with their reason
+CANCEL_STREAM = "IRIS_CANCELS"  # every cancel, kept as long as a request may live (schemas.cancels)
 
 REQUEST_PREFIX = "iris.req"
 REQUEST_FILTER = "iris.req.>"
