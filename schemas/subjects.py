@@ -17,6 +17,10 @@ CANCEL_STREAM = "IRIS_CANCELS"  # every cancel, kept as long as a request may li
 
 REQUEST_PREFIX = "iris.req"
 REQUEST_FILTER = "iris.req.>"
+# A consumer's filter meaning "the whole stream". The broker's consumer uses it, not REQUEST_FILTER: with a
+# filter nats-server 2.15 can skip a message whose subject holds DEL (\x7f) when it is the next to deliver
+# (its subject tree uses that byte internally), and such a request would sit unanswered until its TTL.
+WHOLE_STREAM = ">"
 DLQ_PREFIX = "iris.dlq"
 DLQ_FILTER = "iris.dlq.>"
 CANCEL_PREFIX = "iris.cancel"
