@@ -178,6 +178,10 @@ class LeaseRunner:
         if finished.finish_reason == "cancelled":
             await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
             return
+        if finished.finish_reason == "shutdown":
+            error = error_reply(ErrorCode.WORKER_FAILED, "the worker shut down before the answer finished", 1.0)
+            await self._fail(answered, lease, error, log)
+            return
         run_ms = now_ms() - started_ms
         self.stats.record(finished.completion_tokens, run_ms / 1000)
         self.stats.metrics.finished(lease, finished.finish_reason, run_ms / 1000, finished.completion_tokens)

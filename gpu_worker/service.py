@@ -28,6 +28,8 @@ from schemas.connection import connect
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
 from schemas.subjects import CANCEL_STREAM, LEASE_BUCKET, heartbeat_subject, lease_offer_subject
 
+SHUTDOWN_REPLY_S = 1.0  # after the drain timeout: time for stopped answers to send their error and leave
+
 
 class WorkerService:
     def __init__(self, config: WorkerConfig, engine: Engine, log: structlog.stdlib.BoundLogger | None = None) -> None:
@@ -153,6 +155,11 @@ class WorkerService:
         if tasks:
             self.log.info("draining", running=len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s)
+            if pending:  # cut off: each ends within a token with `worker_failed`, its client is not left waiting
+                self.log.warning("drain timeout, stopping running answers", running=len(pending))
+                for _, stop, _ in list(self.running.values()):
+                    stop.stop("shutdown")
+                _, pending = await asyncio.wait(pending, timeout=SHUTDOWN_REPLY_S)
             for task in pending:
                 task.cancel()
         if self._heartbeat_task is not None:
