@@ -94,6 +94,7 @@ class CancelFeed:
             self._caught_up.set()
         self._sub = await js.subscribe(
             CANCEL_FILTER,
+            stream=CANCEL_STREAM,
             cb=self._deliver,
             ordered_consumer=True,
             config=ConsumerConfig(headers_only=True, deliver_policy=DeliverPolicy.ALL),
