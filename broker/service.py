@@ -149,6 +149,8 @@ class BrokerService:
         self.log.info("leases restored", count=len(leases))
         self._replay_heartbeats()
         self._scheduling = True
+        self._admission = AdmissionService(self.nc, self._kv, self.log)  # a stored cancel may release a ticket
+        await self._admission.start()
         self._cancels = CancelBook()
         cancels = CancelFeed(self.nc, self._cancels, self._on_cancel, self.log)
         self._subs.append(cancels)
@@ -157,8 +159,6 @@ class BrokerService:
         self._subs.append(feed)
         await feed.subscribe()
         self._spawn(feed.watch())
-        self._admission = AdmissionService(self.nc, self._kv, self.log)
-        await self._admission.start()
         self._spawn(self._tick_loop())
         self._spawn(self._stats_loop())
         self.log.info("leading", broker=self.broker_id)
