@@ -14,7 +14,6 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -30,6 +29,7 @@ from broker.intake import waiting_request
 from broker.leadership import Leadership
 from broker.lease_records import LeaseRecords
 from broker.limits import scheduler_limits
+from broker.loops import every, guarded
 from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
@@ -159,8 +159,8 @@ class BrokerService:
         self._subs.append(feed)
         await feed.subscribe()
         self._spawn(feed.watch())
-        self._spawn(self._tick_loop())
-        self._spawn(self._stats_loop())
+        self._spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
+        self._spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
         self.log.info("leading", broker=self.broker_id)
 
     async def _deactivate(self, spare: asyncio.Task[Any] | None = None) -> None:
@@ -331,16 +331,6 @@ class BrokerService:
             await self._admission.drop(ticket, "released by id")
             self._pump()
 
-    async def _tick_loop(self) -> None:
-        """Reclaims, expiries and ticket cut-offs for the whole term: no failure ends it (a leader whose
-        ticks stopped would keep renewing its key while nothing is reclaimed or expired)."""
-        while not self._closing:
-            await asyncio.sleep(self.config.tick_s)
-            try:
-                await self._tick()
-            except Exception:
-                self.log.exception("tick failed, the next one goes on")
-
     async def _tick(self) -> None:
         self._cancels.forget_expired(now_ms())
         requeued, expired = self.scheduler.tick(now_ms())
@@ -349,34 +339,22 @@ class BrokerService:
             self.metrics.reclaimed(request)
         for request in expired:
             rejection = Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
-            await self._guarded(self._reject(rejection), "deadline reply", request.stream_seq)
+            await guarded(self._reject(rejection), self.log, "deadline reply", request.stream_seq)
         await self._dead_letters.failed_on_workers(self.scheduler.take_dead_letters())
         for ticket in self.scheduler.expire_tickets(now_ms()):
             assert self._admission is not None
             expiry = self._admission.drop(ticket, "expired at max_inflight")
-            await self._guarded(expiry, "ticket expiry", ticket.stream_seq)
+            await guarded(expiry, self.log, "ticket expiry", ticket.stream_seq)
         self._pump()
         for reply_to, request_id, position, eta_s in self.scheduler.queue_updates(now_ms()):
             await publish_reply(self.nc, reply_to, request_id, QueueUpdate(position=position, eta_s=eta_s))
 
-    async def _guarded(self, action: Awaitable[None], what: str, seq: int) -> None:
-        """One request's I/O failing (a full buffer while reconnecting, retries exhausted) skips no other."""
-        try:
-            await action
-        except Exception:
-            self.log.exception(f"{what} failed", seq=seq)
-
     # --- decisions out ---------------------------------------------------------------------------
 
-    async def _stats_loop(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self.config.stats_s)
-            try:
-                load = flow_load(self.scheduler.pools, self.metrics.window.flows, self.config.workload_weights)
-                stats = self.metrics.snapshot(now_ms(), load, self._weight, policy=self.config.policy)
-                await self.nc.publish(BROKER_STATS_SUBJECT, encoder.encode(stats))
-            except Exception:
-                self.log.exception("stats not published, the next round goes on")
+    async def _publish_stats(self) -> None:
+        load = flow_load(self.scheduler.pools, self.metrics.window.flows, self.config.workload_weights)
+        stats = self.metrics.snapshot(now_ms(), load, self._weight, policy=self.config.policy)
+        await self.nc.publish(BROKER_STATS_SUBJECT, encoder.encode(stats))
 
     @property
     def _max_deadline_s(self) -> float:
