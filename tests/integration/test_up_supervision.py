@@ -167,3 +167,33 @@ def _metrics_ports(up: Up) -> list[int]:
         if "127.0.0.1:" in line and "/metrics (" in line and ("worker" in line or "broker" in line):
             ports.append(int(line.split("127.0.0.1:")[1].split("/")[0]))
     return ports
+
+
+async def test_a_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
+    flags = ("--workers", "1", "--slots", "1", "--fake-tps", "5", "--metrics-port", "0")
+    with iris_up(tmp_path, tmp_path / "state", "up", *flags) as up:
+        nc = await nats.connect(up.url)
+        chunks = aiter(Client(nc).generate("long", model="fake", max_tokens=1000))
+        await asyncio.wait_for(anext(chunks), 30)  # the long answer runs
+        children = up.descendants()
+        os.killpg(up.process.pid, signal.SIGINT)
+        await eventually(lambda: _draining(up), what="the worker draining")
+        os.killpg(up.process.pid, signal.SIGINT)  # the user presses Ctrl-C again while it drains
+        assert up.process.wait(timeout=20) == 0
+        assert "second signal, killing everything now" in up.console()
+        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        await nc.close()
+
+
+def test_a_service_that_cannot_start_stops_everything(tmp_path: Path) -> None:
+    up = Up(tmp_path, tmp_path / "state", "up", "--engine", "llama", "--model", str(tmp_path / "missing.gguf"))
+    try:
+        assert up.process.wait(timeout=120) == 1
+        assert "worker-0 exited with code" in up.console() and "restarting" not in up.console()
+        assert not up.descendants()
+    finally:
+        up.kill()
+
+
+async def _draining(up: Up) -> bool:
+    return '"draining"' in (up.out.parent / "state" / f"logs-{up.nats_port}" / "worker-0.log").read_text()
