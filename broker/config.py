@@ -51,7 +51,9 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Stream backstops (see DESIGN.md: limits retention, discard-new).
     max_msgs: Annotated[int, Meta(ge=1)] = 1_000_000
     max_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024**3
-    duplicate_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 600.0
+    # Idempotency keys are remembered this long; the broker refuses deadlines longer than this (a retry
+    # within the deadline must never run twice), so the default covers the longest one (MAX_DEADLINE_S).
+    duplicate_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 3_600.0
     dlq_max_age_s: Annotated[float, Meta(ge=60)] = 7 * 86_400.0  # dead letters older than this are dropped
     dlq_max_bytes: Annotated[int, Meta(ge=1024)] = 1024**3  # beyond this, the oldest dead letters go
     lease_ttl_s: Annotated[float, Meta(ge=60, le=86_400)] = 3_600.0

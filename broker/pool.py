@@ -57,8 +57,10 @@ class ModelPool:
         return max(1, min(max_concurrency or live, live))
 
     def capacity(self, max_concurrency: int) -> int:
-        """Leases and tickets the model may still grant."""
-        return (max_concurrency or self.live_slots()) - len(self.leases)
+        """Leases and tickets the model may still grant. A draining worker's slots and leases leave the
+        count together: while it finishes long answers, the model's other workers fill up."""
+        draining = sum(len(w.leases) for w in self.workers.values() if w.draining)
+        return (max_concurrency or self.live_slots()) - (len(self.leases) - draining)
 
 
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:

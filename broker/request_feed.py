@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from schemas.subjects import REQUEST_FILTER
+from schemas.subjects import REQUEST_STREAM, WHOLE_STREAM
 
 CONSUMER_HEARTBEAT_S = 2.0
 CONSUMER_CHECK_S = 5.0
@@ -40,7 +40,8 @@ class RequestFeed:
 
     async def subscribe(self, policy: DeliverPolicy = DeliverPolicy.ALL, start_seq: int | None = None) -> None:
         self._sub = await self.nc.jetstream().subscribe(
-            REQUEST_FILTER,
+            WHOLE_STREAM,
+            stream=REQUEST_STREAM,
             cb=self._deliver,
             ordered_consumer=True,
             idle_heartbeat=CONSUMER_HEARTBEAT_S,

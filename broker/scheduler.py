@@ -50,9 +50,12 @@ class Admitted:
 
 
 class Scheduler:
-    def __init__(self, limits: SchedulerLimits, now_ms: int) -> None:
+    def __init__(self, limits: SchedulerLimits, now_ms: int, adopt_before_ms: int = 0) -> None:
+        """`adopt_before_ms`: requests stored before it were admitted by an earlier term (the stream is
+        replayed when a term starts); they keep their place and are judged only by their deadline."""
         self.limits = limits
         self.started_ms = now_ms
+        self.adopt_before_ms = adopt_before_ms
         self.pools: dict[str, ModelPool] = {}
         self._model_of: dict[int, str] = {}  # every known stream sequence → its model
         self._deadlines: list[tuple[int, int]] = []  # (deadline_ms, seq) of waiting requests, lazy
@@ -92,21 +95,22 @@ class Scheduler:
         """A request seen in the stream; None when it is already known (redelivery, rebuild)."""
         if self.knows(request.stream_seq):
             return None
-        if request.deadline_ms <= now_ms:
-            return Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
         pool = self._pool(request.model)
-        limits = self.limits.for_model(request.model)
-        refused = self._refuse_at_once(pool, limits, request, now_ms)
-        if refused is not None:
-            return refused
         runner = next((w for w in pool.workers.values() if request.stream_seq in w.reported), None)
         if runner is not None:  # a worker already runs it (its lease record was lost): adopt, never re-run
             self._adopt(pool, request, runner, now_ms)
             return None
+        if request.deadline_ms <= now_ms:
+            return Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
+        limits = self.limits.for_model(request.model)
+        judged = request.enqueued_ms >= self.adopt_before_ms  # not admitted by an earlier term already
+        refused = self._refuse_at_once(pool, limits, request, now_ms) if judged else None
+        if refused is not None:
+            return refused
         self._enqueue(pool, request)
         position = pool.queue.position(request.stream_seq)
         start_ms = now_ms + start_delay_ms(pool, limits, position, request.stream_seq)
-        if pool.completed and start_ms > request.deadline_ms:
+        if judged and pool.completed and start_ms > request.deadline_ms:
             self._forget_waiting(request.stream_seq)
             wait_s = (start_ms - now_ms) / 1000
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
@@ -231,6 +235,14 @@ class Scheduler:
         model = self._model_of[seq]
         lease = self.pools[model].leases.get(seq)
         self.lease_ended(seq, now_ms)
+        return lease
+
+    def withdraw(self, stream_seq: int) -> Lease | None:
+        """Take back a lease before it is offered (its request was cancelled): the slot is free at once,
+        and no service time is learned from it."""
+        lease = self._drop_lease(stream_seq)
+        if lease is not None:
+            self._model_of.pop(stream_seq, None)
         return lease
 
     def offer_refused(self, stream_seq: int) -> None:

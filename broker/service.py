@@ -22,20 +22,24 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from broker.admission import AdmissionService
+from broker.cancels import cancelled_rejection, withdraw_cancelled
 from broker.config import BrokerConfig
 from broker.dead_letters import DeadLetters
 from broker.intake import waiting_request
 from broker.leadership import Leadership
 from broker.lease_records import LeaseRecords
 from broker.limits import scheduler_limits
+from broker.loops import every, guarded
 from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
 from broker.scheduler import Admitted, Rejection, Scheduler
 from broker.stats import flow_load
 from broker.streams import ensure_lease_bucket, ensure_streams
+from schemas.cancels import CancelBook, CancelFeed
 from schemas.connection import connect
 from schemas.errors import ErrorCode, IrisError
+from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import (
     Heartbeat,
     Lease,
@@ -47,10 +51,8 @@ from schemas.messages import (
 from schemas.stream_ops import delete_request, error_reply, publish_reply
 from schemas.subjects import (
     BROKER_STATS_SUBJECT,
-    CANCEL_FILTER,
     DONE_FILTER,
     HEARTBEAT_FILTER,
-    cancelled_request_id,
     lease_key,
 )
 
@@ -80,6 +82,7 @@ class BrokerService:
         self._tasks: set[asyncio.Task[Any]] = set()  # the current term's
         self._owners: set[asyncio.Task[Any]] = set()
         self._dead_letters = DeadLetters(self.log, self.metrics)
+        self._cancels = CancelBook()  # the term's: read from IRIS_CANCELS when it starts
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
         self._closing = False
@@ -136,7 +139,8 @@ class BrokerService:
         """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart); schedule."""
         limits = scheduler_limits(self.config)
         # Start-up grace and the no-worker judgement count from when this broker began to hear heartbeats.
-        self.scheduler = Scheduler(limits, max(self._listening_since_ms, now_ms() - limits.worker_timeout_ms))
+        started_ms = max(self._listening_since_ms, now_ms() - limits.worker_timeout_ms)
+        self.scheduler = Scheduler(limits, started_ms, adopt_before_ms=now_ms())  # the backlog was admitted
         self.metrics.leading(True)
         assert self._kv is not None
         self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done))  # before the read
@@ -145,15 +149,18 @@ class BrokerService:
         self.log.info("leases restored", count=len(leases))
         self._replay_heartbeats()
         self._scheduling = True
-        self._subs.append(await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel))
+        self._admission = AdmissionService(self.nc, self._kv, self.log)  # a stored cancel may release a ticket
+        await self._admission.start()
+        self._cancels = CancelBook()
+        cancels = CancelFeed(self.nc, self._cancels, self._on_cancel, self.log)
+        self._subs.append(cancels)
+        await cancels.start()  # every cancel sent so far is known before the first request is indexed
         feed = RequestFeed(self.nc, self._on_request, self.log)
         self._subs.append(feed)
         await feed.subscribe()
         self._spawn(feed.watch())
-        self._admission = AdmissionService(self.nc, self._kv, self.log)
-        await self._admission.start()
-        self._spawn(self._tick_loop())
-        self._spawn(self._stats_loop())
+        self._spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
+        self._spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
         self.log.info("leading", broker=self.broker_id)
 
     async def _deactivate(self, spare: asyncio.Task[Any] | None = None) -> None:
@@ -250,11 +257,15 @@ class BrokerService:
         headers = msg.headers or {}
         now = now_ms()
         try:
-            request = waiting_request(msg.subject, headers, seq, int(meta.timestamp.timestamp() * 1000), now)
+            stored_ms = int(meta.timestamp.timestamp() * 1000)
+            request = waiting_request(msg.subject, headers, seq, stored_ms, now, self._max_deadline_s)
         except IrisError as exc:  # unparseable: a dead letter, its client gets the parse error
             await self._dead_letters.unparseable(seq, headers, exc)
             return
         decision = self.scheduler.admit(request, now)
+        if isinstance(decision, Admitted) and self._cancels.cancelled(request.request_id):
+            self.scheduler.cancel_waiting(request.request_id)  # cancelled before the feed reached it
+            decision = cancelled_rejection(request, "before it was queued")
         if isinstance(decision, Rejection):
             await self._reject(decision, leased_before=False)
         elif isinstance(decision, Admitted):
@@ -307,12 +318,12 @@ class BrokerService:
             self.scheduler.lease_ended(done.stream_seq, now)
         self._pump()
 
-    async def _on_cancel(self, msg: Msg) -> None:
-        """A waiting request leaves at once; a running one is stopped by the worker that runs it."""
-        request_id = cancelled_request_id(msg.subject)
+    async def _on_cancel(self, request_id: str) -> None:
+        """A waiting request leaves at once; a running one is stopped by the worker that runs it (an offered
+        one too: the worker reads the same cancels, and one refused comes back to be withdrawn)."""
         request = self.scheduler.cancel_waiting(request_id)
         if request is not None:
-            await self._reject(Rejection(request, ErrorCode.CANCELLED, "cancelled by the client while queued"))
+            await self._reject(cancelled_rejection(request, "while queued"))
             return
         ticket = self.scheduler.release_ticket(request_id, now_ms())
         if ticket is not None:
@@ -320,31 +331,34 @@ class BrokerService:
             await self._admission.drop(ticket, "released by id")
             self._pump()
 
-    async def _tick_loop(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self.config.tick_s)
-            requeued, expired = self.scheduler.tick(now_ms())
-            for request in requeued:
-                self.log.warning("worker timed out, lease re-queued", seq=request.stream_seq, attempt=request.attempt)
-                self.metrics.reclaimed(request)
-            for request in expired:
-                await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
-            await self._dead_letters.failed_on_workers(self.scheduler.take_dead_letters())
-            for ticket in self.scheduler.expire_tickets(now_ms()):
-                assert self._admission is not None
-                await self._admission.drop(ticket, "expired at max_inflight")
-            self._pump()
-            for reply_to, request_id, position, eta_s in self.scheduler.queue_updates(now_ms()):
-                await publish_reply(self.nc, reply_to, request_id, QueueUpdate(position=position, eta_s=eta_s))
+    async def _tick(self) -> None:
+        self._cancels.forget_expired(now_ms())
+        requeued, expired = self.scheduler.tick(now_ms())
+        for request in requeued:
+            self.log.warning("worker timed out, lease re-queued", seq=request.stream_seq, attempt=request.attempt)
+            self.metrics.reclaimed(request)
+        for request in expired:
+            rejection = Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+            await guarded(self._reject(rejection), self.log, "deadline reply", request.stream_seq)
+        await self._dead_letters.failed_on_workers(self.scheduler.take_dead_letters())
+        for ticket in self.scheduler.expire_tickets(now_ms()):
+            assert self._admission is not None
+            expiry = self._admission.drop(ticket, "expired at max_inflight")
+            await guarded(expiry, self.log, "ticket expiry", ticket.stream_seq)
+        self._pump()
+        for reply_to, request_id, position, eta_s in self.scheduler.queue_updates(now_ms()):
+            await publish_reply(self.nc, reply_to, request_id, QueueUpdate(position=position, eta_s=eta_s))
 
     # --- decisions out ---------------------------------------------------------------------------
 
-    async def _stats_loop(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self.config.stats_s)
-            load = flow_load(self.scheduler.pools, self.metrics.window.flows, self.config.workload_weights)
-            stats = self.metrics.snapshot(now_ms(), load, self._weight, policy=self.config.policy)
-            await self.nc.publish(BROKER_STATS_SUBJECT, encoder.encode(stats))
+    async def _publish_stats(self) -> None:
+        load = flow_load(self.scheduler.pools, self.metrics.window.flows, self.config.workload_weights)
+        stats = self.metrics.snapshot(now_ms(), load, self._weight, policy=self.config.policy)
+        await self.nc.publish(BROKER_STATS_SUBJECT, encoder.encode(stats))
+
+    @property
+    def _max_deadline_s(self) -> float:
+        return min(MAX_DEADLINE_S, self.config.duplicate_window_s)
 
     def _weight(self, workload: str) -> float:
         return self.config.workload_weights.get(workload, 1.0)
@@ -361,7 +375,10 @@ class BrokerService:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         now = now_ms()
         offers: dict[str, list[Lease]] = {}
-        for lease in self.scheduler.dispatch(now):
+        leases, cancelled = withdraw_cancelled(self.scheduler, self.scheduler.dispatch(now), self._cancels)
+        for rejection in cancelled:
+            self._spawn(self._reject(rejection))
+        for lease in leases:
             self.metrics.started(lease, now)
             if lease.ticket:
                 assert self._admission is not None

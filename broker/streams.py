@@ -1,4 +1,4 @@
-"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ` and KV bucket `IRIS_LEASES`, idempotently.
+"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ`, `IRIS_CANCELS` and KV bucket `IRIS_LEASES`, idempotently.
 
 Creating what exists is a no-op; an existing stream whose config differs is updated in place, so a
 restarted or second broker never fights the first over settings.
@@ -18,6 +18,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServerError, ServiceU
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
+from schemas.cancels import cancel_stream_config
 from schemas.subjects import DLQ_FILTER, DLQ_STREAM, LEASE_BUCKET, REQUEST_FILTER, REQUEST_STREAM
 
 T = TypeVar("T")
@@ -69,9 +70,10 @@ async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float =
 
 
 async def ensure_streams(js: JetStreamContext, config: BrokerConfig) -> None:
-    """The request stream and the dead-letter stream."""
+    """The request stream, the dead-letter stream and the cancel stream."""
     await ensure_request_stream(js, config)
     await ensure_dlq_stream(js, config)
+    await until_available(lambda: _ensure_stream(js, cancel_stream_config(config.replicas)))
 
 
 async def ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,7 +29,11 @@ from schemas.errors import ErrorCode, IrisError
 GRACEFUL_STOP_S = 30
 
 
-def build_app(ctx: HttpContext, nats_connected: Callable[[], bool]) -> Starlette:
+def build_app(
+    ctx: HttpContext,
+    nats_connected: Callable[[], bool],
+    broker_leader: Callable[[], Awaitable[str | None]] | None = None,
+) -> Starlette:
     async def root(request: Request) -> Response:
         return PlainTextResponse("Iris is running (Ollama- and OpenAI-compatible API)")
 
@@ -42,7 +46,10 @@ def build_app(ctx: HttpContext, nats_connected: Callable[[], bool]) -> Starlette
             return json_response({"ready": False, "reason": "not connected to NATS"}, 503)
         if not live:
             return json_response({"ready": False, "reason": "no worker is serving any model yet"}, 503)
-        return json_response({"ready": True, "models": live})
+        leader = await broker_leader() if broker_leader is not None else None
+        if broker_leader is not None and leader is None:
+            return json_response({"ready": False, "reason": "no broker leads: requests would not be scheduled"}, 503)
+        return json_response({"ready": True, "models": live, "broker": leader})
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,11 +3,18 @@
     nats req iris.api.generate '{"prompt": "Why is the sky blue?", "max_tokens": 64}'
 
 Each call runs one request through the broker (same stream, same scheduling as every other client) and
-answers with the final `Result` JSON. Failures answer with the micro error headers (`Nats-Service-Error-Code`
-= the HTTP status of the Iris error code) and an `Error` JSON body. Discoverable with `nats micro ls`.
+answers with the final `Result` JSON. NATS runs a subscription's callbacks one after another, so each call
+is served in its own task; at most `max_in_flight` at once (the callback waits for a place, which holds
+back further deliveries instead of queueing them without bound). Failures answer with the micro error
+headers (`Nats-Service-Error-Code` = the HTTP status of the Iris error code) and an `Error` JSON body.
+Discoverable with `nats micro ls`.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import msgspec
 import structlog
@@ -30,19 +37,40 @@ class MicroApi:
     def __init__(self, nc: NATS, forwarder: Forwarder, log: structlog.stdlib.BoundLogger) -> None:
         self.nc, self.forwarder, self.log = nc, forwarder, log
         self._service: Service | None = None
+        self._places = asyncio.Semaphore(forwarder.max_in_flight)
+        self._serving: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._service = await add_service(
             self.nc, name=SERVICE_NAME, version=SERVICE_VERSION, description="Iris LLM request broker API"
         )
         group = self._service.add_group(name=API_PREFIX)
-        await group.add_endpoint(name="generate", handler=self._generate)
-        await group.add_endpoint(name="chat", handler=self._chat)
+        await group.add_endpoint(name="generate", handler=self._concurrently(self._generate))
+        await group.add_endpoint(name="chat", handler=self._concurrently(self._chat))
 
     async def stop(self) -> None:
+        """No new calls; the calls in progress finish (the gateway stops its NATS connection after)."""
         if self._service is not None:
             await self._service.stop()
             self._service = None
+        await asyncio.gather(*self._serving, return_exceptions=True)
+
+    def _concurrently(
+        self, handle: Callable[[Request], Coroutine[Any, Any, None]]
+    ) -> Callable[[Request], Coroutine[Any, Any, None]]:
+        async def spawn(req: Request) -> None:
+            await self._places.acquire()
+            task = asyncio.create_task(handle(req))
+            self._serving.add(task)
+            task.add_done_callback(self._served)
+
+        return spawn
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._serving.discard(task)
+        self._places.release()
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("api request failed", exc_info=task.exception())
 
     async def _generate(self, req: Request) -> None:
         await self._serve(req, chat=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import structlog
 from nats.aio.client import Client as NATS
 
+from gateway.broker_leader import BrokerLeader
 from gateway.config import GatewayConfig
 from gateway.forwarding import Forwarder
 from gateway.http_answer import HttpContext
@@ -39,7 +40,8 @@ class GatewayService:
         await self._micro.start()
         if config.http_port:
             ctx = HttpContext(config, KeyRing(config), self.models, forwarder, self.metrics, self.log)
-            self.http = HttpServer(build_app(ctx, lambda: nc.is_connected), config.http_host, config.http_port)
+            app = build_app(ctx, lambda: nc.is_connected, BrokerLeader(nc).leader)
+            self.http = HttpServer(app, config.http_host, config.http_port)
             await self.http.start()
         self.log.info(
             "gateway started",

@@ -126,6 +126,10 @@ class LeaseRunner:
         except msgspec.DecodeError as exc:
             await self._dead_letter(answered, lease, stored, f"malformed JSON body: {exc}", log)
             return
+        if stop.reason == "cancelled":
+            error = error_reply(ErrorCode.CANCELLED, "cancelled by the client before it started")
+            await self._fail(answered, lease, error, log)
+            return
         if now_ms() >= lease.deadline_ms:
             await self._fail(
                 answered, lease, error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start"), log
@@ -173,6 +177,10 @@ class LeaseRunner:
         assert finished is not None, "engine ended without Finished"
         if finished.finish_reason == "cancelled":
             await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
+            return
+        if finished.finish_reason == "shutdown":
+            error = error_reply(ErrorCode.WORKER_FAILED, "the worker shut down before the answer finished", 1.0)
+            await self._fail(answered, lease, error, log)
             return
         run_ms = now_ms() - started_ms
         self.stats.record(finished.completion_tokens, run_ms / 1000)

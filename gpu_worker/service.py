@@ -2,7 +2,9 @@
 
 An offer (one or more leases) is answered at once: each lease is accepted while a slot is free and
 refused otherwise, and each accepted one then runs in its own task. The heartbeat lists every running
-lease, which is how the broker tells a lease that is running from one that was lost. SIGTERM drains:
+lease, which is how the broker tells a lease that is running from one that was lost. Cancels come from
+stream `IRIS_CANCELS` (`schemas.cancels`): a lease for a request cancelled before its offer arrived is
+accepted and ends `cancelled` without running, a running one stops within a token. SIGTERM drains:
 no new leases, running ones finish, then it exits.
 """
 
@@ -21,9 +23,12 @@ from nats.js.kv import KeyValue
 from gpu_worker.config import WorkerConfig
 from gpu_worker.engine import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
+from schemas.cancels import CancelBook, CancelFeed
 from schemas.connection import connect
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
-from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, cancelled_request_id, heartbeat_subject, lease_offer_subject
+from schemas.subjects import CANCEL_STREAM, LEASE_BUCKET, heartbeat_subject, lease_offer_subject
+
+SHUTDOWN_REPLY_S = 1.0  # after the drain timeout: time for stopped answers to send their error and leave
 
 
 class WorkerService:
@@ -38,6 +43,7 @@ class WorkerService:
         self.running: dict[int, tuple[asyncio.Task[None], StopSignal, str]] = {}
         self.busy: set[int] = set()  # leases holding an engine slot: until their final reply is out
         self.draining = False
+        self.cancels = CancelBook()
         self._nc: NATS | None = None
         self._runner: LeaseRunner | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -52,19 +58,20 @@ class WorkerService:
         await self.engine.load()
         self._nc = await connect(self.config.nats_url, f"iris-worker-{self.worker_id}")
         await self._lease_bucket()  # the broker has set up the streams
+        await CancelFeed(self.nc, self.cancels, self._on_cancel, self.log).start()  # before the first offer
         self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
-        await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         if self.config.metrics_port:
             self.stats.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self.log.info("worker started", slots=self.engine.slots, gpu=self.engine.on_gpu)
 
     async def _lease_bucket(self) -> KeyValue:
-        """The broker creates the bucket; a worker started first waits for it instead of failing."""
+        """The broker creates the bucket and the cancel stream; a worker started first waits for them."""
         js = self.nc.jetstream()
         for attempt in range(1_000_000):
             try:
+                await js.stream_info(CANCEL_STREAM)
                 return await js.key_value(LEASE_BUCKET)
             except NotFoundError:
                 if attempt % 20 == 0:
@@ -88,6 +95,8 @@ class WorkerService:
                 refused.append(lease.stream_seq)
             else:
                 stop = StopSignal()
+                if self.cancels.cancelled(lease.request_id):
+                    stop.stop("cancelled")  # its cancel came first: the runner answers `cancelled`, runs nothing
                 task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
                 self.running[lease.stream_seq] = (task, stop, lease.request_id)
                 self.busy.add(lease.stream_seq)
@@ -95,8 +104,7 @@ class WorkerService:
         reason = ("draining" if self.draining else "no free slot") if refused else ""
         await msg.respond(encoder.encode(LeaseAnswer(accepted=accepted, refused=refused, reason=reason)))
 
-    async def _on_cancel(self, msg: Msg) -> None:
-        request_id = cancelled_request_id(msg.subject)
+    async def _on_cancel(self, request_id: str) -> None:
         for _, stop, running_id in self.running.values():
             if running_id == request_id:
                 stop.stop("cancelled")  # the engine ends within one token; the runner answers `cancelled`
@@ -130,6 +138,7 @@ class WorkerService:
     async def _heartbeat_loop(self) -> None:
         subject = heartbeat_subject(self.engine.model_name, self.worker_id)
         while True:
+            self.cancels.forget_expired(now_ms())
             try:
                 await self.nc.publish(subject, encoder.encode(self.heartbeat()))
             except Exception as exc:
@@ -146,6 +155,11 @@ class WorkerService:
         if tasks:
             self.log.info("draining", running=len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s)
+            if pending:  # cut off: each ends within a token with `worker_failed`, its client is not left waiting
+                self.log.warning("drain timeout, stopping running answers", running=len(pending))
+                for _, stop, _ in list(self.running.values()):
+                    stop.stop("shutdown")
+                _, pending = await asyncio.wait(pending, timeout=SHUTDOWN_REPLY_S)
             for task in pending:
                 task.cancel()
         if self._heartbeat_task is not None:

@@ -2,8 +2,12 @@
 
 It starts nats-server (JetStream, data under the user's state dir), the broker, N workers and the gateway,
 each as its own process exactly as they would run on separate hosts (`python -m broker|gpu_worker|gateway
---nats URL`), waits until every worker beats, prints how to use it, and on Ctrl-C or SIGTERM stops the
-services (workers drain) before NATS. If any service dies, everything is stopped and the exit is non-zero.
+--nats URL`), waits until every worker beats, prints how to use it, and then supervises them
+(`iris.supervisor`): a service that exits is started again, with a line on the console. Only a service
+that cannot start at all stops everything (exit 1). Ctrl-C or SIGTERM stops the services in order
+(gateway and workers drain, then the broker, then NATS) within `STOP_BUDGET_S`; a second Ctrl-C kills
+them at once. A metrics port that is taken is replaced by a free one, and the ports are printed. Two
+`iris up` with different `--nats-port` keep their JetStream data and logs apart.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,7 +24,8 @@ import msgspec
 import nats
 from msgspec import Meta
 
-from iris.nats_server import NatsCluster, NatsServer
+from iris.nats_server import NatsCluster, NatsServer, free_port
+from iris.supervisor import Supervisor
 from schemas.connection import connect
 from schemas.messages import heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER
@@ -47,6 +52,12 @@ class UpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ready_timeout_s: Annotated[float, Meta(gt=0)] = 300.0
 
 
+DEFAULT_NATS_PORT = UpConfig().nats_port
+STOP_BUDGET_S = 5.0  # Ctrl-C to every process gone
+WORKER_DRAIN_S = 2.5  # running answers get this long on Ctrl-C, then end with a typed error
+METRICS_HOST = "127.0.0.1"
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "iris"
@@ -57,23 +68,64 @@ class Launcher:
         self.config = config
         self.config_file = config_file
         self.state_dir = Path(config.state_dir).expanduser() if config.state_dir else default_state_dir()
-        self.log_dir = self.state_dir / "logs"
+        # Another `iris up` on another NATS port must not share JetStream data (nats-server does not lock it).
+        instance = "" if config.nats_port == DEFAULT_NATS_PORT else f"-{config.nats_port}"
+        self.log_dir = self.state_dir / f"logs{instance}"
         self.nats: NatsServer | NatsCluster
         if config.cluster > 1:
-            self.nats = NatsCluster(self.state_dir / "nats-cluster", config.cluster, self.log_dir, config.nats_port)
+            self.nats = NatsCluster(
+                self.state_dir / f"nats-cluster{instance}",
+                config.cluster,
+                self.log_dir,
+                config.nats_port,
+                own_session=True,
+            )
         else:
-            self.nats = NatsServer(self.state_dir / "nats", port=config.nats_port, log_file=self.log_dir / "nats.log")
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+            self.nats = NatsServer(
+                self.state_dir / f"nats{instance}",
+                port=config.nats_port,
+                log_file=self.log_dir / "nats.log",
+                own_session=True,
+            )
+        self.supervisor = Supervisor(lambda line: print(line, file=sys.stderr, flush=True))
+        self.metrics_ports: dict[str, int] = {}  # service → the port it serves /metrics on
 
     def _spawn(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", module, "--nats", self.nats.url, *args]
-        if self.config_file is not None:
-            cmd += ["--config", str(self.config_file)]
-        log = open(self.log_dir / f"{name}.log", "ab")
-        # Own process group: the terminal's Ctrl-C reaches us only, and we stop children in order.
-        self.children[name] = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
-        )
+        def command() -> list[str]:
+            cmd = [sys.executable, "-m", module, "--nats", self.nats.url, *args, *self._metrics_flag(name)]
+            return cmd + (["--config", str(self.config_file)] if self.config_file is not None else [])
+
+        self.supervisor.add(name, command, env or {}, self.log_dir / f"{name}.log")
+
+    def _metrics_flag(self, name: str) -> list[str]:
+        """The service's metrics port: the default (broker 9101, workers from 9102) while it is free or
+        already its own, else a free one (another `iris up`, or one still shutting down, holds it)."""
+        if name not in self.metrics_ports:
+            return []
+        port = self.metrics_ports[name]
+        child = self.supervisor.children.get(name)
+        restarting = child is not None and child.process is not None
+        if not port_free(METRICS_HOST, port) and (not restarting or port in self._others_ports(name)):
+            port = free_port()
+        if restarting and port != self.metrics_ports[name]:
+            print(f"iris: {name} metrics moved to http://{METRICS_HOST}:{port}/metrics", file=sys.stderr)
+        self.metrics_ports[name] = port
+        return ["--metrics-port", str(port)]
+
+    def _others_ports(self, name: str) -> set[int]:
+        return {port for other, port in self.metrics_ports.items() if other != name}
+
+    def _plan_metrics_ports(self) -> None:
+        if not self.config.metrics_port:
+            return
+        names = ["broker", *(f"worker-{index}" for index in range(self.config.workers))]
+        taken: set[int] = set()
+        for offset, name in enumerate(names):
+            port = self.config.metrics_port + offset
+            if port in taken or not port_free(METRICS_HOST, port):
+                port = free_port()
+            taken.add(port)
+            self.metrics_ports[name] = port
 
     def _gateway_args(self) -> tuple[list[str], dict[str, str]]:
         args = self._flags(("http_host", "http_port"))
@@ -94,35 +146,56 @@ class Launcher:
 
     def _worker_args(self, index: int) -> list[str]:
         names = ("engine", "model", "model_name", "slots", "n_gpu_layers", "fake_tps")
-        return ["--worker-id", f"up-{index}", *self._flags(names), *self._metrics_port(1 + index)]
-
-    def _metrics_port(self, offset: int) -> list[str]:
-        port = self.config.metrics_port
-        return ["--metrics-port", str(port + offset)] if port else []
+        return ["--worker-id", f"up-{index}", *self._flags(names)]
 
     async def run(self) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.nats.start()
-        stop = asyncio.Event()
+        stop, hurry = asyncio.Event(), asyncio.Event()
+
+        def on_signal() -> None:  # the first drains and stops in order, a second kills at once
+            (hurry if stop.is_set() else stop).set()
+            if hurry.is_set():
+                print("iris: second signal, killing everything now", file=sys.stderr, flush=True)
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
+        self.nats.start()
         try:
-            replicas = ["--replicas", str(min(3, self.config.cluster))] if self.config.cluster > 1 else []
-            broker_args = self._flags(("policy", "max_concurrency")) + self._metrics_port(0) + replicas
-            self._spawn("broker", "broker", broker_args)
-            for index in range(self.config.workers):
-                self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index))
-            self._spawn("gateway", "gateway", *self._gateway_args())
+            self._start_services()
             models = await self._wait_ready(stop)
             if models is None or not await self._wait_gateway(stop):
                 return 1
             self._print_ready(models)
-            return await self._supervise(stop)
+            await self._supervise(stop)
+            return 0
         finally:
-            self._stop_children()
+            await self._stop_all(hurry)
+
+    def _start_services(self) -> None:
+        self._plan_metrics_ports()
+        replicas = ["--replicas", str(min(3, self.config.cluster))] if self.config.cluster > 1 else []
+        self._spawn("broker", "broker", self._flags(("policy", "max_concurrency")) + replicas)
+        drain = {"IRIS_WORKER_DRAIN_TIMEOUT_S": str(WORKER_DRAIN_S)}
+        for index in range(self.config.workers):
+            self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index), drain)
+        self._spawn("gateway", "gateway", *self._gateway_args())
+
+    async def _stop_all(self, hurry: asyncio.Event) -> None:
+        """Gateway and workers first (workers drain), the broker once they are gone, NATS last."""
+        workers = [name for name in self.supervisor.children if name.startswith("worker")]
+        stages = [["gateway", *workers], ["broker"]]
+        await self.supervisor.stop(stages, STOP_BUDGET_S - 0.5, hurry)
+        if hurry.is_set():
+            self._kill_nats()
+        else:
             self.nats.stop()
-            print("iris: stopped", file=sys.stderr)
+        print("iris: stopped", file=sys.stderr, flush=True)
+
+    def _kill_nats(self) -> None:
+        nodes = self.nats.nodes if isinstance(self.nats, NatsCluster) else [self.nats]
+        for node in nodes:
+            node.kill()
 
     async def _wait_ready(self, stop: asyncio.Event) -> set[str] | None:
         """Wait until every worker has sent a heartbeat; None when a child died or we were stopped."""
@@ -165,15 +238,16 @@ class Launcher:
         return False
 
     def _dead_child(self) -> str | None:
-        return next((name for name, p in self.children.items() if p.poll() is not None), None)
+        """A service that exited before all were up: it cannot start at all (bad model, port in use...)."""
+        exited = self.supervisor.exited()
+        return exited[0].name if exited else None
 
     def _report_failure(self, stop: asyncio.Event) -> None:
         dead = self._dead_child()
         if dead:
-            print(
-                f"iris: {dead} exited with code {self.children[dead].returncode}; see {self.log_dir / dead}.log",
-                file=sys.stderr,
-            )
+            child = self.supervisor.children[dead]
+            assert child.process is not None
+            print(f"iris: {dead} exited with code {child.process.returncode}; see {child.log_path}", file=sys.stderr)
         elif not stop.is_set():
             print(
                 f"iris: workers not ready within {self.config.ready_timeout_s:.0f} s; see {self.log_dir}",
@@ -185,10 +259,9 @@ class Launcher:
         c = self.config
         capacity = f"{c.workers} worker(s) x {c.slots} slot(s), engine {c.engine}"
         http = f"http://{c.http_host}:{c.http_port}" if c.http_port else "off"
-        metrics = "off"
-        if c.metrics_port:
-            last = c.metrics_port + c.workers
-            metrics = f"{http}/metrics (gateway), http://127.0.0.1:{c.metrics_port}-{last}/metrics (broker, workers)"
+        metrics = f"{http}/metrics (gateway)" if c.http_port else "off"
+        for name, port in self.metrics_ports.items():
+            metrics += f"\n              http://{METRICS_HOST}:{port}/metrics ({name})"
         print(
             f"\nIris is up.\n"
             f"  HTTP API    {http}  (Ollama: /api/*, OpenAI: /v1/*)\n"
@@ -204,33 +277,23 @@ class Launcher:
             flush=True,
         )
 
-    async def _supervise(self, stop: asyncio.Event) -> int:
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        """Until Ctrl-C: a service that exits is started again (`Supervisor.watch`)."""
         while not stop.is_set():
-            dead = self._dead_child()
-            if dead:
-                self._report_failure(stop)
-                return 1
+            self.supervisor.watch()
             try:
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+                await asyncio.wait_for(stop.wait(), timeout=0.2)
             except TimeoutError:
                 pass
-        return 0
 
-    def _stop_children(self, timeout_s: float = 30.0) -> None:
-        """Gateway and workers first (workers drain running requests), the broker last."""
-        order = [n for n in self.children if n == "gateway"] + [n for n in self.children if n.startswith("worker")]
-        order += [n for n in self.children if n == "broker"]
-        for name in order:
-            process = self.children[name]
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for name in order:
-            process = self.children[name]
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def loop_time() -> float:

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from iris.supervisor import die_with_parent
+
 NATS_SERVER_VERSION = "2.15.1"
 
 
@@ -44,9 +46,12 @@ class NatsServer:
         config_file: Path | None = None,
         env: dict[str, str] | None = None,
         cluster: ClusterMember | None = None,
+        own_session: bool = False,
     ) -> None:
         """`config_file`: a nats-server config (accounts, cluster, TLS); host, port and store dir given here
-        override its `listen` and `store_dir`. `env`: variables it refers to (`$IRIS_NATS_..._PASSWORD`)."""
+        override its `listen` and `store_dir`. `env`: variables it refers to (`$IRIS_NATS_..._PASSWORD`).
+        `own_session`: out of the terminal's process group (a Ctrl-C meant for `iris up` must not stop
+        NATS under services still draining), and stopped should its parent die."""
         self.store_dir = store_dir
         self.host = host
         self.port = port or free_port()
@@ -54,6 +59,7 @@ class NatsServer:
         self.config_file = config_file
         self.env = env or {}
         self.cluster = cluster
+        self.own_session = own_session
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +75,8 @@ class NatsServer:
             args += self.cluster.args(self.host)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         env = {**os.environ, **self.env}
-        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        detach = {"start_new_session": True, "preexec_fn": die_with_parent} if self.own_session else {}
+        self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, **detach)  # type: ignore[call-overload]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -119,7 +126,14 @@ class NatsCluster:
     """N JetStream nodes on loopback routed to each other (`iris up --cluster 3`, cluster fault tests).
     `url` lists every node, so clients fail over between them."""
 
-    def __init__(self, store_dir: Path, size: int = 3, log_dir: Path | None = None, first_port: int = 0) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        size: int = 3,
+        log_dir: Path | None = None,
+        first_port: int = 0,
+        own_session: bool = False,
+    ) -> None:
         route_ports = [free_port() for _ in range(size)]
         self.nodes = [
             NatsServer(
@@ -127,6 +141,7 @@ class NatsCluster:
                 port=first_port + i if first_port else 0,
                 log_file=log_dir / f"nats-{i + 1}.log" if log_dir else None,
                 cluster=ClusterMember(f"iris-{i + 1}", route_ports[i], route_ports),
+                own_session=own_session,
             )
             for i in range(size)
         ]

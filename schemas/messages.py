@@ -60,7 +60,9 @@ class Timings(msgspec.Struct, frozen=True):
     run_ms: float
 
 
-FinishReason = Literal["stop", "length", "deadline", "max_inflight", "cancelled"]
+# "shutdown": a worker stopping (SIGTERM) cut the answer at its drain timeout; never in a `Result`, its
+# client gets `worker_failed` instead (as "cancelled" becomes `cancelled`).
+FinishReason = Literal["stop", "length", "deadline", "max_inflight", "cancelled", "shutdown"]
 
 
 class Result(msgspec.Struct, frozen=True):

@@ -13,9 +13,14 @@ LEASE_BUCKET = "IRIS_LEASES"
 BROKER_BUCKET = "IRIS_BROKERS"  # leader election between brokers
 LEADER_KEY = "leader"
 DLQ_STREAM = "IRIS_DLQ"  # dead letters: requests Iris gave up on, with their reason
+CANCEL_STREAM = "IRIS_CANCELS"  # every cancel, kept as long as a request may live (schemas.cancels)
 
 REQUEST_PREFIX = "iris.req"
 REQUEST_FILTER = "iris.req.>"
+# A consumer's filter meaning "the whole stream". The broker's consumer uses it, not REQUEST_FILTER: with a
+# filter nats-server 2.15 can skip a message whose subject holds DEL (\x7f) when it is the next to deliver
+# (its subject tree uses that byte internally), and such a request would sit unanswered until its TTL.
+WHOLE_STREAM = ">"
 DLQ_PREFIX = "iris.dlq"
 DLQ_FILTER = "iris.dlq.>"
 CANCEL_PREFIX = "iris.cancel"

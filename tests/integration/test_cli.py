@@ -74,6 +74,6 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
     assert "iris: stopped" in out.read_text()
-    logs = tmp_path / "state" / "logs"
+    logs = tmp_path / "state" / f"logs-{port}"  # one `iris up` per NATS port keeps its own logs and data
     assert '"worker stopped"' in (logs / "worker-0.log").read_text()
     assert '"broker stopped"' in (logs / "broker.log").read_text()

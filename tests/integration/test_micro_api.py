@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from nats.aio.client import Client as NATS
@@ -37,4 +38,28 @@ async def test_generate_chat_errors_and_discovery(nats_server: NatsServer, nc: N
 
         info = json.loads((await nc.request("$SRV.INFO.iris", b"", timeout=5)).data)
         assert {e["subject"] for e in info["endpoints"]} == {"iris.api.generate", "iris.api.chat"}
+        await api.stop()
+
+
+async def test_concurrent_calls_run_at_once(nats_server: NatsServer, nc: NATS) -> None:
+    """nats-py runs a subscription's callbacks one by one: each call must get its own task, or 8 calls on
+    8 free slots run one after another."""
+    engine = FakeEngine("fake", slots=8, tokens_per_s=5)
+    async with broker(nats_server.url), worker(nats_server.url, engine, "w1") as service:
+        api = GatewayService(GatewayConfig(nats_url=nats_server.url, http_port=0))
+        await api.start()
+
+        async def model_known() -> bool:
+            return bool(api.models.live())
+
+        await eventually(model_known, what="a worker heartbeat")
+        body = b'{"prompt": "hello", "max_tokens": 30}'
+        calls = [asyncio.ensure_future(nc.request("iris.api.generate", body, timeout=60)) for _ in range(8)]
+
+        async def all_running() -> bool:
+            return len(service.busy) == 8
+
+        await eventually(all_running, timeout_s=5, what="8 calls generating at once")  # each runs 6 s
+        replies = await asyncio.gather(*calls)
+        assert [json.loads(r.data)["usage"]["completion_tokens"] for r in replies] == [30] * 8
         await api.stop()

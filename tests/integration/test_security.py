@@ -11,6 +11,7 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from gateway.broker_leader import BrokerLeader
 from gateway.config import GatewayConfig
 from gateway.service import GatewayService
 from gpu_worker.fake_engine import FakeEngine
@@ -18,6 +19,7 @@ from iris.client import Client
 from iris.dead_letters import list_dead_letters
 from iris.nats_server import NatsServer
 from schemas import headers as h
+from schemas.connection import connect
 from schemas.errors import ErrorCode
 from schemas.messages import error_decoder
 from schemas.subjects import JS_DIRECT_GET, REQUEST_STREAM
@@ -68,6 +70,9 @@ async def test_clients_are_isolated_and_iris_still_works(secured: tuple[NatsServ
         assert (await alice.complete("my own question", model="fake", max_tokens=3)).usage.completion_tokens == 3
         await snoop.flush()
         assert stolen == []
+        gateway_nc = await connect(url["gateway"], "iris-gateway")
+        assert await BrokerLeader(gateway_nc).leader() is not None  # /readyz may read who leads
+        await gateway_nc.close()
         assert sum("permissions violation for subscription" in v for v in violations) == 2
 
         js = snoop.jetstream(timeout=1.0)
