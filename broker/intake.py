@@ -4,19 +4,34 @@ read here; the prompt's size comes from the `Nats-Msg-Size` header."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from broker.queue import WaitingRequest
 from broker.wfq import estimate_prompt_tokens
 from schemas import headers as h
 from schemas.errors import InvalidRequest
 from schemas.headers import parse_request_headers
-from schemas.subjects import is_token, parse_request_subject
+from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
+from schemas.subjects import is_token, parse_request_subject, request_owner
 
 
-def waiting_request(subject: str, headers: dict[str, str], seq: int, stored_ms: int, now_ms: int) -> WaitingRequest:
+def waiting_request(
+    subject: str,
+    headers: dict[str, str],
+    seq: int,
+    stored_ms: int,
+    now_ms: int,
+    reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
+) -> WaitingRequest:
+    """Raises `InvalidRequest` for a bad subject or header, a reply subject outside `reply_prefixes` (or,
+    for an owned subject, outside its owner's inbox) included."""
     parts = parse_request_subject(subject)
-    if parts is None or not all(is_token(p) for p in parts):
-        raise InvalidRequest(f"subject {subject!r} is not iris.req.<model>.<workload> with [A-Za-z0-9_-] tokens")
-    labels = parse_request_headers(headers, now_ms, fallback_id=str(seq))
+    owner = request_owner(subject)
+    if parts is None or not all(is_token(p) for p in (*parts, owner or "_")):
+        raise InvalidRequest(
+            f"subject {subject[:200]!r} is not iris.req.<model>.<workload>[.<owner>] with [A-Za-z0-9_-] tokens"
+        )
+    labels = parse_request_headers(headers, now_ms, fallback_id=str(seq), owner=owner, reply_prefixes=reply_prefixes)
     return WaitingRequest(
         stream_seq=seq,
         request_id=labels.request_id,

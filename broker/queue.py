@@ -64,6 +64,10 @@ class RequestQueue(Protocol):
 
     def remove(self, stream_seq: int) -> WaitingRequest | None: ...
 
+    def get(self, stream_seq: int) -> WaitingRequest | None:
+        """The waiting request, left in place (a cancel checks who asks before it removes)."""
+        ...
+
     def position(self, stream_seq: int) -> int: ...
 
     def count(self, workload: str) -> int: ...
@@ -174,6 +178,9 @@ class FifoQueue:
         self._tally.add(request, -1)
         self._compact()
         return request
+
+    def get(self, stream_seq: int) -> WaitingRequest | None:
+        return self._by_seq.get(stream_seq)
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._by_seq.pop(stream_seq, None)

@@ -26,6 +26,7 @@ from broker.wfq import WfqQueue
 from schemas.errors import ErrorCode
 from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import Heartbeat, Lease, LeaseDone
+from schemas.reply_subjects import may_cancel
 
 __all__ = ["Admitted", "Rejection", "Scheduler", "SchedulerLimits"]
 
@@ -227,13 +228,16 @@ class Scheduler:
                 expired.append(lease)
         return expired
 
-    def release_ticket(self, request_id: str, now_ms: int) -> Lease | None:
-        """An app is done with its ticket (found by id): the slot is free at once."""
+    def release_ticket(self, request_id: str, now_ms: int, owner: str | None = None) -> Lease | None:
+        """An app is done with its ticket (found by id, released by `owner`, see `may_cancel`): the slot is
+        free at once."""
         seq = self._tickets.get(request_id)
         if seq is None:
             return None
         model = self._model_of[seq]
         lease = self.pools[model].leases.get(seq)
+        if lease is not None and not may_cancel(owner, lease.reply_to):
+            return None
         self.lease_ended(seq, now_ms)
         return lease
 
@@ -379,10 +383,15 @@ class Scheduler:
             delta = done.prompt_tokens + done.completion_tokens - lease.cost_tokens
             pool.queue.charge_back(lease.workload, lease.user, lease.priority, delta)
 
-    def cancel_waiting(self, request_id: str) -> WaitingRequest | None:
-        """Remove a waiting request by id (a running one is stopped by its worker, not here)."""
+    def cancel_waiting(self, request_id: str, owner: str | None = None) -> WaitingRequest | None:
+        """Remove a waiting request by id when `owner` may cancel it (`may_cancel`); a running one is
+        stopped by its worker, not here."""
         seq = self._by_request_id.get(request_id)
-        return None if seq is None else self._forget_waiting(seq)
+        model = self._model_of.get(seq) if seq is not None else None
+        request = self.pools[model].queue.get(seq) if seq is not None and model is not None else None
+        if request is None or not may_cancel(owner, request.reply_to):
+            return None
+        return self._forget_waiting(request.stream_seq)
 
     def waiting(self, model: str) -> int:
         pool = self.pools.get(model)

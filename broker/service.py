@@ -50,8 +50,8 @@ from schemas.subjects import (
     CANCEL_FILTER,
     DONE_FILTER,
     HEARTBEAT_FILTER,
-    cancelled_request_id,
     lease_key,
+    parse_cancel_subject,
 )
 
 
@@ -79,7 +79,7 @@ class BrokerService:
         self._term_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # the current term's
         self._owners: set[asyncio.Task[Any]] = set()
-        self._dead_letters = DeadLetters(self.log, self.metrics)
+        self._dead_letters = DeadLetters(self.log, self.metrics, config.reply_prefix_list)
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
         self._closing = False
@@ -181,6 +181,7 @@ class BrokerService:
         if config.policy != self.config.policy:
             self.log.warning("policy changes need a restart; keeping it", policy=self.config.policy)
         self.config = config
+        self._dead_letters.reply_prefixes = config.reply_prefix_list
         self.scheduler.update_limits(scheduler_limits(config))
         self.log.info(
             "config reloaded",
@@ -250,9 +251,10 @@ class BrokerService:
         headers = msg.headers or {}
         now = now_ms()
         try:
-            request = waiting_request(msg.subject, headers, seq, int(meta.timestamp.timestamp() * 1000), now)
+            stored_ms = int(meta.timestamp.timestamp() * 1000)
+            request = waiting_request(msg.subject, headers, seq, stored_ms, now, self._dead_letters.reply_prefixes)
         except IrisError as exc:  # unparseable: a dead letter, its client gets the parse error
-            await self._dead_letters.unparseable(seq, headers, exc)
+            await self._dead_letters.unparseable(seq, msg.subject, headers, exc)
             return
         decision = self.scheduler.admit(request, now)
         if isinstance(decision, Rejection):
@@ -308,13 +310,17 @@ class BrokerService:
         self._pump()
 
     async def _on_cancel(self, msg: Msg) -> None:
-        """A waiting request leaves at once; a running one is stopped by the worker that runs it."""
-        request_id = cancelled_request_id(msg.subject)
-        request = self.scheduler.cancel_waiting(request_id)
+        """A waiting request leaves at once; a running one is stopped by the worker that runs it. Only its
+        owner's cancel counts (`iris.cancel.<owner>.<id>`, see `schemas.reply_subjects.may_cancel`)."""
+        order = parse_cancel_subject(msg.subject)
+        if order is None:
+            return
+        owner, request_id = order
+        request = self.scheduler.cancel_waiting(request_id, owner)
         if request is not None:
             await self._reject(Rejection(request, ErrorCode.CANCELLED, "cancelled by the client while queued"))
             return
-        ticket = self.scheduler.release_ticket(request_id, now_ms())
+        ticket = self.scheduler.release_ticket(request_id, now_ms(), owner)
         if ticket is not None:
             assert self._admission is not None
             await self._admission.drop(ticket, "released by id")

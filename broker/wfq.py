@@ -236,6 +236,9 @@ class WfqQueue:
             if not workload.level.vtime:
                 del self._workloads[name]
 
+    def get(self, stream_seq: int) -> WaitingRequest | None:
+        return self._requests.get(stream_seq)
+
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._requests.pop(stream_seq, None)
         if request is None:

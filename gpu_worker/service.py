@@ -23,7 +23,8 @@ from gpu_worker.engine import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
 from schemas.connection import connect
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
-from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, cancelled_request_id, heartbeat_subject, lease_offer_subject
+from schemas.reply_subjects import may_cancel
+from schemas.subjects import CANCEL_FILTER, LEASE_BUCKET, heartbeat_subject, lease_offer_subject, parse_cancel_subject
 
 
 class WorkerService:
@@ -34,8 +35,8 @@ class WorkerService:
         self.log = log or structlog.get_logger().bind(service="gpu_worker")
         self.log = self.log.bind(worker=self.worker_id, model=engine.model_name)
         self.stats = RunStats()
-        # Listed in heartbeats until the lease ends: seq → (task, stop signal, request id).
-        self.running: dict[int, tuple[asyncio.Task[None], StopSignal, str]] = {}
+        # Listed in heartbeats until the lease ends: seq → (task, stop signal, lease).
+        self.running: dict[int, tuple[asyncio.Task[None], StopSignal, Lease]] = {}
         self.busy: set[int] = set()  # leases holding an engine slot: until their final reply is out
         self.draining = False
         self._nc: NATS | None = None
@@ -52,7 +53,8 @@ class WorkerService:
         await self.engine.load()
         self._nc = await connect(self.config.nats_url, f"iris-worker-{self.worker_id}")
         await self._lease_bucket()  # the broker has set up the streams
-        self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log)
+        prefixes = self.config.reply_prefix_list
+        self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log, prefixes)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
         await self.nc.subscribe(CANCEL_FILTER, cb=self._on_cancel)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
@@ -89,16 +91,20 @@ class WorkerService:
             else:
                 stop = StopSignal()
                 task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
-                self.running[lease.stream_seq] = (task, stop, lease.request_id)
+                self.running[lease.stream_seq] = (task, stop, lease)
                 self.busy.add(lease.stream_seq)
                 accepted.append(lease.stream_seq)
         reason = ("draining" if self.draining else "no free slot") if refused else ""
         await msg.respond(encoder.encode(LeaseAnswer(accepted=accepted, refused=refused, reason=reason)))
 
     async def _on_cancel(self, msg: Msg) -> None:
-        request_id = cancelled_request_id(msg.subject)
-        for _, stop, running_id in self.running.values():
-            if running_id == request_id:
+        """Stop a running request, if its owner asks (`may_cancel`)."""
+        order = parse_cancel_subject(msg.subject)
+        if order is None:
+            return
+        owner, request_id = order
+        for _, stop, lease in self.running.values():
+            if lease.request_id == request_id and may_cancel(owner, lease.reply_to):
                 stop.stop("cancelled")  # the engine ends within one token; the runner answers `cancelled`
 
     async def _run(self, seq: int, lease: Lease, stop: StopSignal) -> None:

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 
 from schemas import headers as h
 from schemas.errors import ErrorCode, IrisError
-from schemas.headers import MAX_DEADLINE_S, is_reply_subject, ttl_header
+from schemas.headers import MAX_DEADLINE_S, ttl_header
 from schemas.stream_ops import StoredRequest, delete_request, error_reply, publish_reply, while_unavailable
 from schemas.subjects import DLQ_STREAM, MAX_TOKEN_CHARS, dead_letter_subject, parse_request_subject, to_token
 
@@ -165,10 +165,11 @@ async def move_to_dlq(
     now_ms: int,
 ) -> int:
     """Store the dead letter, send the client (`reply`: reply_to, request id) its typed error, then remove
-    the request; returns the dead letter's sequence. Raises `DeadLetterError` with the request untouched."""
+    the request; returns the dead letter's sequence. Raises `DeadLetterError` with the request untouched.
+    The caller vets `reply_to` (`schemas.reply_subjects`); "" sends no error to anyone."""
     dlq_seq = await store_dead_letter(nc, stored, code, reason, attempts, now_ms)
     reply_to, request_id = reply
-    if is_reply_subject(reply_to):
+    if reply_to:
         error = error_reply(code, f"{reason} (dead letter {dlq_seq} in {DLQ_STREAM})")
         await publish_reply(nc, reply_to, request_id, error)
     await delete_request(nc, stored.stream_seq)

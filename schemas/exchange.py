@@ -23,6 +23,7 @@ from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableEr
 from nats.nuid import NUID
 
 from schemas import headers as h
+from schemas.connection import connection_owner
 from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity, QueueFull
 from schemas.messages import (
     Chunk,
@@ -59,6 +60,7 @@ class RequestEnvelope:
     body: bytes
     headers: dict[str, str]
     deadline_ms: int
+    owner: str | None = None  # the publishing NATS user's token (`connection_owner`): subject and cancels carry it
 
     @property
     def request_id(self) -> str:
@@ -105,7 +107,7 @@ def build_envelope(
         headers[h.USER] = user
     if tokens:
         headers[h.TOKENS] = str(tokens)
-    return RequestEnvelope(model, workload, body, headers, deadline_ms)
+    return RequestEnvelope(model, workload, body, headers, deadline_ms, connection_owner(nc))
 
 
 class ReplyRouter:
@@ -195,7 +197,7 @@ class Exchange:
 
     async def cancel(self) -> None:
         """Ask Iris to drop this request: a queued one leaves at once, a running one stops within a token."""
-        await self.nc.publish(cancel_subject(self.envelope.request_id), b"")
+        await self.nc.publish(cancel_subject(self.envelope.request_id, self.envelope.owner), b"")
 
     def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | None:
         kind = headers.get(h.KIND)
@@ -239,7 +241,7 @@ async def publish_request(nc: NATS, env: RequestEnvelope, give_up_s: float = PUB
     """Publish to JetStream; retries reuse the same `Nats-Msg-Id`, so they can never enqueue twice. A
     cluster electing a stream leader is waited out for up to `give_up_s`."""
     js = nc.jetstream()
-    subject = request_subject(env.model, env.workload)
+    subject = request_subject(env.model, env.workload, env.owner)
     attempts = 0
 
     async def publish() -> PubAck:
