@@ -24,7 +24,7 @@ from nats.nuid import NUID
 
 from schemas import headers as h
 from schemas.connection import connection_owner
-from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity, QueueFull
+from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity, PayloadTooLarge, QueueFull
 from schemas.messages import (
     Chunk,
     GenerateRequest,
@@ -37,7 +37,7 @@ from schemas.messages import (
     request_decoder,
     result_decoder,
 )
-from schemas.stream_ops import while_unavailable
+from schemas.stream_ops import PUBLISH_SLACK_BYTES, headers_bytes, while_unavailable
 from schemas.subjects import MAX_TOKEN_CHARS, cancel_subject, is_token, request_subject
 
 REPLY_GRACE_S = 5.0
@@ -240,6 +240,11 @@ async def _next_reply(replies: asyncio.Queue[Msg], deadline_ms: int) -> Msg:
 async def publish_request(nc: NATS, env: RequestEnvelope, give_up_s: float = PUBLISH_GIVE_UP_S) -> None:
     """Publish to JetStream; retries reuse the same `Nats-Msg-Id`, so they can never enqueue twice. A
     cluster electing a stream leader is waited out for up to `give_up_s`."""
+    size = len(env.body) + headers_bytes(env.headers) + PUBLISH_SLACK_BYTES
+    if size > nc.max_payload:  # the server would close the connection, and every answer on it with it
+        raise PayloadTooLarge(
+            f"request of {size} bytes with its headers is larger than the NATS max_payload of {nc.max_payload} bytes"
+        )
     js = nc.jetstream()
     subject = request_subject(env.model, env.workload, env.owner)
     attempts = 0
