@@ -42,6 +42,7 @@ class ModelPool:
     completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
     dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
     updates: QueueUpdatePlan = field(default_factory=QueueUpdatePlan)  # QueueUpdates still to send
+    ever_served: bool = False  # a worker of this model has beaten: its waiting requests wait for workers
 
     def live_slots(self) -> int:
         return sum(w.slots for w in self.workers.values() if not w.draining)

@@ -274,6 +274,7 @@ class BrokerService:
             return
         heard_ms = now_ms()
         self._beats[beat.worker_id] = (beat, heard_ms)
+        self.metrics.labels.serve(beat.model)
         if self._scheduling:
             self._apply_heartbeat(beat, heard_ms)
             self._pump()
@@ -335,6 +336,8 @@ class BrokerService:
                 self.metrics.reclaimed(request)
             for request in expired:
                 await self._reject(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"))
+            for rejection in self.scheduler.drop_unserved(now_ms()):
+                await self._reject(rejection, leased_before=False)
             await self._dead_letters.failed_on_workers(self.scheduler.take_dead_letters())
             for ticket in self.scheduler.expire_tickets(now_ms()):
                 assert self._admission is not None

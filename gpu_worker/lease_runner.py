@@ -219,7 +219,7 @@ class LeaseRunner:
         self, answered: Callable[[], None], lease: Lease, error: Error, log: structlog.stdlib.BoundLogger
     ) -> None:
         log.warning("request failed", code=error.code, reason=error.message)
-        self.stats.metrics.requests.labels(lease.model, lease.workload, error.code).inc()
+        self.stats.metrics.failed(lease, error.code)
         await publish_reply(self.nc, lease.reply_to, lease.request_id, error)
         answered()
         await self._release(lease, delete_body=True)
@@ -238,7 +238,7 @@ class LeaseRunner:
         log.warning("request invalid, dead-lettered", reason=reason)
         code = ErrorCode.INVALID_REQUEST
         reply_to = lease.reply_to if reply_to is None else reply_to
-        self.stats.metrics.requests.labels(lease.model, lease.workload, code.value).inc()
+        self.stats.metrics.failed(lease, code.value)
         try:
             await move_to_dlq(self.nc, stored, code, reason, lease.attempt, (reply_to, lease.request_id), now_ms())
         except DeadLetterError as exc:
