@@ -165,6 +165,30 @@ def test_hostile_http_gets_typed_answers(
         assert response.headers.get("x-iris-error") in CODES, (response.status_code, response.text[:200])
 
 
+def _sized_chat(size: int) -> bytes:
+    """A valid chat body of exactly `size` bytes, each message under the per-message limit."""
+    base = {"model": "fake", "stream": False, "options": {"num_predict": 1}}
+    count = -(-size // 400_000)
+    chars = size - len(json.dumps({**base, "messages": [{"role": "user", "content": ""}] * count}))
+    contents = [chars // count + (1 if i < chars % count else 0) for i in range(count)]
+    return json.dumps({**base, "messages": [{"role": "user", "content": "x" * n} for n in contents]}).encode()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(offset=st.integers(-2_000, 2_000) | st.sampled_from([-148_576, -48_576, 51_424]), path=routes)
+def test_bodies_around_the_payload_limit(stack: Stack, http: httpx.Client, offset: int, path: tuple[str, str]) -> None:
+    """Bodies from 0.9 to 1.1 MB, most within 2 KB of the limit: typed answers, and the gateway's NATS
+    connection never drops (a body the server would refuse is never published)."""
+    assert stack.gateway is not None and stack.gateway._nc is not None
+    nc = stack.gateway._nc
+    body = _sized_chat(nc.max_payload + offset)
+    response = http.request(path[0], path[1], content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code != 500, response.text[:200]
+    if response.status_code >= 400:
+        assert response.headers.get("x-iris-error") in CODES, (response.status_code, response.text[:200])
+    assert nc.is_connected and nc.stats["reconnects"] == 0
+
+
 replay_ids = st.sampled_from(["replayed-1", "replayed-2"]) | st.text(max_size=20)
 nats_headers = st.fixed_dictionaries(
     {},
