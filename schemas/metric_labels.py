@@ -11,7 +11,7 @@ from __future__ import annotations
 OTHER = "_other"
 UNSERVED = "_unserved"
 MAX_MODELS = 64
-MAX_WORKLOADS_PER_MODEL = 100
+MAX_WORKLOADS_PER_MODEL = 16
 
 
 class BoundedLabels:
