@@ -137,3 +137,34 @@ def test_reply_prefixes_that_would_open_too_much_are_refused_at_start(prefixes: 
     for config_type in (BrokerConfig, WorkerConfig):
         with pytest.raises(ValueError, match="prefix"):
             config_type(reply_prefixes=prefixes)
+
+
+async def test_micro_endpoints_answer_only_under_the_reply_prefixes(nats_server: NatsServer, nc: NATS) -> None:
+    """`iris.api.*` (gateway) and `iris.admit.*` (broker) answer on the caller's NATS reply subject: one
+    naming the leader key, a stream API or a worker subject is ignored, not answered there."""
+    from gateway.config import GatewayConfig
+    from gateway.service import GatewayService
+
+    snoop = Snoop()
+    for subject in HOSTILE_REPLIES[:4]:
+        await nc.subscribe(subject, cb=snoop.record)
+    async with (
+        broker(nats_server.url, max_concurrency=1) as service,
+        worker(nats_server.url, FakeEngine("fake"), "w1"),
+        GatewayService(GatewayConfig(nats_url=nats_server.url, http_port=0)),
+    ):
+        async with Client(nc) as client:
+            await wait_for_models(client, "fake")
+        leader_before = await (await nc.jetstream().key_value(BROKER_BUCKET)).get(LEADER_KEY)
+        body = b'{"prompt": "answer elsewhere", "max_tokens": 2}'
+        for reply_to in HOSTILE_REPLIES[:4]:
+            await nc.publish("iris.api.generate", body, reply=reply_to)
+            await nc.publish("iris.admit.fake", b'{"workload": "default"}', reply=reply_to)
+            await nc.publish("iris.admit.end", b'{"ticket_id": "x"}', reply=reply_to)
+        answer = await nc.request("iris.api.generate", body, timeout=20)  # a proper caller, after them
+        assert b'"completion_tokens":2' in answer.data
+        await nc.flush()
+        renewals = "Nats-Expected-Last-Subject-Sequence"  # the leader's own compare-and-set writes of its key
+        assert [subject for subject, headers in snoop.seen if renewals not in headers] == []
+        leader = await (await nc.jetstream().key_value(BROKER_BUCKET)).get(LEADER_KEY)
+        assert leader.value == leader_before.value == service.broker_id.encode()
