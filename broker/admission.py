@@ -46,6 +46,7 @@ from schemas.messages import (
     encoder,
     lease_decoder,
 )
+from schemas.reply_subjects import reply_problem
 from schemas.stream_ops import delete_request, publish_reply
 from schemas.subjects import ADMIT_END, ADMIT_FILTER, admitted_model, cancel_subject, done_subject, is_token, lease_key
 
@@ -87,6 +88,10 @@ class AdmissionService:
         """NATS runs one subscription's callbacks one after another; each request gets its own task."""
 
         async def spawn(req: Request) -> None:
+            problem = reply_problem(_reply_subject(req), None)
+            if problem is not None:  # the broker's answer would land wherever the caller said, with its rights
+                self.log.warning("admission request ignored: its reply subject " + problem, subject=req.subject)
+                return
             task = asyncio.create_task(self._logged(handle, req))
             self._handling.add(task)
             task.add_done_callback(self._handling.discard)

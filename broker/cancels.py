@@ -25,7 +25,7 @@ def withdraw_cancelled(
     offered: list[Lease] = []
     rejected: list[Rejection] = []
     for lease in leases:
-        if book.cancelled(lease.request_id) and scheduler.withdraw(lease.stream_seq) is not None:
+        if book.cancelled(lease.request_id, lease.reply_to) and scheduler.withdraw(lease.stream_seq) is not None:
             rejected.append(cancelled_rejection(waiting_from(lease, lease.attempt), "before it started"))
         else:
             offered.append(lease)

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
+
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]
 LimitBy = Literal["", "user", "workload"]
 MinShare = Annotated[float, Meta(ge=0, le=1)]
@@ -64,8 +66,16 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off
     stats_s: Annotated[float, Meta(gt=0, le=60)] = 1.0  # BrokerStats on iris.broker.stats (what `iris top` reads)
     log_level: str = "info"
+    # Where replies to a request without an owner token may go (comma-separated; owned requests reply only
+    # under `_INBOX.<owner>.`): never to the $KV/$JS/iris.* subjects this broker may publish to.
+    reply_prefixes: str = ",".join(DEFAULT_REPLY_PREFIXES)
+
+    @property
+    def reply_prefix_list(self) -> tuple[str, ...]:
+        return parse_reply_prefixes(self.reply_prefixes)
 
     def __post_init__(self) -> None:
+        parse_reply_prefixes(self.reply_prefixes)
         for name, model in [("", ModelConfig()), *self.models.items()]:
             limit_by = self.limit_by if model.limit_by is None else model.limit_by
             per_value = self.limit_per_value if model.limit_per_value is None else model.limit_per_value

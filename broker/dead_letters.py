@@ -10,6 +10,7 @@ gets its error and the request stays in the stream until its `Nats-TTL`: nothing
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -20,9 +21,9 @@ from broker.queue import WaitingRequest
 from schemas import headers as h
 from schemas.dead_letters import DeadLetterError, move_to_dlq
 from schemas.errors import ErrorCode, IrisError
-from schemas.headers import is_reply_subject
+from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, allowed_reply
 from schemas.stream_ops import error_reply, get_request, publish_reply, while_unavailable
-from schemas.subjects import lease_key
+from schemas.subjects import lease_key, request_owner
 
 
 def now_ms() -> int:
@@ -30,8 +31,14 @@ def now_ms() -> int:
 
 
 class DeadLetters:
-    def __init__(self, log: structlog.stdlib.BoundLogger, metrics: BrokerMetrics) -> None:
+    def __init__(
+        self,
+        log: structlog.stdlib.BoundLogger,
+        metrics: BrokerMetrics,
+        reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
+    ) -> None:
         self.log, self.metrics = log, metrics
+        self.reply_prefixes = tuple(reply_prefixes)
         self._nc: NATS | None = None
         self._kv: KeyValue | None = None
 
@@ -62,10 +69,12 @@ class DeadLetters:
         await self._move(request.stream_seq, ErrorCode.WORKER_FAILED, reason, request.attempt, reply)
         await while_unavailable(lambda: kv.delete(lease_key(request.stream_seq)))
 
-    async def unparseable(self, seq: int, headers: dict[str, str], error: IrisError) -> None:
-        """A request the broker cannot index (bad subject or header): dead-letter it with the parse error."""
+    async def unparseable(self, seq: int, subject: str, headers: dict[str, str], error: IrisError) -> None:
+        """A request the broker cannot index (bad subject or header): dead-letter it with the parse error,
+        which its client gets only where replies may go (never to a reply subject that was the error)."""
         self.log.warning("request rejected, dead-lettered", seq=seq, reason=error.message)
-        reply = (headers.get(h.REPLY_TO, ""), headers.get(h.MSG_ID, str(seq)))
+        reply_to = allowed_reply(headers.get(h.REPLY_TO, ""), request_owner(subject), self.reply_prefixes)
+        reply = (reply_to, headers.get(h.MSG_ID, str(seq)))
         await self._move(seq, error.code, error.message, 0, reply)
 
     async def _move(self, seq: int, code: ErrorCode, reason: str, attempts: int, reply: tuple[str, str]) -> None:
@@ -83,5 +92,5 @@ class DeadLetters:
 
     async def _reply(self, reply: tuple[str, str], code: ErrorCode, reason: str) -> None:
         reply_to, request_id = reply
-        if is_reply_subject(reply_to):
+        if reply_to:
             await publish_reply(self.nc, reply_to, request_id, error_reply(code, reason))

@@ -4,23 +4,37 @@ read here; the prompt's size comes from the `Nats-Msg-Size` header."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from broker.queue import WaitingRequest
 from broker.wfq import estimate_prompt_tokens
 from schemas import headers as h
 from schemas.errors import InvalidRequest
 from schemas.headers import MAX_DEADLINE_S, parse_request_headers
-from schemas.subjects import is_token, parse_request_subject
+from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
+from schemas.subjects import is_token, parse_request_subject, request_owner
 
 
 def waiting_request(
-    subject: str, headers: dict[str, str], seq: int, stored_ms: int, now_ms: int, max_deadline_s: float = MAX_DEADLINE_S
+    subject: str,
+    headers: dict[str, str],
+    seq: int,
+    stored_ms: int,
+    now_ms: int,
+    reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
+    max_deadline_s: float = MAX_DEADLINE_S,
 ) -> WaitingRequest:
-    """`max_deadline_s`: the longest deadline accepted, counted from when the request was stored; the
-    broker passes its dedupe window, so a retry with the same id within the deadline never runs twice."""
+    """Raises `InvalidRequest` for a bad subject or header, a reply subject outside `reply_prefixes` (or,
+    for an owned subject, outside its owner's inbox) included. `max_deadline_s`: the longest deadline
+    accepted, counted from when the request was stored; the broker passes its dedupe window, so a retry
+    with the same id within the deadline never runs twice."""
     parts = parse_request_subject(subject)
-    if parts is None or not all(is_token(p) for p in parts):
-        raise InvalidRequest(f"subject {subject!r} is not iris.req.<model>.<workload> with [A-Za-z0-9_-] tokens")
-    labels = parse_request_headers(headers, now_ms, fallback_id=str(seq))
+    owner = request_owner(subject)
+    if parts is None or not all(is_token(p) for p in (*parts, owner or "_")):
+        raise InvalidRequest(
+            f"subject {subject[:200]!r} is not iris.req.<model>.<workload>[.<owner>] with [A-Za-z0-9_-] tokens"
+        )
+    labels = parse_request_headers(headers, now_ms, fallback_id=str(seq), owner=owner, reply_prefixes=reply_prefixes)
     if labels.deadline_ms - stored_ms > max_deadline_s * 1000:
         raise InvalidRequest(
             f"header {h.DEADLINE} is more than {max_deadline_s:.0f} s after the request was published"

@@ -1,6 +1,8 @@
 """The broker's Prometheus metrics and the stats window behind `iris top`, fed by the same events.
 
 Labels are bounded: model, workload, priority (1-100), outcome and error code; never a user or request id.
+Models and workloads come from request subjects, so they pass through `FlowLabels` (`schemas.metric_labels`):
+a model no worker serves is `_unserved`, workloads past a cap per model are `_other`.
 `/metrics` is served on `metrics_host:metrics_port` by prometheus_client's own HTTP server thread.
 """
 
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from broker.queue import WaitingRequest
 from broker.stats import Flow, FlowLoad, StatsWindow
 from schemas.messages import BrokerStats, Lease, LeaseDone
+from schemas.metric_labels import FlowLabels
 from schemas.metrics_http import MetricsEndpoint
 
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -66,6 +69,7 @@ class BrokerMetrics:
         )
         self.endpoint = MetricsEndpoint(r)
         self._shown: set[Flow] = set()
+        self.labels = FlowLabels()
 
     def leading(self, leads: bool) -> None:
         self.leader.set(1 if leads else 0)
@@ -77,36 +81,44 @@ class BrokerMetrics:
         self.endpoint.close()
 
     def admitted(self, request: WaitingRequest) -> None:
-        self._count(request.model, request.workload, request.priority, "admitted")
+        self._count(*self.labels.flow(request.model, request.workload), request.priority, "admitted")
 
     def rejected(self, request: WaitingRequest, code: str, message: str, now_ms: int) -> None:
-        self._count(request.model, request.workload, request.priority, "rejected", code)
-        self.window.rejected(request.model, request.workload, code, message, now_ms)
+        model, workload = self.labels.flow(request.model, request.workload)
+        self._count(model, workload, request.priority, "rejected", code)
+        self.window.rejected(model, workload, code, message, now_ms)
         if code in ("deadline_exceeded", "deadline_unmeetable"):
             when = "queued" if code == "deadline_exceeded" else "unmeetable"
-            self.deadline_drops.labels(request.model, request.workload, when).inc()
+            self.deadline_drops.labels(model, workload, when).inc()
 
     def started(self, lease: Lease, now_ms: int) -> None:
-        self._count(lease.model, lease.workload, lease.priority, "started")
+        model, workload = self.labels.flow(lease.model, lease.workload)
+        self._count(model, workload, lease.priority, "started")
         waited_ms = lease.leased_ms - lease.enqueued_ms
-        self.queue_wait_s.labels(lease.model, lease.workload, str(lease.priority)).observe(max(0, waited_ms) / 1000)
-        self.estimated_tokens.labels(lease.model, lease.workload).inc(lease.cost_tokens)
-        self.window.started(lease.model, lease.workload, waited_ms, now_ms)
+        self.queue_wait_s.labels(model, workload, str(lease.priority)).observe(max(0, waited_ms) / 1000)
+        self.estimated_tokens.labels(model, workload).inc(lease.cost_tokens)
+        self.window.started(model, workload, waited_ms, now_ms)
 
     def finished(self, done: LeaseDone, priority: int, now_ms: int) -> None:
+        model, workload = self.labels.flow(done.model, done.workload)
         tokens = done.prompt_tokens + done.completion_tokens
-        self._count(done.model, done.workload, priority, "completed")
-        self.actual_tokens.labels(done.model, done.workload).inc(tokens)
-        self.served_tokens.labels(done.model, done.workload, str(priority)).inc(tokens)
-        self.window.served(done.model, done.workload, tokens, now_ms)
+        self._count(model, workload, priority, "completed")
+        self.actual_tokens.labels(model, workload).inc(tokens)
+        self.served_tokens.labels(model, workload, str(priority)).inc(tokens)
+        self.window.served(model, workload, tokens, now_ms)
 
     def reclaimed(self, request: WaitingRequest) -> None:
-        self.reclaims.labels(request.model).inc()
+        self.reclaims.labels(self.labels.model(request.model)).inc()
 
     def snapshot(
         self, now_ms: int, load: Mapping[Flow, FlowLoad], weight: Callable[[str], float], **ids: str
     ) -> BrokerStats:
-        stats = self.window.snapshot(now_ms, load, weight, **ids)
+        labelled: dict[Flow, FlowLoad] = {}
+        for flow, (queued, running, priority) in load.items():
+            key = self.labels.flow(*flow)
+            before = labelled.get(key, (0, 0, 1))
+            labelled[key] = (before[0] + queued, before[1] + running, max(before[2], priority))
+        stats = self.window.snapshot(now_ms, labelled, weight, **ids)
         shown = set()
         for row in stats.workloads:
             shown.add((row.model, row.workload))

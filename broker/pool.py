@@ -45,6 +45,7 @@ class ModelPool:
     updates: QueueUpdatePlan = field(default_factory=QueueUpdatePlan)  # QueueUpdates still to send
     # Engine time of answers as their workers measured it: what the start estimate prices the work ahead at.
     service_time: ServiceTime = field(default_factory=ServiceTime)
+    ever_served: bool = False  # a worker of this model has beaten: its waiting requests wait for workers
 
     def live_slots(self) -> int:
         return sum(w.slots for w in self.workers.values() if not w.draining)

@@ -67,6 +67,10 @@ class RequestQueue(Protocol):
 
     def remove(self, stream_seq: int) -> WaitingRequest | None: ...
 
+    def get(self, stream_seq: int) -> WaitingRequest | None:
+        """The waiting request, left in place (a cancel checks who asks before it removes)."""
+        ...
+
     def position(self, stream_seq: int) -> int: ...
 
     def work_ahead(self, stream_seq: int) -> float:
@@ -202,6 +206,9 @@ class FifoQueue:
         self._cost_total -= self._costs.pop(request.stream_seq)
         self._compact()
         return request
+
+    def get(self, stream_seq: int) -> WaitingRequest | None:
+        return self._by_seq.get(stream_seq)
 
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._by_seq.pop(stream_seq, None)

@@ -28,6 +28,7 @@ from broker.wfq import WfqQueue
 from schemas.errors import ErrorCode
 from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import Heartbeat, Lease, LeaseDone
+from schemas.reply_subjects import may_cancel
 
 __all__ = ["Admitted", "Rejection", "Scheduler", "SchedulerLimits"]
 
@@ -95,16 +96,21 @@ class Scheduler:
         """A request seen in the stream; None when it is already known (redelivery, rebuild)."""
         if self.knows(request.stream_seq):
             return None
-        pool = self._pool(request.model)
-        runner = next((w for w in pool.workers.values() if request.stream_seq in w.reported), None)
-        if runner is not None:  # a worker already runs it (its lease record was lost): adopt, never re-run
-            self._adopt(pool, request, runner, now_ms)
+        known_pool = self.pools.get(request.model)
+        workers = known_pool.workers.values() if known_pool is not None else ()
+        runner = next((w for w in workers if request.stream_seq in w.reported), None)
+        if known_pool is not None and runner is not None:  # a worker runs it (its lease record was lost): adopt
+            self._adopt(known_pool, request, runner, now_ms)
             return None
         if request.deadline_ms <= now_ms:
             return Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request was queued")
-        limits = self.limits.for_model(request.model)
         judged = request.enqueued_ms >= self.adopt_before_ms  # not admitted by an earlier term already
-        refused = self._refuse_at_once(pool, limits, request, now_ms) if judged else None
+        unserved = self._unserved(request, now_ms) if judged else None
+        if unserved is not None:  # decided before any state exists for its model: it leaves nothing behind
+            return unserved
+        pool = self._pool(request.model)
+        limits = self.limits.for_model(request.model)
+        refused = self._refuse_at_once(pool, limits, request) if judged else None
         if refused is not None:
             return refused
         self._enqueue(pool, request)
@@ -121,17 +127,45 @@ class Scheduler:
             )
         return Admitted(request, position, self._eta_s(pool, position, request.stream_seq))
 
-    def _refuse_at_once(
-        self, pool: ModelPool, limits: ModelLimits, request: WaitingRequest, now_ms: int
-    ) -> Rejection | None:
-        """no_capacity (nothing can ever serve it) or queue_full (its workload's queue is at max_queue)."""
-        warmed_up = now_ms - self.started_ms >= self.limits.worker_timeout_ms
-        if request.ticket and not pool.workers and not limits.max_concurrency and warmed_up:
-            message = f"model {request.model!r} has no max_concurrency for admission and no worker"
-            return Rejection(request, ErrorCode.NO_CAPACITY, message, self.limits.worker_timeout_ms / 1000.0)
-        if not request.ticket and warmed_up and not pool.workers:
-            retry_s = self.limits.worker_timeout_ms / 1000.0
+    def _warmed_up(self, now_ms: int) -> bool:
+        """Past the start-up grace in which the workers' heartbeats are learnt: a model without one has none."""
+        return now_ms - self.started_ms >= self.limits.worker_timeout_ms
+
+    def _unserved(self, request: WaitingRequest, now_ms: int) -> Rejection | None:
+        """no_capacity: no worker serves the model (an admission needs its `max_concurrency` instead)."""
+        pool = self.pools.get(request.model)
+        if not self._warmed_up(now_ms) or (pool is not None and pool.workers):
+            return None
+        retry_s = self.limits.worker_timeout_ms / 1000.0
+        if not request.ticket:
             return Rejection(request, ErrorCode.NO_CAPACITY, f"no worker serves model {request.model!r}", retry_s)
+        if not self.limits.for_model(request.model).max_concurrency:
+            message = f"model {request.model!r} has no max_concurrency for admission and no worker"
+            return Rejection(request, ErrorCode.NO_CAPACITY, message, retry_s)
+        return None
+
+    def drop_unserved(self, now_ms: int) -> list[Rejection]:
+        """Once warmed up: requests that came during the start-up grace for a model no worker has ever
+        served get no_capacity, and pools with nothing left in them (no worker, lease or waiting request)
+        are dropped. So requests to arbitrary model names leave no state behind, while a model whose
+        workers died keeps its waiting requests for a worker to come back (until their deadlines)."""
+        if not self._warmed_up(now_ms):
+            return []
+        rejected: list[Rejection] = []
+        retry_s = self.limits.worker_timeout_ms / 1000.0
+        for model, pool in list(self.pools.items()):
+            if pool.workers or pool.leases or self.limits.for_model(model).max_concurrency:
+                continue  # served, running, or an admission model from the config
+            while not pool.ever_served and (request := pool.queue.pop()) is not None:
+                del self._model_of[request.stream_seq]
+                self._by_request_id.pop(request.request_id, None)
+                rejected.append(Rejection(request, ErrorCode.NO_CAPACITY, f"no worker serves model {model!r}", retry_s))
+            if not len(pool.queue):
+                del self.pools[model]
+        return rejected
+
+    def _refuse_at_once(self, pool: ModelPool, limits: ModelLimits, request: WaitingRequest) -> Rejection | None:
+        """queue_full: its workload's queue is at max_queue."""
         if limits.max_queue and pool.queue.count(request.workload) >= limits.max_queue:
             waiting = pool.queue.count(request.workload)
             message = f"workload {request.workload!r} already has {waiting} requests waiting (max_queue)"
@@ -227,13 +261,16 @@ class Scheduler:
                 expired.append(lease)
         return expired
 
-    def release_ticket(self, request_id: str, now_ms: int) -> Lease | None:
-        """An app is done with its ticket (found by id): the slot is free at once."""
+    def release_ticket(self, request_id: str, now_ms: int, owner: str | None = None) -> Lease | None:
+        """An app is done with its ticket (found by id, released by `owner`, see `may_cancel`): the slot is
+        free at once."""
         seq = self._tickets.get(request_id)
         if seq is None:
             return None
         model = self._model_of[seq]
         lease = self.pools[model].leases.get(seq)
+        if lease is not None and not may_cancel(owner, lease.reply_to):
+            return None
         self.lease_ended(seq, now_ms)
         return lease
 
@@ -319,6 +356,7 @@ class Scheduler:
         if worker is None:
             worker = pool.workers[beat.worker_id] = WorkerState(beat.worker_id, beat.model, beat.slots, now_ms)
         worker.slots, worker.last_seen_ms = beat.slots, now_ms
+        pool.ever_served = True
         worker.refusing, worker.draining = False, beat.draining
         running = worker.reported = frozenset(beat.running)
         for seq in running - worker.leases:
@@ -371,6 +409,9 @@ class Scheduler:
             request = self._forget_waiting(seq)
             if request is not None:
                 expired.append(request)
+        if len(self._deadlines) > 2 * len(self._model_of) + 1024:  # entries of requests already gone, lazily
+            self._deadlines = [(deadline, seq) for deadline, seq in self._deadlines if seq in self._model_of]
+            heapq.heapify(self._deadlines)
         return expired
 
     def lease_usage(self, done: LeaseDone, now_ms: int) -> None:
@@ -391,10 +432,15 @@ class Scheduler:
             delta = done.prompt_tokens + done.completion_tokens - lease.cost_tokens
             pool.queue.charge_back(lease, delta)
 
-    def cancel_waiting(self, request_id: str) -> WaitingRequest | None:
-        """Remove a waiting request by id (a running one is stopped by its worker, not here)."""
+    def cancel_waiting(self, request_id: str, owner: str | None = None) -> WaitingRequest | None:
+        """Remove a waiting request by id when `owner` may cancel it (`may_cancel`); a running one is
+        stopped by its worker, not here."""
         seq = self._by_request_id.get(request_id)
-        return None if seq is None else self._forget_waiting(seq)
+        model = self._model_of.get(seq) if seq is not None else None
+        request = self.pools[model].queue.get(seq) if seq is not None and model is not None else None
+        if request is None or not may_cancel(owner, request.reply_to):
+            return None
+        return self._forget_waiting(request.stream_seq)
 
     def waiting(self, model: str) -> int:
         pool = self.pools.get(model)

@@ -81,7 +81,7 @@ class BrokerService:
         self._term_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # the current term's
         self._owners: set[asyncio.Task[Any]] = set()
-        self._dead_letters = DeadLetters(self.log, self.metrics)
+        self._dead_letters = DeadLetters(self.log, self.metrics, config.reply_prefix_list)
         self._cancels = CancelBook()  # the term's: read from IRIS_CANCELS when it starts
         self._subs: list[Any] = []
         self._stopped = asyncio.Event()
@@ -188,6 +188,7 @@ class BrokerService:
         if config.policy != self.config.policy:
             self.log.warning("policy changes need a restart; keeping it", policy=self.config.policy)
         self.config = config
+        self._dead_letters.reply_prefixes = config.reply_prefix_list
         self.scheduler.update_limits(scheduler_limits(config))
         self.log.info(
             "config reloaded",
@@ -258,12 +259,14 @@ class BrokerService:
         now = now_ms()
         try:
             stored_ms = int(meta.timestamp.timestamp() * 1000)
-            request = waiting_request(msg.subject, headers, seq, stored_ms, now, self._max_deadline_s)
+            request = waiting_request(
+                msg.subject, headers, seq, stored_ms, now, self._dead_letters.reply_prefixes, self._max_deadline_s
+            )
         except IrisError as exc:  # unparseable: a dead letter, its client gets the parse error
-            await self._dead_letters.unparseable(seq, headers, exc)
+            await self._dead_letters.unparseable(seq, msg.subject, headers, exc)
             return
         decision = self.scheduler.admit(request, now)
-        if isinstance(decision, Admitted) and self._cancels.cancelled(request.request_id):
+        if isinstance(decision, Admitted) and self._cancels.cancelled(request.request_id, request.reply_to):
             self.scheduler.cancel_waiting(request.request_id)  # cancelled before the feed reached it
             decision = cancelled_rejection(request, "before it was queued")
         if isinstance(decision, Rejection):
@@ -283,6 +286,7 @@ class BrokerService:
             return
         heard_ms = now_ms()
         self._beats[beat.worker_id] = (beat, heard_ms)
+        self.metrics.labels.serve(beat.model)
         if self._scheduling:
             self._apply_heartbeat(beat, heard_ms)
             self._pump()
@@ -318,14 +322,15 @@ class BrokerService:
             self.scheduler.lease_ended(done.stream_seq, now)
         self._pump()
 
-    async def _on_cancel(self, request_id: str) -> None:
+    async def _on_cancel(self, owner: str | None, request_id: str) -> None:
         """A waiting request leaves at once; a running one is stopped by the worker that runs it (an offered
-        one too: the worker reads the same cancels, and one refused comes back to be withdrawn)."""
-        request = self.scheduler.cancel_waiting(request_id)
+        one too: the worker reads the same cancels, and one refused comes back to be withdrawn). Only its
+        owner's cancel counts (`iris.cancel.<owner>.<id>`, see `schemas.reply_subjects.may_cancel`)."""
+        request = self.scheduler.cancel_waiting(request_id, owner)
         if request is not None:
             await self._reject(cancelled_rejection(request, "while queued"))
             return
-        ticket = self.scheduler.release_ticket(request_id, now_ms())
+        ticket = self.scheduler.release_ticket(request_id, now_ms(), owner)
         if ticket is not None:
             assert self._admission is not None
             await self._admission.drop(ticket, "released by id")
@@ -340,6 +345,9 @@ class BrokerService:
         for request in expired:
             rejection = Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
             await guarded(self._reject(rejection), self.log, "deadline reply", request.stream_seq)
+        for rejection in self.scheduler.drop_unserved(now_ms()):
+            reply = self._reject(rejection, leased_before=False)
+            await guarded(reply, self.log, "no_capacity reply", rejection.request.stream_seq)
         await self._dead_letters.failed_on_workers(self.scheduler.take_dead_letters())
         for ticket in self.scheduler.expire_tickets(now_ms()):
             assert self._admission is not None

@@ -100,6 +100,10 @@ class StrictQueue:
         above = sum(band.waiting_cost() for p, band in self._bands.items() if p > priority)
         return above + self._bands[priority].work_ahead(stream_seq)
 
+    def get(self, stream_seq: int) -> WaitingRequest | None:
+        priority = self._band_of.get(stream_seq)
+        return None if priority is None else self._bands[priority].get(stream_seq)
+
     def cost_of(self, stream_seq: int) -> int:
         return self._bands[self._band_of[stream_seq]].cost_of(stream_seq)
 

@@ -221,6 +221,9 @@ class WfqQueue:
             heapq.heapify(leaf.seqs)
         self._tally.add(request, -1)
 
+    def get(self, stream_seq: int) -> WaitingRequest | None:
+        return self._requests.get(stream_seq)
+
     def remove(self, stream_seq: int) -> WaitingRequest | None:
         request = self._requests.pop(stream_seq, None)
         if request is None:

@@ -49,6 +49,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_max_tokens: Annotated[int, Meta(ge=1, le=32_768)] = 2048  # Ollama/OpenAI chat with no limit set
     keyless_requests_per_min: Annotated[int, Meta(ge=0)] = 0  # all keyless callers together; 0 = unlimited
     keyless_tokens_per_min: Annotated[int, Meta(ge=0)] = 0
+    # Host names served besides loopback names and addresses ("*" = any); checked always when listed, and
+    # on a loopback gateway even when not (DNS rebinding). Browser origins allowed to call, with CORS.
+    allowed_hosts: list[Annotated[str, Meta(min_length=1, max_length=253)]] = []
+    allowed_origins: list[Annotated[str, Meta(min_length=1, max_length=512)]] = []  # e.g. "http://localhost:3000"
 
     @property
     def keys_required(self) -> bool:

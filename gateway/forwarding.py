@@ -16,8 +16,8 @@ from nats.aio.client import Client as NATS
 from gateway.answer_text import AnswerText
 from gateway.identity import Identity
 from gateway.model_directory import ModelDirectory
-from gateway.rate_limits import RateLimiter
-from schemas.errors import Cancelled, QueueFull
+from gateway.rate_limits import RateLimiter, Reservation, reservation_tokens, spent_tokens
+from schemas.errors import Cancelled, IrisError, QueueFull
 from schemas.exchange import Exchange, build_envelope, now_ms
 from schemas.messages import GenerateRequest, Result
 
@@ -49,32 +49,42 @@ class Forwarder:
             deadline_s=identity.deadline_s,
             idempotency_key=idempotency_key,
         )
+        reservation = None
         if not identity.rate.unlimited:
-            self.limiter.admit(identity.limit_key, identity.rate, now_ms())
-        return self._answer_events(Exchange(self.nc, envelope), identity)
+            reserve, prompt = reservation_tokens(len(envelope.body), request.max_tokens)
+            reservation = self.limiter.admit(identity.limit_key, identity.rate, now_ms(), reserve)
+            reservation.prompt_tokens = prompt
+        return self._answer_events(Exchange(self.nc, envelope), reservation, request.stream)
 
-    async def _answer_events(self, exchange: Exchange, identity: Identity) -> AsyncGenerator[str | Result, None]:
+    async def _answer_events(
+        self, exchange: Exchange, reservation: Reservation | None, streaming: bool
+    ) -> AsyncGenerator[str | Result, None]:
         """Text deltas safe to forward, then the final `Result`; an `IrisError` ends it early. Closing it
-        before the end cancels the request (its slot is freed)."""
+        before the end cancels the request (its slot is freed). However it ends, its token reservation is
+        settled to what it cost."""
         self.in_flight += 1
         text = AnswerText()
         chunks = exchange.__aiter__()
+        streamed, error = 0, None
         try:
             async for chunk in chunks:
+                streamed += 1
                 delta = text.feed(chunk)
                 if delta:
                     yield delta
             assert exchange.result is not None
-            usage = exchange.result.usage
-            self.limiter.charge(
-                identity.limit_key, identity.rate, usage.prompt_tokens + usage.completion_tokens, now_ms()
-            )
             tail = text.finish(exchange.result.text)
             if tail:
                 yield tail
             yield exchange.result
+        except IrisError as exc:
+            error = exc.code
+            raise
         finally:
             self.in_flight -= 1
+            if reservation is not None:
+                spent = spent_tokens(reservation, exchange.result, error, streamed, streaming)
+                self.limiter.settle(reservation, spent, now_ms())
             await chunks.aclose()  # type: ignore[attr-defined]
 
 

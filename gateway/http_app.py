@@ -16,11 +16,15 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway.config import LOOPBACK_HOSTS
 from gateway.http_answer import HttpContext
+from gateway.http_guard import HttpGuard, body_limit_bytes
 from gateway.http_io import ERROR_HEADER, ApiFamily, error_body, json_response
 from gateway.http_ollama import ollama_routes
 from gateway.http_openai import openai_routes
@@ -70,7 +74,31 @@ def build_app(
         *ollama_routes(ctx),
         *openai_routes(ctx),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=guards(ctx))
+
+
+def guards(ctx: HttpContext) -> list[Middleware]:
+    """`HttpGuard` outermost, then CORS answers for the browser origins it let through."""
+    config = ctx.config
+    guard = Middleware(
+        HttpGuard,
+        keys=ctx.keys,
+        metrics=ctx.metrics,
+        max_body_bytes=body_limit_bytes(config.max_body_bytes, ctx.forwarder.nc.max_payload),
+        check_hosts=config.http_host in LOOPBACK_HOSTS,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+    )
+    if not config.allowed_origins:
+        return [guard]
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=config.allowed_origins,
+        allow_methods=["GET", "POST", "HEAD"],
+        allow_headers=["*"],
+        expose_headers=[ERROR_HEADER, "Retry-After"],
+    )
+    return [guard, cors]
 
 
 class _Server(uvicorn.Server):

@@ -3,11 +3,12 @@
     nats req iris.api.generate '{"prompt": "Why is the sky blue?", "max_tokens": 64}'
 
 Each call runs one request through the broker (same stream, same scheduling as every other client) and
-answers with the final `Result` JSON. NATS runs a subscription's callbacks one after another, so each call
-is served in its own task; at most `max_in_flight` at once (the callback waits for a place, which holds
-back further deliveries instead of queueing them without bound). Failures answer with the micro error
-headers (`Nats-Service-Error-Code` = the HTTP status of the Iris error code) and an `Error` JSON body.
-Discoverable with `nats micro ls`.
+answers with the final `Result` JSON, on a reply subject under `_INBOX.` only (a call naming any other
+reply subject is ignored: the gateway's answer must not land on a subject of the caller's choosing). NATS
+runs a subscription's callbacks one after another, so each call is served in its own task; at most
+`max_in_flight` at once (the callback waits for a place, which holds back further deliveries instead of
+queueing them without bound). Failures answer with the micro error headers (`Nats-Service-Error-Code` = the
+HTTP status of the Iris error code) and an `Error` JSON body. Discoverable with `nats micro ls`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gateway.forwarding import Forwarder, final_result
 from gateway.identity import Identity
 from schemas.errors import ErrorCode, InvalidRequest, IrisError
 from schemas.messages import Error, Result, api_request_decoder, encoder
+from schemas.reply_subjects import reply_problem
 from schemas.subjects import API_PREFIX
 
 SERVICE_NAME = "iris"
@@ -79,6 +81,11 @@ class MicroApi:
         await self._serve(req, chat=True)
 
     async def _serve(self, req: Request, *, chat: bool) -> None:
+        reply_to = req._msg.reply  # micro's Request has no public accessor
+        problem = reply_problem(reply_to, None)
+        if problem is not None:  # our answer would land wherever the caller said, with our rights
+            self.log.warning("api request ignored: its reply subject " + problem, reply_to=reply_to[:80])
+            return
         try:
             result = await self._run(req.data, chat=chat)
         except IrisError as exc:

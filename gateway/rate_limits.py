@@ -1,9 +1,13 @@
 """Per-key rate limits: requests per minute and tokens per minute, as token buckets (clock passed in).
 
 A request is admitted when its key's request bucket holds a whole request and its token bucket is not in
-debt; the tokens a request really used (prompt + completion) are charged when its answer ends, so a key
-may overshoot by one answer and then waits until the bucket refills. A refusal says how long to wait
-(`Retry-After`). Buckets start full and refill continuously; idle keys cost one small entry each.
+debt, and admission reserves the most it can cost (its prompt estimate plus `max_tokens`): so concurrent
+calls see each other's reservations, and a key overshoots its budget by one reservation at most. When the
+request ends, for any reason, the reservation is settled to what it really cost (`spent_tokens`): the
+usage of its `Result`; nothing for a request refused before it ran; the prompt and the chunks streamed so
+far for a stream cut short (a disconnect, a cancel, a failure); the whole reservation when nothing says
+less. A refusal says how long to wait (`Retry-After`). Buckets start full and refill continuously; idle
+keys cost one small entry each.
 """
 
 from __future__ import annotations
@@ -11,7 +15,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from schemas.errors import RateLimited
+from schemas.errors import ErrorCode, RateLimited
+from schemas.messages import Result
+
+PROMPT_BYTES_PER_TOKEN = 4  # a generous prompt estimate from the request body's size
+# Errors that end a request before any worker ran it: it cost nothing.
+NEVER_RAN = frozenset(
+    {
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.QUEUE_FULL,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.DEADLINE_UNMEETABLE,
+        ErrorCode.NO_CAPACITY,
+        ErrorCode.MODEL_NOT_FOUND,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,36 @@ class Bucket:
         return 0.0 if self.level >= need else (need - self.level) * 60 / self.per_min
 
 
+@dataclass
+class Reservation:
+    """Tokens held for one admitted request until `RateLimiter.settle`."""
+
+    key: str
+    limit: RateLimit
+    tokens: int
+    prompt_tokens: int  # the estimate inside `tokens`
+    settled: bool = False
+
+
+def reservation_tokens(body_bytes: int, max_tokens: int) -> tuple[int, int]:
+    """(reservation, prompt estimate) for a request of `body_bytes` that may generate `max_tokens`."""
+    prompt = math.ceil(body_bytes / PROMPT_BYTES_PER_TOKEN)
+    return prompt + max_tokens, prompt
+
+
+def spent_tokens(
+    reservation: Reservation, result: Result | None, error: ErrorCode | None, streamed_tokens: int, streaming: bool
+) -> int:
+    """What an ended request cost: see the module docstring."""
+    if result is not None:
+        return result.usage.prompt_tokens + result.usage.completion_tokens
+    if error in NEVER_RAN:
+        return 0
+    if streaming:
+        return min(reservation.tokens, reservation.prompt_tokens + streamed_tokens)
+    return reservation.tokens
+
+
 class RateLimiter:
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str], Bucket] = {}
@@ -51,8 +100,9 @@ class RateLimiter:
         bucket.refill(now_ms)
         return bucket
 
-    def admit(self, key: str, limit: RateLimit, now_ms: int) -> None:
-        """Take one request from `key`'s allowance or raise `RateLimited` with the wait."""
+    def admit(self, key: str, limit: RateLimit, now_ms: int, reserve_tokens: int = 0) -> Reservation:
+        """Take one request and reserve `reserve_tokens` from `key`'s allowance, or raise `RateLimited`
+        with the wait."""
         waits = []
         requests = self._bucket(key, "requests", limit.requests_per_min, now_ms) if limit.requests_per_min else None
         if requests is not None:
@@ -65,8 +115,23 @@ class RateLimiter:
             raise RateLimited(f"rate limit of {per_min} {kind}/min for this key reached", math.ceil(wait_s))
         if requests is not None:
             requests.level -= 1.0
+        reservation = Reservation(key, limit, 0, 0)
+        if limit.tokens_per_min:
+            self._bucket(key, "tokens", limit.tokens_per_min, now_ms).level -= reserve_tokens
+            reservation.tokens = reserve_tokens
+        return reservation
+
+    def settle(self, reservation: Reservation, used_tokens: int, now_ms: int) -> None:
+        """The request ended having cost `used_tokens`: give back the rest of its reservation, or charge
+        what it used beyond it (the bucket may go into debt). A reservation settles once."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        limit = reservation.limit
+        if limit.tokens_per_min:
+            bucket = self._bucket(reservation.key, "tokens", limit.tokens_per_min, now_ms)
+            bucket.level = min(float(bucket.per_min), bucket.level + reservation.tokens - used_tokens)
 
     def charge(self, key: str, limit: RateLimit, tokens: int, now_ms: int) -> None:
-        """Tokens a finished answer used; the bucket may go into debt."""
-        if limit.tokens_per_min:
-            self._bucket(key, "tokens", limit.tokens_per_min, now_ms).level -= tokens
+        """Tokens used without a reservation; the bucket may go into debt."""
+        self.settle(Reservation(key, limit, 0, 0), tokens, now_ms)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
 from schemas.subjects import TOKEN_PATTERN
 
 TENSOR_SPLIT_PATTERN = r"^$|^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)*$"
@@ -38,3 +39,13 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off
     log_level: str = "info"
+    # Where replies to a request without an owner token may go (comma-separated; owned requests reply only
+    # under `_INBOX.<owner>.`): a lease for any other reply subject is dead-lettered, never answered.
+    reply_prefixes: str = ",".join(DEFAULT_REPLY_PREFIXES)
+
+    @property
+    def reply_prefix_list(self) -> tuple[str, ...]:
+        return parse_reply_prefixes(self.reply_prefixes)
+
+    def __post_init__(self) -> None:
+        parse_reply_prefixes(self.reply_prefixes)

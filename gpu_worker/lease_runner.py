@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -23,8 +23,10 @@ from structlog.stdlib import BoundLogger
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
+from schemas import headers as h
 from schemas.dead_letters import DeadLetterError, move_to_dlq
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, InvalidRequest
+from schemas.headers import check_reply_to
 from schemas.messages import (
     Chunk,
     Error,
@@ -38,6 +40,7 @@ from schemas.messages import (
     encoder,
     request_decoder,
 )
+from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
 from schemas.stream_ops import (
     StoredRequest,
     delete_request,
@@ -45,7 +48,7 @@ from schemas.stream_ops import (
     get_request,
     publish_reply,
 )
-from schemas.subjects import done_subject, lease_record_subject
+from schemas.subjects import done_subject, lease_record_subject, request_owner
 
 _DELETE_RECORD = {KV_OP: KV_DEL}  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
 
@@ -100,9 +103,16 @@ class LeaseEnds:
 
 class LeaseRunner:
     def __init__(
-        self, nc: NATS, engine: Engine, worker_id: str, stats: RunStats, log: structlog.stdlib.BoundLogger
+        self,
+        nc: NATS,
+        engine: Engine,
+        worker_id: str,
+        stats: RunStats,
+        log: structlog.stdlib.BoundLogger,
+        reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
     ) -> None:
         self.nc, self.engine = nc, engine
+        self.reply_prefixes = tuple(reply_prefixes)
         self.worker_id = worker_id
         self.stats = stats
         self.log = log
@@ -117,6 +127,10 @@ class LeaseRunner:
             log.info("request already gone from the stream, nothing to run")
             answered()
             await self._release(lease, delete_body=False)
+            return
+        refused = self._reply_refused(lease, stored)
+        if refused is not None:  # never answered there: the error names the header, in the dead letter only
+            await self._dead_letter(answered, lease, stored, refused, log, reply_to="")
             return
         try:
             request = request_decoder.decode(stored.body)
@@ -136,6 +150,17 @@ class LeaseRunner:
             )
             return
         await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered)
+
+    def _reply_refused(self, lease: Lease, stored: StoredRequest) -> str | None:
+        """Why this worker will not publish to the lease's reply subject (None: it will). Checked against the
+        stored request itself, so a broker that missed it, or a forged lease record, cannot reopen it."""
+        if stored.headers.get(h.REPLY_TO) != lease.reply_to:
+            return f"header {h.REPLY_TO} of the stored request is not the lease's reply subject"
+        try:
+            check_reply_to(lease.reply_to, request_owner(stored.subject), self.reply_prefixes)
+        except InvalidRequest as exc:
+            return exc.message
+        return None
 
     async def _generate(
         self,
@@ -203,25 +228,32 @@ class LeaseRunner:
         self, answered: Callable[[], None], lease: Lease, error: Error, log: structlog.stdlib.BoundLogger
     ) -> None:
         log.warning("request failed", code=error.code, reason=error.message)
-        self.stats.metrics.requests.labels(lease.model, lease.workload, error.code).inc()
+        self.stats.metrics.failed(lease, error.code)
         await publish_reply(self.nc, lease.reply_to, lease.request_id, error)
         answered()
         await self._release(lease, delete_body=True)
 
     async def _dead_letter(
-        self, answered: Callable[[], None], lease: Lease, stored: StoredRequest, reason: str, log: BoundLogger
+        self,
+        answered: Callable[[], None],
+        lease: Lease,
+        stored: StoredRequest,
+        reason: str,
+        log: BoundLogger,
+        reply_to: str | None = None,
     ) -> None:
-        """A body no worker can ever run: it moves to `IRIS_DLQ` and its client gets `invalid_request`."""
-        log.warning("request body invalid, dead-lettered", reason=reason)
+        """A request no worker can ever run: it moves to `IRIS_DLQ` and its client gets `invalid_request`
+        on `reply_to` (default the lease's; "" = nobody)."""
+        log.warning("request invalid, dead-lettered", reason=reason)
         code = ErrorCode.INVALID_REQUEST
-        self.stats.metrics.requests.labels(lease.model, lease.workload, code.value).inc()
+        reply_to = lease.reply_to if reply_to is None else reply_to
+        self.stats.metrics.failed(lease, code.value)
         try:
-            await move_to_dlq(
-                self.nc, stored, code, reason, lease.attempt, (lease.reply_to, lease.request_id), now_ms()
-            )
+            await move_to_dlq(self.nc, stored, code, reason, lease.attempt, (reply_to, lease.request_id), now_ms())
         except DeadLetterError as exc:
             log.error("dead letter not stored; the request stays until its TTL", error=exc.message)
-            await publish_reply(self.nc, lease.reply_to, lease.request_id, error_reply(code, reason))
+            if reply_to:
+                await publish_reply(self.nc, reply_to, lease.request_id, error_reply(code, reason))
         answered()
         await self._release(lease, delete_body=False)
 

@@ -1,6 +1,7 @@
 """The worker's Prometheus metrics: time to first token, run time, tokens, outcomes, slot use, tokens/s.
 
-Labels are bounded (model, workload, finish reason or error code). `/metrics` is served on
+Labels are bounded (model, workload, finish reason or error code); workloads come from request subjects,
+so past a cap they count as `_other` (`schemas.metric_labels`). `/metrics` is served on
 `metrics_host:metrics_port` by prometheus_client's own HTTP server thread.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from schemas.messages import Lease
+from schemas.metric_labels import MAX_WORKLOADS_PER_MODEL, BoundedLabels
 from schemas.metrics_http import MetricsEndpoint
 
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -41,6 +43,7 @@ class WorkerMetrics:
         self.slots = Gauge("iris_worker_slots", "Model slots", ["model", "worker"], registry=r)
         self.busy_slots = Gauge("iris_worker_busy_slots", "Slots running a lease", ["model", "worker"], registry=r)
         self.endpoint = MetricsEndpoint(r)
+        self._workloads = BoundedLabels(MAX_WORKLOADS_PER_MODEL)
 
     def serve(self, host: str, port: int) -> None:
         self.endpoint.serve(host, port)
@@ -49,12 +52,16 @@ class WorkerMetrics:
         self.endpoint.close()
 
     def first_token(self, lease: Lease, seconds: float) -> None:
-        self.first_token_s.labels(lease.model, lease.workload).observe(seconds)
+        self.first_token_s.labels(lease.model, self._workloads(lease.workload)).observe(seconds)
 
     def finished(self, lease: Lease, outcome: str, seconds: float, completion_tokens: int) -> None:
-        self.requests.labels(lease.model, lease.workload, outcome).inc()
-        self.run_s.labels(lease.model, lease.workload).observe(seconds)
-        self.tokens.labels(lease.model, lease.workload).inc(completion_tokens)
+        workload = self._workloads(lease.workload)
+        self.requests.labels(lease.model, workload, outcome).inc()
+        self.run_s.labels(lease.model, workload).observe(seconds)
+        self.tokens.labels(lease.model, workload).inc(completion_tokens)
+
+    def failed(self, lease: Lease, code: str) -> None:
+        self.requests.labels(lease.model, self._workloads(lease.workload), code).inc()
 
     def beat(self, model: str, worker_id: str, slots: int, busy: int, tokens_per_s: float) -> None:
         self.slots.labels(model, worker_id).set(slots)

@@ -26,6 +26,7 @@ from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
 from schemas.cancels import CancelBook, CancelFeed
 from schemas.connection import connect
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
+from schemas.reply_subjects import may_cancel
 from schemas.subjects import CANCEL_STREAM, LEASE_BUCKET, heartbeat_subject, lease_offer_subject
 
 SHUTDOWN_REPLY_S = 1.0  # after the drain timeout: time for stopped answers to send their error and leave
@@ -39,8 +40,8 @@ class WorkerService:
         self.log = log or structlog.get_logger().bind(service="gpu_worker")
         self.log = self.log.bind(worker=self.worker_id, model=engine.model_name)
         self.stats = RunStats()
-        # Listed in heartbeats until the lease ends: seq → (task, stop signal, request id).
-        self.running: dict[int, tuple[asyncio.Task[None], StopSignal, str]] = {}
+        # Listed in heartbeats until the lease ends: seq → (task, stop signal, lease).
+        self.running: dict[int, tuple[asyncio.Task[None], StopSignal, Lease]] = {}
         self.busy: set[int] = set()  # leases holding an engine slot: until their final reply is out
         self.draining = False
         self.cancels = CancelBook()
@@ -59,7 +60,8 @@ class WorkerService:
         self._nc = await connect(self.config.nats_url, f"iris-worker-{self.worker_id}")
         await self._lease_bucket()  # the broker has set up the streams
         await CancelFeed(self.nc, self.cancels, self._on_cancel, self.log).start()  # before the first offer
-        self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log)
+        prefixes = self.config.reply_prefix_list
+        self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log, prefixes)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         if self.config.metrics_port:
@@ -95,18 +97,19 @@ class WorkerService:
                 refused.append(lease.stream_seq)
             else:
                 stop = StopSignal()
-                if self.cancels.cancelled(lease.request_id):
+                if self.cancels.cancelled(lease.request_id, lease.reply_to):
                     stop.stop("cancelled")  # its cancel came first: the runner answers `cancelled`, runs nothing
                 task = asyncio.create_task(self._run(lease.stream_seq, lease, stop))
-                self.running[lease.stream_seq] = (task, stop, lease.request_id)
+                self.running[lease.stream_seq] = (task, stop, lease)
                 self.busy.add(lease.stream_seq)
                 accepted.append(lease.stream_seq)
         reason = ("draining" if self.draining else "no free slot") if refused else ""
         await msg.respond(encoder.encode(LeaseAnswer(accepted=accepted, refused=refused, reason=reason)))
 
-    async def _on_cancel(self, request_id: str) -> None:
-        for _, stop, running_id in self.running.values():
-            if running_id == request_id:
+    async def _on_cancel(self, owner: str | None, request_id: str) -> None:
+        """Stop a running request, if its owner asks (`may_cancel`)."""
+        for _, stop, lease in self.running.values():
+            if lease.request_id == request_id and may_cancel(owner, lease.reply_to):
                 stop.stop("cancelled")  # the engine ends within one token; the runner answers `cancelled`
 
     async def _run(self, seq: int, lease: Lease, stop: StopSignal) -> None:

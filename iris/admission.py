@@ -24,6 +24,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.nuid import NUID
 
 from schemas import headers as h
+from schemas.connection import connection_owner
 from schemas.errors import DeadlineExceeded, ErrorCode, InvalidRequest, IrisError, NoCapacity
 from schemas.messages import (
     AdmitEnd,
@@ -69,7 +70,8 @@ class Admission:
             answered = True
         finally:
             if not answered and not self.nc.is_closed:
-                await self.nc.publish(cancel_subject(self.ticket_id), b"")  # withdraw, or free a late grant
+                # Withdraw, or free a late grant.
+                await self.nc.publish(cancel_subject(self.ticket_id, connection_owner(self.nc)), b"")
         self.ticket = _ticket_from(reply)
         return self.ticket
 

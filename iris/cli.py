@@ -319,6 +319,18 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
 
 
+@bench.command("hostile")
+@click.option("--requests", "n_requests", type=int, default=100_000, show_default=True, help="Requests to send.")
+@click.option("--served-every", type=int, default=10, show_default=True, help="Every K-th to `fake` (0: none).")
+@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds of --requests each.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/hostile.json"), show_default=True)
+def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) -> None:
+    """Broker RSS and /metrics size before and after requests to random model/workload names."""
+    from iris.bench_hostile import run_hostile_bench
+
+    asyncio.run(run_hostile_bench(n_requests, served_every, rounds, out))
+
+
 @bench.command("failover")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Leaders killed, one after the other.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/failover.json"), show_default=True)

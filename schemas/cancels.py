@@ -1,5 +1,7 @@
-"""Cancels that are never lost: stream `IRIS_CANCELS` keeps every `iris.cancel.<request id>` publish for as
-long as a request may live (`MAX_DEADLINE_S`), and every broker and worker reads it into a `CancelBook`.
+"""Cancels that are never lost: stream `IRIS_CANCELS` keeps every `iris.cancel[.<owner>].<request id>` publish
+for as long as a request may live (`MAX_DEADLINE_S`), and every broker and worker reads it into a `CancelBook`.
+Who may cancel is checked where a cancel is applied (`schemas.reply_subjects.may_cancel`): an owned cancel
+stops only requests whose replies go to its owner's inbox.
 
 A client publishes a cancel whenever it likes: before the broker's consumer reached its request in a deep
 backlog, while an offer is in flight, while no broker leads. JetStream stores it whoever listens, so the
@@ -22,7 +24,8 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from schemas.headers import MAX_DEADLINE_S
-from schemas.subjects import CANCEL_FILTER, CANCEL_STREAM, cancelled_request_id, is_token
+from schemas.reply_subjects import may_cancel
+from schemas.subjects import CANCEL_FILTER, CANCEL_STREAM, is_token, parse_cancel_subject
 
 CANCEL_MEMORY_S = MAX_DEADLINE_S  # no request lives longer: its deadline is at most this far from its publish
 CATCH_UP_TIMEOUT_S = 10.0
@@ -45,27 +48,34 @@ def cancel_stream_config(replicas: int, max_msgs: int = 1_000_000) -> StreamConf
 
 
 class CancelBook:
-    """Pure: the request ids cancelled in the last `CANCEL_MEMORY_S`, each until its cancel ages out."""
+    """Pure: the cancels of the last `CANCEL_MEMORY_S`, by request id and who sent them (owner None: the
+    plain `iris.cancel.<id>`), each until it ages out."""
 
     def __init__(self, memory_ms: int = int(CANCEL_MEMORY_S * 1000)) -> None:
         self.memory_ms = memory_ms
-        self._expires_ms: dict[str, int] = {}
-        self._expiry_order: list[tuple[int, str]] = []  # heap of (expires_ms, request id), lazy
+        self._expires_ms: dict[str, dict[str | None, int]] = {}  # request id → owner → expiry
+        self._expiry_order: list[tuple[int, str, str]] = []  # heap of (expires_ms, request id, owner or ""), lazy
 
-    def add(self, request_id: str, cancelled_ms: int) -> None:
+    def add(self, request_id: str, cancelled_ms: int, owner: str | None = None) -> None:
         expires_ms = cancelled_ms + self.memory_ms
-        if expires_ms > self._expires_ms.get(request_id, 0):
-            self._expires_ms[request_id] = expires_ms
-            heapq.heappush(self._expiry_order, (expires_ms, request_id))
+        owners = self._expires_ms.setdefault(request_id, {})
+        if expires_ms > owners.get(owner, 0):
+            owners[owner] = expires_ms
+            heapq.heappush(self._expiry_order, (expires_ms, request_id, owner or ""))
 
-    def cancelled(self, request_id: str) -> bool:
-        return request_id in self._expires_ms
+    def cancelled(self, request_id: str, reply_to: str) -> bool:
+        """Whether a cancel its owner may send (`may_cancel`) stops the request replying to `reply_to`."""
+        return any(may_cancel(owner, reply_to) for owner in self._expires_ms.get(request_id, ()))
 
     def forget_expired(self, now_ms: int) -> None:
         while self._expiry_order and self._expiry_order[0][0] <= now_ms:
-            expires_ms, request_id = heapq.heappop(self._expiry_order)
-            if self._expires_ms.get(request_id) == expires_ms:
-                del self._expires_ms[request_id]
+            expires_ms, request_id, owner_token = heapq.heappop(self._expiry_order)
+            owners = self._expires_ms.get(request_id, {})
+            owner = owner_token or None
+            if owners.get(owner) == expires_ms:
+                del owners[owner]
+                if not owners:
+                    del self._expires_ms[request_id]
 
     def __len__(self) -> int:
         return len(self._expires_ms)
@@ -73,14 +83,15 @@ class CancelBook:
 
 class CancelFeed:
     """Reads `IRIS_CANCELS` (headers-only ordered consumer, from its first message) into `book`, and hands
-    each cancel as it arrives to `on_cancel(request id)`. `start` returns once what the stream held at the
-    start is in the book, so a new term or a new worker never acts on a request its cancel would stop."""
+    each cancel as it arrives to `on_cancel(owner or None, request id)`. `start` returns once what the stream
+    held at the start is in the book, so a new term or a new worker never acts on a request its cancel would
+    stop."""
 
     def __init__(
         self,
         nc: NATS,
         book: CancelBook,
-        on_cancel: Callable[[str], Awaitable[None]],
+        on_cancel: Callable[[str | None, str], Awaitable[None]],
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self.nc, self.book, self.on_cancel, self.log = nc, book, on_cancel, log
@@ -105,12 +116,13 @@ class CancelFeed:
             self.log.warning("cancels not read to the end in time; going on", read=len(self.book), held=held)
 
     async def _deliver(self, msg: Msg) -> None:
-        request_id = cancelled_request_id(msg.subject)
+        order = parse_cancel_subject(msg.subject)
         meta = msg.metadata
-        if is_token(request_id):
-            self.book.add(request_id, int(meta.timestamp.timestamp() * 1000))
+        if order is not None and is_token(order[1]) and (order[0] is None or is_token(order[0])):
+            owner, request_id = order
+            self.book.add(request_id, int(meta.timestamp.timestamp() * 1000), owner)
             try:
-                await self.on_cancel(request_id)
+                await self.on_cancel(owner, request_id)
             except Exception:  # one cancel must never stop the feed every later one comes through
                 self.log.exception("cancel not applied", request_id=request_id)
         if meta.num_pending == 0:

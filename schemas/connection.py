@@ -2,7 +2,9 @@
 
 `url` may list several servers separated by commas (a cluster). A user named in the URL
 (`nats://alice:secret@host:4222`) gets the inbox prefix `_INBOX.<user>`: the deploy/ permissions let each
-user subscribe only below its own prefix, so no one can read another client's replies.
+user subscribe only below its own prefix, so no one can read another client's replies. Such a connection
+is that user's: its requests and cancels carry the user as owner token (`connection_owner`), which is what
+the accounts let it publish and what the services check its reply subjects against.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.protocol import parser
 
+from schemas.reply_subjects import INBOX_PREFIX
+from schemas.subjects import is_token
+
 
 def server_list(url: str) -> list[str]:
     return [part.strip() for part in url.split(",") if part.strip()]
@@ -23,6 +28,13 @@ def server_list(url: str) -> list[str]:
 def inbox_prefix(url: str) -> str | None:
     users = {urlparse(server).username for server in server_list(url)} - {None, ""}
     return f"_INBOX.{users.pop()}" if len(users) == 1 else None
+
+
+def connection_owner(nc: NATS) -> str | None:
+    """The owner token of a connection whose inboxes are `_INBOX.<owner>.…`; None for plain `_INBOX.…`."""
+    prefix = nc.new_inbox().rsplit(".", 1)[0]
+    owner = prefix[len(INBOX_PREFIX) :] if prefix.startswith(INBOX_PREFIX) else ""
+    return owner if is_token(owner) else None
 
 
 async def connect(url: str, name: str, **options: Any) -> NATS:

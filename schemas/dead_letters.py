@@ -16,13 +16,20 @@ from nats.aio.client import Client as NATS
 
 from schemas import headers as h
 from schemas.errors import ErrorCode, IrisError
-from schemas.headers import MAX_DEADLINE_S, is_reply_subject, ttl_header
-from schemas.stream_ops import StoredRequest, delete_request, error_reply, publish_reply, while_unavailable
+from schemas.headers import MAX_DEADLINE_S, ttl_header
+from schemas.stream_ops import (
+    PUBLISH_SLACK_BYTES,
+    StoredRequest,
+    delete_request,
+    error_reply,
+    headers_bytes,
+    publish_reply,
+    while_unavailable,
+)
 from schemas.subjects import DLQ_STREAM, MAX_TOKEN_CHARS, dead_letter_subject, parse_request_subject, to_token
 
 MAX_REASON_CHARS = 500
 _JETSTREAM_PREFIX = "nats-"  # headers JetStream sets or acts on: never copied into or out of a dead letter
-_PUBLISH_SLACK_BYTES = 128  # Nats-Expected-Stream, which the publish adds
 
 
 class DeadLetterError(IrisError):
@@ -140,7 +147,7 @@ async def store_dead_letter(
     subject = dead_letter_subject(stored.subject)
     headers = dead_letter_headers(stored, code, reason, attempts, now_ms)
     body = stored.body
-    if len(body) + _headers_bytes(headers) + _PUBLISH_SLACK_BYTES > nc.max_payload:
+    if len(body) + headers_bytes(headers) + PUBLISH_SLACK_BYTES > nc.max_payload:
         headers[h.DEAD_REASON] = header_value(f"{reason} [body dropped: too large for a dead letter]")
         body = b""
     js = nc.jetstream()
@@ -149,10 +156,6 @@ async def store_dead_letter(
     except Exception as exc:
         raise DeadLetterError(f"dead letter for request {stored.stream_seq} not stored: {exc}") from exc
     return int(ack.seq)
-
-
-def _headers_bytes(headers: dict[str, str]) -> int:
-    return len("NATS/1.0\r\n\r\n") + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 async def move_to_dlq(
@@ -165,10 +168,11 @@ async def move_to_dlq(
     now_ms: int,
 ) -> int:
     """Store the dead letter, send the client (`reply`: reply_to, request id) its typed error, then remove
-    the request; returns the dead letter's sequence. Raises `DeadLetterError` with the request untouched."""
+    the request; returns the dead letter's sequence. Raises `DeadLetterError` with the request untouched.
+    The caller vets `reply_to` (`schemas.reply_subjects`); "" sends no error to anyone."""
     dlq_seq = await store_dead_letter(nc, stored, code, reason, attempts, now_ms)
     reply_to, request_id = reply
-    if is_reply_subject(reply_to):
+    if reply_to:
         error = error_reply(code, f"{reason} (dead letter {dlq_seq} in {DLQ_STREAM})")
         await publish_reply(nc, reply_to, request_id, error)
     await delete_request(nc, stored.stream_seq)

@@ -16,6 +16,7 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"
     MODEL_NOT_FOUND = "model_not_found"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     QUEUE_FULL = "queue_full"
     RATE_LIMITED = "rate_limited"
     DEADLINE_UNMEETABLE = "deadline_unmeetable"
@@ -32,6 +33,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.QUEUE_FULL: 429,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.DEADLINE_UNMEETABLE: 429,
@@ -88,6 +90,10 @@ class PayloadTooLarge(IrisError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
+class UnsupportedMediaType(IrisError):
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
 class QueueFull(IrisError):
     code = ErrorCode.QUEUE_FULL
 
@@ -130,6 +136,7 @@ _BY_CODE: dict[ErrorCode, type[IrisError]] = {
         Forbidden,
         ModelNotFound,
         PayloadTooLarge,
+        UnsupportedMediaType,
         QueueFull,
         RateLimited,
         DeadlineUnmeetable,

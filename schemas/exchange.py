@@ -23,7 +23,8 @@ from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableEr
 from nats.nuid import NUID
 
 from schemas import headers as h
-from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity, QueueFull
+from schemas.connection import connection_owner
+from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity, PayloadTooLarge, QueueFull
 from schemas.messages import (
     Chunk,
     GenerateRequest,
@@ -36,7 +37,7 @@ from schemas.messages import (
     request_decoder,
     result_decoder,
 )
-from schemas.stream_ops import while_unavailable
+from schemas.stream_ops import PUBLISH_SLACK_BYTES, headers_bytes, while_unavailable
 from schemas.subjects import MAX_TOKEN_CHARS, cancel_subject, is_token, request_subject
 
 REPLY_GRACE_S = 5.0
@@ -59,6 +60,7 @@ class RequestEnvelope:
     body: bytes
     headers: dict[str, str]
     deadline_ms: int
+    owner: str | None = None  # the publishing NATS user's token (`connection_owner`): subject and cancels carry it
 
     @property
     def request_id(self) -> str:
@@ -109,7 +111,7 @@ def build_envelope(
         headers[h.END_USER] = end_user
     if tokens:
         headers[h.TOKENS] = str(tokens)
-    return RequestEnvelope(model, workload, body, headers, deadline_ms)
+    return RequestEnvelope(model, workload, body, headers, deadline_ms, connection_owner(nc))
 
 
 class ReplyRouter:
@@ -199,7 +201,7 @@ class Exchange:
 
     async def cancel(self) -> None:
         """Ask Iris to drop this request: a queued one leaves at once, a running one stops within a token."""
-        await self.nc.publish(cancel_subject(self.envelope.request_id), b"")
+        await self.nc.publish(cancel_subject(self.envelope.request_id, self.envelope.owner), b"")
 
     def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | None:
         kind = headers.get(h.KIND)
@@ -242,8 +244,13 @@ async def _next_reply(replies: asyncio.Queue[Msg], deadline_ms: int) -> Msg:
 async def publish_request(nc: NATS, env: RequestEnvelope, give_up_s: float = PUBLISH_GIVE_UP_S) -> None:
     """Publish to JetStream; retries reuse the same `Nats-Msg-Id`, so they can never enqueue twice. A
     cluster electing a stream leader is waited out for up to `give_up_s`."""
+    size = len(env.body) + headers_bytes(env.headers) + PUBLISH_SLACK_BYTES
+    if size > nc.max_payload:  # the server would close the connection, and every answer on it with it
+        raise PayloadTooLarge(
+            f"request of {size} bytes with its headers is larger than the NATS max_payload of {nc.max_payload} bytes"
+        )
     js = nc.jetstream()
-    subject = request_subject(env.model, env.workload)
+    subject = request_subject(env.model, env.workload, env.owner)
     attempts = 0
 
     async def publish() -> PubAck:

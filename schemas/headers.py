@@ -7,10 +7,12 @@ touches prompt text. A bad header value raises `InvalidRequest` naming the heade
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import msgspec
 
 from schemas.errors import InvalidRequest
+from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, reply_problem
 from schemas.subjects import MAX_TOKEN_CHARS, is_token
 
 REPLY_TO = "Iris-Reply-To"
@@ -77,16 +79,26 @@ def _int_header(headers: dict[str, str], name: str, low: int, high: int) -> int 
     return value
 
 
-def is_reply_subject(subject: str) -> bool:
-    """A subject a reply can be published to: non-empty, no whitespace, no wildcards."""
-    return bool(subject) and len(subject) <= 512 and not any(c.isspace() or c in "*>" for c in subject)
+def check_reply_to(reply_to: str, owner: str | None, prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES) -> None:
+    """Raise `InvalidRequest` naming `Iris-Reply-To` unless replies may go to `reply_to` (see
+    `schemas.reply_subjects`: under a reply prefix, or under `_INBOX.<owner>.` for an owned request)."""
+    problem = reply_problem(reply_to, owner, prefixes)
+    if problem is not None:
+        raise InvalidRequest(f"header {REPLY_TO} {problem}, got {reply_to[:80]!r}")
 
 
-def parse_request_headers(headers: dict[str, str], now_ms: int, fallback_id: str) -> RequestLabels:
-    """Validate request headers; `fallback_id` names a request that carries no `Nats-Msg-Id`."""
+def parse_request_headers(
+    headers: dict[str, str],
+    now_ms: int,
+    fallback_id: str,
+    *,
+    owner: str | None = None,
+    reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
+) -> RequestLabels:
+    """Validate request headers; `fallback_id` names a request that carries no `Nats-Msg-Id`, `owner` is
+    the owner token of its subject (None: none) and `reply_prefixes` where an unowned one may reply."""
     reply_to = headers.get(REPLY_TO, "")
-    if not is_reply_subject(reply_to):
-        raise InvalidRequest(f"header {REPLY_TO} is required and must be a plain subject")
+    check_reply_to(reply_to, owner, reply_prefixes)
     request_id = headers.get(MSG_ID, fallback_id)
     if not is_token(request_id):
         raise InvalidRequest(f"header {MSG_ID} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}")

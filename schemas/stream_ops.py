@@ -28,6 +28,7 @@ from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE
 
 T = TypeVar("T")
 UNAVAILABLE_GIVE_UP_S = 60.0
+PUBLISH_SLACK_BYTES = 128  # headers a JetStream publish may add (Nats-Expected-Stream)
 
 _KIND_OF: dict[type, str] = {
     QueueUpdate: h.KIND_QUEUED,
@@ -117,6 +118,12 @@ async def publish_reply(
 ) -> None:
     headers = {h.KIND: _KIND_OF[type(message)], h.REQUEST_ID: request_id}
     await nc.publish(reply_to, encoder.encode(message), headers=headers)
+
+
+def headers_bytes(headers: dict[str, str]) -> int:
+    """Bytes of a header block on the wire (`NATS/1.0`, each `key: value`): the server counts them toward
+    `max_payload` with the body, while nats-py checks the body alone."""
+    return len("NATS/1.0\r\n\r\n") + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def error_reply(code: ErrorCode, message: str, retry_after_s: float | None = None) -> Error:

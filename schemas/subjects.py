@@ -2,6 +2,9 @@
 
 A subject token (model, workload, request id, worker id) is one NATS token of `[A-Za-z0-9_-]+`, so a
 subject can always be split back into its parts and no label can smuggle in a wildcard or a dot.
+Requests and cancels may carry an owner token (`iris.req.<model>.<workload>.<owner>`,
+`iris.cancel.<owner>.<id>`): the NATS user that published them, as the least-privilege accounts enforce
+(see `schemas.reply_subjects` for what the owner may do).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ WHOLE_STREAM = ">"
 DLQ_PREFIX = "iris.dlq"
 DLQ_FILTER = "iris.dlq.>"
 CANCEL_PREFIX = "iris.cancel"
-CANCEL_FILTER = "iris.cancel.*"
+CANCEL_FILTER = "iris.cancel.>"  # iris.cancel.<id> and iris.cancel.<owner>.<id>
 HEARTBEAT_FILTER = "iris.worker.hb.>"
 DONE_FILTER = "iris.worker.done.>"
 API_PREFIX = "iris.api"
@@ -53,16 +56,23 @@ def to_token(value: str) -> str:
     return mapped or "_"
 
 
-def request_subject(model: str, workload: str) -> str:
-    return f"{REQUEST_PREFIX}.{model}.{workload}"
+def request_subject(model: str, workload: str, owner: str | None = None) -> str:
+    subject = f"{REQUEST_PREFIX}.{model}.{workload}"
+    return subject if owner is None else f"{subject}.{owner}"
 
 
 def parse_request_subject(subject: str) -> tuple[str, str] | None:
-    """Split `iris.req.<model>.<workload>`; None when the subject has another shape."""
+    """(model, workload) of `iris.req.<model>.<workload>[.<owner>]`; None when the subject has another shape."""
     parts = subject.split(".")
-    if len(parts) != 4 or f"{parts[0]}.{parts[1]}" != REQUEST_PREFIX:
+    if len(parts) not in (4, 5) or f"{parts[0]}.{parts[1]}" != REQUEST_PREFIX:
         return None
     return parts[2], parts[3]
+
+
+def request_owner(subject: str) -> str | None:
+    """The owner token of `iris.req.<model>.<workload>.<owner>`; None for a subject without one."""
+    parts = subject.split(".")
+    return parts[4] if len(parts) == 5 else None
 
 
 def dead_letter_subject(request_subject: str) -> str:
@@ -72,12 +82,21 @@ def dead_letter_subject(request_subject: str) -> str:
     return f"{DLQ_PREFIX}.{model}.{workload}"
 
 
-def cancel_subject(request_id: str) -> str:
-    return f"{CANCEL_PREFIX}.{request_id}"
+def cancel_subject(request_id: str, owner: str | None = None) -> str:
+    return f"{CANCEL_PREFIX}.{request_id}" if owner is None else f"{CANCEL_PREFIX}.{owner}.{request_id}"
+
+
+def parse_cancel_subject(subject: str) -> tuple[str | None, str] | None:
+    """(owner or None, request id) of `iris.cancel[.<owner>].<id>`; None for another shape."""
+    parts = subject.split(".")
+    if f"{parts[0]}.{parts[1] if len(parts) > 1 else ''}" != CANCEL_PREFIX or len(parts) not in (3, 4):
+        return None
+    return (parts[2] if len(parts) == 4 else None), parts[-1]
 
 
 def cancelled_request_id(subject: str) -> str:
-    return subject[len(CANCEL_PREFIX) + 1 :]
+    """The request id of a cancel subject (its last token); who may cancel is `parse_cancel_subject`'s owner."""
+    return subject.rsplit(".", 1)[-1]
 
 
 def lease_offer_subject(worker_id: str) -> str:

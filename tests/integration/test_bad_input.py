@@ -49,7 +49,7 @@ CASES = [
     ),
     pytest.param("iris.req.fake.default", b'{"max_tokens": 5}', {}, "exactly one of", id="no-prompt"),
     pytest.param("iris.req.fake.bad$name", b'{"prompt": "hi"}', {}, "subject", id="bad-workload-token"),
-    pytest.param("iris.req.fake.default.extra", b'{"prompt": "hi"}', {}, "subject", id="too-many-tokens"),
+    pytest.param("iris.req.fake.default.me.extra", b'{"prompt": "hi"}', {}, "subject", id="too-many-tokens"),
     pytest.param(
         "iris.req.fake.default", b'{"prompt": "hi"}', {"Iris-Priority": "high"}, "Iris-Priority", id="bad-priority"
     ),

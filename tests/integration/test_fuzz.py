@@ -31,6 +31,8 @@ from schemas import headers as h
 from schemas.errors import ErrorCode
 from schemas.exchange import reply_router
 from schemas.messages import error_decoder, result_decoder
+from schemas.reply_subjects import owner_inbox, reply_problem
+from schemas.subjects import cancel_subject, is_token, request_owner
 from tests.integration.gateway_stack import PAID_KEY, gateway
 from tests.integration.services import broker, eventually, stream_messages, worker
 
@@ -52,6 +54,12 @@ class Stack:
         self.broker: BrokerService | None = None
         self.gateway: GatewayService | None = None
         self.nc: Any = None
+        self.misdirected: list[tuple[str, str]] = []  # Iris replies published outside the reply prefixes
+
+    async def _watch(self, msg: Any) -> None:
+        headers = msg.headers or {}
+        if h.KIND in headers and reply_problem(msg.subject, None) is not None:
+            self.misdirected.append((msg.subject, headers.get(h.REQUEST_ID, "")))
 
     async def _main(self) -> None:
         self.stop_event = asyncio.Event()
@@ -62,6 +70,7 @@ class Stack:
         ):
             self.broker, self.gateway = b, g
             self.nc = await nats.connect(self.url)
+            await self.nc.subscribe(">", cb=self._watch)
             self.ready.set()
             await self.stop_event.wait()
             await self.nc.close()
@@ -116,10 +125,17 @@ bodies = st.one_of(
     ),
 )
 header_values = st.text(max_size=40) | st.sampled_from(["5", "0", "101", "-1", "1e9", "nan", "inf", "paid", ""])
+hosts = st.sampled_from(["localhost", "127.0.0.1:1", "[::1]", "evil.example", "rebind.127.0.0.1.nip.io", ""])
+origins = st.sampled_from(["null", "https://evil.example", "http://localhost", "file://"]) | st.text(max_size=30)
+content_types = st.sampled_from(
+    ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "a/b+json"]
+) | st.text(max_size=30)
 headers = st.dictionaries(
     st.sampled_from(["X-Iris-Priority", "X-Iris-Deadline", "X-Iris-Workload", "Authorization"]),
     header_values,
     max_size=3,
+) | st.fixed_dictionaries(
+    {}, optional={"Host": hosts | header_values, "Origin": origins, "Content-Type": content_types}
 )
 routes = st.sampled_from(
     [("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
@@ -149,6 +165,30 @@ def test_hostile_http_gets_typed_answers(
         assert response.headers.get("x-iris-error") in CODES, (response.status_code, response.text[:200])
 
 
+def _sized_chat(size: int) -> bytes:
+    """A valid chat body of exactly `size` bytes, each message under the per-message limit."""
+    base = {"model": "fake", "stream": False, "options": {"num_predict": 1}}
+    count = -(-size // 400_000)
+    chars = size - len(json.dumps({**base, "messages": [{"role": "user", "content": ""}] * count}))
+    contents = [chars // count + (1 if i < chars % count else 0) for i in range(count)]
+    return json.dumps({**base, "messages": [{"role": "user", "content": "x" * n} for n in contents]}).encode()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(offset=st.integers(-2_000, 2_000) | st.sampled_from([-148_576, -48_576, 51_424]), path=routes)
+def test_bodies_around_the_payload_limit(stack: Stack, http: httpx.Client, offset: int, path: tuple[str, str]) -> None:
+    """Bodies from 0.9 to 1.1 MB, most within 2 KB of the limit: typed answers, and the gateway's NATS
+    connection never drops (a body the server would refuse is never published)."""
+    assert stack.gateway is not None and stack.gateway._nc is not None
+    nc = stack.gateway._nc
+    body = _sized_chat(nc.max_payload + offset)
+    response = http.request(path[0], path[1], content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code != 500, response.text[:200]
+    if response.status_code >= 400:
+        assert response.headers.get("x-iris-error") in CODES, (response.status_code, response.text[:200])
+    assert nc.is_connected and nc.stats["reconnects"] == 0
+
+
 replay_ids = st.sampled_from(["replayed-1", "replayed-2"]) | st.text(max_size=20)
 nats_headers = st.fixed_dictionaries(
     {},
@@ -168,28 +208,47 @@ subjects = st.sampled_from(["iris.req.fake.default", "iris.req.fake.fuzz", "iris
 )
 
 
+# Reply subjects a hostile client names: services' own subjects, other inboxes, malformed ones, or none.
+hostile_replies = st.sampled_from(
+    ["$KV.IRIS_BROKERS.leader", "$KV.IRIS_LEASES.999999", "$JS.API.STREAM.PURGE.IRIS_REQUESTS",
+     "iris.worker.hb.fake.x", "iris.broker.stats", "iris.worker.fuzz-w1.lease", "_INBOX", "_INBOX..x", ""]
+) | st.text(max_size=30)  # fmt: skip
+owned_subjects = st.builds("iris.req.fake.default.{}".format, st.sampled_from(["alice", "bob"]))
+
+
 @settings(max_examples=NATS_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(subject=subjects, body=bodies, extra=nats_headers)
+@given(subject=subjects | owned_subjects, body=bodies, extra=nats_headers, hostile=st.none() | hostile_replies)
 def test_hostile_nats_requests_get_typed_answers(
-    stack: Stack, subject: str, body: bytes, extra: dict[str, str]
+    stack: Stack, subject: str, body: bytes, extra: dict[str, str], hostile: str | None
 ) -> None:
-    stack.run(_publish_and_read(stack, subject, body, extra))
+    stack.run(_publish_and_read(stack, subject, body, extra, hostile))
 
 
-async def _publish_and_read(stack: Stack, subject: str, body: bytes, extra: dict[str, str]) -> None:
+async def _publish_and_read(
+    stack: Stack, subject: str, body: bytes, extra: dict[str, str], hostile: str | None
+) -> None:
+    """A request with its own inbox gets a typed final reply there; one whose reply subject may not be
+    answered (`hostile`, or an owned subject's foreign inbox) gets none, anywhere: the dead letters keep it."""
     nc = stack.nc
-    inbox = nc.new_inbox()
+    owner = request_owner(subject)
+    inbox = owner_inbox(owner) + nc.new_inbox() if owner is not None and is_token(owner) else nc.new_inbox()
+    if hostile is not None and reply_problem(hostile, owner) is None:
+        inbox, hostile = hostile, None  # generated, but a reply subject Iris may answer after all
     sub = await nc.subscribe(inbox)
     try:
         headers = {k: v for k, v in extra.items() if v and v.isprintable() and v.strip() == v}
-        headers[h.REPLY_TO] = inbox
+        headers[h.REPLY_TO] = inbox if hostile is None else hostile
         headers.setdefault(h.DEADLINE, str(_now_ms() + 3_000))
+        if hostile is not None and not all(c.isprintable() and c not in "\r\n" for c in hostile):
+            return  # not a header value NATS can carry
         try:
             ack = await nc.jetstream().publish(subject, body, headers=headers, timeout=5)
         except (nats.js.errors.Error, nats.errors.Error, ValueError, TypeError):
             return  # refused by NATS itself (bad subject, or no stream for it): nothing was stored
         if ack.duplicate:
             return  # a replayed id: JetStream drops it, it will never run twice
+        if reply_problem(headers[h.REPLY_TO], owner) is not None:
+            return  # never answered; `test_after_the_fuzz...` checks no reply went anywhere
         while True:
             try:
                 msg = await sub.next_msg(timeout=10)
@@ -204,6 +263,25 @@ async def _publish_and_read(stack: Stack, subject: str, body: bytes, extra: dict
                 return
     finally:
         await sub.unsubscribe()
+
+
+cancel_tokens = st.text(st.characters(blacklist_characters="\x7f"), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(first=cancel_tokens, second=st.none() | cancel_tokens)
+def test_hostile_cancel_subjects_change_nothing_they_may_not(stack: Stack, first: str, second: str | None) -> None:
+    """Cancels on any subject, for ids that exist or not, by owners that are not: the services carry on."""
+
+    async def cancel() -> None:
+        subject = cancel_subject(first) if second is None else cancel_subject(second, first)
+        try:
+            await stack.nc.publish(subject, b"")
+        except (nats.errors.Error, ValueError, TypeError):
+            return  # refused by the client library (no valid subject)
+        await stack.nc.flush()
+
+    stack.run(cancel())
 
 
 def _now_ms() -> int:
@@ -224,8 +302,14 @@ def test_after_the_fuzz_nothing_is_left_and_everything_answers(stack: Stack, htt
         assert all(not pool.leases and not len(pool.queue) for pool in scheduler.pools.values())
         assert stack.gateway._nc is not None
         assert not reply_router(stack.gateway._nc)._queues  # no exchange left listening
+        assert set(scheduler.pools) <= {"fake"}  # no pool for any of the fuzzed model names
+        assert len(scheduler._deadlines) <= 1024  # the lazy deadline heap holds no backlog of gone requests
         letters = await list_dead_letters(stack.nc)
         assert letters and all(d.code == ErrorCode.INVALID_REQUEST and d.reason for d in letters)
+        assert any(h.REPLY_TO in d.reason for d in letters)
+        assert stack.misdirected == []  # no service ever published a reply outside the reply prefixes
+        series = sum(len(family.samples) for family in stack.broker.metrics.registry.collect())
+        assert series < 5_000, series  # label sets stay bounded however many model and workload names came
 
     stack.run(settled(), 60)
     good = http.post(

@@ -9,15 +9,17 @@ from schemas.cancels import CancelBook
 from schemas.errors import ErrorCode
 from tests.unit.test_scheduler import beat, ready_scheduler, request
 
+INBOX = "_INBOX.x"
+
 
 def test_book_remembers_until_the_cancel_ages_out() -> None:
     book = CancelBook(memory_ms=1_000)
     book.add("r1", 10_000)
     book.add("r2", 10_500)
     book.forget_expired(10_999)
-    assert book.cancelled("r1") and book.cancelled("r2")
+    assert book.cancelled("r1", INBOX) and book.cancelled("r2", INBOX)
     book.forget_expired(11_000)
-    assert not book.cancelled("r1") and book.cancelled("r2") and len(book) == 1
+    assert not book.cancelled("r1", INBOX) and book.cancelled("r2", INBOX) and len(book) == 1
 
 
 def test_a_repeated_cancel_extends_its_memory() -> None:
@@ -25,9 +27,19 @@ def test_a_repeated_cancel_extends_its_memory() -> None:
     book.add("r1", 10_000)
     book.add("r1", 10_800)
     book.forget_expired(11_500)
-    assert book.cancelled("r1")
+    assert book.cancelled("r1", INBOX)
     book.forget_expired(11_800)
-    assert not book.cancelled("r1")
+    assert not book.cancelled("r1", INBOX)
+
+
+def test_an_owned_cancel_stops_only_its_owners_request() -> None:
+    book = CancelBook()
+    book.add("r1", 10_000, owner="bob")
+    assert not book.cancelled("r1", "_INBOX.alice.x1") and book.cancelled("r1", "_INBOX.bob.x1")
+    book.add("r1", 10_000)  # the plain iris.cancel.<id>: only publishers the accounts trust can send it
+    assert book.cancelled("r1", "_INBOX.alice.x1")
+    book.forget_expired(10_000 + book.memory_ms)
+    assert len(book) == 0
 
 
 def test_cancel_racing_a_refused_offer_is_withdrawn_before_the_next() -> None:

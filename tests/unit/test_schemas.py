@@ -70,13 +70,13 @@ def test_headers_parse_with_defaults() -> None:
         ({}, h.REPLY_TO),
         ({h.REPLY_TO: "has space"}, h.REPLY_TO),
         ({h.REPLY_TO: "_INBOX.*"}, h.REPLY_TO),
-        ({h.REPLY_TO: "i", h.PRIORITY: "0"}, h.PRIORITY),
-        ({h.REPLY_TO: "i", h.PRIORITY: "x"}, h.PRIORITY),
-        ({h.REPLY_TO: "i", h.DEADLINE: "tomorrow"}, h.DEADLINE),
-        ({h.REPLY_TO: "i", h.DEADLINE: str(NOW + 10_000_000)}, h.DEADLINE),
-        ({h.REPLY_TO: "i", h.TOKENS: "0"}, h.TOKENS),
-        ({h.REPLY_TO: "i", h.USER: "a.b"}, h.USER),
-        ({h.REPLY_TO: "i", h.MSG_ID: "x y"}, h.MSG_ID),
+        ({h.REPLY_TO: "_INBOX.i", h.PRIORITY: "0"}, h.PRIORITY),
+        ({h.REPLY_TO: "_INBOX.i", h.PRIORITY: "x"}, h.PRIORITY),
+        ({h.REPLY_TO: "_INBOX.i", h.DEADLINE: "tomorrow"}, h.DEADLINE),
+        ({h.REPLY_TO: "_INBOX.i", h.DEADLINE: str(NOW + 10_000_000)}, h.DEADLINE),
+        ({h.REPLY_TO: "_INBOX.i", h.TOKENS: "0"}, h.TOKENS),
+        ({h.REPLY_TO: "_INBOX.i", h.USER: "a.b"}, h.USER),
+        ({h.REPLY_TO: "_INBOX.i", h.MSG_ID: "x y"}, h.MSG_ID),
     ],
 )
 def test_bad_headers_raise_invalid_request_naming_the_header(headers: dict[str, str], named: str) -> None:
@@ -94,7 +94,7 @@ def test_ttl_rounds_up_to_whole_seconds() -> None:
 def test_subjects_round_trip_and_tokens() -> None:
     assert parse_request_subject(request_subject("gemma3-270m", "paid")) == ("gemma3-270m", "paid")
     assert parse_request_subject("iris.req.m") is None
-    assert parse_request_subject("iris.req.m.w.x") is None
+    assert parse_request_subject("iris.req.m.w.x.y") is None
     assert not is_token("a.b") and not is_token("") and not is_token("*")
     assert to_token("mistral:7b.q4") == "mistral_7b_q4" and is_token(to_token("é"))
 

@@ -1,0 +1,86 @@
+"""Requests for models no worker serves: `no_capacity`, and no state left behind (pools, deadline entries)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.queue import WaitingRequest
+from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
+from schemas.errors import ErrorCode
+from schemas.messages import Heartbeat
+
+T0 = 1_000_000
+WARM = SchedulerLimits().worker_timeout_ms
+
+
+def request(seq: int, model: str, workload: str = "default", deadline_ms: int = T0 + 600_000) -> WaitingRequest:
+    return WaitingRequest(seq, f"r{seq}", model, workload, f"_INBOX.{seq}", deadline_ms, T0)
+
+
+def beat(worker: str, now: int, model: str = "m") -> Heartbeat:
+    return Heartbeat(worker, model, 1, 1, [], 0.0, now)
+
+
+def test_an_unknown_model_is_refused_without_a_trace() -> None:
+    scheduler = Scheduler(SchedulerLimits(), T0)
+    scheduler.heartbeat(beat("w", T0 + WARM), T0 + WARM)
+    decision = scheduler.admit(request(1, "nosuch"), T0 + WARM)
+    assert isinstance(decision, Rejection) and decision.code is ErrorCode.NO_CAPACITY
+    assert set(scheduler.pools) == {"m"} and not scheduler.knows(1)
+
+
+def test_requests_from_the_start_up_grace_get_no_capacity_once_the_broker_knows() -> None:
+    """Queued while heartbeats are still being learnt; refused by the first round after the grace."""
+    scheduler = Scheduler(SchedulerLimits(), T0)
+    assert isinstance(scheduler.admit(request(1, "nosuch"), T0), Admitted)
+    assert isinstance(scheduler.admit(request(2, "m"), T0), Admitted)
+    assert scheduler.drop_unserved(T0 + WARM - 1) == []  # still learning
+    scheduler.heartbeat(beat("w", T0 + 10), T0 + 10)  # model m has a worker
+    rejected = scheduler.drop_unserved(T0 + WARM)
+    assert [(r.request.stream_seq, r.code) for r in rejected] == [(1, ErrorCode.NO_CAPACITY)]
+    assert "nosuch" not in scheduler.pools and not scheduler.knows(1) and scheduler.knows(2)
+    assert scheduler.drop_unserved(T0 + WARM + 100) == []
+
+
+def test_a_model_whose_workers_died_keeps_its_waiting_requests_then_goes() -> None:
+    limits = SchedulerLimits()
+    scheduler = Scheduler(limits, T0)
+    now = T0 + WARM
+    scheduler.heartbeat(beat("w", now), now)
+    scheduler.admit(request(1, "m"), now)
+    scheduler.admit(request(2, "m"), now)
+    scheduler.dispatch(now)  # 1 runs on w, 2 waits
+    later = now + limits.worker_timeout_ms + 1
+    requeued, _ = scheduler.tick(later)  # w is gone; 1 goes back to the queue
+    assert [r.stream_seq for r in requeued] == [1]
+    assert scheduler.drop_unserved(later) == [] and scheduler.waiting("m") == 2  # a worker may come back
+    _, expired = scheduler.tick(T0 + 600_000)
+    assert sorted(r.stream_seq for r in expired) == [1, 2]
+    assert scheduler.drop_unserved(T0 + 600_000) == [] and "m" not in scheduler.pools
+
+
+@given(
+    st.lists(st.tuples(st.text("abc", min_size=1, max_size=3), st.text("xyz", min_size=1, max_size=3)), max_size=300)
+)
+def test_arbitrary_model_names_leave_nothing_behind(names: list[tuple[str, str]]) -> None:
+    scheduler = Scheduler(SchedulerLimits(), T0)
+    for seq, (model, workload) in enumerate(names, start=1):
+        scheduler.admit(request(seq, model, workload), T0 + seq % 7)  # some in the grace, some after
+    for seq, (model, workload) in enumerate(names, start=len(names) + 1):
+        scheduler.admit(request(seq, model, workload), T0 + WARM)
+    scheduler.drop_unserved(T0 + WARM)
+    scheduler.tick(T0 + WARM)
+    assert scheduler.pools == {} and not any(scheduler.knows(seq) for seq in range(1, 2 * len(names) + 1))
+
+
+def test_deadline_entries_of_requests_gone_are_dropped() -> None:
+    """100,000 requests queued and cancelled: the lazy deadline heap is compacted, not kept to their deadlines."""
+    scheduler = Scheduler(SchedulerLimits(), T0)
+    now = T0 + WARM
+    scheduler.heartbeat(beat("w", now), now)
+    for seq in range(1, 100_001):
+        scheduler.admit(request(seq, "m"), now)
+        scheduler.cancel_waiting(f"r{seq}")
+    scheduler.tick(now + 1)
+    assert len(scheduler._deadlines) <= 1024
