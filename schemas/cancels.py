@@ -80,6 +80,10 @@ class CancelBook:
     def __len__(self) -> int:
         return len(self._expires_ms)
 
+    def __contains__(self, request_id: object) -> bool:
+        """Some cancel for this request id is remembered (whoever may send it)."""
+        return request_id in self._expires_ms
+
 
 class CancelFeed:
     """Reads `IRIS_CANCELS` (headers-only ordered consumer, from its first message) into `book`, and hands
