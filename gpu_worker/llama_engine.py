@@ -28,8 +28,9 @@ from gpu_worker.llama_sequence import DONE, Sequence
 from gpu_worker.offload import Offload
 from schemas.messages import GenerateRequest
 
-# The fallback "Role: text" format has no end-of-turn token: the answer ends where the model starts a turn.
-FALLBACK_TURN_STOPS = ("User:", "Assistant:", "\nSystem:", "\nTool:")
+# The fallback "Role: text" format has no end-of-turn token: the answer ends where the model starts a turn
+# (the line break before the marker goes with it; the bare markers catch a turn at the very start).
+FALLBACK_TURN_STOPS = ("\nUser:", "\nAssistant:", "\nSystem:", "\nTool:", "User:", "Assistant:")
 
 
 class LlamaCppEngine:
@@ -145,6 +146,8 @@ class LlamaCppEngine:
         sampler = await asyncio.to_thread(make_sampler, request, self._vocab, self.ctx_per_slot)  # grammars parse
         events = SequenceEvents(asyncio.get_running_loop())
         top_logprobs = request.top_logprobs if request.logprobs else None
+        if request.response_format is not None:
+            format_stops = []  # the grammar ends the answer; a turn marker inside a JSON string is just text
         stops = [*request.stop, *format_stops]
         self._loop.submit(Sequence(prompt_tokens, max_tokens, sampler, stops, stop, events.emit, top_logprobs))
         try:

@@ -123,11 +123,11 @@ class StopTextBuffer:
 
     def feed(self, new_text: str) -> tuple[str, bool]:
         self.pending += new_text
-        for stop_text in self.stops:
-            at = self.pending.find(stop_text)
-            if at >= 0:
-                ready, self.pending, self.stopped = self.pending[:at], "", True
-                return ready, True
+        found = [at for at in (self.pending.find(stop_text) for stop_text in self.stops) if at >= 0]
+        if found:  # the earliest stop wins, wherever it is in the list
+            at = min(found)
+            ready, self.pending, self.stopped = self.pending[:at], "", True
+            return ready, True
         cut = len(self.pending) - self.hold
         if cut <= 0:
             return "", False
