@@ -60,5 +60,6 @@ def test_enum_values_are_data_not_schemas() -> None:
 
 
 def test_schema_grammar_holds_the_integer_range() -> None:
-    grammar = output_grammar(OutputFormat(json_schema={"type": "object", "properties": {"age": {"type": "integer", "minimum": 18, "maximum": 99}}}))
+    age = {"type": "integer", "minimum": 18, "maximum": 99}
+    grammar = output_grammar(OutputFormat(json_schema={"type": "object", "properties": {"age": age}}))
     assert '"1" ([8-9])' in grammar and '"9" ([0-9])' in grammar
