@@ -43,6 +43,7 @@ class FakeEngine:
         self.slots = slots
         self.tokens_per_s = tokens_per_s
         self.generations = 0  # how many generations started: lets tests prove "ran once"
+        self.last_request: GenerateRequest | None = None  # what reached the engine, every field
 
     async def load(self) -> None:
         return None
@@ -52,6 +53,7 @@ class FakeEngine:
 
     async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
         self.generations += 1
+        self.last_request = request
         text = prompt_text(request)
         if self.crash_on and self.crash_on in text:
             os._exit(CRASH_EXIT_CODE)  # no reply, no cleanup: the broker only sees the heartbeats stop

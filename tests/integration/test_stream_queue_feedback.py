@@ -67,9 +67,10 @@ async def test_openai_stream_waits_in_queue_past_its_idle_timeout(nats_server: N
 
         long = await hold_the_slot(base, engine)
         body = {"model": "fake", "messages": MESSAGES, "max_tokens": 3, "stream": True}
-        async with httpx.AsyncClient(timeout=idle_timeout()) as raw, raw.stream(
-            "POST", f"{base}/v1/chat/completions", json=body, headers=AUTH
-        ) as response:
+        async with (
+            httpx.AsyncClient(timeout=idle_timeout()) as raw,
+            raw.stream("POST", f"{base}/v1/chat/completions", json=body, headers=AUTH) as response,
+        ):
             lines = [line async for line in response.aiter_lines() if line]
         await long
     assert response.status_code == 200
@@ -85,14 +86,17 @@ async def test_ollama_stream_waits_in_queue_past_its_idle_timeout(nats_server: N
         base = gw.http.url  # type: ignore[union-attr]
         long = await hold_the_slot(base, engine)
         client = ollama.AsyncClient(host=base, headers=AUTH, timeout=idle_timeout())
-        parts = [p async for p in await client.generate(model="fake", prompt="hi", stream=True, options={"num_predict": 4})]
+        parts = [
+            p async for p in await client.generate(model="fake", prompt="hi", stream=True, options={"num_predict": 4})
+        ]
         await long
 
         long = await hold_the_slot(base, engine)
         body = {"model": "fake", "messages": MESSAGES, "options": {"num_predict": 2}}
-        async with httpx.AsyncClient(timeout=idle_timeout()) as raw, raw.stream(
-            "POST", f"{base}/api/chat", json=body, headers=AUTH
-        ) as response:
+        async with (
+            httpx.AsyncClient(timeout=idle_timeout()) as raw,
+            raw.stream("POST", f"{base}/api/chat", json=body, headers=AUTH) as response,
+        ):
             lines = [json.loads(line) async for line in response.aiter_lines() if line]
         await long
     waiting = [p for p in parts if not p.done and not p.response]
@@ -124,7 +128,9 @@ async def test_deadline_in_the_queue_after_commit_is_an_in_stream_error(nats_ser
         long = await hold_the_slot(base, engine)
         async with httpx.AsyncClient(timeout=30) as raw:
             whole = await raw.post(
-                f"{base}/api/chat", json={"model": "fake", "messages": MESSAGES, "stream": False}, headers={**AUTH, **short}
+                f"{base}/api/chat",
+                json={"model": "fake", "messages": MESSAGES, "stream": False},
+                headers={**AUTH, **short},
             )
         await long
     # Not streamed: a real status, whether the broker now sees at admission that the deadline cannot be met

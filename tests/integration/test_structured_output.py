@@ -33,10 +33,24 @@ PERSON = {
     "required": ["name", "age", "pet", "student"],
     "additionalProperties": False,
 }
-PROMPTS = [f"Describe person number {i} ({who}) as JSON." for i, who in enumerate(
-    ["a baker", "a pilot", "a child", "a nurse", "a painter", "a farmer", "a coder", "a singer", "a doctor", "a poet"]
-    * 2
-)]
+PROMPTS = [
+    f"Describe person number {i} ({who}) as JSON."
+    for i, who in enumerate(
+        [
+            "a baker",
+            "a pilot",
+            "a child",
+            "a nurse",
+            "a painter",
+            "a farmer",
+            "a coder",
+            "a singer",
+            "a doctor",
+            "a poet",
+        ]
+        * 2
+    )
+]
 
 
 async def _ollama_answers(url: str) -> list[str]:
