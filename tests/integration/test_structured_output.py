@@ -21,6 +21,7 @@ from tests.integration.gateway_stack import OPEN_KEY, gateway
 from tests.integration.services import broker, worker
 
 MODEL = EMBEDDED_MODEL_NAME
+FREE_JSON = "Reply with an empty JSON object."  # free JSON: greedy on this prompt closes its strings at once
 WAIT = {"Authorization": f"Bearer {OPEN_KEY}", "X-Iris-Deadline": "900"}  # 20 answers queue behind 4 slots
 PERSON = {
     "type": "object",
@@ -98,12 +99,12 @@ async def test_json_schema_answers_validate_20_of_20(nats_server: NatsServer, em
         client = ollama.AsyncClient(host=base, headers={"Authorization": f"Bearer {OPEN_KEY}"}, timeout=300)
         # Free JSON has unbounded strings: greedy keeps a tiny model from rambling inside one to the slot's end.
         any_json = await client.chat(
-            model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}], format="json", options={"temperature": 0}
+            model=MODEL, messages=[{"role": "user", "content": FREE_JSON}], format="json", options={"temperature": 0}
         )
         oai = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=OPEN_KEY, max_retries=0, timeout=300)
         json_object = await oai.chat.completions.create(
             model=MODEL,
-            messages=[{"role": "user", "content": PROMPTS[1]}],
+            messages=[{"role": "user", "content": FREE_JSON}],
             response_format={"type": "json_object"},
             temperature=0,
         )
