@@ -46,7 +46,12 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024**2)] = 4 * 1024**2
     max_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 3600.0
     default_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 120.0
-    default_max_tokens: Annotated[int, Meta(ge=1, le=32_768)] = 2048  # Ollama/OpenAI chat with no limit set
+    # Ollama/OpenAI chat with no limit set: 0 = until a stop or the slot's context is full (as Ollama does).
+    default_max_tokens: Annotated[int, Meta(ge=0, le=32_768)] = 0
+    # A streamed request still queued this long after admission commits to 200 and streams its position.
+    queue_commit_after_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
+    # Longest silence on a streamed answer before a keep-alive (proxies and clients time out idle streams).
+    stream_keepalive_s: Annotated[float, Meta(gt=0, le=10)] = 5.0
     keyless_requests_per_min: Annotated[int, Meta(ge=0)] = 0  # all keyless callers together; 0 = unlimited
     keyless_tokens_per_min: Annotated[int, Meta(ge=0)] = 0
     # Host names served besides loopback names and addresses ("*" = any); checked always when listed, and

@@ -2,13 +2,15 @@
 
 Every edge (HTTP Ollama/OpenAI, the NATS micro service) ends here, so all of them publish the same
 envelope and read replies the same way (`schemas.exchange`). `answer_events` yields the text deltas a
-stream may forward (re-runs de-duplicated by `AnswerText`) and then the final `Result`.
+stream may forward (re-runs de-duplicated by `AnswerText`), queue updates when asked for, and then the
+final `Result`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
@@ -19,10 +21,21 @@ from gateway.model_directory import ModelDirectory
 from gateway.rate_limits import RateLimiter, Reservation, reservation_tokens, spent_tokens
 from schemas.errors import Cancelled, IrisError, QueueFull
 from schemas.exchange import Exchange, build_envelope, now_ms
-from schemas.messages import GenerateRequest, Result
+from schemas.messages import GenerateRequest, QueueUpdate, Result, TokenLogprob
 
 T = TypeVar("T")
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Answer text a stream may forward, with its tokens' logprobs when the request asked for them."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+AnswerEvent = Delta | QueueUpdate | Result
 
 
 class Forwarder:
@@ -33,9 +46,16 @@ class Forwarder:
         self.limiter = RateLimiter()
 
     def open(
-        self, request: GenerateRequest, model: str | None, identity: Identity, idempotency_key: str | None = None
-    ) -> AsyncGenerator[str | Result, None]:
-        """Validate and route one request; iterating the result publishes it and reads its answer."""
+        self,
+        request: GenerateRequest,
+        model: str | None,
+        identity: Identity,
+        idempotency_key: str | None = None,
+        *,
+        queue_updates: bool = False,
+    ) -> AsyncGenerator[AnswerEvent, None]:
+        """Validate and route one request; iterating the result publishes it and reads its answer
+        (with `queue_updates`, each `QueueUpdate` too, while it waits)."""
         if self.in_flight >= self.max_in_flight:
             raise QueueFull(f"the gateway has {self.in_flight} requests in flight (max_in_flight)", retry_after_s=1.0)
         envelope = build_envelope(
@@ -54,28 +74,31 @@ class Forwarder:
             reserve, prompt = reservation_tokens(len(envelope.body), request.max_tokens)
             reservation = self.limiter.admit(identity.limit_key, identity.rate, now_ms(), reserve)
             reservation.prompt_tokens = prompt
-        return self._answer_events(Exchange(self.nc, envelope), reservation, request.stream)
+        return self._answer_events(Exchange(self.nc, envelope), reservation, request.stream, queue_updates)
 
     async def _answer_events(
-        self, exchange: Exchange, reservation: Reservation | None, streaming: bool
-    ) -> AsyncGenerator[str | Result, None]:
+        self, exchange: Exchange, reservation: Reservation | None, streaming: bool, queue_updates: bool
+    ) -> AsyncGenerator[AnswerEvent, None]:
         """Text deltas safe to forward, then the final `Result`; an `IrisError` ends it early. Closing it
         before the end cancels the request (its slot is freed). However it ends, its token reservation is
         settled to what it cost."""
         self.in_flight += 1
         text = AnswerText()
-        chunks = exchange.__aiter__()
+        chunks = exchange.with_queue_updates() if queue_updates else exchange.__aiter__()
         streamed, error = 0, None
         try:
             async for chunk in chunks:
+                if isinstance(chunk, QueueUpdate):
+                    yield chunk
+                    continue
                 streamed += 1
                 delta = text.feed(chunk)
-                if delta:
-                    yield delta
+                if delta:  # a re-run catching up forwards part of a chunk: its logprobs no longer line up
+                    yield Delta(delta, chunk.logprobs if delta == chunk.text else None)
             assert exchange.result is not None
             tail = text.finish(exchange.result.text)
             if tail:
-                yield tail
+                yield Delta(tail)
             yield exchange.result
         except IrisError as exc:
             error = exc.code
@@ -88,7 +111,7 @@ class Forwarder:
             await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def final_result(events: AsyncGenerator[str | Result, None]) -> Result:
+async def final_result(events: AsyncGenerator[AnswerEvent, None]) -> Result:
     """Read an answer to its end; the `Result` is always the last event."""
     try:
         async for event in events:

@@ -1,40 +1,35 @@
 """Ollama's HTTP API on Iris: `/api/generate`, `/api/chat` (NDJSON stream or `stream:false`), `/api/tags`,
 `/api/ps`, `/api/version`.
 
-Field names and `options` are Ollama's: `num_predict` (-1/-2 = the gateway's `default_max_tokens`),
-`temperature`, `top_p`, `seed`, `stop`; options Iris has no use for (`num_ctx`, `top_k`, …) are ignored as
-Ollama ignores unknown ones. `/api/generate` formats the prompt with the model's chat template (and
-`system`) unless `raw` is true, as Ollama does. Durations are nanoseconds; `done_reason` is Iris's
-`finish_reason` (`stop`, `length`, `deadline`, `max_inflight`).
+Field names and `options` are Ollama's (`sampling_options`): no `num_predict` (or -1/-2) generates until a
+stop or the slot's context is full (or the gateway's `default_max_tokens` when set); `format` is
+structured output; `logprobs`/`top_logprobs` as Ollama 0.12 sends them. Unknown fields and options Iris
+cannot honour are a 400 naming them. `/api/generate` formats the prompt with the model's chat template
+(and `system`) unless `raw` is true, as Ollama does. Durations are nanoseconds; `done_reason` is `stop`
+or `length`, with `iris_finish_reason` (`deadline`, `max_inflight`) when an Iris cut-off ended it. A
+streamed request waiting in the queue gets empty answer lines carrying `iris_queue: {position, eta_s}`.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.forwarding import Delta
 from gateway.http_answer import HttpContext, endpoint, respond
 from gateway.http_io import ApiFamily, error_body, json_response, read_json
+from gateway.sampling_options import OllamaOptions, ollama_fields, ollama_format, ollama_logprobs
 from schemas.errors import InvalidRequest, IrisError
-from schemas.messages import MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT, ChatMessage, GenerateRequest, Result
+from schemas.messages import ChatMessage, GenerateRequest, QueueUpdate, Result, TokenLogprob
 
 IRIS_VERSION = "0.1.0"
 _json = msgspec.json.Encoder()
-
-
-class OllamaOptions(msgspec.Struct, frozen=True):
-    num_predict: Annotated[int, Meta(ge=-2, le=MAX_TOKENS_LIMIT)] | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    seed: Annotated[int, Meta(ge=-1, le=2**31 - 1)] | None = None
-    stop: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=MAX_STOP_SEQUENCES)] = []
 
 
 class OllamaMessage(msgspec.Struct, frozen=True):
@@ -43,13 +38,17 @@ class OllamaMessage(msgspec.Struct, frozen=True):
     images: list[str] | None = None
 
 
-class _OllamaCall(msgspec.Struct, frozen=True):
+class _OllamaCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: str = ""
     stream: bool = True
     options: OllamaOptions | None = None
     format: Any = None
     images: list[str] | None = None
     tools: list[Any] | None = None
+    keep_alive: float | str | None = None  # Iris keeps every served model loaded
+    think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class OllamaGenerate(_OllamaCall, frozen=True):
@@ -57,6 +56,8 @@ class OllamaGenerate(_OllamaCall, frozen=True):
     system: str | None = None
     raw: bool = False
     suffix: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
 
 
 class OllamaChat(_OllamaCall, frozen=True):
@@ -70,29 +71,27 @@ _chat_decoder = msgspec.json.Decoder(OllamaChat)
 def _unsupported(call: _OllamaCall, messages: list[OllamaMessage]) -> None:
     if not call.model:
         raise InvalidRequest("model is required - at $.model")
-    if call.format:
-        raise InvalidRequest("format (structured output) is not supported by Iris - at $.format")
     if call.tools:
         raise InvalidRequest("tools are not supported by Iris - at $.tools")
-    if isinstance(call, OllamaGenerate) and call.suffix:
-        raise InvalidRequest("suffix (fill-in-the-middle) is not supported by Iris - at $.suffix")
+    if call.think:
+        raise InvalidRequest("think (reasoning output) is not supported by Iris - at $.think")
+    if call.keep_alive in (0, "0", "0s", "0m"):
+        raise InvalidRequest("keep_alive 0 (unload) is not supported: Iris keeps models loaded - at $.keep_alive")
+    if isinstance(call, OllamaGenerate):
+        if call.suffix:
+            raise InvalidRequest("suffix (fill-in-the-middle) is not supported by Iris - at $.suffix")
+        if call.template:
+            raise InvalidRequest("template is not supported: Iris uses the model's own chat template - at $.template")
+        if call.context:
+            raise InvalidRequest("context (the old conversation state) is not supported; use /api/chat - at $.context")
     if call.images or any(m.images for m in messages):
         raise InvalidRequest("images are not supported by Iris models - at $.images")
 
 
-def _generate_request(call: _OllamaCall, default_max_tokens: int, **text: Any) -> GenerateRequest:
-    o = call.options or OllamaOptions()
-    fields: dict[str, Any] = dict(text, stop=o.stop, stream=call.stream)
-    fields["max_tokens"] = default_max_tokens if o.num_predict in (None, -1, -2) else o.num_predict
-    if o.temperature is not None:
-        fields["temperature"] = o.temperature
-    if o.top_p is not None:
-        fields["top_p"] = o.top_p
-    if o.seed is not None and o.seed >= 0:
-        fields["seed"] = o.seed
-    if fields["max_tokens"] == 0:
-        raise InvalidRequest("options.num_predict must be -1, -2 or at least 1 - at $.options.num_predict")
-    return GenerateRequest(**fields)
+def _generate_request(call: _OllamaCall, default_max_tokens: int | None, **text: Any) -> GenerateRequest:
+    fields: dict[str, Any] = dict(text, stream=call.stream, **ollama_fields(call.options, default_max_tokens))
+    fields.update(ollama_logprobs(call.logprobs, call.top_logprobs))
+    return GenerateRequest(**fields, response_format=ollama_format(call.format))
 
 
 def _now_iso() -> str:
@@ -100,9 +99,9 @@ def _now_iso() -> str:
 
 
 def _final_fields(result: Result) -> dict[str, Any]:
-    return {
+    fields = {
         "done": True,
-        "done_reason": result.finish_reason,
+        "done_reason": ollama_done_reason(result.finish_reason),
         "total_duration": int((result.timings.queued_ms + result.timings.run_ms) * 1e6),
         "load_duration": 0,
         "prompt_eval_count": result.usage.prompt_tokens,
@@ -110,6 +109,15 @@ def _final_fields(result: Result) -> dict[str, Any]:
         "eval_count": result.usage.completion_tokens,
         "eval_duration": int(result.timings.run_ms * 1e6),
     }
+    if result.finish_reason != fields["done_reason"]:
+        fields["iris_finish_reason"] = result.finish_reason  # Iris's own cut-off: deadline, max_inflight
+    return fields
+
+
+def ollama_done_reason(reason: str) -> str:
+    """Ollama's values are `stop` and `length`; Iris's cut-offs (deadline, max_inflight) end an answer
+    short, which is `length`, and `iris_finish_reason` says which one."""
+    return reason if reason == "stop" else "length"
 
 
 class _NdjsonFormat:
@@ -123,25 +131,55 @@ class _NdjsonFormat:
             return {"message": {"role": "assistant", "content": text}}
         return {"response": text}
 
-    def delta(self, text: str) -> bytes:
-        return _json.encode({"model": self.model, "created_at": _now_iso(), **self._text(text), "done": False}) + b"\n"
+    def _line(self, body: dict[str, Any]) -> bytes:
+        return _json.encode(body) + b"\n"
+
+    def delta(self, delta: Delta) -> bytes:
+        body = {"model": self.model, "created_at": _now_iso(), **self._text(delta.text), "done": False}
+        if delta.logprobs is not None:
+            body["logprobs"] = ollama_logprobs_body(delta.logprobs)
+        return self._line(body)
+
+    def queued(self, update: QueueUpdate | None) -> bytes:
+        """An empty answer line (which every Ollama client reads as no text yet) carrying `iris_queue`."""
+        body = {"model": self.model, "created_at": _now_iso(), **self._text(""), "done": False}
+        if update is not None:
+            body["iris_queue"] = {"position": update.position, "eta_s": round(update.eta_s, 1)}
+        return self._line(body)
+
+    def keepalive(self, update: QueueUpdate | None) -> bytes:
+        return self.queued(update)
 
     def end(self, result: Result) -> bytes:
-        return _json.encode(self._last(result, "")) + b"\n"
+        return self._line(self._last(result, ""))
 
     def stream_error(self, exc: IrisError) -> bytes:
-        return _json.encode(error_body(ApiFamily.OLLAMA, exc)) + b"\n"
+        return self._line(error_body(ApiFamily.OLLAMA, exc))
 
     def whole(self, result: Result) -> Any:
-        return self._last(result, result.text)
+        body = self._last(result, result.text)
+        if result.logprobs is not None:
+            body["logprobs"] = ollama_logprobs_body(result.logprobs)
+        return body
 
     def _last(self, result: Result, text: str) -> dict[str, Any]:
         return {"model": self.model, "created_at": _now_iso(), **self._text(text), **_final_fields(result)}
 
 
+def ollama_logprobs_body(logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": lp.token,
+            "logprob": lp.logprob,
+            "top_logprobs": [{"token": alt.token, "logprob": alt.logprob} for alt in lp.top],
+        }
+        for lp in logprobs
+    ]
+
+
 def ollama_routes(ctx: HttpContext) -> list[Route]:
     family = ApiFamily.OLLAMA
-    max_bytes, default_max_tokens = ctx.config.max_body_bytes, ctx.config.default_max_tokens
+    max_bytes, default_max_tokens = ctx.config.max_body_bytes, ctx.config.default_max_tokens or None
 
     @endpoint(ctx, family, "/api/generate")
     async def generate(request: Request) -> Response:
@@ -158,7 +196,7 @@ def ollama_routes(ctx: HttpContext) -> list[Route]:
             turns = ([ChatMessage("system", call.system)] if call.system else []) + [ChatMessage("user", call.prompt)]
             body = _generate_request(call, default_max_tokens, messages=turns)
         model = ctx.models.resolve(call.model)
-        events = ctx.forwarder.open(body, model, identity)
+        events = ctx.forwarder.open(body, model, identity, queue_updates=call.stream)
         return await respond(ctx, request, family, events, fmt, stream=call.stream, model=model, identity=identity)
 
     @endpoint(ctx, family, "/api/chat")
@@ -171,7 +209,7 @@ def ollama_routes(ctx: HttpContext) -> list[Route]:
         turns = [ChatMessage(m.role, m.content) for m in call.messages]
         body = _generate_request(call, default_max_tokens, messages=turns)
         model = ctx.models.resolve(call.model)
-        events = ctx.forwarder.open(body, model, identity)
+        events = ctx.forwarder.open(body, model, identity, queue_updates=call.stream)
         fmt = _NdjsonFormat(call.model, "message")
         return await respond(ctx, request, family, events, fmt, stream=call.stream, model=model, identity=identity)
 

@@ -1,16 +1,18 @@
 """OpenAI's HTTP API on Iris: `/v1/chat/completions`, `/v1/completions` (SSE ending in `data: [DONE]`, or
-one JSON body with `usage`), `/v1/models`, and errors in OpenAI's `{"error": {message, type, code}}` shape.
+one JSON body with `usage`), `/v1/models`, `/v1/models/{id}`, and errors in OpenAI's
+`{"error": {message, type, code}}` shape.
 
-Only what Iris can honour is accepted: one choice (`n: 1`), text content, no tools or JSON mode; other known
-sampling knobs (`presence_penalty`, `logit_bias`, …) and unknown fields are ignored, as vLLM does.
-`user` becomes the fairness key under the caller's API key. Iris's `deadline` and `max_inflight` cut-offs
-are reported as `finish_reason: "length"` (an answer cut short), the nearest OpenAI value.
+Only what Iris honours is accepted (`sampling_options`): one choice (`n: 1`), text content, sampling knobs
+including penalties, `logit_bias` and the vLLM extensions `top_k`/`min_p`/`repeat_penalty`, logprobs,
+`response_format` (`json_object`, `json_schema`); tools, audio, `store` and unknown fields are a 400
+naming the field. Chat without `max_tokens` generates until a stop or the slot's context is full;
+completions default to OpenAI's 16 tokens. `user` becomes the fairness key under the caller's API key.
+Iris's `deadline` and `max_inflight` cut-offs are `finish_reason: "length"` (an answer cut short) with
+`iris_finish_reason` naming the cut-off. Streams show a waiting request's queue position (`openai_stream`).
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -20,9 +22,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.http_answer import HttpContext, endpoint, respond
-from gateway.http_io import ApiFamily, error_body, json_response, read_json
-from schemas.errors import InvalidRequest, IrisError
-from schemas.messages import MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT, ChatMessage, GenerateRequest, Result
+from gateway.http_io import ApiFamily, json_response, read_json
+from gateway.openai_stream import SseFormat
+from gateway.sampling_options import (
+    Penalty,
+    ResponseFormat,
+    openai_format,
+    openai_logit_bias,
+    openai_logprobs,
+)
+from schemas.errors import InvalidRequest, ModelNotFound
+from schemas.messages import MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT, ChatMessage, GenerateRequest
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
 _json = msgspec.json.Encoder()
@@ -39,15 +49,11 @@ class OpenAIMessage(msgspec.Struct, frozen=True):
     content: str | list[TextPart] | None = None
 
 
-class StreamOptions(msgspec.Struct, frozen=True):
+class StreamOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     include_usage: bool = False
 
 
-class ResponseFormat(msgspec.Struct, frozen=True):
-    type: str = "text"
-
-
-class _OpenAICall(msgspec.Struct, frozen=True):
+class _OpenAICall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: str = ""
     max_tokens: MaxTokens | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
@@ -58,46 +64,82 @@ class _OpenAICall(msgspec.Struct, frozen=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Meta(ge=-100, le=100)]], Meta(max_length=1024)] | None = None
+    # Extensions vLLM and llama.cpp's server take too.
+    top_k: Annotated[int, Meta(ge=0, le=1000)] | None = None
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    repeat_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
+    # OpenAI platform fields: accepted only with values that ask for nothing Iris does not do.
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
 
 
 class ChatCompletionRequest(_OpenAICall, frozen=True):
     messages: list[OpenAIMessage] = []
     max_completion_tokens: MaxTokens | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
     response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    modalities: list[str] | None = None
+    audio: Any = None
+    prediction: Any = None
+    reasoning_effort: str | None = None
+    web_search_options: Any = None
 
 
 class CompletionRequest(_OpenAICall, frozen=True):
     prompt: str | list[str] = ""
     echo: bool = False
     suffix: str | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
+    best_of: Annotated[int, Meta(ge=1, le=1)] | None = None
 
 
 _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _completion_decoder = msgspec.json.Decoder(CompletionRequest)
 
 
-def _sampling(call: _OpenAICall, max_tokens: int) -> dict[str, Any]:
+def _sampling(call: _OpenAICall, max_tokens: int | None) -> dict[str, Any]:
     if not call.model:
         raise InvalidRequest("model is required - at $.model")
+    _refuse_platform_fields(call)
     stop = [call.stop] if isinstance(call.stop, str) else (call.stop or [])
     if len(stop) > MAX_STOP_SEQUENCES or any(not 1 <= len(s) <= 64 for s in stop):
         raise InvalidRequest(f"stop takes at most {MAX_STOP_SEQUENCES} strings of 1-64 characters - at $.stop")
     fields: dict[str, Any] = {"max_tokens": max_tokens, "stop": stop, "stream": call.stream}
-    for name in ("temperature", "top_p", "seed"):
+    for name in _PASSED:
         value = getattr(call, name)
         if value is not None:
             fields[name] = value
+    fields["logit_bias"] = openai_logit_bias(call.logit_bias)
+    fields.update(openai_logprobs(getattr(call, "logprobs", None), getattr(call, "top_logprobs", None)))
     return fields
+
+
+_PASSED = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p", "repeat_penalty")
+
+
+def _refuse_platform_fields(call: _OpenAICall) -> None:
+    if call.store:
+        raise InvalidRequest("store (keeping completions on the server) is not supported by Iris - at $.store")
+    if call.metadata:
+        raise InvalidRequest("metadata is only used with store, which Iris does not support - at $.metadata")
+    if call.service_tier not in (None, "auto", "default"):
+        raise InvalidRequest("service_tier is not supported by Iris (auto or default) - at $.service_tier")
 
 
 def _chat_messages(call: ChatCompletionRequest) -> list[ChatMessage]:
     if not call.messages:
         raise InvalidRequest("messages must hold at least one message - at $.messages")
-    if call.tools:
-        raise InvalidRequest("tools are not supported by Iris - at $.tools")
-    if call.response_format is not None and call.response_format.type != "text":
-        raise InvalidRequest("only response_format type 'text' is supported - at $.response_format.type")
+    _refuse_chat_fields(call)
     turns = []
     for i, message in enumerate(call.messages):
         content = message.content or ""
@@ -110,6 +152,18 @@ def _chat_messages(call: ChatCompletionRequest) -> list[ChatMessage]:
     return turns
 
 
+def _refuse_chat_fields(call: ChatCompletionRequest) -> None:
+    if call.tools or call.functions:
+        raise InvalidRequest("tools (function calling) are not supported by Iris - at $.tools")
+    if call.tool_choice not in (None, "none") or call.function_call not in (None, "none"):
+        raise InvalidRequest("tool_choice needs tools, which Iris does not support - at $.tool_choice")
+    if call.modalities not in (None, ["text"]) or call.audio is not None:
+        raise InvalidRequest("only text output is supported by Iris - at $.modalities")
+    for name in ("prediction", "reasoning_effort", "web_search_options"):
+        if getattr(call, name) is not None:
+            raise InvalidRequest(f"{name} is not supported by Iris - at $.{name}")
+
+
 def _completion_prompt(call: CompletionRequest) -> str:
     if call.echo or call.suffix:
         raise InvalidRequest("echo and suffix are not supported by Iris - at $.echo / $.suffix")
@@ -120,71 +174,6 @@ def _completion_prompt(call: CompletionRequest) -> str:
     return call.prompt[0]
 
 
-def openai_finish_reason(reason: str) -> str:
-    return reason if reason in ("stop", "length") else "length"
-
-
-def _usage(result: Result) -> dict[str, int]:
-    prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-class _SseFormat:
-    media_type = "text/event-stream"
-
-    def __init__(self, model: str, chat: bool, include_usage: bool) -> None:
-        self.model, self.chat, self.include_usage = model, chat, include_usage
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.object = "chat.completion" if chat else "text_completion"
-        self._role_sent = False
-
-    def _event(self, body: Any) -> bytes:
-        return b"data: " + _json.encode(body) + b"\n\n"
-
-    def _chunk(self, choices: list[Any], **extra: Any) -> dict[str, Any]:
-        kind = self.object + ".chunk" if self.chat else self.object
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            **extra,
-        }
-
-    def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
-        if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-        delta: dict[str, str] = {} if text is None else {"content": text}
-        if not self._role_sent:
-            delta["role"] = "assistant"
-            self._role_sent = True
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-
-    def delta(self, text: str) -> bytes:
-        return self._event(self._chunk([self._choice(text, None)]))
-
-    def end(self, result: Result) -> bytes:
-        last = self._event(self._chunk([self._choice(None, openai_finish_reason(result.finish_reason))]))
-        if self.include_usage:
-            last += self._event(self._chunk([], usage=_usage(result)))
-        return last + b"data: [DONE]\n\n"
-
-    def stream_error(self, exc: IrisError) -> bytes:
-        return self._event(error_body(ApiFamily.OPENAI, exc))
-
-    def whole(self, result: Result) -> Any:
-        reason = openai_finish_reason(result.finish_reason)
-        if self.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": result.text}}
-        else:
-            choice = {"index": 0, "text": result.text}
-        choice.update(logprobs=None, finish_reason=reason)
-        body = {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
-        return {**body, "choices": [choice], "usage": _usage(result)}
-
-
 def openai_routes(ctx: HttpContext) -> list[Route]:
     family = ApiFamily.OPENAI
     max_bytes = ctx.config.max_body_bytes
@@ -192,8 +181,9 @@ def openai_routes(ctx: HttpContext) -> list[Route]:
     @endpoint(ctx, family, "/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         call = await read_json(request, _chat_decoder, max_bytes)
-        max_tokens = call.max_completion_tokens or call.max_tokens or ctx.config.default_max_tokens
-        body = GenerateRequest(messages=_chat_messages(call), **_sampling(call, max_tokens))
+        max_tokens = call.max_completion_tokens or call.max_tokens or ctx.config.default_max_tokens or None
+        output = openai_format(call.response_format)
+        body = GenerateRequest(messages=_chat_messages(call), **_sampling(call, max_tokens), response_format=output)
         return await _answer(ctx, request, call, body, chat=True)
 
     @endpoint(ctx, family, "/v1/completions")
@@ -206,17 +196,26 @@ def openai_routes(ctx: HttpContext) -> list[Route]:
     @endpoint(ctx, family, "/v1/models")
     async def models(request: Request) -> Response:
         ctx.keys.key_for(request.headers.get("authorization"))
-        data = [
-            {"id": name, "object": "model", "created": int(ctx.models.models[name].first_seen_s), "owned_by": "iris"}
-            for name in ctx.models.live()
-        ]
-        return json_response({"object": "list", "data": data})
+        return json_response({"object": "list", "data": [_model_entry(ctx, name) for name in ctx.models.live()]})
+
+    @endpoint(ctx, family, "/v1/models/{model_id}")
+    async def model(request: Request) -> Response:
+        ctx.keys.key_for(request.headers.get("authorization"))
+        name = ctx.models.resolve(request.path_params["model_id"])
+        if name not in ctx.models.live():
+            raise ModelNotFound(f"model {name!r} is not served now (no worker for it)")
+        return json_response(_model_entry(ctx, name))
 
     return [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
     ]
+
+
+def _model_entry(ctx: HttpContext, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(ctx.models.models[name].first_seen_s), "owned_by": "iris"}
 
 
 async def _answer(
@@ -224,9 +223,9 @@ async def _answer(
 ) -> Response:
     identity = ctx.keys.identify(request.headers, end_user=call.user)
     model = ctx.models.resolve(call.model)
-    events = ctx.forwarder.open(body, model, identity)
+    events = ctx.forwarder.open(body, model, identity, queue_updates=call.stream)
     include_usage = call.stream_options is not None and call.stream_options.include_usage
-    fmt = _SseFormat(call.model, chat, include_usage)
+    fmt = SseFormat(call.model, chat, include_usage)
     return await respond(
         ctx, request, ApiFamily.OPENAI, events, fmt, stream=call.stream, model=model, identity=identity
     )

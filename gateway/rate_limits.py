@@ -19,6 +19,9 @@ from schemas.errors import ErrorCode, RateLimited
 from schemas.messages import Result
 
 PROMPT_BYTES_PER_TOKEN = 4  # a generous prompt estimate from the request body's size
+# A request with no token limit may run until its slot's context is full: reserve a default slot's context
+# (`gpu_worker` `ctx_per_slot`); settling afterwards charges what it really took.
+NO_LIMIT_RESERVATION_TOKENS = 2048
 # Errors that end a request before any worker ran it: it cost nothing.
 NEVER_RAN = frozenset(
     {
@@ -70,9 +73,12 @@ class Reservation:
     settled: bool = False
 
 
-def reservation_tokens(body_bytes: int, max_tokens: int) -> tuple[int, int]:
-    """(reservation, prompt estimate) for a request of `body_bytes` that may generate `max_tokens`."""
+def reservation_tokens(body_bytes: int, max_tokens: int | None) -> tuple[int, int]:
+    """(reservation, prompt estimate) for a request of `body_bytes` that may generate `max_tokens` (None: no
+    limit, up to a slot's context)."""
     prompt = math.ceil(body_bytes / PROMPT_BYTES_PER_TOKEN)
+    if max_tokens is None:
+        return max(prompt, NO_LIMIT_RESERVATION_TOKENS), prompt
     return prompt + max_tokens, prompt
 
 

@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.messages import FinishReason, GenerateRequest
+from schemas.messages import FinishReason, GenerateRequest, TokenLogprob
 
 
 @dataclass(frozen=True)
 class Piece:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens sampled since the last piece, when asked for
 
 
 @dataclass(frozen=True)

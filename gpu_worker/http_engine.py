@@ -2,8 +2,10 @@
 llama.cpp server), streaming, so Iris schedules in front of it.
 
 Prompts go to `/api/generate` (Ollama, `raw`: the prompt is sent as is) or `/v1/completions`, messages to
-`/api/chat` or `/v1/chat/completions`; sampling options, `max_tokens`, `stop` and `seed` are passed on.
-The upstream's own token counts are used when it reports them; a stream that is stopped early (cancel,
+`/api/chat` or `/v1/chat/completions`; sampling options and structured output are passed on
+(`upstream_body`). A client that streams gets a streamed upstream call, one that does not a whole one.
+Connections are pooled, one per slot, and each body is read to its end so its connection is reused.
+The upstream's own token counts are used when it reports them; a call that is stopped early (cancel,
 deadline) is closed, which makes the upstream stop generating, and its counts are the pieces received.
 At load the upstream must answer and list the model, so a typo fails at start rather than per request.
 `slots` is how many requests this worker sends the upstream at once.
@@ -11,16 +13,18 @@ At load the upstream must answer and list the model, so a typo fails at start ra
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import httpx
 
 from gpu_worker.engine import EngineEvent, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.upstream_body import UpstreamApi, upstream_body
 from schemas.messages import FinishReason, GenerateRequest
 
-UpstreamApi = Literal["ollama", "openai"]
+STOP_POLL_S = 0.05  # how often a non-streamed upstream call checks for a deadline or a cancel
 _PATHS = {
     ("ollama", "prompt"): "/api/generate",
     ("ollama", "chat"): "/api/chat",
@@ -59,7 +63,11 @@ class HttpEngine:
         self._client: httpx.AsyncClient | None = None
 
     async def load(self) -> None:
-        self._client = httpx.AsyncClient(base_url=self.upstream_url, timeout=httpx.Timeout(self.timeout_s))
+        # One connection per slot, all of them kept alive: a slot reuses its connection request after request.
+        limits = httpx.Limits(max_connections=self.slots, max_keepalive_connections=self.slots, keepalive_expiry=60)
+        self._client = httpx.AsyncClient(
+            base_url=self.upstream_url, timeout=httpx.Timeout(self.timeout_s), limits=limits
+        )
         path = _MODEL_LIST_PATHS[self.api]
         try:
             response = await self._client.get(path)
@@ -80,49 +88,60 @@ class HttpEngine:
     def request_body(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
         """The upstream path and JSON body for one request."""
         kind = "prompt" if request.prompt is not None else "chat"
-        body: dict[str, Any] = {"model": self.upstream_model, "stream": True}
-        if kind == "prompt":
-            body["prompt"] = request.prompt
-        else:
-            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages or []]
-        if self.api == "ollama":
-            options: dict[str, Any] = {
-                "temperature": request.temperature,
-                "top_p": request.top_p,
-                "num_predict": request.max_tokens,
-            }
-            if request.stop:
-                options["stop"] = list(request.stop)
-            if request.seed is not None:
-                options["seed"] = request.seed
-            body["options"] = options
-            if kind == "prompt":
-                body["raw"] = True
-        else:
-            body.update(max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p)
-            body["stream_options"] = {"include_usage": True}
-            if request.stop:
-                body["stop"] = list(request.stop)
-            if request.seed is not None:
-                body["seed"] = request.seed
-        return _PATHS[(self.api, kind)], body
+        return _PATHS[(self.api, kind)], upstream_body(self.api, self.upstream_model, request)
 
     async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
         assert self._client is not None, "engine not loaded"
         path, body = self.request_body(request)
         tally = _Tally()
         try:
-            async with self._client.stream("POST", path, json=body) as response:
-                await _check_status(response)
-                async for update in _updates(self.api, response):
-                    if stop.reason is not None:
-                        break
-                    text = tally.take(update)
-                    if text:
-                        yield Piece(text)
+            if request.stream:
+                async for text in self._streamed(path, body, tally, stop):
+                    yield Piece(text)
+            else:
+                text = await _unless_stopped(self._whole(path, body, tally), stop)
+                if text:
+                    yield Piece(text)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream {self.upstream_url}{path} failed: {exc!r}") from exc
         yield tally.finished(stop.reason)
+
+    async def _streamed(self, path: str, body: dict[str, Any], tally: _Tally, stop: StopSignal) -> AsyncIterator[str]:
+        assert self._client is not None
+        async with self._client.stream("POST", path, json=body) as response:
+            await _check_status(response)
+            async for update in _updates(self.api, response):
+                if stop.reason is not None:
+                    return  # closing the unfinished response drops its connection: the upstream stops
+                text = tally.take(update)
+                if text:
+                    yield text
+
+    async def _whole(self, path: str, body: dict[str, Any], tally: _Tally) -> str:
+        assert self._client is not None
+        response = await self._client.post(path, json=body)
+        await _check_status(response)
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"upstream answered with a body that is not JSON: {response.text[:200]!r}") from exc
+        update = _ollama_update(answer) if self.api == "ollama" else _openai_update(answer, whole=True)
+        return tally.take(update)
+
+
+async def _unless_stopped(work: Awaitable[str], stop: StopSignal) -> str:
+    """A whole (non-streamed) answer, given up when the stop signal fires (deadline, cancel)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=STOP_POLL_S)
+            if stop.reason is not None and not task.done():
+                task.cancel()  # closes the connection: the upstream stops generating
+                return ""
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 class _Tally:
@@ -171,7 +190,7 @@ async def _updates(api: UpstreamApi, response: httpx.Response) -> AsyncIterator[
                 continue
             line = line[len("data:") :].strip()
             if line == "[DONE]":
-                return
+                continue  # read on to the end of the body, so the connection can be reused
         if not line:
             continue
         try:
@@ -192,12 +211,13 @@ def _ollama_update(event: dict[str, Any]) -> dict[str, Any]:
     return update
 
 
-def _openai_update(event: dict[str, Any]) -> dict[str, Any]:
+def _openai_update(event: dict[str, Any], whole: bool = False) -> dict[str, Any]:
     if "error" in event:
         raise UpstreamError(f"upstream error: {event['error']}")
     update: dict[str, Any] = {}
     for choice in event.get("choices") or []:
-        update["text"] = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+        message = choice.get("message" if whole else "delta") or {}
+        update["text"] = choice.get("text") or message.get("content") or ""
         if choice.get("finish_reason"):
             update["finish_reason"] = choice["finish_reason"]
     usage = event.get("usage")

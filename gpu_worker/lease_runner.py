@@ -36,6 +36,7 @@ from schemas.messages import (
     LeasesDone,
     Result,
     Timings,
+    TokenLogprob,
     Usage,
     encoder,
     request_decoder,
@@ -177,16 +178,20 @@ class LeaseRunner:
         if lease.cutoff_ms:
             timers.append(loop.call_later(max(0.0, (lease.cutoff_ms - started_ms) / 1000), stop.stop, "max_inflight"))
         parts: list[str] = []
+        logprobs: list[TokenLogprob] | None = [] if request.logprobs else None
         finished: Finished | None = None
         try:
             async for event in self.engine.generate(request, stop):
                 if isinstance(event, Piece):
                     if not parts:
                         self.stats.metrics.first_token(lease, (now_ms() - started_ms) / 1000)
+                    chunk_logprobs = list(event.logprobs) if logprobs is not None else None
                     if request.stream:
-                        chunk = Chunk(index=len(parts), text=event.text, attempt=lease.attempt)
+                        chunk = Chunk(len(parts), event.text, lease.attempt, chunk_logprobs)
                         await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
                     parts.append(event.text)
+                    if logprobs is not None:
+                        logprobs.extend(event.logprobs)
                 else:
                     finished = event
         except EngineInputError as exc:
@@ -217,6 +222,7 @@ class LeaseRunner:
             timings=Timings(queued_ms=float(max(0, started_ms - enqueued_ms)), run_ms=float(run_ms)),
             worker=self.worker_id,
             attempt=lease.attempt,
+            logprobs=logprobs,
         )
         await publish_reply(self.nc, lease.reply_to, lease.request_id, result)
         answered()

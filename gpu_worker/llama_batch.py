@@ -3,7 +3,8 @@
 A single thread owns the context. Each step it (1) ends sequences whose `StopSignal` fired and removes
 their KV cells, (2) lets waiting sequences join while sequence ids are free, (3) builds one batch: one
 token for every sequence that is generating, then prompt chunks of joining sequences up to the batch
-capacity, (4) runs one `llama_decode` and (5) samples one token for every sequence whose prompt is in.
+capacity, (4) runs one `llama_decode` and (5) samples one token for every sequence whose prompt is in (each
+with its own sampler chain: grammar, penalties and seed are per sequence), with its logprobs if asked.
 A sequence that finishes has its cells removed and its id freed before its `Finished` is emitted, so
 whoever reads `Finished` can rely on the cache no longer holding it. Nothing else touches the context;
 `cells_in_use` waits for the step lock.
@@ -17,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from gpu_worker.llama_sequence import Sequence, token_piece
+from gpu_worker.logprobs import token_logprob
 from schemas.messages import FinishReason
 
 
@@ -36,6 +38,7 @@ class BatchLoop:
         self.batch_tokens = batch_tokens
         self._batch = llama.llama_batch_init(batch_tokens, 0, 1)
         self._piece_buffer = ctypes.create_string_buffer(64)
+        self._n_vocab = llama.llama_vocab_n_tokens(vocab)
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
         self._free_ids = list(range(slots - 1, -1, -1))
@@ -143,12 +146,19 @@ class BatchLoop:
             sequence.n_cached += n_tokens
             if logits_index < 0:
                 continue
-            token = llama.llama_sampler_sample(sequence.sampler, self._ctx, logits_index)
+            token = sequence.sampler.sample(self._ctx, logits_index)
             is_eog = bool(llama.llama_vocab_is_eog(self._vocab, token))
             piece = b"" if is_eog else token_piece(self._vocab, token, self._piece_buffer)
-            reason = sequence.accept(token, is_eog, piece)
+            logprob = None
+            if sequence.top_logprobs is not None and not is_eog:
+                logits = llama.llama_get_logits_ith(self._ctx, logits_index)
+                logprob = token_logprob(logits, self._n_vocab, token, sequence.top_logprobs, self._token_text)
+            reason = sequence.accept(token, is_eog, piece, logprob)
             if reason is not None:
                 self._end(sequence, reason=reason)
+
+    def _token_text(self, token: int) -> str:
+        return token_piece(self._vocab, token, self._piece_buffer).decode(errors="replace")
 
     def _end(self, sequence: Sequence, reason: FinishReason = "stop", error: BaseException | None = None) -> None:
         """Free the sequence's cells and id first, then tell its reader."""

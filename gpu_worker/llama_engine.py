@@ -3,9 +3,11 @@
 One model, one context with `n_seq_max = slots`: every running request is a sequence in one KV cache
 (split by sequence id, `ctx_per_slot` cells each), and one `llama_decode` per step advances them all
 (`BatchLoop`, in its own thread). Requests join between steps and leave at once when they finish or are
-stopped. Per request: its own sampler (temperature, top_p, seed), exact token counts, stop strings across
-tokens, UTF-8 boundaries (`Sequence`). Chat requests use the model's own chat template from its GGUF
-metadata; a model without one gets a plain "Role: text" prompt. GPU options are checked against the build
+stopped. Per request: its own sampler chain (`llama_sampler`: sampling options, penalties, logit bias, a grammar
+for structured output), exact token counts, stop strings across tokens, UTF-8 boundaries, logprobs
+(`Sequence`). No `max_tokens` means until a stop or the slot's context is full; a larger one is clipped
+to it. Chat requests use the model's own chat template from its GGUF metadata; a model without one gets
+a plain "Role: text" prompt that stops where the model starts the next turn. GPU options are checked against the build
 before the model loads (`offload.check_offload`).
 """
 
@@ -21,9 +23,14 @@ from jinja2.exceptions import TemplateError
 from gpu_worker.engine import EngineEvent, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.llama_batch import BatchLoop
 from gpu_worker.llama_context import LoadedModel, batch_tokens, load_model, new_context
+from gpu_worker.llama_sampler import make_sampler
 from gpu_worker.llama_sequence import DONE, Sequence
 from gpu_worker.offload import Offload
 from schemas.messages import GenerateRequest
+
+# The fallback "Role: text" format has no end-of-turn token: the answer ends where the model starts a turn
+# (the line break before the marker goes with it; the bare markers catch a turn at the very start).
+FALLBACK_TURN_STOPS = ("\nUser:", "\nAssistant:", "\nSystem:", "\nTool:", "User:", "Assistant:")
 
 
 class LlamaCppEngine:
@@ -114,7 +121,7 @@ class LlamaCppEngine:
             stops = formatted.stop or []
             return formatted.prompt, [stops] if isinstance(stops, str) else list(stops)
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return "\n".join(lines) + "\nAssistant:", ["\nUser:", "\nSystem:"]
+        return "\n".join(lines) + "\nAssistant:", list(FALLBACK_TURN_STOPS)
 
     def tokenize(self, text: str) -> list[int]:
         """Special tokens in the text are parsed; BOS is added unless the text (a template) starts with it."""
@@ -135,9 +142,14 @@ class LlamaCppEngine:
         prompt, format_stops = self.format_prompt(request)
         self.last_prompt = prompt
         prompt_tokens = await asyncio.to_thread(self.tokenize, prompt)  # long prompts: not on the loop
-        self._check_fits(len(prompt_tokens), request.max_tokens)
+        max_tokens = self.answer_budget(len(prompt_tokens), request.max_tokens)
+        sampler = await asyncio.to_thread(make_sampler, request, self._vocab, self.ctx_per_slot)  # grammars parse
         events = SequenceEvents(asyncio.get_running_loop())
-        self._loop.submit(Sequence(prompt_tokens, request, [*request.stop, *format_stops], stop, events.emit))
+        top_logprobs = request.top_logprobs if request.logprobs else None
+        if request.response_format is not None:
+            format_stops = []  # the grammar ends the answer; a turn marker inside a JSON string is just text
+        stops = [*request.stop, *format_stops]
+        self._loop.submit(Sequence(prompt_tokens, max_tokens, sampler, stops, stop, events.emit, top_logprobs))
         try:
             while (item := await events.next()) is not DONE:
                 if isinstance(item, BaseException):
@@ -149,14 +161,19 @@ class LlamaCppEngine:
             while not events.done:  # the slot is free only once the batch loop let the sequence go
                 await events.next()
 
-    def _check_fits(self, n_prompt_tokens: int, max_tokens: int) -> None:
+    def answer_budget(self, n_prompt_tokens: int, max_tokens: int | None) -> int:
+        """Tokens the answer may take: `max_tokens`, clipped (as llama.cpp's server does) to what the slot's
+        context leaves after the prompt; all of that when no limit was given. An answer that reaches a
+        clipped limit ends with `finish_reason: "length"`."""
         if n_prompt_tokens == 0:
             raise EngineInputError("the prompt is empty after tokenization")
-        if n_prompt_tokens + max_tokens > self.ctx_per_slot:
+        room = self.ctx_per_slot - n_prompt_tokens
+        if room < 1:
             raise EngineInputError(
-                f"prompt ({n_prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
-                f"context of {self.ctx_per_slot} tokens per slot"
+                f"the prompt ({n_prompt_tokens} tokens) leaves no room for an answer in the context of "
+                f"{self.ctx_per_slot} tokens per slot"
             )
+        return room if max_tokens is None else min(max_tokens, room)
 
 
 class SequenceEvents:
@@ -180,14 +197,14 @@ class SequenceEvents:
         item = self._held if self._held is not None else await self._queue.get()
         self._held = None
         if isinstance(item, Piece) and not self._queue.empty():
-            parts = [item.text]
+            pieces = [item]
             while not self._queue.empty():
                 following = self._queue.get_nowait()
                 if not isinstance(following, Piece):
                     self._held = following
                     break
-                parts.append(following.text)
-            item = Piece("".join(parts))
+                pieces.append(following)
+            item = Piece("".join(p.text for p in pieces), tuple(lp for p in pieces for lp in p.logprobs))
         self.done = item is DONE
         return item
 

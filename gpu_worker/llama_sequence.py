@@ -3,8 +3,10 @@
 A sequence first feeds its prompt (in chunks, sharing decode steps with running sequences), then one
 token per step: the one it sampled last. Each sampled token is checked in this order: end-of-generation
 token, text (UTF-8 split across tokens is held back, stop strings split across tokens are recognised),
-`max_tokens`. Token counts are exact: an end-of-generation token is not counted, a token whose text
-completes a stop string is. Everything a sequence emits goes through `emit`, which the engine wires to its
+`max_tokens` (clipped by the engine to what the slot's context leaves). Token counts are exact: an
+end-of-generation token is not counted, a token whose text completes a stop string is. Logprobs, when
+asked for, travel with the next piece of text after their token (one per counted token, held-back
+tokens included). Everything a sequence emits goes through `emit`, which the engine wires to its
 request's event queue on the event loop.
 """
 
@@ -16,44 +18,30 @@ from collections.abc import Callable
 from typing import Any
 
 from gpu_worker.engine import Finished, Piece, StopSignal
-from schemas.messages import FinishReason, GenerateRequest
+from schemas.messages import FinishReason, TokenLogprob
 
 DONE = object()  # the last item a sequence emits
 Emit = Callable[[object], None]
-_TOP_K = 40
-_MIN_P = 0.05
-_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: a random seed
-
-
-def make_sampler(request: GenerateRequest) -> Any:
-    """Greedy at temperature 0; otherwise top-k 40 → top-p → min-p 0.05 → temperature → seeded draw."""
-    import llama_cpp.llama_cpp as llama
-
-    chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-    if request.temperature == 0:
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
-        return chain
-    seed = _DEFAULT_SEED if request.seed is None else request.seed
-    for stage in (
-        llama.llama_sampler_init_top_k(_TOP_K),
-        llama.llama_sampler_init_top_p(request.top_p, 1),
-        llama.llama_sampler_init_min_p(_MIN_P, 1),
-        llama.llama_sampler_init_temp(request.temperature),
-        llama.llama_sampler_init_dist(seed),
-    ):
-        llama.llama_sampler_chain_add(chain, stage)
-    return chain
 
 
 class Sequence:
     def __init__(
-        self, prompt_tokens: list[int], request: GenerateRequest, stops: list[str], stop: StopSignal, emit: Emit
+        self,
+        prompt_tokens: list[int],
+        max_tokens: int,
+        sampler: Any,
+        stops: list[str],
+        stop: StopSignal,
+        emit: Emit,
+        top_logprobs: int | None = None,
     ) -> None:
         self.prompt_tokens = prompt_tokens
-        self.max_tokens = request.max_tokens
+        self.max_tokens = max_tokens  # already clipped to what the slot's context leaves
         self.stop = stop
         self.emit = emit
-        self.sampler = make_sampler(request)
+        self.sampler = sampler
+        self.top_logprobs = top_logprobs  # None: no logprobs; else how many alternatives per token
+        self._logprobs: list[TokenLogprob] = []  # sampled, not yet sent with a piece
         self.seq_id = -1  # set when it joins the context
         self.n_cached = 0  # tokens of this sequence in the KV cache = the next position
         self.last_token = -1
@@ -72,25 +60,33 @@ class Sequence:
         end = min(len(self.prompt_tokens), self.n_cached + budget)
         return self.prompt_tokens[self.n_cached : end], end == len(self.prompt_tokens)
 
-    def accept(self, token: int, is_eog: bool, piece: bytes) -> FinishReason | None:
+    def accept(
+        self, token: int, is_eog: bool, piece: bytes, logprob: TokenLogprob | None = None
+    ) -> FinishReason | None:
         """Take a sampled token; a finish reason when the sequence is complete."""
         if is_eog:
             return "stop"
         self.completion_tokens += 1
         self.last_token = token
+        if logprob is not None:
+            self._logprobs.append(logprob)
         ready, hit_stop = self._text.feed(self._decoder.decode(piece))
         if ready:
-            self.emit(Piece(ready))
+            self._emit_piece(ready)
         if hit_stop:
             return "stop"
         if self.completion_tokens >= self.max_tokens:
             return "length"
         return None
 
+    def _emit_piece(self, text: str) -> None:
+        self.emit(Piece(text, tuple(self._logprobs)))
+        self._logprobs = []
+
     def finish(self, reason: FinishReason) -> None:
         tail = self._text.flush(self._decoder.decode(b"", final=True))
-        if tail:
-            self.emit(Piece(tail))
+        if tail or self._logprobs:  # tokens held back (a stop string) still have their logprobs
+            self._emit_piece(tail)
         self.emit(Finished(reason, prompt_tokens=len(self.prompt_tokens), completion_tokens=self.completion_tokens))
         self.emit(DONE)
 
@@ -99,10 +95,8 @@ class Sequence:
         self.emit(DONE)
 
     def free_sampler(self) -> None:
-        import llama_cpp.llama_cpp as llama
-
         if self.sampler is not None:
-            llama.llama_sampler_free(self.sampler)
+            self.sampler.free()
             self.sampler = None
 
 
@@ -129,11 +123,11 @@ class StopTextBuffer:
 
     def feed(self, new_text: str) -> tuple[str, bool]:
         self.pending += new_text
-        for stop_text in self.stops:
-            at = self.pending.find(stop_text)
-            if at >= 0:
-                ready, self.pending, self.stopped = self.pending[:at], "", True
-                return ready, True
+        found = [at for at in (self.pending.find(stop_text) for stop_text in self.stops) if at >= 0]
+        if found:  # the earliest stop wins, wherever it is in the list
+            at = min(found)
+            ready, self.pending, self.stopped = self.pending[:at], "", True
+            return ready, True
         cut = len(self.pending) - self.hold
         if cut <= 0:
             return "", False

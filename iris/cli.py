@@ -238,6 +238,17 @@ def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, sl
     asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
 
 
+@bench.command("upstream")
+@click.option("--clients", type=int, default=50, show_default=True, help="Concurrent requests (= HttpEngine slots).")
+@click.option("--requests", "n_requests", type=int, default=5000, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
+def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
+    """HttpEngine in front of an OpenAI-compatible server: requests/s and upstream TCP connections."""
+    from iris.bench_upstream import run_upstream_bench
+
+    asyncio.run(run_upstream_bench(clients, n_requests, out))
+
+
 @bench.command("seed")
 @click.option("--prompts", "per_user", type=int, default=25, show_default=True, help="Prompts per user.")
 @click.option("--max-tokens", type=int, default=64, show_default=True)

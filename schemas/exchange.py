@@ -174,9 +174,13 @@ class Exchange:
     attempt: int = 0
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
-        return self._run()
+        return self._run()  # type: ignore[return-value]  # without queue updates: chunks only
 
-    async def _run(self) -> AsyncIterator[Chunk]:
+    def with_queue_updates(self) -> AsyncIterator[Chunk | QueueUpdate]:
+        """Chunks, and each `QueueUpdate` as it arrives (position and ETA while the request waits)."""
+        return self._run(queue_updates=True)
+
+    async def _run(self, queue_updates: bool = False) -> AsyncIterator[Chunk | QueueUpdate]:
         env = self.envelope
         router = reply_router(self.nc)
         replies = await router.listen(env.headers[h.REPLY_TO])
@@ -191,7 +195,7 @@ class Exchange:
                 except IrisError:
                     answered = True  # the final reply was an error
                     raise
-                if chunk is not None:
+                if isinstance(chunk, Chunk) or (queue_updates and chunk is not None):
                     yield chunk
             answered = True
         finally:
@@ -203,7 +207,7 @@ class Exchange:
         """Ask Iris to drop this request: a queued one leaves at once, a running one stops within a token."""
         await self.nc.publish(cancel_subject(self.envelope.request_id, self.envelope.owner), b"")
 
-    def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | None:
+    def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | QueueUpdate | None:
         kind = headers.get(h.KIND)
         if kind == h.KIND_CHUNK:
             chunk = chunk_decoder.decode(data)
@@ -217,7 +221,9 @@ class Exchange:
             error = error_decoder.decode(data)
             raise IrisError.from_wire(ErrorCode(error.code), error.message, error.retry_after_s)
         elif kind == h.KIND_QUEUED:
-            self.queue_updates.append(queue_update_decoder.decode(data))
+            update = queue_update_decoder.decode(data)
+            self.queue_updates.append(update)
+            return update
         return None
 
     async def finish(self) -> Result:

@@ -7,7 +7,7 @@ and each has one module-level decoder.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -15,6 +15,7 @@ from msgspec import Meta
 MAX_TOKENS_LIMIT = 32_768
 MAX_PROMPT_CHARS = 512_000
 MAX_STOP_SEQUENCES = 8
+MAX_TOP_LOGPROBS = 20
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -22,21 +23,49 @@ class ChatMessage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     content: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS)]
 
 
+class OutputFormat(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """Structured output: the answer is constrained (a grammar on llama.cpp) to JSON, or to JSON that
+    validates against `json_schema`. `type: "json"` without a schema means any JSON object."""
+
+    type: Literal["json"] = "json"
+    json_schema: dict[str, Any] | None = None
+
+
+TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+LogitBias = Annotated[float, Meta(ge=-100.0, le=100.0)]
+
+
 class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
-    """The body of `iris.req.<model>.<workload>`: exactly one of `prompt` or `messages`."""
+    """The body of `iris.req.<model>.<workload>`: exactly one of `prompt` or `messages`.
+
+    `max_tokens: null` generates until a stop or until the slot's context is full; a limit larger than
+    what the context leaves is clipped (the answer then ends with `finish_reason: "length"`). Sampling
+    fields left `null` take the engine's defaults (top_k 40, min_p 0.05, no penalties)."""
 
     prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS)] | None = None
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=1024)] | None = None
-    max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS_LIMIT)] = 256
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS_LIMIT)] | None = 256
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.8
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.95
     stop: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=MAX_STOP_SEQUENCES)] = []
     seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     stream: bool = True
+    top_k: Annotated[int, Meta(ge=0, le=1000)] | None = None  # 0 = no top-k cut
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    repeat_penalty: Annotated[float, Meta(ge=0.0, le=10.0)] | None = None  # 1.0 = off (llama.cpp/Ollama)
+    repeat_last_n: Annotated[int, Meta(ge=-1, le=MAX_TOKENS_LIMIT)] | None = None  # -1 = whole context
+    presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    logit_bias: Annotated[dict[TokenId, LogitBias], Meta(max_length=1024)] | None = None
+    logprobs: bool = False  # each chunk and the result carry the sampled tokens' log-probabilities
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] = 0
+    response_format: OutputFormat | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("exactly one of `prompt` or `messages` is required")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
 
 
 class QueueUpdate(msgspec.Struct, frozen=True):
@@ -44,10 +73,25 @@ class QueueUpdate(msgspec.Struct, frozen=True):
     eta_s: float
 
 
+class TopLogprob(msgspec.Struct, frozen=True, array_like=True):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One sampled token: its text, its log-probability under the model (before sampling filters), and
+    the most likely alternatives when `top_logprobs` asked for them."""
+
+    token: str
+    logprob: float
+    top: list[TopLogprob] = []
+
+
 class Chunk(msgspec.Struct, frozen=True):
     index: int
     text: str
     attempt: int = 1
+    logprobs: list[TokenLogprob] | None = None  # one per token of `text`, when the request asked
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -72,6 +116,7 @@ class Result(msgspec.Struct, frozen=True):
     timings: Timings
     worker: str
     attempt: int = 1
+    logprobs: list[TokenLogprob] | None = None  # every token of `text`, when the request asked
 
 
 class Error(msgspec.Struct, frozen=True):

@@ -1,7 +1,9 @@
 """A small real HTTP server that speaks enough of Ollama's and OpenAI's streaming APIs for `HttpEngine`.
 
-It answers every request with `words` (one streamed line per word, `delay_s` apart), records each request
-body, and notes when a client hung up mid-stream, which is how a test sees that a cancel reached it.
+It answers every request with `words` (one streamed line per word, `delay_s` apart, or one JSON body when
+the request has `stream: false`), records each request body, counts the TCP connections it accepted
+(HTTP/1.1 keep-alive, chunked streams), and notes when a client hung up mid-stream, which is how a test
+sees that a cancel reached it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class FakeUpstream:
         self.hung_up = threading.Event()
         self.status = 200  # set to answer generation requests with an error status
         self.url = ""
+        self.connections = 0  # TCP connections accepted
 
     def text(self) -> list[str]:
         return [f"w{i} " for i in range(self.words)]
@@ -31,6 +34,8 @@ class FakeUpstream:
 
 def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a client that reads each body to its end reuses its connection
+
         def log_message(self, *args: Any) -> None:
             pass
 
@@ -42,23 +47,35 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             else:
                 self._json({"error": "not found"}, 404)
 
+        def setup(self) -> None:
+            super().setup()
+            upstream.connections += 1
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             upstream.requests.append((self.path, body))
             if upstream.status != 200:
                 self._json({"error": f"bad request: {self.path}"}, upstream.status)
                 return
+            if body.get("stream") is False:
+                self._json(_whole(self.path, upstream))
+                return
             self.send_response(200)
             openai = self.path.startswith("/v1/")
             self.send_header("Content-Type", "text/event-stream" if openai else "application/x-ndjson")
-            self.end_headers()  # no length: the stream ends when the connection closes (HTTP/1.0)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
             try:
                 for line in _stream_lines(self.path, body, upstream):
-                    self.wfile.write(line.encode())
+                    data = line.encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                     self.wfile.flush()
                     time.sleep(upstream.delay_s)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
                 upstream.hung_up.set()
+                self.close_connection = True
 
         def _json(self, data: Any, status: int = 200) -> None:
             payload = json.dumps(data).encode()
@@ -110,6 +127,21 @@ def _stream_lines(path: str, body: dict[str, Any], upstream: FakeUpstream) -> It
         usage = {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)}
         yield "data: " + json.dumps({"choices": [], "usage": usage}) + "\n\n"
         yield "data: [DONE]\n\n"
+
+
+def _whole(path: str, upstream: FakeUpstream) -> dict[str, Any]:
+    text, n = "".join(upstream.text()), upstream.words
+    if path == "/api/generate":
+        return {"response": text, "done": True, "done_reason": "length", "prompt_eval_count": 7, "eval_count": n}
+    if path == "/api/chat":
+        message = {"role": "assistant", "content": text}
+        return {"message": message, "done": True, "done_reason": "stop", "prompt_eval_count": 9, "eval_count": n}
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+    if path.endswith("/chat/completions"):
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {"choices": [choice], "usage": {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}}
 
 
 @contextmanager

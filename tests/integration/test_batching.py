@@ -182,5 +182,5 @@ async def test_seeded_sampling_is_per_sequence(tiny_mistral_model: str) -> None:
 
 
 async def test_prompt_longer_than_a_slot_is_refused(batched: LlamaCppEngine) -> None:
-    with pytest.raises(EngineInputError, match="exceeds the context of 512 tokens per slot"):
+    with pytest.raises(EngineInputError, match="leaves no room for an answer in the context of 512 tokens per slot"):
         await answer(batched, GenerateRequest(prompt="word " * 600, max_tokens=8))

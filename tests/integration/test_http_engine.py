@@ -142,3 +142,26 @@ async def test_iris_fronts_iris_through_its_own_gateway(nats_server: NatsServer,
             direct = await client.complete(messages=question, model="fake", max_tokens=6, temperature=0)
     assert through_front.text == direct.text and through_front.usage.completion_tokens == 6
     assert through_front.worker == "outer" and direct.worker == "inner"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_2000_requests_reuse_one_connection_per_slot(stream: bool) -> None:
+    """Each body is read to its end (past `data: [DONE]`) and the pool holds a connection per slot, so
+    2,000 streamed requests from 4 slots open at most 4 upstream connections; a client that does not stream
+    gets a whole (non-streamed) upstream answer, on the same pooled connections."""
+    slots = 4
+    with serve(FakeUpstream(model="mistral-7b", words=3)) as upstream:
+        engine = HttpEngine(upstream.url, "openai", "mistral-7b", "mistral", slots=slots)
+        await engine.load()
+        upstream.connections = 0  # the model listing at load is not counted
+        gate = asyncio.Semaphore(slots)  # as the worker's slots do
+
+        async def one(i: int) -> str:
+            async with gate:
+                return (await run(engine, GenerateRequest(prompt=f"q{i}", max_tokens=3, stream=stream)))[0]
+
+        texts = await asyncio.gather(*(one(i) for i in range(2000 if stream else 200)))
+        await engine.close()
+    assert set(texts) == {"w0 w1 w2 "}
+    assert 1 <= upstream.connections <= slots
+    assert {body["stream"] for _, body in upstream.requests[1:]} == {stream}
