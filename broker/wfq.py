@@ -235,26 +235,26 @@ class WfqQueue:
     def position(self, stream_seq: int) -> int:
         """An estimate of how many requests start before this one: those ahead of it in its flow, scaled
         by the flow's share of the model while the active keys stay as they are."""
-        request = self._requests[stream_seq]
-        path = path_of(request)
-        nodes = self._nodes(path)
-        share = 1.0
-        for depth, key in enumerate(path):
-            share *= self._share(nodes[depth], depth, key)
-        return min(len(self._requests) - 1, int(self._ahead_in_flow(nodes[-1], request) / share))
+        request, leaf, share = self._flow_share(stream_seq)
+        return min(len(self._requests) - 1, int(self._ahead_in_flow(leaf, request) / share))
 
     def work_ahead(self, stream_seq: int) -> float:
         """Tokens that start before this request under the fair order: those ahead of it in its flow,
         scaled by the flow's share while the active keys stay as they are, and never more than all that
         waits besides it."""
+        request, leaf, share = self._flow_share(stream_seq)
+        own = self._costs[stream_seq]
+        return min(self._root.cost - own, self._cost_ahead_in_flow(leaf, request) / share)
+
+    def _flow_share(self, stream_seq: int) -> tuple[WaitingRequest, _Node, float]:
+        """A waiting request, its flow, and the flow's share of the model while the active keys stay."""
         request = self._requests[stream_seq]
         path = path_of(request)
         nodes = self._nodes(path)
         share = 1.0
         for depth, key in enumerate(path):
             share *= self._share(nodes[depth], depth, key)
-        own = self._costs[stream_seq]
-        return min(self._root.cost - own, self._cost_ahead_in_flow(nodes[-1], request) / share)
+        return request, nodes[-1], share
 
     def _cost_ahead_in_flow(self, leaf: _Node, request: WaitingRequest) -> int:
         if leaf.newest_seq == request.stream_seq and request.priority == min(leaf.priorities):

@@ -4,35 +4,13 @@ as fast as the most favoured one at its level, however steep the weights; with 0
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.queue import Eligible, WaitingRequest
+from broker.queue import Eligible
 from broker.wfq import WfqQueue
-
-_seq = itertools.count(1)
-
-
-def req(workload: str, user: str, priority: int, cost: int) -> WaitingRequest:
-    seq = next(_seq)
-    return WaitingRequest(seq, f"r{seq}", "m", workload, "_INBOX.x", 10**15, 0, priority, user, cost)
-
-
-def saturate(queue: WfqQueue, flows: dict[tuple[str, str, int], int], pops: int) -> Counter[tuple[str, str, int]]:
-    """Every flow keeps 3 requests waiting; tokens served per flow over `pops` turns."""
-    for (workload, user, priority), cost in flows.items():
-        for _ in range(3):
-            queue.push(req(workload, user, priority, cost))
-    served: Counter[tuple[str, str, int]] = Counter()
-    for _ in range(pops):
-        request = queue.pop()
-        assert request is not None
-        key = (request.workload, request.user, request.priority)
-        served[key] += request.cost_tokens
-        queue.push(req(*key, flows[key]))
-    return served
+from tests.unit.waiting import req, saturate
 
 
 def test_priority_1_beside_priority_100_gets_the_minimum_share() -> None:
