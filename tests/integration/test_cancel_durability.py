@@ -27,6 +27,7 @@ from schemas.messages import (
     lease_offer_decoder,
 )
 from schemas.subjects import CANCEL_STREAM, cancel_subject, heartbeat_subject, lease_offer_subject
+from tests.conftest import Processes
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 
 
@@ -174,3 +175,47 @@ async def _stored_cancels(nc: NATS, count: int) -> bool:
 async def _known(check: object, name: str) -> bool:
     assert callable(check)
     return bool(check(name))
+
+
+async def test_cancels_across_a_leader_killed_with_kill_9(
+    nats_server: NatsServer, nc: NATS, processes: Processes
+) -> None:
+    """The leader dies (`kill -9`) with one request running and ten queued; cancels sent before the standby
+    takes over stop the running one (its worker reads them) and the queued ones they name (the new term
+    reads them before its first offer); the rest run."""
+    url = nats_server.url
+    replies = Inboxes()
+    await nc.subscribe("_INBOX.cancels.*", cb=replies.on_reply)
+    engine = FakeEngine("fake", tokens_per_s=20)
+    leader = processes.start("broker-a", "broker", "--nats", url, "--broker-id", "a")
+    await eventually(lambda: _logged(processes, "broker-a", '"leading"'), what="broker a leading")
+    async with worker(url, engine, "w1", slots=1):
+        await publish(nc, "running", max_tokens=400, stream=True)  # 20 s of answer: it runs through the kill
+
+        async def running() -> bool:
+            return replies.kinds.get("running", Counter())["chunk"] > 0
+
+        await eventually(running, what="the first request to run")
+        names = [f"kill{i}" for i in range(10)]
+        for name in names:
+            await publish(nc, name, max_tokens=3, stream=True)
+        leader.kill()
+        leader.wait()
+        for name in ["running", *names[::2]]:
+            await nc.publish(cancel_subject(name), b"")
+        await eventually(lambda: _stored_cancels(nc, 6), what="the cancels stored")
+        async with broker(url, broker_id="b"):
+
+            async def all_answered() -> bool:
+                return replies.finals(["running", *names]) == len(names) + 1
+
+            await eventually(all_answered, timeout_s=60, what="every request answered")
+    assert replies.errors.get("running") == "cancelled"
+    assert [replies.errors.get(name) for name in names[::2]] == ["cancelled"] * 5
+    assert not any(name in replies.errors for name in names[1::2])
+    assert all(replies.kinds[name]["chunk"] == 0 for name in names[::2])  # not a single token
+    assert all(replies.kinds[name]["chunk"] == 3 for name in names[1::2])
+
+
+async def _logged(processes: Processes, name: str, text: str) -> bool:
+    return text in processes.log(name)
