@@ -423,8 +423,12 @@ class Scheduler:
             return
         lease = pool.leases.get(done.stream_seq)
         run_ms = done.run_ms or (now_ms - lease.leased_ms if lease is not None else 0)
-        if run_ms > 0:
-            pool.service_time.learn(done.prompt_tokens + done.completion_tokens, run_ms)
+        if run_ms > 0 and lease is not None:
+            # Keyed by the cost the queue holds for it (the estimate, or `Iris-Tokens`), not by the tokens it
+            # really took: the work ahead of a waiting request is summed in those same estimates, so what an
+            # estimate of that size really took is what prices it (a prompt estimated from the body's bytes
+            # is several times its real tokens for a short request).
+            pool.service_time.learn(lease.cost_tokens or done.prompt_tokens + done.completion_tokens, run_ms)
         ema = pool.completion_tokens_ema.get(done.workload)
         tokens = float(done.completion_tokens)
         pool.completion_tokens_ema[done.workload] = tokens if ema is None else 0.8 * ema + 0.2 * tokens

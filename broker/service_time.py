@@ -1,13 +1,15 @@
-"""How long an answer takes, learned from what workers report, as a function of its tokens.
+"""How long an answer takes, learned from what workers report, as a function of its cost.
 
-Answers are grouped by size (powers of two of their prompt + completion tokens); each group keeps a moving
-average of its size and engine time (`run_ms` on `LeaseDone`), and the time of an answer of any size is read
-off the line through the groups' points: interpolated between them, proportional to tokens beyond the
-smallest and the largest (a slope between two noisy, nearby groups is never extrapolated). So a burst of
-tiny requests, whose time is mostly fixed cost, refreshes only its own group instead of teaching the broker
-that every token costs that much (which would price long answers far too high), and a long run of one size
-cannot erase what other sizes showed. The times are the engine's own (no queueing or transport), so an
-estimate built on them errs on the side of admitting. Pure.
+Answers are grouped by size (powers of two of their cost as the queue holds it: `Iris-Tokens`, or the
+estimate of their prompt and completion tokens, so that the work ahead, summed in the same units, is priced
+by what answers estimated alike really took); each group keeps a moving average of its size and engine time
+(`run_ms` on `LeaseDone`), and the time of an answer of any size is read off the line through the groups'
+points: interpolated between them, proportional to tokens beyond the smallest and the largest (a slope
+between two noisy, nearby groups is never extrapolated). So a burst of tiny requests, whose time is mostly
+fixed cost, refreshes only its own group instead of teaching the broker that every token costs that much
+(which would price long answers far too high), and a long run of one size cannot erase what other sizes
+showed. The times are the engine's own (no queueing or transport), so an estimate built on them errs on the
+side of admitting. Pure.
 """
 
 from __future__ import annotations
