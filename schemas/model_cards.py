@@ -9,6 +9,8 @@ the GGUF has them; long arrays (the tokenizer's vocabulary) are left out, so a c
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 from nats.js.api import KeyValueConfig, StorageType
 
@@ -51,12 +53,15 @@ def typed_metadata(raw: dict[str, str]) -> dict[str, MetadataValue]:
 def _typed(text: str) -> MetadataValue:
     if text in ("true", "false"):
         return text == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text  # JSON has no NaN: "nan" stays a string
 
 
 model_card_decoder = msgspec.json.Decoder(ModelCard)
