@@ -1,4 +1,5 @@
-"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ`, `IRIS_CANCELS` and KV bucket `IRIS_LEASES`, idempotently.
+"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ`, `IRIS_CANCELS` and KV buckets `IRIS_MODELS`, `IRIS_LEASES`,
+idempotently.
 
 Creating what exists is a no-op; an existing stream whose config differs is updated in place, so a
 restarted or second broker never fights the first over settings.
@@ -19,7 +20,8 @@ from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
 from schemas.cancels import cancel_stream_config
-from schemas.subjects import DLQ_FILTER, DLQ_STREAM, LEASE_BUCKET, REQUEST_FILTER, REQUEST_STREAM
+from schemas.model_cards import model_bucket_config
+from schemas.subjects import DLQ_FILTER, DLQ_STREAM, LEASE_BUCKET, MODEL_BUCKET, REQUEST_FILTER, REQUEST_STREAM
 
 T = TypeVar("T")
 
@@ -70,10 +72,12 @@ async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float =
 
 
 async def ensure_streams(js: JetStreamContext, config: BrokerConfig) -> None:
-    """The request stream, the dead-letter stream and the cancel stream."""
+    """The request stream, the dead-letter stream, the cancel stream and the model-card bucket (before the
+    lease bucket, which workers wait for)."""
     await ensure_request_stream(js, config)
     await ensure_dlq_stream(js, config)
     await until_available(lambda: _ensure_stream(js, cancel_stream_config(config.replicas)))
+    await until_available(lambda: _ensure_model_bucket(js, config))
 
 
 async def ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> None:
@@ -99,6 +103,13 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
         except BadRequestError:
             pass  # another broker created it between our two calls
     await js.update_stream(wanted)
+
+
+async def _ensure_model_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:
+    try:
+        return await js.key_value(MODEL_BUCKET)
+    except NotFoundError:
+        return await js.create_key_value(model_bucket_config(config.replicas))
 
 
 async def _ensure_lease_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:

@@ -28,6 +28,7 @@ from gateway.http_io import AnswerStream, ApiFamily, ensure_error, error_respons
 from gateway.http_stream_feedback import EventPump, StreamFormat, stream_body
 from gateway.identity import Identity, KeyRing
 from gateway.metrics import GatewayMetrics
+from gateway.model_cards import ModelCards
 from gateway.model_directory import ModelDirectory
 from schemas.errors import Cancelled, IrisError
 from schemas.messages import QueueUpdate, Result
@@ -50,6 +51,7 @@ class HttpContext:
     forwarder: Forwarder
     metrics: GatewayMetrics
     log: structlog.stdlib.BoundLogger
+    cards: ModelCards
 
 
 def endpoint(ctx: HttpContext, family: ApiFamily, route: str) -> Callable[[Handler], Handler]:

@@ -28,6 +28,7 @@ from gateway.http_guard import HttpGuard, body_limit_bytes
 from gateway.http_io import ERROR_HEADER, ApiFamily, error_body, json_response
 from gateway.http_ollama import ollama_routes
 from gateway.http_openai import openai_routes
+from gateway.http_show import show_routes
 from schemas.errors import ErrorCode, IrisError
 
 GRACEFUL_STOP_S = 30
@@ -72,6 +73,7 @@ def build_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *ollama_routes(ctx),
+        *show_routes(ctx),
         *openai_routes(ctx),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=guards(ctx))

@@ -1,5 +1,5 @@
 """Ollama's HTTP API on Iris: `/api/generate`, `/api/chat` (NDJSON stream or `stream:false`), `/api/tags`,
-`/api/ps`, `/api/version`.
+`/api/ps`, `/api/version` (`/api/show` is `gateway.http_show`).
 
 Field names and `options` are Ollama's (`sampling_options`): no `num_predict` (or -1/-2) generates until a
 stop or the slot's context is full (or the gateway's `default_max_tokens` when set); `format` is

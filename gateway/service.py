@@ -17,6 +17,7 @@ from gateway.http_app import HttpServer, build_app
 from gateway.identity import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.micro_api import MicroApi
+from gateway.model_cards import ModelCards
 from gateway.model_directory import ModelDirectory
 from schemas.connection import connect
 
@@ -39,7 +40,7 @@ class GatewayService:
         self._micro = MicroApi(nc, forwarder, self.log)
         await self._micro.start()
         if config.http_port:
-            ctx = HttpContext(config, KeyRing(config), self.models, forwarder, self.metrics, self.log)
+            ctx = HttpContext(config, KeyRing(config), self.models, forwarder, self.metrics, self.log, ModelCards(nc))
             app = build_app(ctx, lambda: nc.is_connected, BrokerLeader(nc).leader)
             self.http = HttpServer(app, config.http_host, config.http_port)
             await self.http.start()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.messages import FinishReason, GenerateRequest, TokenLogprob
+from schemas.model_cards import ModelCard
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class Engine(Protocol):
     on_gpu: bool
 
     async def load(self) -> None: ...
+
+    def model_card(self) -> ModelCard:
+        """What `/api/show` tells about the model; valid once `load` returned."""
+        ...
 
     def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]: ...
 

@@ -19,9 +19,11 @@ from collections.abc import AsyncIterator
 from gpu_worker.engine import EngineEvent, Finished, Piece, StopSignal
 from gpu_worker.fake_json import example_document
 from schemas.messages import GenerateRequest, TokenLogprob, TopLogprob
+from schemas.model_cards import ModelCard
 
 CRASH_EXIT_CODE = 70
 NATURAL_TOKENS = 16  # answer length when no max_tokens is given: then the fake model "stops" by itself
+FAKE_CONTEXT = 2048  # the context its model card reports
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 
 
@@ -50,6 +52,24 @@ class FakeEngine:
 
     async def close(self) -> None:
         return None
+
+    def model_card(self) -> ModelCard:
+        """A small synthetic card, shaped like a GGUF model's."""
+        metadata: dict[str, str | int | float | bool] = {
+            "general.architecture": "fake",
+            "general.name": self.model_name,
+            "general.parameter_count": len(_WORDS),
+            "fake.context_length": FAKE_CONTEXT,
+        }
+        return ModelCard(
+            model=self.model_name,
+            format="gguf",
+            family="fake",
+            parameter_count=len(_WORDS),
+            quantization="F32",
+            context_per_slot=FAKE_CONTEXT,
+            metadata=metadata,
+        )
 
     async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
         self.generations += 1

@@ -23,6 +23,7 @@ import httpx
 from gpu_worker.engine import EngineEvent, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.upstream_body import UpstreamApi, upstream_body
 from schemas.messages import FinishReason, GenerateRequest
+from schemas.model_cards import ModelCard
 
 STOP_POLL_S = 0.05  # how often a non-streamed upstream call checks for a deadline or a cancel
 _PATHS = {
@@ -79,6 +80,18 @@ class HttpEngine:
             raise UpstreamError(
                 f"upstream {self.upstream_url} does not serve model {self.upstream_model!r} (it lists {sorted(listed)})"
             )
+
+    def model_card(self) -> ModelCard:
+        """All this worker knows of a model another server runs: its name there (no GGUF, no template)."""
+        return ModelCard(
+            model=self.model_name,
+            format="",
+            family="",
+            parameter_count=0,
+            quantization="",
+            context_per_slot=0,
+            metadata={"general.name": self.upstream_model},
+        )
 
     async def close(self) -> None:
         if self._client is not None:

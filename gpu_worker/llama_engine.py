@@ -25,8 +25,10 @@ from gpu_worker.llama_batch import BatchLoop
 from gpu_worker.llama_context import LoadedModel, batch_tokens, load_model, new_context
 from gpu_worker.llama_sampler import make_sampler
 from gpu_worker.llama_sequence import DONE, Sequence
+from gpu_worker.model_card import llama_model_card
 from gpu_worker.offload import Offload
 from schemas.messages import GenerateRequest
+from schemas.model_cards import ModelCard
 
 # The fallback "Role: text" format has no end-of-turn token: the answer ends where the model starts a turn
 # (the line break before the marker goes with it; the bare markers catch a turn at the very start).
@@ -59,6 +61,7 @@ class LlamaCppEngine:
         self._loop: BatchLoop | None = None
         self._template: Any = None
         self._bos_text = ""
+        self._card: ModelCard | None = None
 
     async def load(self) -> None:
         if not os.path.isfile(self.model_path):
@@ -73,6 +76,7 @@ class LlamaCppEngine:
         )
         self.on_gpu = self._loaded.on_gpu
         self._load_template()
+        self._card = self._model_card()
         self._loop = BatchLoop(self._ctx, self._vocab, self.slots, batch_tokens(self.slots))
         self._loop.start()
 
@@ -89,6 +93,16 @@ class LlamaCppEngine:
                 eos_token=_token_text(self._vocab, llama.llama_vocab_eos(self._vocab)),
                 bos_token=self._bos_text,
             )
+
+    def _model_card(self) -> ModelCard:
+        assert self._loaded is not None
+        template = self._template.template if self._template is not None else ""
+        stops = [self._template.eos_token] if self._template is not None else list(FALLBACK_TURN_STOPS)
+        return llama_model_card(self._loaded.model, self.model_name, self.ctx_per_slot, template, stops)
+
+    def model_card(self) -> ModelCard:
+        assert self._card is not None, "engine not loaded"
+        return self._card
 
     async def close(self) -> None:
         import llama_cpp.llama_cpp as llama

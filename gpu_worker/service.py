@@ -2,7 +2,8 @@
 
 An offer (one or more leases) is answered at once: each lease is accepted while a slot is free and
 refused otherwise, and each accepted one then runs in its own task. The heartbeat lists every running
-lease, which is how the broker tells a lease that is running from one that was lost. Cancels come from
+lease, which is how the broker tells a lease that is running from one that was lost. At start it writes
+its engine's `ModelCard` to KV bucket `IRIS_MODELS` (for the gateway's `/api/show`). Cancels come from
 stream `IRIS_CANCELS` (`schemas.cancels`): a lease for a request cancelled before its offer arrived is
 accepted and ends `cancelled` without running, a running one stops within a token. SIGTERM drains:
 no new leases, running ones finish, then it exits.
@@ -27,7 +28,7 @@ from schemas.cancels import CancelBook, CancelFeed
 from schemas.connection import connect
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
 from schemas.reply_subjects import may_cancel
-from schemas.subjects import CANCEL_STREAM, LEASE_BUCKET, heartbeat_subject, lease_offer_subject
+from schemas.subjects import CANCEL_STREAM, LEASE_BUCKET, MODEL_BUCKET, heartbeat_subject, lease_offer_subject
 
 SHUTDOWN_REPLY_S = 1.0  # after the drain timeout: time for stopped answers to send their error and leave
 
@@ -58,7 +59,8 @@ class WorkerService:
     async def start(self) -> None:
         await self.engine.load()
         self._nc = await connect(self.config.nats_url, f"iris-worker-{self.worker_id}")
-        await self._lease_bucket()  # the broker has set up the streams
+        await self._lease_bucket()  # the broker has set up the streams and buckets
+        await self._publish_card()
         await CancelFeed(self.nc, self.cancels, self._on_cancel, self.log).start()  # before the first offer
         prefixes = self.config.reply_prefix_list
         self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log, prefixes)
@@ -80,6 +82,15 @@ class WorkerService:
                     self.log.info("waiting for the broker to create the lease bucket", bucket=LEASE_BUCKET)
                 await asyncio.sleep(0.25)
         raise RuntimeError("unreachable")
+
+    async def _publish_card(self) -> None:
+        """The model's card, for `/api/show`. Serving does not depend on it: a failure is logged, not fatal."""
+        card = self.engine.model_card()
+        try:
+            bucket = await self.nc.jetstream().key_value(MODEL_BUCKET)
+            await bucket.put(card.model, encoder.encode(card))
+        except Exception as exc:
+            self.log.warning("could not publish the model card", bucket=MODEL_BUCKET, error=str(exc))
 
     async def _on_offer(self, msg: Msg) -> None:
         try:

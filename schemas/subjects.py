@@ -14,6 +14,7 @@ import re
 REQUEST_STREAM = "IRIS_REQUESTS"
 LEASE_BUCKET = "IRIS_LEASES"
 BROKER_BUCKET = "IRIS_BROKERS"  # leader election between brokers
+MODEL_BUCKET = "IRIS_MODELS"  # one ModelCard per served model (schemas.model_cards)
 LEADER_KEY = "leader"
 DLQ_STREAM = "IRIS_DLQ"  # dead letters: requests Iris gave up on, with their reason
 CANCEL_STREAM = "IRIS_CANCELS"  # every cancel, kept as long as a request may live (schemas.cancels)

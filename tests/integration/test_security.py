@@ -15,6 +15,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from gateway.broker_leader import BrokerLeader
 from gateway.config import GatewayConfig
+from gateway.model_cards import ModelCards
 from gateway.service import GatewayService
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
@@ -82,6 +83,8 @@ async def test_clients_are_isolated_and_iris_still_works(secured: tuple[NatsServ
         assert stolen == []
         gateway_nc = await connect(url["gateway"], "iris-gateway")
         assert await BrokerLeader(gateway_nc).leader() is not None  # /readyz may read who leads
+        card = await ModelCards(gateway_nc).card("fake")  # /api/show may read the card the worker wrote
+        assert card is not None and card.family == "fake"
         await gateway_nc.close()
         assert sum("permissions violation for subscription" in v for v in violations) == 2
 
