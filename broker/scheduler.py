@@ -425,9 +425,7 @@ class Scheduler:
         run_ms = done.run_ms or (now_ms - lease.leased_ms if lease is not None else 0)
         if run_ms > 0:
             pool.service_time.learn(done.prompt_tokens + done.completion_tokens, run_ms)
-        ema = pool.completion_tokens_ema.get(done.workload)
-        tokens = float(done.completion_tokens)
-        pool.completion_tokens_ema[done.workload] = tokens if ema is None else 0.8 * ema + 0.2 * tokens
+        pool.completion_tokens_ema.learn(done.workload, float(done.completion_tokens))
         if lease is not None and lease.cost_tokens:
             delta = done.prompt_tokens + done.completion_tokens - lease.cost_tokens
             pool.queue.charge_back(lease, delta)
