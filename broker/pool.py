@@ -5,6 +5,7 @@ Plain state, no decisions; `broker.scheduler` changes it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from broker.queue import RequestQueue, WaitingRequest
@@ -12,6 +13,32 @@ from broker.queue_updates import QueueUpdatePlan
 from broker.service_time import ServiceTime
 from broker.wfq import DEFAULT_COST_TOKENS
 from schemas.messages import Lease
+
+# Workloads whose completion length a model remembers: workload names come from request subjects, which any
+# client may invent, so the least recently finished ones are forgotten past this many (they fall back to the
+# default estimate until they have finished again).
+MAX_LEARNED_WORKLOADS = 1024
+
+
+class CompletionLengths:
+    """Completion tokens per workload, an exponential moving average learned from usage; at most
+    `max_workloads` of them, the least recently learned forgotten first."""
+
+    def __init__(self, max_workloads: int = MAX_LEARNED_WORKLOADS) -> None:
+        self.max_workloads = max_workloads
+        self._ema: OrderedDict[str, float] = OrderedDict()
+
+    def get(self, workload: str) -> float | None:
+        return self._ema.get(workload)
+
+    def learn(self, workload: str, tokens: float) -> None:
+        ema = self._ema.pop(workload, None)
+        self._ema[workload] = tokens if ema is None else 0.8 * ema + 0.2 * tokens
+        while len(self._ema) > self.max_workloads:
+            self._ema.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._ema)
 
 
 @dataclass
@@ -40,7 +67,7 @@ class ModelPool:
     leases: dict[int, Lease] = field(default_factory=dict)
     service_ms_ema: float = 2_000.0
     completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
-    completion_tokens_ema: dict[str, float] = field(default_factory=dict)  # per workload, learned from usage
+    completion_tokens_ema: CompletionLengths = field(default_factory=CompletionLengths)  # per workload
     dispatched: int = 0  # leases handed out so far: the clock queue positions are estimated against
     updates: QueueUpdatePlan = field(default_factory=QueueUpdatePlan)  # QueueUpdates still to send
     # Engine time of answers as their workers measured it: what the start estimate prices the work ahead at.
@@ -67,8 +94,8 @@ class ModelPool:
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:
     """Tokens a request without `Iris-Tokens` will cost: its prompt, plus the completion length its
     workload has shown so far."""
-    expected = pool.completion_tokens_ema.get(request.workload, DEFAULT_COST_TOKENS)
-    return request.prompt_tokens_est + round(expected)
+    expected = pool.completion_tokens_ema.get(request.workload)
+    return request.prompt_tokens_est + round(DEFAULT_COST_TOKENS if expected is None else expected)
 
 
 def waiting_from(lease: Lease, attempt: int) -> WaitingRequest:

@@ -429,9 +429,7 @@ class Scheduler:
             # estimate of that size really took is what prices it (a prompt estimated from the body's bytes
             # is several times its real tokens for a short request).
             pool.service_time.learn(lease.cost_tokens or done.prompt_tokens + done.completion_tokens, run_ms)
-        ema = pool.completion_tokens_ema.get(done.workload)
-        tokens = float(done.completion_tokens)
-        pool.completion_tokens_ema[done.workload] = tokens if ema is None else 0.8 * ema + 0.2 * tokens
+        pool.completion_tokens_ema.learn(done.workload, float(done.completion_tokens))
         if lease is not None and lease.cost_tokens:
             delta = done.prompt_tokens + done.completion_tokens - lease.cost_tokens
             pool.queue.charge_back(lease, delta)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.pool import MAX_LEARNED_WORKLOADS
 from broker.queue import WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
+from broker.wfq import WfqQueue
 from schemas.errors import ErrorCode
-from schemas.messages import Heartbeat
+from schemas.messages import Heartbeat, LeaseDone
 
 T0 = 1_000_000
 WARM = SchedulerLimits().worker_timeout_ms
@@ -84,3 +86,24 @@ def test_deadline_entries_of_requests_gone_are_dropped() -> None:
         scheduler.cancel_waiting(f"r{seq}")
     scheduler.tick(now + 1)
     assert len(scheduler._deadlines) <= 1024
+
+
+def test_workload_names_a_client_invents_leave_bounded_state_on_a_served_model() -> None:
+    """Every request to the served model under a new workload name runs and ends: what the model remembers
+    per workload (learned completion lengths, fair-queuing flows, counts) stays bounded, the most recently
+    finished workloads' lengths are kept."""
+    scheduler = Scheduler(SchedulerLimits(), T0)
+    now = T0 + WARM
+    total = 3 * MAX_LEARNED_WORKLOADS
+    for seq in range(1, total + 1):
+        scheduler.heartbeat(beat("w", now), now)
+        assert isinstance(scheduler.admit(request(seq, "m", workload=f"w{seq}"), now), Admitted)
+        (lease,) = scheduler.dispatch(now)
+        scheduler.lease_usage(LeaseDone(seq, "m", f"w{seq}", prompt_tokens=5, completion_tokens=seq % 7), now)
+        scheduler.lease_ended(lease.stream_seq, now)
+        now += 1
+    pool = scheduler.pools["m"]
+    assert len(pool.completion_tokens_ema) == MAX_LEARNED_WORKLOADS
+    assert pool.completion_tokens_ema.get(f"w{total}") == total % 7 and pool.completion_tokens_ema.get("w1") is None
+    assert isinstance(pool.queue, WfqQueue) and pool.queue.remembered() <= 2
+    assert not pool.leases and not len(pool.queue) and not scheduler.knows(total)
