@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from broker.queue import RequestQueue, WaitingRequest
+from broker.queue import DEFAULT_COST_TOKENS, RequestQueue, WaitingRequest
 from broker.queue_updates import QueueUpdatePlan
 from broker.service_time import ServiceTime
-from broker.wfq import DEFAULT_COST_TOKENS
 from schemas.messages import Lease
 
 # Workloads whose completion length a model remembers: workload names come from request subjects, which any

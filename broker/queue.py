@@ -19,6 +19,8 @@ import msgspec
 
 from broker.config import PriorityMode
 
+DEFAULT_COST_TOKENS = 256  # expected completion tokens before a workload has shown its own
+
 
 class WaitingRequest(msgspec.Struct, gc=False):
     stream_seq: int
@@ -102,6 +104,11 @@ class RequestQueue(Protocol):
     def __contains__(self, stream_seq: object) -> bool: ...
 
 
+def default_estimate(request: WaitingRequest) -> int:
+    """A request's cost without `Iris-Tokens` when the queue is given no learned estimate."""
+    return request.prompt_tokens_est + DEFAULT_COST_TOKENS
+
+
 class Tally:
     """Waiting requests counted per workload, per user and tickets: what limits and shortcuts ask."""
 
@@ -171,7 +178,7 @@ class FifoQueue:
     """First come, first served by stream sequence; a re-queued request keeps its original place."""
 
     def __init__(self, estimate: Callable[[WaitingRequest], int] | None = None) -> None:
-        self._estimate = estimate or (lambda request: request.prompt_tokens_est + 256)
+        self._estimate = estimate or default_estimate
         self._costs: dict[int, int] = {}  # stream sequence → its cost when pushed
         self._cost_total = 0
         self._by_seq: dict[int, WaitingRequest] = {}

@@ -22,7 +22,7 @@ from functools import partial
 from broker.limits import ModelLimits, SchedulerLimits, next_request
 from broker.pool import SHARED_FIELDS, ModelPool, WorkerState, estimate, waiting_from
 from broker.queue import FifoQueue, WaitingRequest, make_queue
-from broker.start_estimate import eta_s, start_delay_ms
+from broker.start_estimate import eta_s, start_delay_ms, tokens_ahead
 from broker.strict import StrictQueue
 from broker.wfq import WfqQueue
 from schemas.errors import ErrorCode
@@ -89,8 +89,11 @@ class Scheduler:
     def knows(self, stream_seq: int) -> bool:
         return stream_seq in self._model_of
 
-    def _eta_s(self, pool: ModelPool, position: int, stream_seq: int | None = None) -> float:
-        return eta_s(pool, self.limits.for_model(pool.model), position, stream_seq)
+    def _eta_s(
+        self, pool: ModelPool, position: int, stream_seq: int | None = None, ahead: float | None = None
+    ) -> float:
+        own = pool.queue.cost_of(stream_seq) if ahead is not None and stream_seq is not None else 0
+        return eta_s(pool, self.limits.for_model(pool.model), position, ahead, own)
 
     def admit(self, request: WaitingRequest, now_ms: int) -> Admitted | Rejection | None:
         """A request seen in the stream; None when it is already known (redelivery, rebuild)."""
@@ -115,7 +118,8 @@ class Scheduler:
             return refused
         self._enqueue(pool, request)
         position = pool.queue.position(request.stream_seq)
-        start_ms = now_ms + start_delay_ms(pool, limits, position, request.stream_seq)
+        ahead = tokens_ahead(pool, request.stream_seq)
+        start_ms = now_ms + start_delay_ms(pool, limits, position, ahead)
         if judged and pool.completed and start_ms > request.deadline_ms:
             self._forget_waiting(request.stream_seq)
             wait_s = (start_ms - now_ms) / 1000
@@ -125,7 +129,7 @@ class Scheduler:
             pool.updates.plan(
                 request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms
             )
-        return Admitted(request, position, self._eta_s(pool, position, request.stream_seq))
+        return Admitted(request, position, self._eta_s(pool, position, request.stream_seq, ahead))
 
     def _warmed_up(self, now_ms: int) -> bool:
         """Past the start-up grace in which the workers' heartbeats are learnt: a model without one has none."""
@@ -177,7 +181,7 @@ class Scheduler:
         out = []
         for pool in self.pools.values():
             for seq, position, reply_to, request_id in pool.updates.take_due(pool.queue, pool.dispatched, now_ms):
-                out.append((reply_to, request_id, position, self._eta_s(pool, position, seq)))
+                out.append((reply_to, request_id, position, self._eta_s(pool, position, seq, tokens_ahead(pool, seq))))
                 pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
         return out
 

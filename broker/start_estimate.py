@@ -13,21 +13,29 @@ from broker.limits import ModelLimits
 from broker.pool import ModelPool
 
 
-def start_delay_ms(pool: ModelPool, limits: ModelLimits, position: int, stream_seq: int) -> float:
+def tokens_ahead(pool: ModelPool, stream_seq: int) -> float | None:
+    """The work ahead of a waiting request, for both estimates below (one walk of the queue); None until
+    service times are known, when the estimates count whole service rounds instead."""
+    return pool.queue.work_ahead(stream_seq) if pool.service_time.known else None
+
+
+def start_delay_ms(pool: ModelPool, limits: ModelLimits, position: int, ahead: float | None) -> float:
     free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
     free_now = max(0, min(pool.capacity(limits.max_concurrency), free_slots))
     if position < free_now:
         return 0.0
     slots = pool.parallelism(limits.max_concurrency)
-    if pool.service_time.known:
-        return pool.service_time.ms(position - free_now, pool.queue.work_ahead(stream_seq)) / slots
+    if ahead is not None:
+        return pool.service_time.ms(position - free_now, ahead) / slots
     return ((position - free_now) // slots + 1) * pool.service_ms_ema
 
 
-def eta_s(pool: ModelPool, limits: ModelLimits, position: int, stream_seq: int | None = None) -> float:
+def eta_s(
+    pool: ModelPool, limits: ModelLimits, position: int, ahead: float | None = None, own_tokens: int = 0
+) -> float:
     """Seconds until the answer is expected: the work ahead and its own, over the model's parallelism."""
     slots = pool.parallelism(limits.max_concurrency)
-    if not pool.service_time.known or stream_seq is None or stream_seq not in pool.queue:
+    if ahead is None:
         return round((position // slots + 1) * pool.service_ms_ema / 1000.0, 3)
-    ahead_ms = pool.service_time.ms(position, pool.queue.work_ahead(stream_seq)) / slots
-    return round((ahead_ms + pool.service_time.ms(1, pool.queue.cost_of(stream_seq))) / 1000.0, 3)
+    ahead_ms = pool.service_time.ms(position, ahead) / slots
+    return round((ahead_ms + pool.service_time.ms(1, own_tokens)) / 1000.0, 3)

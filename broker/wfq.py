@@ -25,10 +25,9 @@ import heapq
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from broker.queue import Eligible, Tally, WaitingRequest
+from broker.queue import Eligible, Tally, WaitingRequest, default_estimate
 from broker.stride import StrideLevel
 
-DEFAULT_COST_TOKENS = 256
 BYTES_PER_PROMPT_TOKEN = 4
 DEPTH = 3  # workload, user, end user
 Path = tuple[str, str, str]
@@ -97,7 +96,7 @@ class WfqQueue:
         self.min_share = min_share
         # Cost of a request without `Iris-Tokens`, asked at the moment it is charged, so the estimate is
         # as fresh as what the broker has learned by then.
-        self.estimate = estimate or (lambda request: request.prompt_tokens_est + DEFAULT_COST_TOKENS)
+        self.estimate = estimate or default_estimate
         self._requests: dict[int, WaitingRequest] = {}
         self._costs: dict[int, int] = {}  # stream sequence → its cost when pushed (what the sums hold)
         self._root = _Node()
