@@ -34,41 +34,87 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    policy: Literal["wfq", "fifo"] = "wfq"
-    workload_weights: dict[Token, Annotated[float, Meta(gt=0)]] = {}
-    max_concurrency: Annotated[int, Meta(ge=0)] = 0  # per model; 0 = all worker slots
-    max_queue: Annotated[int, Meta(ge=0)] = 0  # waiting requests per workload; 0 = only the stream's limits
-    max_inflight_s: Annotated[float, Meta(ge=0, le=3600)] = 600.0  # longer leases are cut off; 0 = no limit
-    limit_by: LimitBy = ""  # "user" or "workload": each value gets `limit_per_value` leases, more by borrowing
-    limit_per_value: Annotated[int, Meta(ge=0)] = 0
-    min_share: MinShare = 0.0  # WFQ: every waiting class is served at least this fraction as fast as the top one
-    priority_mode: PriorityMode = "share"
-    models: dict[Token, ModelConfig] = {}
-    worker_timeout_s: Annotated[float, Meta(gt=0, le=300)] = 3.0
-    offer_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 2.0
-    tick_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma-separated.", extra={"flag": "--nats"})] = (
+        "nats://127.0.0.1:4222"
+    )
+    policy: Annotated[
+        Literal["wfq", "fifo"], Meta(description="Weighted-fair order, or first come first served (the baseline).")
+    ] = "wfq"
+    workload_weights: Annotated[
+        dict[Token, Annotated[float, Meta(gt=0)]], Meta(description='Weight per workload, e.g. {"paid": 4} (others 1).')
+    ] = {}
+    max_concurrency: Annotated[int, Meta(ge=0, description="Leases per model at once (0 = all worker slots).")] = 0
+    max_queue: Annotated[
+        int, Meta(ge=0, description="Waiting requests per workload (0 = only the stream's limits).")
+    ] = 0
+    max_inflight_s: Annotated[
+        float, Meta(ge=0, le=3600, description="Seconds a lease may run before it is cut off (0 = no limit).")
+    ] = 600.0
+    limit_by: Annotated[
+        LimitBy, Meta(description="Cap leases per user or per workload at --limit-per-value, more by borrowing.")
+    ] = ""
+    limit_per_value: Annotated[
+        int, Meta(ge=0, description="Leases per --limit-by value before borrowing idle capacity.")
+    ] = 0
+    min_share: Annotated[
+        MinShare, Meta(description="WFQ: every waiting class runs at least this fraction as fast as the top one.")
+    ] = 0.0
+    priority_mode: Annotated[
+        PriorityMode,
+        Meta(description="WFQ: priority multiplies shares across workloads (share), or higher bands first (strict)."),
+    ] = "share"
+    models: Annotated[
+        dict[Token, ModelConfig],
+        Meta(description='Per-model limits overriding the flat ones, e.g. {"m": {"max_queue": 5}}.'),
+    ] = {}
+    worker_timeout_s: Annotated[
+        float, Meta(gt=0, le=300, description="Seconds without heartbeat before a worker is dead.")
+    ] = 3.0
+    offer_timeout_s: Annotated[
+        float, Meta(gt=0, le=60, description="Seconds a worker has to answer a lease offer.")
+    ] = 2.0
+    tick_s: Annotated[float, Meta(gt=0, le=10, description="Seconds between deadline and lease-age checks.")] = 0.1
     # A request lost with `max_attempts` workers in a row (a poison prompt crashing them) is dead-lettered.
-    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
+    max_attempts: Annotated[
+        int, Meta(ge=1, le=100, description="Workers lost in a row on one request before it is dead-lettered.")
+    ] = 3
     # Stream backstops (see DESIGN.md: limits retention, discard-new).
-    max_msgs: Annotated[int, Meta(ge=1)] = 1_000_000
-    max_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024**3
+    max_msgs: Annotated[int, Meta(ge=1, description="Requests the stream holds at most (then discard-new).")] = (
+        1_000_000
+    )
+    max_bytes: Annotated[int, Meta(ge=1024, description="Bytes the request stream holds at most.")] = 4 * 1024**3
     # Idempotency keys are remembered this long; the broker refuses deadlines longer than this (a retry
     # within the deadline must never run twice), so the default covers the longest one (MAX_DEADLINE_S).
-    duplicate_window_s: Annotated[float, Meta(ge=1, le=86_400)] = 3_600.0
-    dlq_max_age_s: Annotated[float, Meta(ge=60)] = 7 * 86_400.0  # dead letters older than this are dropped
-    dlq_max_bytes: Annotated[int, Meta(ge=1024)] = 1024**3  # beyond this, the oldest dead letters go
-    lease_ttl_s: Annotated[float, Meta(ge=60, le=86_400)] = 3_600.0
-    broker_id: str = ""  # default: <hostname>-<pid>
-    leader_ttl_s: Annotated[float, Meta(ge=0.5, le=60)] = 2.0  # a standby takes over this long after the leader died
-    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
-    metrics_host: str = "127.0.0.1"
-    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off
-    stats_s: Annotated[float, Meta(gt=0, le=60)] = 1.0  # BrokerStats on iris.broker.stats (what `iris top` reads)
-    log_level: str = "info"
-    # Where replies to a request without an owner token may go (comma-separated; owned requests reply only
-    # under `_INBOX.<owner>.`): never to the $KV/$JS/iris.* subjects this broker may publish to.
-    reply_prefixes: str = ",".join(DEFAULT_REPLY_PREFIXES)
+    duplicate_window_s: Annotated[
+        float, Meta(ge=1, le=86_400, description="Seconds an idempotency key is remembered (the longest deadline).")
+    ] = 3_600.0
+    dlq_max_age_s: Annotated[float, Meta(ge=60, description="Seconds before a dead letter is dropped.")] = 7 * 86_400.0
+    dlq_max_bytes: Annotated[int, Meta(ge=1024, description="Bytes of dead letters kept; beyond, the oldest go.")] = (
+        1024**3
+    )
+    lease_ttl_s: Annotated[
+        float, Meta(ge=60, le=86_400, description="Seconds a lease record outlives a broker that forgot it.")
+    ] = 3_600.0
+    broker_id: Annotated[str, Meta(description="Name in the leader election (default: <hostname>-<pid>).")] = ""
+    leader_ttl_s: Annotated[
+        float, Meta(ge=0.5, le=60, description="Seconds a silent leader keeps the lead (then a standby takes over).")
+    ] = 2.0
+    replicas: Annotated[
+        int, Meta(ge=1, le=5, description="Stream and lease bucket replicas (3 on a 3-node cluster).")
+    ] = 1
+    metrics_host: Annotated[str, Meta(description="Address of the Prometheus /metrics endpoint.")] = "127.0.0.1"
+    metrics_port: Annotated[
+        int, Meta(ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0 = off).")
+    ] = 0
+    stats_s: Annotated[
+        float, Meta(gt=0, le=60, description="Seconds between BrokerStats on iris.broker.stats (what iris top reads).")
+    ] = 1.0
+    log_level: Annotated[str, Meta(description="debug, info, warning or error.")] = "info"
+    # Owned requests reply only under `_INBOX.<owner>.`; never to the $KV/$JS/iris.* subjects this broker
+    # may publish to.
+    reply_prefixes: Annotated[
+        str, Meta(description="Comma-separated subject prefixes replies to a request without an owner may go to.")
+    ] = ",".join(DEFAULT_REPLY_PREFIXES)
 
     @property
     def reply_prefix_list(self) -> tuple[str, ...]:

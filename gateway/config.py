@@ -36,28 +36,62 @@ class ApiKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    max_in_flight: Annotated[int, Meta(ge=1, le=100_000)] = 1024
-    log_level: str = "info"
-    http_host: str = "127.0.0.1"
-    http_port: Annotated[int, Meta(ge=0, le=65535)] = 8080  # 0 = no HTTP server
-    require_key: bool = False  # on loopback, keyless requests are served as workload `default`, priority 1
-    api_keys: list[ApiKey] = []
-    max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024**2)] = 4 * 1024**2
-    max_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 3600.0
-    default_deadline_s: Annotated[float, Meta(gt=0, le=3600)] = 120.0
-    # Ollama/OpenAI chat with no limit set: 0 = until a stop or the slot's context is full (as Ollama does).
-    default_max_tokens: Annotated[int, Meta(ge=0, le=32_768)] = 0
-    # A streamed request still queued this long after admission commits to 200 and streams its position.
-    queue_commit_after_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
-    # Longest silence on a streamed answer before a keep-alive (proxies and clients time out idle streams).
-    stream_keepalive_s: Annotated[float, Meta(gt=0, le=10)] = 5.0
-    keyless_requests_per_min: Annotated[int, Meta(ge=0)] = 0  # all keyless callers together; 0 = unlimited
-    keyless_tokens_per_min: Annotated[int, Meta(ge=0)] = 0
-    # Host names served besides loopback names and addresses ("*" = any); checked always when listed, and
-    # on a loopback gateway even when not (DNS rebinding). Browser origins allowed to call, with CORS.
-    allowed_hosts: list[Annotated[str, Meta(min_length=1, max_length=253)]] = []
-    allowed_origins: list[Annotated[str, Meta(min_length=1, max_length=512)]] = []  # e.g. "http://localhost:3000"
+    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma-separated.", extra={"flag": "--nats"})] = (
+        "nats://127.0.0.1:4222"
+    )
+    max_in_flight: Annotated[
+        int, Meta(ge=1, le=100_000, description="Requests this gateway carries at once (more wait).")
+    ] = 1024
+    log_level: Annotated[str, Meta(description="debug, info, warning or error.")] = "info"
+    http_host: Annotated[str, Meta(description="Address the HTTP API binds (loopback serves keyless requests).")] = (
+        "127.0.0.1"
+    )
+    http_port: Annotated[int, Meta(ge=0, le=65535, description="HTTP port; 0 = no HTTP API.")] = 8080
+    # On loopback, keyless requests are served as workload `default`, priority 1.
+    require_key: Annotated[bool, Meta(description="Require an API key even on loopback.")] = False
+    api_keys: Annotated[
+        list[ApiKey], Meta(description='Hashed API keys: [{"sha256": ..., "user": ..., "workload": ...}].')
+    ] = []
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024**2, description="Largest request body (then 413).")] = (
+        4 * 1024**2
+    )
+    max_deadline_s: Annotated[float, Meta(gt=0, le=3600, description="Longest deadline a caller may ask, seconds.")] = (
+        3600.0
+    )
+    default_deadline_s: Annotated[
+        float, Meta(gt=0, le=3600, description="Deadline of a request that names none, seconds.")
+    ] = 120.0
+    # As Ollama does: 0 = until a stop or the slot's context is full.
+    default_max_tokens: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=32_768,
+            description="Ollama/OpenAI chat with no limit set (0 = until a stop or the context is full).",
+        ),
+    ] = 0
+    queue_commit_after_s: Annotated[
+        float, Meta(ge=0, le=60, description="Seconds a streamed request may wait queued before it commits to 200.")
+    ] = 1.0
+    # Proxies and clients time out idle streams.
+    stream_keepalive_s: Annotated[
+        float, Meta(gt=0, le=10, description="Longest silence on a streamed answer before a keep-alive, seconds.")
+    ] = 5.0
+    keyless_requests_per_min: Annotated[
+        int, Meta(ge=0, description="Requests per minute of all keyless callers together (0 = unlimited).")
+    ] = 0
+    keyless_tokens_per_min: Annotated[
+        int, Meta(ge=0, description="Tokens per minute of all keyless callers together (0 = unlimited).")
+    ] = 0
+    # Checked always when listed, and on a loopback gateway even when not (DNS rebinding).
+    allowed_hosts: Annotated[
+        list[Annotated[str, Meta(min_length=1, max_length=253)]],
+        Meta(description='Host names served besides loopback ones ("*" = any; repeatable).'),
+    ] = []
+    allowed_origins: Annotated[
+        list[Annotated[str, Meta(min_length=1, max_length=512)]],
+        Meta(description="Browser origins allowed to call, with CORS, e.g. http://localhost:3000 (repeatable)."),
+    ] = []
 
     @property
     def keys_required(self) -> bool:

@@ -1,4 +1,5 @@
-"""`python -m gpu_worker --nats URL [--model PATH] [--slots N] …`: run one worker process."""
+"""`python -m gpu_worker --nats URL [--model PATH] [--slots N] …`: run one worker process; one option per
+`WorkerConfig` field."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from gpu_worker.http_engine import HttpEngine, UpstreamError
 from gpu_worker.llama_engine import LlamaCppEngine
 from gpu_worker.offload import Offload, OffloadError, parse_tensor_split
 from gpu_worker.service import WorkerService
-from schemas.config_loading import load_config_or_exit
+from schemas.config_loading import ConfigSource, service_options
 from schemas.lifecycle import run_until_signal
 from schemas.logs import configure_logging
 from schemas.subjects import to_token
@@ -57,31 +58,9 @@ def make_engine(config: WorkerConfig) -> Engine:
 
 
 @click.command()
-@click.option("--nats", "nats_url", help="NATS server URL.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--engine", type=click.Choice(["llama", "fake", "http"]), help="http: forward to --upstream.")
-@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
-@click.option("--model-name", help="Model name clients use (default: from the file name).")
-@click.option("--worker-id")
-@click.option("--slots", type=int, help="Sequences decoded together in one batch (http: requests at once).")
-@click.option("--ctx-per-slot", type=int, help="KV cache cells (tokens) per slot: prompt + max_tokens.")
-@click.option("--n-gpu-layers", type=int, help="-1 = offload every layer to the GPU.")
-@click.option("--main-gpu", type=int, help="GPU index for the model (and scratch) when not split.")
-@click.option("--tensor-split", help="Share of the model per GPU, e.g. 3,1.")
-@click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]))
-@click.option("--kv-unified/--kv-per-slot", default=None, help="One KV buffer for all slots, or one per slot.")
-@click.option("--threads", type=int)
-@click.option("--fake-tps", type=float, help="FakeEngine tokens/s per sequence (0 = no delay).")
-@click.option("--fake-crash-on", help="FakeEngine: a prompt containing this text kills the process (tests).")
-@click.option("--upstream", help="--engine http: base URL of an Ollama or OpenAI-compatible server.")
-@click.option("--upstream-api", type=click.Choice(["ollama", "openai"]))
-@click.option("--upstream-model", help="--engine http: the model name the upstream serves.")
-@click.option("--heartbeat", "heartbeat_s", type=float)
-@click.option("--metrics-host", help="Address of the Prometheus /metrics endpoint (default 127.0.0.1).")
-@click.option("--metrics-port", type=int, help="Port of the Prometheus /metrics endpoint (0 = off).")
-@click.option("--log-level")
-def main(config_path: Path | None, **flags: object) -> None:
-    config = load_config_or_exit(WorkerConfig, "worker", config_path, flags, "gpu_worker")
+@service_options(WorkerConfig, "worker", "gpu_worker")
+def main(source: ConfigSource[WorkerConfig]) -> None:
+    config = source.load_or_exit()
     log = configure_logging("gpu_worker", config.log_level)
     try:
         service = WorkerService(config, make_engine(config), log)

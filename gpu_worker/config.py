@@ -15,33 +15,62 @@ Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, max_length=128)]
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    engine: Literal["llama", "fake", "http"] = "llama"
-    model: str = ""  # GGUF path; empty = the embedded Gemma 3 270M
-    model_name: Token | Literal[""] = ""  # the <model> subject token; empty = derived from the file
-    worker_id: Token | Literal[""] = ""  # empty = <host>-<pid>
-    slots: Annotated[int, Meta(ge=1, le=256)] = 1
-    ctx_per_slot: Annotated[int, Meta(ge=128, le=1_048_576)] = 2048
-    n_gpu_layers: Annotated[int, Meta(ge=-1)] = 0
-    main_gpu: Annotated[int, Meta(ge=0, le=255)] = 0
-    tensor_split: Annotated[str, Meta(pattern=TENSOR_SPLIT_PATTERN)] = ""  # proportions per GPU: "3,1"
-    flash_attn: Literal["auto", "on", "off"] = "auto"
-    kv_unified: bool = True  # one KV buffer shared by all slots (False: one stream per slot)
-    threads: Annotated[int, Meta(ge=0, le=1024)] = 0  # 0 = all cores
-    fake_tps: Annotated[float, Meta(ge=0)] = 0.0
-    fake_crash_on: str = ""  # FakeEngine: a prompt containing this kills the process (poison-prompt tests)
-    upstream: str = ""  # --engine http: base URL of an Ollama or OpenAI-compatible server
-    upstream_api: Literal["ollama", "openai"] = "ollama"
-    upstream_model: str = ""  # the model name the upstream server knows
-    upstream_timeout_s: Annotated[float, Meta(gt=0, le=3600)] = 300.0
-    heartbeat_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
-    drain_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
-    metrics_host: str = "127.0.0.1"
-    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0  # Prometheus /metrics; 0 = off
-    log_level: str = "info"
-    # Where replies to a request without an owner token may go (comma-separated; owned requests reply only
-    # under `_INBOX.<owner>.`): a lease for any other reply subject is dead-lettered, never answered.
-    reply_prefixes: str = ",".join(DEFAULT_REPLY_PREFIXES)
+    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma-separated.", extra={"flag": "--nats"})] = (
+        "nats://127.0.0.1:4222"
+    )
+    engine: Annotated[
+        Literal["llama", "fake", "http"], Meta(description="llama: a GGUF file; fake: FakeEngine; http: --upstream.")
+    ] = "llama"
+    model: Annotated[str, Meta(description="GGUF file (default: the embedded Gemma 3 270M).")] = ""
+    model_name: Annotated[
+        Token | Literal[""], Meta(description="Model name clients use (default: from the file name).")
+    ] = ""
+    worker_id: Annotated[Token | Literal[""], Meta(description="Worker name (default: <host>-<pid>).")] = ""
+    slots: Annotated[
+        int, Meta(ge=1, le=256, description="Sequences decoded together in one batch (http: requests at once).")
+    ] = 1
+    ctx_per_slot: Annotated[
+        int, Meta(ge=128, le=1_048_576, description="KV cache cells (tokens) per slot: prompt + max_tokens.")
+    ] = 2048
+    n_gpu_layers: Annotated[int, Meta(ge=-1, description="Layers offloaded to the GPU; -1 = every layer.")] = 0
+    main_gpu: Annotated[
+        int, Meta(ge=0, le=255, description="GPU index for the model (and scratch) when not split.")
+    ] = 0
+    tensor_split: Annotated[
+        str, Meta(pattern=TENSOR_SPLIT_PATTERN, description="Share of the model per GPU, e.g. 3,1.")
+    ] = ""
+    flash_attn: Annotated[Literal["auto", "on", "off"], Meta(description="Flash attention.")] = "auto"
+    kv_unified: Annotated[
+        bool,
+        Meta(description="One KV buffer for all slots, or one per slot.", extra={"flag": "--kv-unified/--kv-per-slot"}),
+    ] = True
+    threads: Annotated[int, Meta(ge=0, le=1024, description="llama.cpp threads (0 = all cores).")] = 0
+    fake_tps: Annotated[float, Meta(ge=0, description="FakeEngine tokens/s per sequence (0 = no delay).")] = 0.0
+    fake_crash_on: Annotated[
+        str, Meta(description="FakeEngine: a prompt containing this text kills the process (poison-prompt tests).")
+    ] = ""
+    upstream: Annotated[str, Meta(description="--engine http: base URL of an Ollama or OpenAI-compatible server.")] = ""
+    upstream_api: Annotated[Literal["ollama", "openai"], Meta(description="--engine http: the upstream's API.")] = (
+        "ollama"
+    )
+    upstream_model: Annotated[str, Meta(description="--engine http: the model name the upstream serves.")] = ""
+    upstream_timeout_s: Annotated[
+        float, Meta(gt=0, le=3600, description="--engine http: seconds one upstream call may take.")
+    ] = 300.0
+    heartbeat_s: Annotated[float, Meta(gt=0, le=60, description="Seconds between heartbeats.")] = 1.0
+    drain_timeout_s: Annotated[
+        float, Meta(ge=0, le=3600, description="Seconds running answers get on SIGTERM before they are cut off.")
+    ] = 30.0
+    metrics_host: Annotated[str, Meta(description="Address of the Prometheus /metrics endpoint.")] = "127.0.0.1"
+    metrics_port: Annotated[
+        int, Meta(ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0 = off).")
+    ] = 0
+    log_level: Annotated[str, Meta(description="debug, info, warning or error.")] = "info"
+    # Owned requests reply only under `_INBOX.<owner>.`: a lease for any other reply subject is
+    # dead-lettered, never answered.
+    reply_prefixes: Annotated[
+        str, Meta(description="Comma-separated subject prefixes replies to a request without an owner may go to.")
+    ] = ",".join(DEFAULT_REPLY_PREFIXES)
 
     @property
     def reply_prefix_list(self) -> tuple[str, ...]:

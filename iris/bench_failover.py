@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from iris.bench_overhead import spawn, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
+from iris.processes import Process, kill_all, spawn, wait_for_model
 from schemas.errors import IrisError
 
 TARGET_TAKEOVER_S = 5.0
@@ -68,7 +68,7 @@ class Load:
         return min(later) if later else None
 
 
-async def one_round(load: Load, victim: subprocess.Popen[bytes], standby_log: Path) -> dict[str, float]:
+async def one_round(load: Load, victim: Process, standby_log: Path) -> dict[str, float]:
     killed_at = time.time()
     victim.kill()
     victim.wait()
@@ -85,53 +85,52 @@ async def one_round(load: Load, victim: subprocess.Popen[bytes], standby_log: Pa
     }
 
 
+async def kill_leaders(
+    client: Client, brokers: dict[str, Process], start_broker: Callable[[str], None], rounds: int, workdir: Path
+) -> dict[str, Any]:
+    """Under closed-loop load, kill the leader `rounds` times (each comes back as the standby)."""
+    start_broker("b")
+    load = Load(client)
+    users = [asyncio.ensure_future(load.user(u)) for u in range(CLIENTS)]
+    await asyncio.sleep(2.0)
+    leader, standby = "a", "b"
+    report: dict[str, Any] = {"rounds": []}
+    for _ in range(rounds):
+        figures = await one_round(load, brokers[leader], workdir / f"broker-{standby}.log")
+        report["rounds"].append(figures)
+        print(
+            f"leader {leader} killed: elected {figures['election_s']} s, "
+            f"service resumed {figures['service_resumed_s']} s (target <= {TARGET_TAKEOVER_S})"
+        )
+        start_broker(leader)
+        leader, standby = standby, leader
+    load.stop()
+    await asyncio.gather(*users)
+    return {**report, "requests": load.sent, "errors": len(load.errors)}
+
+
 async def run_failover_bench(rounds: int, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"bench": "failover", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     report["machine"] = {"platform": platform.platform()}
     with tempfile.TemporaryDirectory(prefix="iris-failover-") as tmp:
         workdir = Path(tmp)
         server = NatsServer(workdir / "nats").start()
-        brokers: dict[str, subprocess.Popen[bytes]] = {}
+        brokers: dict[str, Process] = {}
 
         def start_broker(name: str) -> None:
             brokers[name] = spawn("broker", server.url, ["--broker-id", name], workdir / f"broker-{name}.log")
 
         start_broker("a")
+        fake = ["--engine", "fake", "--model-name", "fake", "--fake-tps", "1000"]
         workers = [
-            spawn(
-                "gpu_worker",
-                server.url,
-                ["--engine", "fake", "--model-name", "fake", "--fake-tps", "1000", "--worker-id", f"w{i}"],
-                workdir / f"w{i}.log",
-            )
-            for i in range(2)
+            spawn("gpu_worker", server.url, [*fake, "--worker-id", f"w{i}"], workdir / f"w{i}.log") for i in range(2)
         ]
         try:
             async with await Client.connect(server.url) as client:
                 await wait_for_model(client, "fake", [brokers["a"], *workers])
-                start_broker("b")
-                load = Load(client)
-                users = [asyncio.ensure_future(load.user(u)) for u in range(CLIENTS)]
-                await asyncio.sleep(2.0)
-                leader, standby = "a", "b"
-                report["rounds"] = []
-                for _ in range(rounds):
-                    figures = await one_round(load, brokers[leader], workdir / f"broker-{standby}.log")
-                    report["rounds"].append(figures)
-                    print(
-                        f"leader {leader} killed: elected {figures['election_s']} s, "
-                        f"service resumed {figures['service_resumed_s']} s (target <= {TARGET_TAKEOVER_S})"
-                    )
-                    start_broker(leader)
-                    leader, standby = standby, leader
-                load.stop()
-                await asyncio.gather(*users)
-                report["requests"] = load.sent
-                report["errors"] = len(load.errors)
+                report |= await kill_leaders(client, brokers, start_broker, rounds, workdir)
         finally:
-            for proc in [*brokers.values(), *workers]:
-                proc.kill()
-                proc.wait()
+            kill_all([*brokers.values(), *workers])
             server.stop()
     worst = max(r["service_resumed_s"] for r in report["rounds"])
     report["worst_service_resumed_s"] = worst

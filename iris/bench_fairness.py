@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iris.bench_overhead import spawn, stop_all, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
+from iris.processes import spawn, stop_all, wait_for_model
 
 TARGET_SHARE_TOLERANCE = 0.05
 TARGET_JAIN = 0.99

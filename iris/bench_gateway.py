@@ -23,9 +23,10 @@ from typing import Any
 import aiohttp
 import httpx
 
-from iris.bench_overhead import percentiles, spawn, stop_all, time_calls, wait_for_model
+from iris.bench_overhead import percentiles, time_calls
 from iris.client import Client
 from iris.nats_server import NatsServer, free_port
+from iris.processes import spawn, stop_all, wait_for_model
 
 TARGET_ADDED_P50_MS = 3.0
 TARGET_REQUESTS_PER_S = 1000.0

@@ -21,10 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from iris.bench_overhead import spawn, wait_for_model
 from iris.bench_scheduler import ReplyCounter, rss_mb
 from iris.client import Client
 from iris.nats_server import NatsServer, free_port
+from iris.processes import spawn, wait_for_model
 from schemas import headers as h
 from schemas.subjects import request_subject
 

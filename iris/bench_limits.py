@@ -20,9 +20,10 @@ from typing import Any
 from broker.limits import SchedulerLimits
 from broker.queue import WaitingRequest
 from broker.scheduler import Scheduler
-from iris.bench_overhead import percentiles, spawn, stop_all
+from iris.bench_overhead import percentiles
 from iris.client import Client
 from iris.nats_server import NatsServer
+from iris.processes import spawn, stop_all
 from schemas.messages import Heartbeat
 
 SLOTS = 8

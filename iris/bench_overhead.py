@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +23,7 @@ from gpu_worker.engine import StopSignal
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
 from iris.nats_server import NatsServer
+from iris.processes import spawn, stop_all, wait_for_model
 from schemas.messages import GenerateRequest
 
 PROMPTS = [
@@ -71,25 +70,6 @@ async def first_token_s(events: AsyncIterator[object], start: float) -> float:
     return first
 
 
-def spawn(module: str, nats_url: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", module, "--nats", nats_url, *args], stdout=out, stderr=subprocess.STDOUT
-    )
-
-
-async def wait_for_model(
-    client: Client, model: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 300.0
-) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a service exited while starting; see logs in {procs[0].args}")
-        if model in await client.models(wait_s=2.0):
-            return
-    raise TimeoutError(f"no worker for {model} within {timeout_s} s")
-
-
 async def through_iris(
     workdir: Path, worker_args: list[str], model: str, n: int, call: Callable[[Client, int], Awaitable[float | None]]
 ) -> list[float]:
@@ -104,15 +84,6 @@ async def through_iris(
             return await time_calls(n, lambda i: call(client, i), warmup=min(50, n))
     finally:
         stop_all(procs, server)
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]], server: NatsServer) -> None:
-    """Services first (SIGTERM, they drain), then the server."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(timeout=60)
-    server.stop()
 
 
 async def fake_parts(workdir: Path, n: int) -> list[dict[str, Any]]:

@@ -21,15 +21,16 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from iris.bench_overhead import spawn, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
+from iris.processes import Process, kill_all, spawn, wait_for_model
 from schemas.messages import broker_stats_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT
 
@@ -160,6 +161,49 @@ async def backlog_dispatch(client: Client, model: str, n: int) -> float:
     return round((n - 1) / (last - first), 1)
 
 
+def start_workers(url: str, workdir: Path) -> list[Process]:
+    """The fast zero-time workers and one slow worker, whose model keeps the backlog waiting."""
+    fast = ["--engine", "fake", "--model-name", "fast", "--slots", str(FAST_SLOTS)]
+    slow = ["--engine", "fake", "--model-name", "slow", "--slots", "1", "--fake-tps", "0.01", "--worker-id", "slow"]
+    workers = [
+        spawn("gpu_worker", url, [*fast, "--worker-id", f"fast{i}"], workdir / f"w{i}.log") for i in range(FAST_WORKERS)
+    ]
+    return [*workers, spawn("gpu_worker", url, slow, workdir / "slow.log")]
+
+
+async def measure(
+    client: Client, procs: list[Process], restart_broker: Callable[[], Process], n_dispatch: int, n_waiting: int
+) -> dict[str, Any]:
+    """Dispatch rates, then broker RSS: after dispatching, and on a fresh broker idle and with a backlog."""
+    report: dict[str, Any] = {}
+    await wait_for_model(client, "fast", procs)
+    await wait_for_model(client, "slow", procs)
+    nc = client.nc
+    inbox = nc.new_inbox()
+    results = await ReplyCounter(nc, inbox, "result", n_dispatch).subscribe()
+    start = time.perf_counter()
+    await publish_requests(nc, "fast", n_dispatch, inbox)
+    report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results.wait(600))[1] - start), 1)
+
+    rounds = [await backlog_dispatch(client, "fast", n_dispatch) for _ in range(BACKLOG_ROUNDS)]
+    report["iris_dispatch_rounds_per_s"] = rounds
+    report["iris_dispatch_per_s"] = statistics.median(rounds)
+
+    report["broker_rss_after_dispatch_mb"] = round(rss_mb(procs[0].pid), 1)
+    # The index's own cost, on a broker that did nothing else: a fresh one takes over.
+    procs[0].terminate()
+    procs[0].wait(timeout=30)
+    procs[0] = restart_broker()
+    await wait_for_model(client, "slow", procs)
+    broker_pid = procs[0].pid
+    report["broker_rss_idle_mb"] = round(rss_mb(broker_pid), 1)
+    await publish_requests(nc, "slow", n_waiting, nc.new_inbox())
+    await wait_indexed(nc, "slow", n_waiting, 900)
+    report["waiting_requests"] = n_waiting
+    report["broker_rss_with_waiting_mb"] = round(rss_mb(broker_pid), 1)
+    return report
+
+
 async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {
         "bench": "scheduler",
@@ -169,81 +213,27 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dic
     with tempfile.TemporaryDirectory(prefix="iris-sched-") as tmp:
         workdir = Path(tmp)
         server = NatsServer(workdir / "nats").start()
-        procs = []
+        procs: list[Process] = []
         try:
             report["raw_jetstream_msgs_per_s"] = round(await raw_jetstream(server.url, n_dispatch), 1)
             # max_concurrency = the fast workers' slots: the backlog phase's tickets fill the model exactly
             limit = ["--max-concurrency", str(FAST_SLOTS * FAST_WORKERS)]
-            procs.append(spawn("broker", server.url, limit, workdir / "broker.log"))
-            for i in range(FAST_WORKERS):
-                procs.append(
-                    spawn(
-                        "gpu_worker",
-                        server.url,
-                        [
-                            "--engine",
-                            "fake",
-                            "--model-name",
-                            "fast",
-                            "--slots",
-                            str(FAST_SLOTS),
-                            "--worker-id",
-                            f"fast{i}",
-                        ],
-                        workdir / f"w{i}.log",
-                    )
-                )
-            procs.append(
-                spawn(
-                    "gpu_worker",
-                    server.url,
-                    [
-                        "--engine",
-                        "fake",
-                        "--model-name",
-                        "slow",
-                        "--slots",
-                        "1",
-                        "--fake-tps",
-                        "0.01",
-                        "--worker-id",
-                        "slow",
-                    ],
-                    workdir / "slow.log",
-                )
-            )
+            procs = [spawn("broker", server.url, limit, workdir / "broker.log"), *start_workers(server.url, workdir)]
             async with await Client.connect(server.url) as client:
-                await wait_for_model(client, "fast", procs)
-                await wait_for_model(client, "slow", procs)
-                nc = client.nc
-                inbox = nc.new_inbox()
-                results = await ReplyCounter(nc, inbox, "result", n_dispatch).subscribe()
-                start = time.perf_counter()
-                await publish_requests(nc, "fast", n_dispatch, inbox)
-                report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results.wait(600))[1] - start), 1)
-
-                rounds = [await backlog_dispatch(client, "fast", n_dispatch) for _ in range(BACKLOG_ROUNDS)]
-                report["iris_dispatch_rounds_per_s"] = rounds
-                report["iris_dispatch_per_s"] = statistics.median(rounds)
-
-                report["broker_rss_after_dispatch_mb"] = round(rss_mb(procs[0].pid), 1)
-                # The index's own cost, on a broker that did nothing else: a fresh one takes over.
-                procs[0].terminate()
-                procs[0].wait(timeout=30)
-                procs[0] = spawn("broker", server.url, limit, workdir / "broker-2.log")
-                await wait_for_model(client, "slow", procs)
-                broker_pid = procs[0].pid
-                report["broker_rss_idle_mb"] = round(rss_mb(broker_pid), 1)
-                await publish_requests(nc, "slow", n_waiting, nc.new_inbox())
-                await wait_indexed(nc, "slow", n_waiting, 900)
-                report["waiting_requests"] = n_waiting
-                report["broker_rss_with_waiting_mb"] = round(rss_mb(broker_pid), 1)
+                restart = lambda: spawn("broker", server.url, limit, workdir / "broker-2.log")  # noqa: E731
+                report |= await measure(client, procs, restart, n_dispatch, n_waiting)
         finally:
-            for proc in procs:
-                proc.kill()
-                proc.wait()
+            kill_all(procs)
             server.stop()
     report["targets"] = {"dispatch_per_s": TARGET_DISPATCH_PER_S, "rss_mb": TARGET_RSS_MB}
+    print_report(report, n_waiting)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"saved {out}")
+    return report
+
+
+def print_report(report: dict[str, Any], n_waiting: int) -> None:
     print(f"raw JetStream publish→fetch→ack:   {report['raw_jetstream_msgs_per_s']:>10.1f} msgs/s")
     rounds_text = ", ".join(f"{r:.0f}" for r in report["iris_dispatch_rounds_per_s"])
     print(
@@ -257,7 +247,3 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dic
         f"fresh broker RSS idle / {n_waiting} waiting: {report['broker_rss_idle_mb']} MB / "
         f"{report['broker_rss_with_waiting_mb']} MB (target <= {TARGET_RSS_MB} MB)"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
-    return report

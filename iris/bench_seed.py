@@ -32,9 +32,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from iris.bench_overhead import spawn, stop_all, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
+from iris.processes import spawn, stop_all, wait_for_model
 from schemas.errors import IrisError, NoCapacity
 
 TIERS = (("paid", 5), ("open-source", 1))

@@ -27,9 +27,9 @@ import aiohttp
 import msgspec
 
 from iris.bench_gateway import wait_http
-from iris.bench_overhead import spawn, stop_all
 from iris.bench_scheduler import rss_mb
 from iris.nats_server import NatsServer, free_port
+from iris.processes import spawn, stop_all
 from schemas.connection import connect
 from schemas.messages import BrokerStats
 from schemas.subjects import BROKER_STATS_SUBJECT

@@ -25,9 +25,9 @@ from typing import Any
 
 from gpu_worker.llama_context import LoadedModel, batch_tokens, load_model, new_context
 from gpu_worker.offload import Offload
-from iris.bench_overhead import spawn, stop_all, wait_for_model
 from iris.client import Client
 from iris.nats_server import NatsServer
+from iris.processes import spawn, stop_all, wait_for_model
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper who finds a message in a bottle.",

@@ -1,13 +1,14 @@
 """`iris up`: one command runs a whole Iris on this machine.
 
 It starts nats-server (JetStream, data under the user's state dir), the broker, N workers and the gateway,
-each as its own process exactly as they would run on separate hosts (`python -m broker|gpu_worker|gateway
---nats URL`), waits until every worker beats, prints how to use it, and then supervises them
-(`iris.supervisor`): a service that exits is started again, with a line on the console. Only a service
-that cannot start at all stops everything (exit 1). Ctrl-C or SIGTERM stops the services in order
-(gateway and workers drain, then the broker, then NATS) within `STOP_BUDGET_S`; a second Ctrl-C kills
-them at once. A metrics port that is taken is replaced by a free one, and the ports are printed. Two
-`iris up` with different `--nats-port` keep their JetStream data and logs apart.
+each as its own process exactly as they would run on separate hosts (`python -m broker|gpu_worker|gateway`,
+started by `iris.processes`), each handed its section of the one config (`iris.up_config`), waits until
+every worker beats, prints how to use it, and then supervises them (`iris.supervisor`): a service that exits
+is started again, with a line on the console. Only a service that cannot start at all stops everything (exit
+1). Ctrl-C or SIGTERM stops the services in order (gateway and workers drain, then the broker, then NATS)
+within `STOP_BUDGET_S`; a second Ctrl-C kills them at once. A metrics port that is taken is replaced by a
+free one, and the ports are printed. Two `iris up` with different `--nats-port` keep their JetStream data
+and logs apart.
 """
 
 from __future__ import annotations
@@ -18,39 +19,17 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any
 
-import msgspec
 import nats
-from msgspec import Meta
 
 from iris.nats_server import NatsCluster, NatsServer, free_port
+from iris.processes import Service
 from iris.supervisor import Supervisor
+from iris.up_config import UpConfig, UpPlan
 from schemas.connection import connect
 from schemas.messages import heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER
-
-
-class UpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    engine: Literal["llama", "fake"] = "llama"
-    model: str = ""
-    model_name: str = ""
-    workers: Annotated[int, Meta(ge=1, le=64)] = 1
-    slots: Annotated[int, Meta(ge=1, le=256)] = 1
-    max_concurrency: Annotated[int, Meta(ge=0)] = 0
-    policy: Literal["wfq", "fifo"] = "wfq"
-    n_gpu_layers: Annotated[int, Meta(ge=-1)] = 0
-    fake_tps: Annotated[float, Meta(ge=0)] = 0.0
-    nats_port: Annotated[int, Meta(ge=0, le=65535)] = 4222
-    cluster: Annotated[int, Meta(ge=1, le=5)] = 1  # JetStream nodes; >1 runs a local cluster with R3 (or Rn) streams
-    http_host: str = "127.0.0.1"
-    http_port: Annotated[int, Meta(ge=0, le=65535)] = 8080
-    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101  # broker; workers count up from the next port
-    require_key: bool = False
-    api_key: list[str] = []  # KEY[:workload[:max_priority]], handed to the gateway by environment, not argv
-    state_dir: str = ""
-    ready_timeout_s: Annotated[float, Meta(gt=0)] = 300.0
-
 
 DEFAULT_NATS_PORT = UpConfig().nats_port
 STOP_BUDGET_S = 5.0  # Ctrl-C to every process gone
@@ -64,9 +43,9 @@ def default_state_dir() -> Path:
 
 
 class Launcher:
-    def __init__(self, config: UpConfig, config_file: Path | None = None) -> None:
-        self.config = config
-        self.config_file = config_file
+    def __init__(self, plan: UpPlan) -> None:
+        self.plan = plan
+        self.config = config = plan.up
         self.state_dir = Path(config.state_dir).expanduser() if config.state_dir else default_state_dir()
         # Another `iris up` on another NATS port must not share JetStream data (nats-server does not lock it).
         instance = "" if config.nats_port == DEFAULT_NATS_PORT else f"-{config.nats_port}"
@@ -90,18 +69,23 @@ class Launcher:
         self.supervisor = Supervisor(lambda line: print(line, file=sys.stderr, flush=True))
         self.metrics_ports: dict[str, int] = {}  # service → the port it serves /metrics on
 
-    def _spawn(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        def command() -> list[str]:
-            cmd = [sys.executable, "-m", module, "--nats", self.nats.url, *args, *self._metrics_flag(name)]
-            return cmd + (["--config", str(self.config_file)] if self.config_file is not None else [])
+    def _spawn(
+        self, name: str, module: str, part: str, settings: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
+        """Start `module` under the supervisor with its section's `iris up` settings, this child's own
+        (`settings`) and its metrics port, worked out again at every start."""
 
-        self.supervisor.add(name, command, env or {}, self.log_dir / f"{name}.log")
+        def service() -> Service:
+            handed = {"nats_url": self.nats.url, **self.plan.handoff[part], **settings, **self._metrics(name)}
+            return Service(module, handed, config_file=self.plan.config_file, env=env or {})
 
-    def _metrics_flag(self, name: str) -> list[str]:
+        self.supervisor.add(name, service, self.log_dir / f"{name}.log")
+
+    def _metrics(self, name: str) -> dict[str, int]:
         """The service's metrics port: the default (broker 9101, workers from 9102) while it is free or
         already its own, else a free one (another `iris up`, or one still shutting down, holds it)."""
         if name not in self.metrics_ports:
-            return []
+            return {}
         port = self.metrics_ports[name]
         child = self.supervisor.children.get(name)
         restarting = child is not None and child.process is not None
@@ -110,7 +94,7 @@ class Launcher:
         if restarting and port != self.metrics_ports[name]:
             print(f"iris: {name} metrics moved to http://{METRICS_HOST}:{port}/metrics", file=sys.stderr)
         self.metrics_ports[name] = port
-        return ["--metrics-port", str(port)]
+        return {"metrics_port": port}
 
     def _others_ports(self, name: str) -> set[int]:
         return {port for other, port in self.metrics_ports.items() if other != name}
@@ -126,27 +110,6 @@ class Launcher:
                 port = free_port()
             taken.add(port)
             self.metrics_ports[name] = port
-
-    def _gateway_args(self) -> tuple[list[str], dict[str, str]]:
-        args = self._flags(("http_host", "http_port"))
-        if self.config.require_key:
-            args.append("--require-key")
-        env = {"IRIS_API_KEYS": " ".join(self.config.api_key)} if self.config.api_key else {}
-        return args, env
-
-    def _flags(self, names: tuple[str, ...]) -> list[str]:
-        """Flags for settings given to `iris up`; the rest stay unset so `[broker]`/`[worker]` tables apply."""
-        defaults = UpConfig()
-        flags: list[str] = []
-        for name in names:
-            value = getattr(self.config, name)
-            if value != getattr(defaults, name):
-                flags += [f"--{name.replace('_', '-')}", str(value)]
-        return flags
-
-    def _worker_args(self, index: int) -> list[str]:
-        names = ("engine", "model", "model_name", "slots", "n_gpu_layers", "fake_tps")
-        return ["--worker-id", f"up-{index}", *self._flags(names)]
 
     async def run(self) -> int:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -174,12 +137,13 @@ class Launcher:
 
     def _start_services(self) -> None:
         self._plan_metrics_ports()
-        replicas = ["--replicas", str(min(3, self.config.cluster))] if self.config.cluster > 1 else []
-        self._spawn("broker", "broker", self._flags(("policy", "max_concurrency")) + replicas)
-        drain = {"IRIS_WORKER_DRAIN_TIMEOUT_S": str(WORKER_DRAIN_S)}
+        replicas = {"replicas": min(3, self.config.cluster)} if self.config.cluster > 1 else {}
+        self._spawn("broker", "broker", "broker", replicas)
         for index in range(self.config.workers):
-            self._spawn(f"worker-{index}", "gpu_worker", self._worker_args(index), drain)
-        self._spawn("gateway", "gateway", *self._gateway_args())
+            worker = {"worker_id": f"up-{index}", "drain_timeout_s": WORKER_DRAIN_S}
+            self._spawn(f"worker-{index}", "gpu_worker", "worker", worker)
+        keys = {"IRIS_API_KEYS": " ".join(self.config.api_key)} if self.config.api_key else {}  # never on argv
+        self._spawn("gateway", "gateway", "gateway", {}, keys)
 
     async def _stop_all(self, hurry: asyncio.Event) -> None:
         """Gateway and workers first (workers drain), the broker once they are gone, NATS last."""
@@ -221,7 +185,7 @@ class Launcher:
 
     async def _wait_gateway(self, stop: asyncio.Event) -> bool:
         """Wait until the gateway's HTTP port accepts connections (so the printed URL works at once)."""
-        c = self.config
+        c = self.plan.gateway
         if not c.http_port:
             return True
         host = "127.0.0.1" if c.http_host in ("0.0.0.0", "localhost") else c.http_host.strip("[]")
@@ -256,10 +220,10 @@ class Launcher:
 
     def _print_ready(self, models: set[str]) -> None:
         model = ", ".join(sorted(models))
-        c = self.config
-        capacity = f"{c.workers} worker(s) x {c.slots} slot(s), engine {c.engine}"
-        http = f"http://{c.http_host}:{c.http_port}" if c.http_port else "off"
-        metrics = f"{http}/metrics (gateway)" if c.http_port else "off"
+        worker, gateway = self.plan.worker, self.plan.gateway
+        capacity = f"{self.config.workers} worker(s) x {worker.slots} slot(s), engine {worker.engine}"
+        http = f"http://{gateway.http_host}:{gateway.http_port}" if gateway.http_port else "off"
+        metrics = f"{http}/metrics (gateway)" if gateway.http_port else "off"
         for name, port in self.metrics_ports.items():
             metrics += f"\n              http://{METRICS_HOST}:{port}/metrics ({name})"
         print(

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from iris.supervisor import die_with_parent
+from iris.processes import die_with_parent
 
 NATS_SERVER_VERSION = "2.15.1"
 

@@ -1,31 +1,30 @@
-"""The process manager behind `iris up`: starts each service as its own process, restarts one that exits
-(with backoff, and a line on the console), and stops them all in order within a time budget.
+"""The process manager behind `iris up`: starts each service as its own process (`iris.processes`),
+restarts one that exits (with backoff, and a line on the console), and stops them all in order within a
+time budget.
 
 A child that exits is started again after `RESTART_MIN_S`, doubling up to `RESTART_MAX_S` while it keeps
-dying young, back to the minimum once it ran `HEALTHY_S`. Children run in their own sessions (the
-terminal's Ctrl-C reaches `iris up` only, which stops them in order) and get SIGTERM should `iris up`
-itself die (Linux `PR_SET_PDEATHSIG`), so none is left behind. Their output goes to one log file each.
+dying young, back to the minimum once it ran `HEALTHY_S`. Children are started `supervised`: in their
+own sessions (the terminal's Ctrl-C reaches `iris up` only, which stops them in order), with SIGTERM
+should `iris up` itself die, so none is left behind. Their output goes to one log file each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iris import processes
+from iris.processes import Service
+
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 10.0
 HEALTHY_S = 30.0
-_PR_SET_PDEATHSIG = 1
 
 
 def next_backoff_s(previous_s: float, ran_s: float) -> float:
@@ -35,18 +34,10 @@ def next_backoff_s(previous_s: float, ran_s: float) -> float:
     return min(RESTART_MAX_S, previous_s * 2)
 
 
-def die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent (`iris up`) dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass
 class Child:
     name: str
-    command: Callable[[], list[str]]  # built at every start: a port it had may have been taken meanwhile
-    env: dict[str, str]
+    service: Callable[[], Service]  # built at every start: a port it had may have been taken meanwhile
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     started_s: float = 0.0
@@ -64,23 +55,12 @@ class Supervisor:
         self.console = console
         self.children: dict[str, Child] = {}
 
-    def add(self, name: str, command: Callable[[], list[str]], env: dict[str, str], log_path: Path) -> None:
-        child = self.children[name] = Child(name, command, env, log_path)
+    def add(self, name: str, service: Callable[[], Service], log_path: Path) -> None:
+        child = self.children[name] = Child(name, service, log_path)
         self._start(child)
 
     def _start(self, child: Child) -> None:
-        log = open(child.log_path, "ab")
-        try:
-            child.process = subprocess.Popen(
-                child.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, **child.env},
-                preexec_fn=die_with_parent,
-            )
-        finally:
-            log.close()  # the child holds its own copy
+        child.process = processes.start(child.service(), child.log_path, supervised=True)
         child.started_s = time.monotonic()
         child.restart_at_s = None
 

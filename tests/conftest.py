@@ -3,9 +3,7 @@ loopback port for every test, services in-process (FakeEngine) or as real proces
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +12,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from iris import processes as service_processes
 from iris.nats_server import NatsServer
+from iris.processes import Service
 
 
 @pytest.fixture
@@ -39,9 +39,8 @@ class Processes:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"{name}.log", "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        """`python -m <module> ARGS…` as a user types it (`iris.processes`, as `iris up` and benches start them)."""
+        proc = service_processes.start(Service(module, args=args), self.tmp_path / f"{name}.log")
         self.procs[name] = proc
         return proc
 
@@ -54,10 +53,7 @@ class Processes:
         return (self.tmp_path / f"{name}.log").read_text()
 
     def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        service_processes.kill_all(list(self.procs.values()))
 
 
 @pytest.fixture

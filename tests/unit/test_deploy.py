@@ -17,7 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gpu_worker.config import WorkerConfig
 from gpu_worker.metrics import WorkerMetrics
-from iris.launcher import UpConfig
+from iris.up_config import UpConfig
 from iris.nats_server import nats_server_binary
 from schemas.config_loading import load_config
 
@@ -45,7 +45,7 @@ def test_dashboard_queries_use_exported_metrics() -> None:
 def test_scrape_config_matches_iris_up_ports() -> None:
     text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     up = UpConfig()
-    for port in (up.http_port, up.metrics_port, up.metrics_port + 1):
+    for port in (GatewayConfig().http_port, up.metrics_port, up.metrics_port + 1):
         assert f"127.0.0.1:{port}" in text
 
 

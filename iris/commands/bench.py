@@ -1,0 +1,207 @@
+"""`iris bench …`: the benchmark programs; each prints its figures and saves JSON."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: print figures and save JSON."""
+
+
+@bench.command("overhead")
+@click.option("--requests", "n_requests", type=int, default=1000, show_default=True)
+@click.option(
+    "--real-requests", type=int, default=100, show_default=True, help="Requests for the real-model TTFT part."
+)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/overhead.json"), show_default=True)
+@click.option("--skip-real", is_flag=True, help="Only the FakeEngine part.")
+def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bool) -> None:
+    """Latency Iris adds over calling the same engine in-process (FakeEngine, and TTFT on the real model)."""
+    from iris.bench_overhead import run_overhead_bench
+
+    asyncio.run(run_overhead_bench(n_requests, 0 if skip_real else real_requests, out))
+
+
+@bench.command("gateway")
+@click.option("--requests", "n_latency", type=int, default=1000, show_default=True, help="Requests per latency arm.")
+@click.option("--clients", type=int, default=200, show_default=True, help="Concurrent HTTP clients.")
+@click.option("--seconds", type=float, default=15.0, show_default=True, help="Length of the throughput part.")
+@click.option("--workers", type=int, default=1, show_default=True, help="FakeEngine worker processes.")
+@click.option("--slots", type=int, default=256, show_default=True, help="Slots per worker.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/gateway.json"), show_default=True)
+def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path) -> None:
+    """HTTP latency added over NATS (p50/p99) and sustained requests/s at N concurrent clients."""
+    from iris.bench_gateway import run_gateway_bench
+
+    asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
+
+
+@bench.command("upstream")
+@click.option("--clients", type=int, default=50, show_default=True, help="Concurrent requests (= HttpEngine slots).")
+@click.option("--requests", "n_requests", type=int, default=5000, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
+def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
+    """HttpEngine in front of an OpenAI-compatible server: requests/s and upstream TCP connections."""
+    from iris.bench_upstream import run_upstream_bench
+
+    asyncio.run(run_upstream_bench(clients, n_requests, out))
+
+
+@bench.command("seed")
+@click.option("--prompts", "per_user", type=int, default=25, show_default=True, help="Prompts per user.")
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--behaviour", type=click.Choice(["closed", "burst", "both"]), default="both", show_default=True)
+@click.option("--engine", type=click.Choice(["llama", "fake"]), default="llama", show_default=True)
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M), e.g. Mistral 7B Instruct.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
+@click.option("--fake-tps", type=float, default=50.0, show_default=True, help="FakeEngine tokens/s (engine fake).")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Runs of each arm (alternating order).")
+@click.option(
+    "--labels",
+    type=click.Choice(["reference", "one-workload"]),
+    default="reference",
+    show_default=True,
+    help="reference: a workload per tier (paid, open-source) with its priority, no weights; one-workload: default.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["requests", "admission"]),
+    default="requests",
+    show_default=True,
+    help="requests: prompts run by Iris's worker; admission: tickets from iris.admit, the app calls its own model.",
+)
+@click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
+@click.option("--model-call-s", type=float, default=0.3, show_default=True, help="Admission mode: one model call.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
+def bench_seed(
+    per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
+    fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float, out_dir: Path,
+) -> None:  # fmt: skip
+    """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
+    from iris.bench_seed import SeedOptions, run_seed_bench
+
+    if engine == "fake":
+        worker_args, name = ["--engine", "fake", "--model-name", "fake", "--fake-tps", str(fake_tps)], "fake"
+    elif model:
+        name = Path(model).stem.replace(".", "-")[:60]
+        worker_args = ["--model", model, "--model-name", name, "--n-gpu-layers", str(n_gpu_layers)]
+    else:
+        from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME
+
+        worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
+    behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
+    options = SeedOptions(labels, mode, priority_mode, model_call_s)
+    asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
+
+
+@bench.command("fairness")
+@click.option(
+    "--duration", "duration_s", type=float, default=20.0, show_default=True, help="Seconds of saturating load."
+)
+@click.option("--outstanding", type=int, default=4, show_default=True, help="Closed loops per user (greedy: 10x).")
+@click.option("--slots", type=int, default=2, show_default=True, help="FakeEngine worker slots.")
+@click.option("--policy", type=click.Choice(["wfq", "fifo"]), default="wfq", show_default=True)
+@click.option(
+    "--scenario",
+    type=click.Choice(["weights", "priorities", "both"]),
+    default="both",
+    show_default=True,
+    help="weights: workloads weighted 1:2:4; priorities: workloads at priorities 1/2/4, no weights.",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/fairness.json"), show_default=True)
+def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, scenario: str, out: Path) -> None:
+    """Token share per flow vs its target under saturation (weights 1:2:4, or priorities 1/2/4; a greedy user)."""
+    from iris.bench_fairness import SCENARIOS, run_fairness_bench
+
+    names = tuple(SCENARIOS) if scenario == "both" else (scenario,)
+    asyncio.run(run_fairness_bench(duration_s, outstanding, slots, out, policy, names))
+
+
+@bench.command("scheduler")
+@click.option("--requests", "n_dispatch", type=int, default=10_000, show_default=True, help="Requests to dispatch.")
+@click.option("--waiting", "n_waiting", type=int, default=100_000, show_default=True, help="Requests left waiting.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scheduler.json"), show_default=True)
+def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
+    """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
+    from iris.bench_scheduler import run_scheduler_bench
+
+    asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
+
+
+@bench.command("hostile")
+@click.option("--requests", "n_requests", type=int, default=100_000, show_default=True, help="Requests to send.")
+@click.option("--served-every", type=int, default=10, show_default=True, help="Every K-th to `fake` (0: none).")
+@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds of --requests each.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/hostile.json"), show_default=True)
+def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) -> None:
+    """Broker RSS and /metrics size before and after requests to random model/workload names."""
+    from iris.bench_hostile import run_hostile_bench
+
+    asyncio.run(run_hostile_bench(n_requests, served_every, rounds, out))
+
+
+@bench.command("failover")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Leaders killed, one after the other.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/failover.json"), show_default=True)
+def bench_failover(rounds: int, out: Path) -> None:
+    """kill -9 of the leading broker under load: seconds until the standby leads and serves again."""
+    from iris.bench_failover import run_failover_bench
+
+    asyncio.run(run_failover_bench(rounds, out))
+
+
+@bench.command("soak")
+@click.option("--duration", "duration_s", type=float, default=300.0, show_default=True, help="Seconds of overload.")
+@click.option("--slots", type=int, default=4, show_default=True, help="Slots of the FakeEngine worker.")
+@click.option("--fake-tps", type=float, default=200.0, show_default=True, help="Tokens/s per FakeEngine sequence.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/soak.json"), show_default=True)
+def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> None:
+    """2x capacity through the HTTP gateway: bounded queues, 429 + Retry-After, RSS, fairness under overload."""
+    from iris.bench_soak import run_soak_bench
+
+    asyncio.run(run_soak_bench(duration_s, slots, fake_tps, out))
+
+
+@bench.command("limits")
+@click.option("--waiting", "n_waiting", type=int, default=20_000, show_default=True, help="Requests queued.")
+@click.option("--decisions", type=int, default=5_000, show_default=True, help="Dispatch decisions timed.")
+@click.option("--round-trips", type=int, default=500, show_default=True, help="Sequential admissions timed.")
+@click.option("--apps", type=int, default=32, show_default=True, help="Concurrent apps for tickets/s.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/limits.json"), show_default=True)
+def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, out: Path) -> None:
+    """Dispatch cost of limit_by with a deep backlog, and admission ticket latency and rate."""
+    from iris.bench_limits import run_limits_bench
+
+    asyncio.run(run_limits_bench(n_waiting, decisions, round_trips, apps, out))
+
+
+@bench.command("worker")
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--concurrency", default="1,2,4,8", show_default=True, help="Sequences at once, comma-separated.")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--rounds", type=int, default=3, show_default=True, help="Rounds per arm; figures are medians.")
+@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
+@click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/worker.json"), show_default=True)
+def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
+    """Tokens/s with N concurrent sequences: Iris (broker + one N-slot worker) vs raw batched llama_decode."""
+    from iris.bench_worker import bench_command
+
+    asyncio.run(bench_command(model, concurrency, out, **options))
+
+
+@bench.command("make-model")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--shape", type=click.Choice(["mistral-7b", "tiny"]), default="mistral-7b", show_default=True)
+def bench_make_model(out: Path, shape: str) -> None:
+    """Write a random-weight GGUF shaped like Mistral 7B (F16, ~14.5 GB) for `iris bench worker --model`."""
+    from iris.random_gguf import SHAPES, write_llama_gguf
+
+    click.echo(f"wrote {write_llama_gguf(out, SHAPES[shape])}")

@@ -1,0 +1,87 @@
+"""`iris dlq ls | replay | rm`: the dead letters in stream IRIS_DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from iris.commands.options import nats_option
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+T = TypeVar("T")
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters (stream IRIS_DLQ): requests lost on max_attempts workers in a row, or unparseable."""
+
+
+@dlq.command("ls")
+@nats_option
+@click.option("--limit", type=int, default=50, show_default=True, help="Show the newest N (0 = all).")
+@click.option("--json", "json_out", is_flag=True, help="A JSON array instead of a table.")
+def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
+    """List dead letters: sequence, time, model, workload, code, attempts, request id, reason (never the prompt)."""
+    from iris import dead_letters
+
+    letters = _with_nats(nats_url, lambda nc: dead_letters.list_dead_letters(nc, limit))
+    if json_out:
+        click.echo(dead_letters.as_json(letters))
+    else:
+        click.echo(dead_letters.as_table(letters) if letters else "no dead letters")
+
+
+@dlq.command("replay")
+@click.argument("seqs", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Replay every dead letter.")
+@click.option("--deadline", "deadline_s", type=float, help="Seconds each may take (default: its original budget).")
+@click.option("--wait", is_flag=True, help="Send the answers here, not to the original inbox, and print them.")
+@nats_option
+def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, wait: bool, nats_url: str) -> None:
+    """Publish dead letters SEQ... again to their original subject (new id, fresh deadline); each leaves the
+    DLQ once JetStream has stored it. Answers go to the original reply inbox unless --wait."""
+    from iris import dead_letters
+
+    if bool(seqs) == every:
+        raise click.UsageError("give dead-letter sequences or --all, not both")
+    lines, failed = _with_nats(nats_url, lambda nc: dead_letters.replay_many(nc, list(seqs), deadline_s, wait))
+    click.echo("\n".join(lines) if lines else "no dead letters")
+    sys.exit(1 if failed else 0)
+
+
+@dlq.command("rm")
+@click.argument("seqs", nargs=-1, type=int)
+@click.option("--all", "every", is_flag=True, help="Remove every dead letter.")
+@nats_option
+def dlq_rm(seqs: tuple[int, ...], every: bool, nats_url: str) -> None:
+    """Erase dead letters SEQ... (or --all) for good."""
+    from iris import dead_letters
+
+    if bool(seqs) == every:
+        raise click.UsageError("give dead-letter sequences or --all, not both")
+    removed = _with_nats(nats_url, lambda nc: dead_letters.remove(nc, list(seqs)))
+    click.echo(f"removed {removed} dead letter(s)")
+
+
+def _with_nats(nats_url: str, action: Callable[[NATS], Awaitable[T]]) -> T:
+    """Run `action` on a fresh connection; exit 1 with a plain message when NATS cannot be reached."""
+    import nats
+
+    async def run() -> T:
+        nc = await nats.connect(nats_url, max_reconnect_attempts=2, connect_timeout=3)
+        try:
+            return await action(nc)
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(run())
+    except (OSError, nats.errors.NoServersError) as exc:
+        click.echo(f"iris: cannot reach NATS at {nats_url}: {exc}", err=True)
+        sys.exit(1)
