@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyPrefixes
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
 
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]
@@ -34,9 +35,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma-separated.", extra={"flag": "--nats"})] = (
-        "nats://127.0.0.1:4222"
-    )
+    nats_url: NatsUrl = DEFAULT_NATS_URL
     policy: Annotated[
         Literal["wfq", "fifo"], Meta(description="Weighted-fair order, or first come first served (the baseline).")
     ] = "wfq"
@@ -102,19 +101,15 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     replicas: Annotated[
         int, Meta(ge=1, le=5, description="Stream and lease bucket replicas (3 on a 3-node cluster).")
     ] = 1
-    metrics_host: Annotated[str, Meta(description="Address of the Prometheus /metrics endpoint.")] = "127.0.0.1"
-    metrics_port: Annotated[
-        int, Meta(ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0 = off).")
-    ] = 0
+    metrics_host: MetricsHost = "127.0.0.1"
+    metrics_port: MetricsPort = 0
     stats_s: Annotated[
         float, Meta(gt=0, le=60, description="Seconds between BrokerStats on iris.broker.stats (what iris top reads).")
     ] = 1.0
-    log_level: Annotated[str, Meta(description="debug, info, warning or error.")] = "info"
+    log_level: LogLevel = "info"
     # Owned requests reply only under `_INBOX.<owner>.`; never to the $KV/$JS/iris.* subjects this broker
     # may publish to.
-    reply_prefixes: Annotated[
-        str, Meta(description="Comma-separated subject prefixes replies to a request without an owner may go to.")
-    ] = ",".join(DEFAULT_REPLY_PREFIXES)
+    reply_prefixes: ReplyPrefixes = ",".join(DEFAULT_REPLY_PREFIXES)
 
     @property
     def reply_prefix_list(self) -> tuple[str, ...]:

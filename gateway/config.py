@@ -12,6 +12,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from schemas.config_fields import DEFAULT_NATS_URL, LogLevel, NatsUrl
 from schemas.subjects import TOKEN_PATTERN
 
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, max_length=128)]
@@ -36,13 +37,11 @@ class ApiKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma-separated.", extra={"flag": "--nats"})] = (
-        "nats://127.0.0.1:4222"
-    )
+    nats_url: NatsUrl = DEFAULT_NATS_URL
     max_in_flight: Annotated[
         int, Meta(ge=1, le=100_000, description="Requests this gateway carries at once (more wait).")
     ] = 1024
-    log_level: Annotated[str, Meta(description="debug, info, warning or error.")] = "info"
+    log_level: LogLevel = "info"
     http_host: Annotated[str, Meta(description="Address the HTTP API binds (loopback serves keyless requests).")] = (
         "127.0.0.1"
     )

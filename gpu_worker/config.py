@@ -7,25 +7,24 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyPrefixes
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
 from schemas.subjects import TOKEN_PATTERN
 
 TENSOR_SPLIT_PATTERN = r"^$|^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)*$"
-Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, max_length=128)]
+TokenOrEmpty = Annotated[str, Meta(pattern=f"^$|{TOKEN_PATTERN}", max_length=128)]  # "" = derived
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma-separated.", extra={"flag": "--nats"})] = (
-        "nats://127.0.0.1:4222"
-    )
+    nats_url: NatsUrl = DEFAULT_NATS_URL
     engine: Annotated[
         Literal["llama", "fake", "http"], Meta(description="llama: a GGUF file; fake: FakeEngine; http: --upstream.")
     ] = "llama"
     model: Annotated[str, Meta(description="GGUF file (default: the embedded Gemma 3 270M).")] = ""
     model_name: Annotated[
-        Token | Literal[""], Meta(description="Model name clients use (default: from the file name).")
+        TokenOrEmpty, Meta(description="Model name clients use (default: from the file name).")
     ] = ""
-    worker_id: Annotated[Token | Literal[""], Meta(description="Worker name (default: <host>-<pid>).")] = ""
+    worker_id: Annotated[TokenOrEmpty, Meta(description="Worker name (default: <host>-<pid>).")] = ""
     slots: Annotated[
         int, Meta(ge=1, le=256, description="Sequences decoded together in one batch (http: requests at once).")
     ] = 1
@@ -61,16 +60,12 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drain_timeout_s: Annotated[
         float, Meta(ge=0, le=3600, description="Seconds running answers get on SIGTERM before they are cut off.")
     ] = 30.0
-    metrics_host: Annotated[str, Meta(description="Address of the Prometheus /metrics endpoint.")] = "127.0.0.1"
-    metrics_port: Annotated[
-        int, Meta(ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0 = off).")
-    ] = 0
-    log_level: Annotated[str, Meta(description="debug, info, warning or error.")] = "info"
+    metrics_host: MetricsHost = "127.0.0.1"
+    metrics_port: MetricsPort = 0
+    log_level: LogLevel = "info"
     # Owned requests reply only under `_INBOX.<owner>.`: a lease for any other reply subject is
     # dead-lettered, never answered.
-    reply_prefixes: Annotated[
-        str, Meta(description="Comma-separated subject prefixes replies to a request without an owner may go to.")
-    ] = ",".join(DEFAULT_REPLY_PREFIXES)
+    reply_prefixes: ReplyPrefixes = ",".join(DEFAULT_REPLY_PREFIXES)
 
     @property
     def reply_prefix_list(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -17,8 +18,9 @@ from gateway.config import GatewayConfig
 from gpu_worker.__main__ import main as worker_main
 from gpu_worker.config import WorkerConfig
 from iris.cli import main as iris_main
+from iris.processes import Service
 from iris.up_config import PARTS, UP_SETTINGS, UpConfig, load_up
-from schemas.config_loading import ConfigError, decode_handoff, load_config, settings
+from schemas.config_loading import ConfigError, ConfigSource, decode_handoff, load_config, service_options, settings
 
 SERVICES = [(broker_main, BrokerConfig), (worker_main, WorkerConfig), (gateway_main, GatewayConfig)]
 FLAGS_BEFORE = {  # every flag these commands had when each was declared by hand
@@ -130,3 +132,33 @@ def test_iris_up_refuses_a_bad_config_naming_the_key(
     path.write_text(toml)
     with pytest.raises(ConfigError, match=named):
         load_up(path, flags, env={})
+
+
+@click.command()
+@service_options(WorkerConfig, "worker", "gpu_worker")
+def show_worker(source: ConfigSource[WorkerConfig]) -> None:
+    click.echo(msgspec.json.encode(source.load()))
+
+
+def test_a_child_loads_what_it_was_handed_under_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRIS_WORKER_THREADS", "3")  # an untyped flag's default never hides a variable
+    monkeypatch.setenv("IRIS_WORKER_SLOTS", "3")
+    command = Service("gpu_worker", {"slots": 4, "worker_id": "up-0"}, ["--ctx-per-slot", "512"]).command()
+    assert command[1:3] == ["-m", "gpu_worker"]
+    shown = CliRunner().invoke(show_worker, command[3:])
+    config = msgspec.json.decode(shown.output)
+    assert [config[k] for k in ("threads", "slots", "worker_id", "ctx_per_slot")] == [3, 4, "up-0", 512]
+
+
+def test_a_bad_handoff_stops_the_service_naming_the_key() -> None:
+    refused = CliRunner().invoke(broker_main, ["--config-json", '{"max_queue": -1}'])
+    assert refused.exit_code == 1 and "broker: invalid [broker] config" in refused.output
+    assert "$.max_queue" in refused.output
+
+
+def test_iris_up_stops_before_starting_anything_on_a_bad_table(tmp_path: Path) -> None:
+    path = tmp_path / "iris.toml"
+    path.write_text("[gateway]\nhttp_prot = 8080\n")
+    refused = CliRunner().invoke(iris_main, ["up", "--config", str(path), "--state-dir", str(tmp_path / "state")])
+    assert refused.exit_code == 2 and "unknown field `http_prot`" in refused.output
+    assert not (tmp_path / "state").exists()
