@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import Any
 
 from iris.client import Client
 from iris.nats_server import NatsServer
-from iris.processes import spawn, stop_all, wait_for_model
+from iris.processes import Process, spawn, stop_all, wait_for_model
 
 TARGET_SHARE_TOLERANCE = 0.05
 TARGET_JAIN = 0.99
@@ -116,7 +115,7 @@ async def run_scenario(
         config.write_text(scenario.config(policy))
         server = NatsServer(workdir / "nats").start()
         worker = ["--engine", "fake", "--model-name", "fake", "--slots", str(slots), "--fake-tps", "1000"]
-        procs: list[subprocess.Popen[bytes]] = [
+        procs: list[Process] = [
             spawn("broker", server.url, ["--config", str(config)], workdir / "broker.log"),
             spawn("gpu_worker", server.url, worker, workdir / "worker.log"),
         ]
