@@ -21,9 +21,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         Literal["llama", "fake", "http"], Meta(description="llama: a GGUF file; fake: FakeEngine; http: --upstream.")
     ] = "llama"
     model: Annotated[str, Meta(description="GGUF file (default: the embedded Gemma 3 270M).")] = ""
-    model_name: Annotated[
-        TokenOrEmpty, Meta(description="Model name clients use (default: from the file name).")
-    ] = ""
+    model_name: Annotated[TokenOrEmpty, Meta(description="Model name clients use (default: from the file name).")] = ""
     worker_id: Annotated[TokenOrEmpty, Meta(description="Worker name (default: <host>-<pid>).")] = ""
     slots: Annotated[
         int, Meta(ge=1, le=256, description="Sequences decoded together in one batch (http: requests at once).")
