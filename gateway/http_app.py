@@ -2,7 +2,7 @@
 served by uvicorn inside the gateway's own event loop.
 
 Starlette + uvicorn: a small, well-kept ASGI stack with streaming responses and no framework magic in
-the hot path; uvicorn with httptools parses HTTP in C. The gateway owns signals (`schemas.lifecycle`),
+the hot path; uvicorn with httptools parses HTTP in C. The gateway owns signals (`runtime.lifecycle`),
 so uvicorn's own signal capture is switched off and `stop()` asks it to finish open responses first.
 """
 

@@ -19,7 +19,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.micro_api import MicroApi
 from gateway.model_cards import ModelCards
 from gateway.model_directory import ModelDirectory
-from schemas.connection import connect
+from runtime.connection import connect
 
 
 class GatewayService:

@@ -15,9 +15,9 @@ from gpu_worker.http_engine import HttpEngine, UpstreamError
 from gpu_worker.llama_engine import LlamaCppEngine
 from gpu_worker.offload import Offload, OffloadError, parse_tensor_split
 from gpu_worker.service import WorkerService
-from schemas.config_loading import load_config_or_exit
-from schemas.lifecycle import run_until_signal
-from schemas.logs import configure_logging
+from runtime.config_loading import load_config_or_exit
+from runtime.lifecycle import run_until_signal
+from runtime.logs import configure_logging
 from schemas.subjects import to_token
 
 

@@ -23,8 +23,16 @@ from structlog.stdlib import BoundLogger
 from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
+from runtime.clock import now_ms
+from runtime.dead_letters import move_to_dlq
+from runtime.stream_ops import (
+    delete_request,
+    error_reply,
+    get_request,
+    publish_reply,
+)
 from schemas import headers as h
-from schemas.dead_letters import DeadLetterError, move_to_dlq
+from schemas.dead_letters import DeadLetterError
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.headers import check_reply_to
 from schemas.messages import (
@@ -35,6 +43,7 @@ from schemas.messages import (
     LeaseDone,
     LeasesDone,
     Result,
+    StoredRequest,
     Timings,
     TokenLogprob,
     Usage,
@@ -42,20 +51,9 @@ from schemas.messages import (
     request_decoder,
 )
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
-from schemas.stream_ops import (
-    StoredRequest,
-    delete_request,
-    error_reply,
-    get_request,
-    publish_reply,
-)
 from schemas.subjects import done_subject, lease_record_subject, request_owner
 
 _DELETE_RECORD = {KV_OP: KV_DEL}  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

@@ -23,8 +23,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.nuid import NUID
 
+from runtime.connection import connection_owner
 from schemas import headers as h
-from schemas.connection import connection_owner
 from schemas.errors import DeadlineExceeded, ErrorCode, InvalidRequest, IrisError, NoCapacity
 from schemas.messages import (
     AdmitEnd,

@@ -30,7 +30,7 @@ from iris.bench_gateway import wait_http
 from iris.bench_overhead import spawn, stop_all
 from iris.bench_scheduler import rss_mb
 from iris.nats_server import NatsServer, free_port
-from schemas.connection import connect
+from runtime.connection import connect
 from schemas.messages import BrokerStats
 from schemas.subjects import BROKER_STATS_SUBJECT
 

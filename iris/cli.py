@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from schemas.config_loading import ConfigError, load_config
+from runtime.config_loading import ConfigError, load_config
 from schemas.errors import IrisError
 
 if TYPE_CHECKING:

@@ -24,10 +24,10 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 
 from iris.admission import Admission, admission
+from runtime.connection import connect
+from runtime.exchange import Exchange, RequestEnvelope, build_envelope
 from schemas import headers as h
-from schemas.connection import connect
-from schemas.errors import InvalidRequest, NoCapacity
-from schemas.exchange import DuplicateRequest, Exchange, RequestEnvelope, build_envelope
+from schemas.errors import DuplicateRequest, InvalidRequest, NoCapacity
 from schemas.messages import ChatMessage, Chunk, GenerateRequest, QueueUpdate, Result, heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER, to_token
 

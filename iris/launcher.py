@@ -26,7 +26,7 @@ from msgspec import Meta
 
 from iris.nats_server import NatsCluster, NatsServer, free_port
 from iris.supervisor import Supervisor
-from schemas.connection import connect
+from runtime.connection import connect
 from schemas.messages import heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER
 

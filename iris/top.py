@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from schemas.connection import connect
+from runtime.connection import connect
 from schemas.messages import BrokerStats, Heartbeat, broker_stats_decoder, heartbeat_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT, HEARTBEAT_FILTER
 

@@ -27,9 +27,9 @@ from gateway.service import GatewayService
 from gpu_worker.fake_engine import FakeEngine
 from iris.dead_letters import list_dead_letters
 from iris.nats_server import NatsServer
+from runtime.exchange import reply_router
 from schemas import headers as h
 from schemas.errors import ErrorCode
-from schemas.exchange import reply_router
 from schemas.messages import error_decoder, result_decoder
 from schemas.reply_subjects import owner_inbox, reply_problem
 from schemas.subjects import cancel_subject, is_token, request_owner

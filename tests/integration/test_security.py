@@ -21,8 +21,8 @@ from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
 from iris.dead_letters import list_dead_letters
 from iris.nats_server import NatsServer
+from runtime.connection import connect
 from schemas import headers as h
-from schemas.connection import connect
 from schemas.errors import Cancelled, ErrorCode
 from schemas.messages import error_decoder
 from schemas.subjects import (

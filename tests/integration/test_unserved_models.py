@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker.service import now_ms
 from gpu_worker.fake_engine import FakeEngine
 from iris.client import Client
 from iris.nats_server import NatsServer
+from runtime.clock import now_ms
 from schemas.errors import NoCapacity
 from tests.integration.services import broker, wait_stream_empty, worker
 

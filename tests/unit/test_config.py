@@ -8,7 +8,7 @@ import pytest
 
 from broker.config import BrokerConfig
 from gpu_worker.config import WorkerConfig
-from schemas.config_loading import ConfigError, load_config
+from runtime.config_loading import ConfigError, load_config
 
 
 def test_sources_are_layered(tmp_path: Path) -> None:

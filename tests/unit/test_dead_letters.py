@@ -6,7 +6,7 @@ from broker.scheduler import Scheduler, SchedulerLimits
 from schemas import headers as h
 from schemas.dead_letters import dead_letter_headers, read_dead_letter, replay_headers
 from schemas.errors import ErrorCode
-from schemas.stream_ops import StoredRequest
+from schemas.messages import StoredRequest
 from schemas.subjects import dead_letter_subject
 from tests.unit.test_scheduler import GRACE, T0, beat, request
 

@@ -19,7 +19,7 @@ from gpu_worker.config import WorkerConfig
 from gpu_worker.metrics import WorkerMetrics
 from iris.launcher import UpConfig
 from iris.nats_server import nats_server_binary
-from schemas.config_loading import load_config
+from runtime.config_loading import load_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

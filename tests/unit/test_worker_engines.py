@@ -9,7 +9,7 @@ from gpu_worker.config import WorkerConfig
 from gpu_worker.http_engine import HttpEngine
 from gpu_worker.llama_engine import LlamaCppEngine
 from gpu_worker.offload import Offload
-from schemas.config_loading import ConfigError, load_config
+from runtime.config_loading import ConfigError, load_config
 
 
 def test_llama_engine_gets_the_gpu_options() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -23,7 +22,7 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from schemas import headers as h
 from schemas.errors import ErrorCode
-from schemas.messages import Chunk, Error, QueueUpdate, Result, Ticket, encoder
+from schemas.messages import Chunk, Error, QueueUpdate, Result, StoredRequest, Ticket, encoder
 from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE
 
 T = TypeVar("T")
@@ -51,15 +50,6 @@ class _DeleteResponse(msgspec.Struct):
 
 
 _delete_decoder = msgspec.json.Decoder(_DeleteResponse)
-
-
-@dataclass(frozen=True)
-class StoredRequest:
-    stream_seq: int
-    subject: str
-    headers: dict[str, str]
-    body: bytes
-    stored_ms: int
 
 
 async def get_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> StoredRequest | None:

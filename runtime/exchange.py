@@ -9,7 +9,6 @@ final reply counts, since the exchange unsubscribes on it.
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,9 +21,19 @@ from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from nats.nuid import NUID
 
+from runtime.clock import now_ms
+from runtime.connection import connection_owner
+from runtime.stream_ops import PUBLISH_SLACK_BYTES, headers_bytes, while_unavailable
 from schemas import headers as h
-from schemas.connection import connection_owner
-from schemas.errors import ErrorCode, InvalidRequest, IrisError, NoCapacity, PayloadTooLarge, QueueFull
+from schemas.errors import (
+    DuplicateRequest,
+    ErrorCode,
+    InvalidRequest,
+    IrisError,
+    NoCapacity,
+    PayloadTooLarge,
+    QueueFull,
+)
 from schemas.messages import (
     Chunk,
     GenerateRequest,
@@ -37,20 +46,11 @@ from schemas.messages import (
     request_decoder,
     result_decoder,
 )
-from schemas.stream_ops import PUBLISH_SLACK_BYTES, headers_bytes, while_unavailable
 from schemas.subjects import MAX_TOKEN_CHARS, cancel_subject, is_token, request_subject
 
 REPLY_GRACE_S = 5.0
 PUBLISH_GIVE_UP_S = 10.0
 _NUID = NUID()
-
-
-class DuplicateRequest(InvalidRequest):
-    """The idempotency key was already used inside the stream's dedupe window: it will not run again."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
