@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_OP
 from structlog.stdlib import BoundLogger
 
-from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
 from runtime.clock import now_ms

@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from gpu_worker.config import WorkerConfig
-from gpu_worker.engine import Engine, StopSignal
+from gpu_worker.engines.protocol import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats
 from runtime.cancels import CancelFeed
 from runtime.clock import node_id, now_ms

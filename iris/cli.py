@@ -53,7 +53,7 @@ def main() -> None:
 @click.option("--state-dir", help="Where NATS data and logs live (default ~/.local/state/iris).")
 def up(config_path: Path | None, **flags: Any) -> None:
     """Start NATS, the broker, workers and the gateway on this machine; Ctrl-C stops all."""
-    from iris.launcher import Launcher, UpConfig
+    from iris.launch.launcher import Launcher, UpConfig
 
     flags["api_key"] = list(flags["api_key"]) or None
     try:
@@ -91,7 +91,7 @@ def submit(prompt: str, nats_url: str, chat: bool, **options: Any) -> None:
 async def _submit(prompt: str, nats_url: str, chat: bool, options: dict[str, Any]) -> None:
     import nats
 
-    from iris.client import Client
+    from iris.sdk.client import Client
 
     nc = await nats.connect(nats_url, max_reconnect_attempts=2, connect_timeout=3)
     async with Client(nc, owns_connection=True) as client:
@@ -121,7 +121,7 @@ async def _submit(prompt: str, nats_url: str, chat: bool, options: dict[str, Any
 @click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
 def top(nats_url: str, refresh_s: float, once: bool) -> None:
     """Live view: workloads (queued, running, share vs target, waits), workers, recent rejections."""
-    from iris.top import run_top
+    from iris.ops.top import run_top
 
     try:
         asyncio.run(run_top(nats_url, refresh_s, once))
@@ -146,7 +146,7 @@ nats_option = click.option("--nats", "nats_url", default=DEFAULT_NATS, show_defa
 @click.option("--json", "json_out", is_flag=True, help="A JSON array instead of a table.")
 def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
     """List dead letters: sequence, time, model, workload, code, attempts, request id, reason (never the prompt)."""
-    from iris import dead_letters
+    from iris.ops import dead_letters
 
     letters = _with_nats(nats_url, lambda nc: dead_letters.list_dead_letters(nc, limit))
     if json_out:
@@ -164,7 +164,7 @@ def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
 def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, wait: bool, nats_url: str) -> None:
     """Publish dead letters SEQ... again to their original subject (new id, fresh deadline); each leaves the
     DLQ once JetStream has stored it. Answers go to the original reply inbox unless --wait."""
-    from iris import dead_letters
+    from iris.ops import dead_letters
 
     if bool(seqs) == every:
         raise click.UsageError("give dead-letter sequences or --all, not both")
@@ -179,7 +179,7 @@ def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, wai
 @nats_option
 def dlq_rm(seqs: tuple[int, ...], every: bool, nats_url: str) -> None:
     """Erase dead letters SEQ... (or --all) for good."""
-    from iris import dead_letters
+    from iris.ops import dead_letters
 
     if bool(seqs) == every:
         raise click.UsageError("give dead-letter sequences or --all, not both")
@@ -219,7 +219,7 @@ def bench() -> None:
 @click.option("--skip-real", is_flag=True, help="Only the FakeEngine part.")
 def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bool) -> None:
     """Latency Iris adds over calling the same engine in-process (FakeEngine, and TTFT on the real model)."""
-    from iris.bench_overhead import run_overhead_bench
+    from iris.bench.overhead import run_overhead_bench
 
     asyncio.run(run_overhead_bench(n_requests, 0 if skip_real else real_requests, out))
 
@@ -233,7 +233,7 @@ def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bo
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/gateway.json"), show_default=True)
 def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path) -> None:
     """HTTP latency added over NATS (p50/p99) and sustained requests/s at N concurrent clients."""
-    from iris.bench_gateway import run_gateway_bench
+    from iris.bench.gateway import run_gateway_bench
 
     asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
 
@@ -244,7 +244,7 @@ def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, sl
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
     """HttpEngine in front of an OpenAI-compatible server: requests/s and upstream TCP connections."""
-    from iris.bench_upstream import run_upstream_bench
+    from iris.bench.upstream import run_upstream_bench
 
     asyncio.run(run_upstream_bench(clients, n_requests, out))
 
@@ -280,7 +280,7 @@ def bench_seed(
     fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
-    from iris.bench_seed import SeedOptions, run_seed_bench
+    from iris.bench.seed.run import SeedOptions, run_seed_bench
 
     if engine == "fake":
         worker_args, name = ["--engine", "fake", "--model-name", "fake", "--fake-tps", str(fake_tps)], "fake"
@@ -313,7 +313,7 @@ def bench_seed(
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/fairness.json"), show_default=True)
 def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, scenario: str, out: Path) -> None:
     """Token share per flow vs its target under saturation (weights 1:2:4, or priorities 1/2/4; a greedy user)."""
-    from iris.bench_fairness import SCENARIOS, run_fairness_bench
+    from iris.bench.fairness import SCENARIOS, run_fairness_bench
 
     names = tuple(SCENARIOS) if scenario == "both" else (scenario,)
     asyncio.run(run_fairness_bench(duration_s, outstanding, slots, out, policy, names))
@@ -325,7 +325,7 @@ def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str,
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scheduler.json"), show_default=True)
 def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
-    from iris.bench_scheduler import run_scheduler_bench
+    from iris.bench.scheduler import run_scheduler_bench
 
     asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
 
@@ -337,7 +337,7 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/hostile.json"), show_default=True)
 def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) -> None:
     """Broker RSS and /metrics size before and after requests to random model/workload names."""
-    from iris.bench_hostile import run_hostile_bench
+    from iris.bench.hostile import run_hostile_bench
 
     asyncio.run(run_hostile_bench(n_requests, served_every, rounds, out))
 
@@ -347,7 +347,7 @@ def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) ->
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/failover.json"), show_default=True)
 def bench_failover(rounds: int, out: Path) -> None:
     """kill -9 of the leading broker under load: seconds until the standby leads and serves again."""
-    from iris.bench_failover import run_failover_bench
+    from iris.bench.failover import run_failover_bench
 
     asyncio.run(run_failover_bench(rounds, out))
 
@@ -359,7 +359,7 @@ def bench_failover(rounds: int, out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/soak.json"), show_default=True)
 def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> None:
     """2x capacity through the HTTP gateway: bounded queues, 429 + Retry-After, RSS, fairness under overload."""
-    from iris.bench_soak import run_soak_bench
+    from iris.bench.soak import run_soak_bench
 
     asyncio.run(run_soak_bench(duration_s, slots, fake_tps, out))
 
@@ -372,7 +372,7 @@ def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> Non
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/limits.json"), show_default=True)
 def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, out: Path) -> None:
     """Dispatch cost of limit_by with a deep backlog, and admission ticket latency and rate."""
-    from iris.bench_limits import run_limits_bench
+    from iris.bench.limits import run_limits_bench
 
     asyncio.run(run_limits_bench(n_waiting, decisions, round_trips, apps, out))
 
@@ -388,7 +388,7 @@ def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, ou
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/worker.json"), show_default=True)
 def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
     """Tokens/s with N concurrent sequences: Iris (broker + one N-slot worker) vs raw batched llama_decode."""
-    from iris.bench_worker import bench_command
+    from iris.bench.worker import bench_command
 
     asyncio.run(bench_command(model, concurrency, out, **options))
 
@@ -398,7 +398,7 @@ def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any)
 @click.option("--shape", type=click.Choice(["mistral-7b", "tiny"]), default="mistral-7b", show_default=True)
 def bench_make_model(out: Path, shape: str) -> None:
     """Write a random-weight GGUF shaped like Mistral 7B (F16, ~14.5 GB) for `iris bench worker --model`."""
-    from iris.random_gguf import SHAPES, write_llama_gguf
+    from iris.bench.random_gguf import SHAPES, write_llama_gguf
 
     click.echo(f"wrote {write_llama_gguf(out, SHAPES[shape])}")
 

@@ -1,6 +1,6 @@
 """The client side of the wire contract: publish one request, read its replies until the final one.
 
-Shared by the Python SDK (`iris.client`) and the gateway, which are both clients of the broker.
+Shared by the Python SDK (`iris.sdk.client`) and the gateway, which are both clients of the broker.
 `RequestEnvelope` is what goes on the stream; `Exchange` runs it. Delivery is at-least-once: chunks of a
 re-run arrive with a higher `attempt` (late chunks of an older attempt are dropped) and only the first
 final reply counts, since the exchange unsubscribes on it.

@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from iris.nats_server import NatsServer
+from iris.launch.nats_server import NatsServer
 
 
 @pytest.fixture
@@ -77,6 +77,6 @@ def embedded_model() -> str:
 @pytest.fixture(scope="session")
 def tiny_mistral_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A few-MB random-weight GGUF with Mistral's architecture, SentencePiece vocab and chat template."""
-    from iris.random_gguf import TINY, write_llama_gguf
+    from iris.bench.random_gguf import TINY, write_llama_gguf
 
     return str(write_llama_gguf(tmp_path_factory.mktemp("models") / "tiny-mistral.gguf", TINY))

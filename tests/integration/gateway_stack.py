@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from gateway.config import ApiKey, GatewayConfig, hash_key
 from gateway.service import GatewayService
-from iris.nats_server import free_port
+from iris.launch.nats_server import free_port
 from tests.integration.services import eventually
 
 PAID_KEY = "paid-key-0123456789"  # user alice, workload paid (may also use default), priority up to 5

@@ -7,10 +7,10 @@ import httpx
 import ollama
 import pytest
 
-from gpu_worker.fake_engine import FakeEngine
-from gpu_worker.llama_engine import LlamaCppEngine
-from iris.nats_server import NatsServer
-from iris.random_gguf import MISTRAL_CHAT_TEMPLATE
+from gpu_worker.engines.fake import FakeEngine
+from gpu_worker.engines.llama.engine import LlamaCppEngine
+from iris.bench.random_gguf import MISTRAL_CHAT_TEMPLATE
+from iris.launch.nats_server import NatsServer
 from tests.conftest import Processes
 from tests.integration.gateway_stack import OPEN_KEY, gateway
 from tests.integration.services import broker, worker

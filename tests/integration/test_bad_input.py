@@ -10,10 +10,10 @@ import time
 import pytest
 from nats.aio.client import Client as NATS
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.dead_letters import list_dead_letters
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.ops.dead_letters import list_dead_letters
+from iris.sdk.client import Client
 from schemas.subjects import DLQ_STREAM
 from tests.integration.services import broker, wait_stream_empty, worker
 

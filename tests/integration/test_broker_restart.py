@@ -7,8 +7,8 @@ import asyncio
 
 from nats.aio.client import Client as NATS
 
-from iris.client import Client
-from iris.nats_server import NatsServer
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.messages import Result
 from tests.conftest import Processes
 from tests.integration.services import eventually, stream_messages, wait_for_models, wait_stream_empty

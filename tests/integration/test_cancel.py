@@ -9,9 +9,9 @@ import time
 import pytest
 from nats.aio.client import Client as NATS
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.errors import Cancelled
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 

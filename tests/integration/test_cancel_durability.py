@@ -15,8 +15,8 @@ from nats.aio.msg import Msg
 from broker.config import BrokerConfig
 from broker.service import BrokerService
 from broker.streams import ensure_lease_bucket, ensure_streams
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from schemas.messages import (
     Heartbeat,
     Lease,

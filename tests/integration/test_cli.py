@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from iris.nats_server import free_port
+from iris.launch.nats_server import free_port
 
 IRIS = [sys.executable, "-m", "iris.cli"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsCluster
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsCluster
+from iris.sdk.client import Client
 from schemas.subjects import REQUEST_STREAM
 from tests.integration.services import SteadyLoad, broker, eventually, wait_stream_empty, worker
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from iris.client import Client
-from iris.nats_server import NatsServer
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.errors import QueueFull
 from tests.conftest import Processes
 from tests.integration.services import eventually, wait_for_models

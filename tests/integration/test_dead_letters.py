@@ -14,10 +14,10 @@ import time
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
-from gpu_worker.fake_engine import CRASH_EXIT_CODE
-from iris.client import Client
-from iris.dead_letters import dead_letter_count, list_dead_letters
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import CRASH_EXIT_CODE
+from iris.launch.nats_server import NatsServer
+from iris.ops.dead_letters import dead_letter_count, list_dead_letters
+from iris.sdk.client import Client
 from schemas import headers as h
 from schemas.errors import IrisError
 from schemas.messages import error_decoder, result_decoder

@@ -10,9 +10,9 @@ import time
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from tests.integration.services import broker, eventually, stream_messages, worker
 
 FLOOD = 10_000

@@ -9,8 +9,8 @@ from collections import Counter
 
 import openai
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.gateway_stack import DAVE_KEY, OPEN_KEY, gateway
 from tests.integration.services import broker, worker
 

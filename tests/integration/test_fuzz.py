@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from broker.service import BrokerService
 from gateway.service import GatewayService
-from gpu_worker.fake_engine import FakeEngine
-from iris.dead_letters import list_dead_letters
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.ops.dead_letters import list_dead_letters
 from runtime.exchange import reply_router
 from schemas import headers as h
 from schemas.errors import ErrorCode

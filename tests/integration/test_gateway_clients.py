@@ -5,8 +5,8 @@ from __future__ import annotations
 import ollama
 import openai
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.conftest import Processes
 from tests.integration.gateway_stack import OPEN_KEY, PAID_KEY, gateway, metric
 from tests.integration.services import broker, worker

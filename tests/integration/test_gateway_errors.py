@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from broker.service import BrokerService
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.gateway_stack import LIMITED_KEY, OPEN_KEY, PAID_KEY, gateway, metric
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 from tests.integration.test_gateway_clients import MESSAGES, openai_client

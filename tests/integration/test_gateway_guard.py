@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 
-from gateway.http_guard import ENVELOPE_HEADER_ROOM_BYTES
+from gateway.http.guard import ENVELOPE_HEADER_ROOM_BYTES
 from gateway.service import GatewayService
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.gateway_stack import gateway
 from tests.integration.services import broker, worker
 

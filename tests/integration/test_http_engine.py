@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from nats.aio.client import Client as NATS
 
-from gpu_worker.engine import EngineInputError, Finished, Piece, StopSignal
-from gpu_worker.fake_engine import FakeEngine
-from gpu_worker.http_engine import HttpEngine, UpstreamError
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from gpu_worker.engines.http import HttpEngine, UpstreamError
+from gpu_worker.engines.protocol import EngineInputError, Finished, Piece, StopSignal
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.messages import ChatMessage, GenerateRequest
 from tests.integration.fake_upstream import FakeUpstream, serve
 from tests.integration.gateway_stack import gateway

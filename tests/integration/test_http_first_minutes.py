@@ -15,7 +15,7 @@ from pathlib import Path
 import ollama
 import openai
 
-from iris.nats_server import free_port
+from iris.launch.nats_server import free_port
 from tests.integration.test_cli import IRIS, wait_for_line
 
 README_BODY = b'{"model": "gemma3:270m", "prompt": "Why is the sky blue?"}'

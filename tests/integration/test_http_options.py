@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from schemas.messages import GenerateRequest, OutputFormat
 from tests.integration.gateway_stack import OPEN_KEY, gateway
 from tests.integration.services import broker, worker

@@ -9,8 +9,8 @@ from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.gateway_stack import OPEN_KEY, gateway
 from tests.integration.services import broker, worker
 

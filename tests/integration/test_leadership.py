@@ -11,9 +11,9 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from broker.leadership import Leadership
 from broker.lease_records import LeaseRecords
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.messages import Lease
 from schemas.subjects import BROKER_BUCKET, LEADER_KEY
 from tests.integration.services import broker, eventually, wait_for_models, worker

@@ -14,9 +14,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import broker.service
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.subjects import BROKER_STATS_SUBJECT
 from tests.integration.services import broker as run_broker
 from tests.integration.services import eventually, worker

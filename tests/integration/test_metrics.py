@@ -10,8 +10,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer, free_port
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer, free_port
 from schemas.messages import broker_stats_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT
 from tests.integration.gateway_stack import gateway

@@ -9,8 +9,8 @@ from nats.aio.client import Client as NATS
 
 from gateway.config import GatewayConfig
 from gateway.service import GatewayService
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.services import broker, eventually, worker
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client as NATS
 
-from gpu_worker.engine import EngineInputError, StopSignal
-from gpu_worker.llama_engine import LlamaCppEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.llama.engine import LlamaCppEngine
+from gpu_worker.engines.protocol import EngineInputError, StopSignal
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.messages import ChatMessage, GenerateRequest
 from tests.integration.services import broker, worker
 

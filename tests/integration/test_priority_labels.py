@@ -13,9 +13,9 @@ from collections import Counter
 import pytest
 from nats.aio.client import Client as NATS
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from tests.integration.services import broker, wait_for_models, worker
 
 TIERS = {"paid": 5, "open-source": 1}

@@ -12,9 +12,9 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME
-from gpu_worker.llama_engine import LlamaCppEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.llama.engine import LlamaCppEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from schemas.messages import GenerateRequest, lease_decoder
 from schemas.subjects import LEASE_BUCKET
 from tests.conftest import Processes
@@ -49,7 +49,7 @@ async def test_stream_answer_from_real_model(nats_server: NatsServer, nc: NATS, 
 
 async def test_engine_greedy_output_is_deterministic(embedded_model: str) -> None:
     """The kill test below compares answers across processes; that needs greedy decoding to repeat."""
-    from gpu_worker.engine import StopSignal
+    from gpu_worker.engines.protocol import StopSignal
 
     engine = LlamaCppEngine(embedded_model, MODEL, n_threads=2)
     await engine.load()

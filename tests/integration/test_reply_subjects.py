@@ -10,10 +10,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.dead_letters import list_dead_letters
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.ops.dead_letters import list_dead_letters
+from iris.sdk.client import Client
 from schemas import headers as h
 from schemas.subjects import BROKER_BUCKET, LEADER_KEY
 from tests.integration.services import broker, eventually, wait_for_models, wait_stream_empty, worker

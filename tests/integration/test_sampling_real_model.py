@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME
-from gpu_worker.engine import Finished, Piece, StopSignal
-from gpu_worker.llama_engine import LlamaCppEngine
+from gpu_worker.engines.llama.engine import LlamaCppEngine
+from gpu_worker.engines.protocol import Finished, Piece, StopSignal
 from schemas.messages import GenerateRequest, TokenLogprob
 
 PROMPT = "The sky is blue because"

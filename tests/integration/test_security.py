@@ -17,10 +17,10 @@ from gateway.broker_leader import BrokerLeader
 from gateway.config import GatewayConfig
 from gateway.model_cards import ModelCards
 from gateway.service import GatewayService
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.dead_letters import list_dead_letters
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.ops.dead_letters import list_dead_letters
+from iris.sdk.client import Client
 from runtime.connection import connect
 from schemas import headers as h
 from schemas.errors import Cancelled, ErrorCode

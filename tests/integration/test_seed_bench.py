@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iris.bench_seed import ARMS, USERS_PER_TIER, SeedOptions, run_seed_bench, seed_prompts
+from iris.bench.seed.run import ARMS, USERS_PER_TIER, SeedOptions, run_seed_bench, seed_prompts
 
 
 async def test_seed_bench_smoke(tmp_path: Path) -> None:

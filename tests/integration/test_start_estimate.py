@@ -13,9 +13,9 @@ from collections import Counter
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from tests.integration.services import broker, eventually, wait_for_models, worker
 
 BACKLOG = 3_000

@@ -18,8 +18,8 @@ import openai
 import pytest
 
 from gateway.service import GatewayService
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.gateway_stack import OPEN_KEY, gateway
 from tests.integration.services import broker, eventually, worker
 

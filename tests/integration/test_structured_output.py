@@ -14,9 +14,9 @@ import openai
 import pytest
 
 from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME
-from gpu_worker.fake_engine import FakeEngine
-from gpu_worker.llama_engine import LlamaCppEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from gpu_worker.engines.llama.engine import LlamaCppEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.gateway_stack import OPEN_KEY, gateway
 from tests.integration.services import broker, worker
 

@@ -9,9 +9,9 @@ from nats.aio.client import Client as NATS
 
 from broker.config import BrokerConfig
 from broker.service import BrokerService
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 
 

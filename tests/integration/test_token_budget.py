@@ -13,8 +13,8 @@ from nats.aio.msg import Msg
 
 from gateway.config import ApiKey, GatewayConfig, hash_key
 from gateway.service import GatewayService
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer, free_port
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer, free_port
 from schemas import headers as h
 from tests.integration.services import broker, eventually, worker
 

@@ -6,9 +6,9 @@ import asyncio
 import shlex
 import uuid
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from tests.integration.services import broker, eventually, worker
 from tests.integration.test_cli import IRIS
 

@@ -9,8 +9,8 @@ import time
 import httpx
 from nats.aio.client import Client as NATS
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
 from tests.integration.gateway_stack import gateway
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 from tests.integration.test_bad_input import good_headers, raw_request

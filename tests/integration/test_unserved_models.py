@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client as NATS
 
-from gpu_worker.fake_engine import FakeEngine
-from iris.client import Client
-from iris.nats_server import NatsServer
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from runtime.clock import now_ms
 from schemas.errors import NoCapacity
 from tests.integration.services import broker, wait_stream_empty, worker

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import nats
 
-from iris.client import Client
-from iris.nats_server import free_port
+from iris.launch.nats_server import free_port
+from iris.sdk.client import Client
 from schemas.messages import Result
 from tests.integration.services import eventually
 from tests.integration.test_cli import wait_for_line

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from iris.client import Client
-from iris.nats_server import NatsServer
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
 from tests.conftest import Processes
 from tests.integration.services import SteadyLoad, eventually, wait_for_models, wait_stream_empty
 

@@ -17,8 +17,8 @@ from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gpu_worker.config import WorkerConfig
 from gpu_worker.metrics import WorkerMetrics
-from iris.launcher import UpConfig
-from iris.nats_server import nats_server_binary
+from iris.launch.launcher import UpConfig
+from iris.launch.nats_server import nats_server_binary
 from runtime.config_loading import load_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpu_worker.engine import EngineInputError
-from gpu_worker.grammar import MAX_INT_DIGITS, check_enforceable, integer_range_rule, output_grammar
+from gpu_worker.engines.llama.grammar import MAX_INT_DIGITS, check_enforceable, integer_range_rule, output_grammar
+from gpu_worker.engines.protocol import EngineInputError
 from schemas.messages import OutputFormat
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.http_show import parameter_size
+from gateway.http.show import parameter_size
 from schemas.model_cards import MAX_METADATA_KEYS, MAX_METADATA_VALUE_CHARS, typed_metadata
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_worker.offload import Devices, Offload, OffloadError, check_offload, parse_tensor_split
+from gpu_worker.engines.llama.offload import Devices, Offload, OffloadError, check_offload, parse_tensor_split
 
 CPU_BUILD = Devices(supports_gpu_offload=False, gpu_names=())
 TWO_GPUS = Devices(supports_gpu_offload=True, gpu_names=("CUDA0", "CUDA1"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iris.supervisor import HEALTHY_S, RESTART_MAX_S, RESTART_MIN_S, next_backoff_s
+from iris.launch.supervisor import HEALTHY_S, RESTART_MAX_S, RESTART_MIN_S, next_backoff_s
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets_after_a_healthy_run() -> None:

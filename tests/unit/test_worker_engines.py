@@ -6,9 +6,9 @@ import pytest
 
 from gpu_worker.__main__ import make_engine
 from gpu_worker.config import WorkerConfig
-from gpu_worker.http_engine import HttpEngine
-from gpu_worker.llama_engine import LlamaCppEngine
-from gpu_worker.offload import Offload
+from gpu_worker.engines.http import HttpEngine
+from gpu_worker.engines.llama.engine import LlamaCppEngine
+from gpu_worker.engines.llama.offload import Offload
 from runtime.config_loading import ConfigError, load_config
 
 
