@@ -7,7 +7,7 @@ from __future__ import annotations
 from broker.cancels import withdraw_cancelled
 from schemas.cancels import CancelBook
 from schemas.errors import ErrorCode
-from tests.unit.broker.test_scheduler import beat, ready_scheduler, request
+from tests.unit.builders import beat, ready_scheduler, request
 
 INBOX = "_INBOX.x"
 

@@ -8,7 +8,7 @@ from schemas.dead_letters import dead_letter_headers, read_dead_letter, replay_h
 from schemas.errors import ErrorCode
 from schemas.messages import StoredRequest
 from schemas.subjects import dead_letter_subject
-from tests.unit.broker.test_scheduler import GRACE, T0, beat, request
+from tests.unit.builders import GRACE, T0, beat, request
 
 
 def crash_each_worker(scheduler: Scheduler, workers: list[str], now: int) -> tuple[list[int], int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from broker.scheduler import Scheduler, SchedulerLimits
 from schemas.messages import Heartbeat
-from tests.unit.broker.test_scheduler import GRACE, T0, beat, request
+from tests.unit.builders import GRACE, T0, beat, request
 
 
 def draining_beat(worker: str, slots: int, running: list[int], now: int) -> Heartbeat:

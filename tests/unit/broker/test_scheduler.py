@@ -8,26 +8,8 @@ from hypothesis import strategies as st
 from broker.queue import FifoQueue, WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
 from schemas.errors import ErrorCode
-from schemas.messages import Heartbeat, LeaseDone
-
-T0 = 1_000_000
-GRACE = SchedulerLimits().startup_grace_ms
-
-
-def request(seq: int, deadline_ms: int = T0 + 600_000, model: str = "m") -> WaitingRequest:
-    return WaitingRequest(seq, f"r{seq}", model, "default", f"_INBOX.{seq}", deadline_ms, T0)
-
-
-def beat(worker: str, slots: int, running: list[int], now: int, model: str = "m") -> Heartbeat:
-    return Heartbeat(worker, model, slots, slots - len(running), running, 0.0, now)
-
-
-def ready_scheduler(workers: dict[str, int], max_concurrency: int = 0) -> tuple[Scheduler, int]:
-    scheduler = Scheduler(SchedulerLimits(max_concurrency=max_concurrency), T0)
-    now = T0 + GRACE
-    for worker, slots in workers.items():
-        scheduler.heartbeat(beat(worker, slots, [], now), now)
-    return scheduler, now
+from schemas.messages import LeaseDone
+from tests.unit.builders import GRACE, T0, beat, ready_scheduler, request
 
 
 def test_fifo_dispatch_respects_slots_and_max_concurrency() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from broker.queue import WaitingRequest
 from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
 from schemas.errors import ErrorCode
-from tests.unit.broker.test_scheduler import GRACE, T0, beat, request
+from tests.unit.builders import GRACE, T0, beat, request
 
 TERM_MS = T0 + 60_000  # the new term starts a minute after the requests were stored
 
