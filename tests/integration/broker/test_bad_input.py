@@ -4,9 +4,6 @@ and worker go on serving."""
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -15,24 +12,8 @@ from iris.launch.nats_server import NatsServer
 from iris.ops.dead_letters import list_dead_letters
 from iris.sdk.client import Client
 from schemas.subjects import DLQ_STREAM
+from tests.integration.raw_nats import good_headers, raw_request
 from tests.integration.services import broker, wait_stream_empty, worker
-
-
-async def raw_request(nc: NATS, subject: str, body: bytes, headers: dict[str, str]) -> dict[str, object]:
-    """Publish, then return the first final reply (result or error) on the inbox."""
-    inbox = headers.get("Iris-Reply-To") or nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.jetstream().publish(subject, body, headers=headers)
-    while True:
-        msg = await sub.next_msg(timeout=20)
-        if msg.headers["Iris-Kind"] in ("result", "error"):
-            await sub.unsubscribe()
-            return {"kind": msg.headers["Iris-Kind"], **json.loads(msg.data)}
-
-
-def good_headers(nc: NATS) -> dict[str, str]:
-    return {"Iris-Reply-To": nc.new_inbox(), "Iris-Deadline": str(int(time.time() * 1000) + 30_000)}
-
 
 CASES = [
     pytest.param("iris.req.fake.default", b"{not json", {}, "malformed JSON", id="malformed-json"),

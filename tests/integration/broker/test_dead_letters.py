@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 
 from nats.aio.client import Client as NATS
@@ -23,9 +22,9 @@ from schemas.errors import IrisError
 from schemas.messages import error_decoder, result_decoder
 from schemas.subjects import DLQ_STREAM
 from tests.conftest import Processes
+from tests.integration.commands import IRIS
 from tests.integration.services import eventually, wait_for_models, wait_stream_empty
 
-IRIS = [sys.executable, "-m", "iris.cli"]
 POISON = "POISON"
 
 

@@ -11,8 +11,8 @@ from nats.aio.client import Client as NATS
 
 from gpu_worker.engines.fake import FakeEngine
 from iris.launch.nats_server import NatsServer
-from tests.integration.broker.test_bad_input import good_headers, raw_request
 from tests.integration.gateway_stack import gateway
+from tests.integration.raw_nats import good_headers, raw_request
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 
 

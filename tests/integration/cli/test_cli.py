@@ -5,28 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from iris.launch.nats_server import free_port
+from tests.integration.commands import IRIS, wait_for_line
 
 pytestmark = pytest.mark.slow  # the real model (or a cluster) in real processes
-
-IRIS = [sys.executable, "-m", "iris.cli"]
-
-
-def wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if text in path.read_text():
-            return
-        assert proc.poll() is None, f"iris up exited early:\n{path.read_text()}"
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not printed within {timeout_s} s:\n{path.read_text()}")
 
 
 def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import uuid
 from gpu_worker.engines.fake import FakeEngine
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
-from tests.integration.cli.test_cli import IRIS
+from tests.integration.commands import IRIS
 from tests.integration.services import broker, eventually, worker
 
 

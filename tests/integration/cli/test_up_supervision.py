@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +18,8 @@ import nats
 from iris.launch.nats_server import free_port
 from iris.sdk.client import Client
 from schemas.messages import Result
-from tests.integration.cli.test_cli import wait_for_line
+from tests.integration.commands import IRIS, wait_for_line
 from tests.integration.services import eventually
-
-IRIS = [sys.executable, "-m", "iris.cli"]
 
 
 class Up:

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import ollama
-import openai
 
 from gpu_worker.engines.fake import FakeEngine
 from iris.launch.nats_server import NatsServer
 from tests.conftest import Processes
-from tests.integration.gateway_stack import OPEN_KEY, PAID_KEY, gateway, metric
+from tests.integration.gateway_stack import MESSAGES, OPEN_KEY, gateway, metric, openai_client
 from tests.integration.services import broker, worker
-
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
-
-
-def openai_client(url: str, key: str = PAID_KEY) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 async def test_openai_chat_and_completions(nats_server: NatsServer) -> None:

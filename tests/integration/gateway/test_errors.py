@@ -12,8 +12,7 @@ import pytest
 from broker.service import BrokerService
 from gpu_worker.engines.fake import FakeEngine
 from iris.launch.nats_server import NatsServer
-from tests.integration.gateway.test_clients import MESSAGES, openai_client
-from tests.integration.gateway_stack import LIMITED_KEY, OPEN_KEY, PAID_KEY, gateway, metric
+from tests.integration.gateway_stack import LIMITED_KEY, MESSAGES, OPEN_KEY, PAID_KEY, gateway, metric, openai_client
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 
 

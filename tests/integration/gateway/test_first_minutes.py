@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from iris.launch.nats_server import free_port
-from tests.integration.cli.test_cli import IRIS, wait_for_line
+from tests.integration.commands import IRIS, wait_for_line
 
 pytestmark = pytest.mark.slow  # the real model (or a cluster) in real processes
 
