@@ -171,27 +171,11 @@ class LeaseRunner:
         answered: Callable[[], None],
     ) -> None:
         started_ms = now_ms()
-        loop = asyncio.get_running_loop()
-        timers = [loop.call_later(max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline")]
-        if lease.cutoff_ms:
-            timers.append(loop.call_later(max(0.0, (lease.cutoff_ms - started_ms) / 1000), stop.stop, "max_inflight"))
+        timers = _stop_timers(lease, stop, started_ms)
         parts: list[str] = []
         logprobs: list[TokenLogprob] | None = [] if request.logprobs else None
-        finished: Finished | None = None
         try:
-            async for event in self.engine.generate(request, stop):
-                if isinstance(event, Piece):
-                    if not parts:
-                        self.stats.metrics.first_token(lease, (now_ms() - started_ms) / 1000)
-                    chunk_logprobs = list(event.logprobs) if logprobs is not None else None
-                    if request.stream:
-                        chunk = Chunk(len(parts), event.text, lease.attempt, chunk_logprobs)
-                        await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
-                    parts.append(event.text)
-                    if logprobs is not None:
-                        logprobs.extend(event.logprobs)
-                else:
-                    finished = event
+            finished = await self._stream(lease, request, stop, started_ms, parts, logprobs)
         except EngineInputError as exc:
             await self._fail(answered, lease, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
             return
@@ -202,7 +186,6 @@ class LeaseRunner:
         finally:
             for timer in timers:
                 timer.cancel()
-        assert finished is not None, "engine ended without Finished"
         if finished.finish_reason == "cancelled":
             await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
             return
@@ -227,6 +210,34 @@ class LeaseRunner:
         usage = (finished.prompt_tokens, finished.completion_tokens)
         await self._release(lease, delete_body=True, usage=usage, run_ms=run_ms)
         log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
+
+    async def _stream(
+        self,
+        lease: Lease,
+        request: GenerateRequest,
+        stop: StopSignal,
+        started_ms: int,
+        parts: list[str],
+        logprobs: list[TokenLogprob] | None,
+    ) -> Finished:
+        """Run the engine, streaming each piece as a `Chunk` when asked; the text and logprobs so far are
+        collected into `parts` and `logprobs` (None: not asked for)."""
+        finished: Finished | None = None
+        async for event in self.engine.generate(request, stop):
+            if isinstance(event, Piece):
+                if not parts:
+                    self.stats.metrics.first_token(lease, (now_ms() - started_ms) / 1000)
+                chunk_logprobs = list(event.logprobs) if logprobs is not None else None
+                if request.stream:
+                    chunk = Chunk(len(parts), event.text, lease.attempt, chunk_logprobs)
+                    await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
+                parts.append(event.text)
+                if logprobs is not None:
+                    logprobs.extend(event.logprobs)
+            else:
+                finished = event
+        assert finished is not None, "engine ended without Finished"
+        return finished
 
     async def _fail(
         self, answered: Callable[[], None], lease: Lease, error: Error, log: structlog.stdlib.BoundLogger
@@ -282,3 +293,12 @@ class LeaseRunner:
             run_ms=float(run_ms),
         )
         self.ends.add(done)
+
+
+def _stop_timers(lease: Lease, stop: StopSignal, started_ms: int) -> list[asyncio.TimerHandle]:
+    """Stop the answer at the lease's deadline, and at its `max_inflight_s` cut-off when it has one."""
+    loop = asyncio.get_running_loop()
+    timers = [loop.call_later(max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline")]
+    if lease.cutoff_ms:
+        timers.append(loop.call_later(max(0.0, (lease.cutoff_ms - started_ms) / 1000), stop.stop, "max_inflight"))
+    return timers

@@ -91,15 +91,7 @@ async def respond(
     labels = (family.value, model, identity.workload)
     ctx.metrics.in_flight.inc()
     pump = EventPump(events)
-    try:
-        if stream:
-            head = await _until_disconnect(ctx, request, family, pump.head(ctx.config.queue_commit_after_s))
-        else:
-            head = [await _until_disconnect(ctx, request, family, final_result(events))]
-    except BaseException:
-        ctx.metrics.in_flight.dec()
-        await pump.aclose()
-        raise
+    head = await _head(ctx, request, family, pump, events, stream=stream)
 
     def first_text() -> None:
         ctx.metrics.first_token_s.labels(*labels).observe(time.monotonic() - started_s)
@@ -132,6 +124,27 @@ async def respond(
         ctx.metrics.disconnects.labels(family.value).inc()
 
     return AnswerStream(body(), fmt.media_type, disconnected)
+
+
+async def _head(
+    ctx: HttpContext,
+    request: Request,
+    family: ApiFamily,
+    pump: EventPump,
+    events: AsyncGenerator[AnswerEvent, None],
+    *,
+    stream: bool,
+) -> list[AnswerEvent]:
+    """What comes before the response commits: a stream's events up to its first text or the commit
+    deadline, or the whole result; on any failure the slot's gauge and the pump are released."""
+    try:
+        if stream:
+            return await _until_disconnect(ctx, request, family, pump.head(ctx.config.queue_commit_after_s))
+        return [await _until_disconnect(ctx, request, family, final_result(events))]
+    except BaseException:
+        ctx.metrics.in_flight.dec()
+        await pump.aclose()
+        raise
 
 
 async def _until_disconnect(ctx: HttpContext, request: Request, family: ApiFamily, work: Awaitable[T]) -> T:

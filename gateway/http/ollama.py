@@ -178,6 +178,10 @@ def ollama_logprobs_body(logprobs: list[TokenLogprob]) -> list[dict[str, Any]]:
 
 
 def ollama_routes(ctx: HttpContext) -> list[Route]:
+    return [*_answer_routes(ctx), *_listing_routes(ctx)]
+
+
+def _answer_routes(ctx: HttpContext) -> list[Route]:
     family = ApiFamily.OLLAMA
     max_bytes, default_max_tokens = ctx.config.max_body_bytes, ctx.config.default_max_tokens or None
 
@@ -213,6 +217,12 @@ def ollama_routes(ctx: HttpContext) -> list[Route]:
         fmt = _NdjsonFormat(call.model, "message")
         return await respond(ctx, request, family, events, fmt, stream=call.stream, model=model, identity=identity)
 
+    return [Route("/api/generate", generate, methods=["POST"]), Route("/api/chat", chat, methods=["POST"])]
+
+
+def _listing_routes(ctx: HttpContext) -> list[Route]:
+    family = ApiFamily.OLLAMA
+
     @endpoint(ctx, family, "/api/tags")
     async def tags(request: Request) -> Response:
         ctx.keys.key_for(request.headers.get("authorization"))
@@ -240,8 +250,6 @@ def ollama_routes(ctx: HttpContext) -> list[Route]:
         return json_response({"version": IRIS_VERSION})
 
     return [
-        Route("/api/generate", generate, methods=["POST"]),
-        Route("/api/chat", chat, methods=["POST"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/ps", ps, methods=["GET"]),
         Route("/api/version", version, methods=["GET"]),

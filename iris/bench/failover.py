@@ -18,10 +18,12 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from iris.bench.harness import save_report
 from iris.bench.overhead import spawn, wait_for_model
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
@@ -113,17 +115,7 @@ async def run_failover_bench(rounds: int, out: Path) -> dict[str, Any]:
                 load = Load(client)
                 users = [asyncio.ensure_future(load.user(u)) for u in range(CLIENTS)]
                 await asyncio.sleep(2.0)
-                leader, standby = "a", "b"
-                report["rounds"] = []
-                for _ in range(rounds):
-                    figures = await one_round(load, brokers[leader], workdir / f"broker-{standby}.log")
-                    report["rounds"].append(figures)
-                    print(
-                        f"leader {leader} killed: elected {figures['election_s']} s, "
-                        f"service resumed {figures['service_resumed_s']} s (target <= {TARGET_TAKEOVER_S})"
-                    )
-                    start_broker(leader)
-                    leader, standby = standby, leader
+                report["rounds"] = await kill_rounds(load, brokers, start_broker, rounds, workdir)
                 load.stop()
                 await asyncio.gather(*users)
                 report["requests"] = load.sent
@@ -133,6 +125,32 @@ async def run_failover_bench(rounds: int, out: Path) -> dict[str, Any]:
                 proc.kill()
                 proc.wait()
             server.stop()
+    return _save(report, out)
+
+
+async def kill_rounds(
+    load: Load,
+    brokers: dict[str, subprocess.Popen[bytes]],
+    start_broker: Callable[[str], None],
+    rounds: int,
+    workdir: Path,
+) -> list[dict[str, float]]:
+    """`kill -9` of the leader, `rounds` times; the killed broker comes back as the next standby."""
+    leader, standby = "a", "b"
+    figures_per_round = []
+    for _ in range(rounds):
+        figures = await one_round(load, brokers[leader], workdir / f"broker-{standby}.log")
+        figures_per_round.append(figures)
+        print(
+            f"leader {leader} killed: elected {figures['election_s']} s, "
+            f"service resumed {figures['service_resumed_s']} s (target <= {TARGET_TAKEOVER_S})"
+        )
+        start_broker(leader)
+        leader, standby = standby, leader
+    return figures_per_round
+
+
+def _save(report: dict[str, Any], out: Path) -> dict[str, Any]:
     worst = max(r["service_resumed_s"] for r in report["rounds"])
     report["worst_service_resumed_s"] = worst
     report["target_s"] = TARGET_TAKEOVER_S
@@ -140,7 +158,4 @@ async def run_failover_bench(rounds: int, out: Path) -> dict[str, Any]:
         f"{report['requests']} requests, {report['errors']} errors; worst takeover {worst} s "
         f"(target <= {TARGET_TAKEOVER_S} s)"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
-    return report
+    return save_report(report, out)

@@ -14,7 +14,6 @@ and Jain's fairness index per workload; saves JSON.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iris.bench.harness import save_report
 from iris.bench.overhead import spawn, stop_all, wait_for_model
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
@@ -177,7 +177,4 @@ async def run_fairness_bench(
         "targets": {"share_tolerance": TARGET_SHARE_TOLERANCE, "jain": TARGET_JAIN},
     }
     print(f"targets: every share within ±{TARGET_SHARE_TOLERANCE:.0%} of target, Jain >= {TARGET_JAIN}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
-    return report
+    return save_report(report, out)

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from iris.bench.harness import percentiles, time_calls, wait_http
+from iris.bench.harness import percentiles, save_report, time_calls, wait_http
 from iris.bench.overhead import spawn, stop_all, wait_for_model
 from iris.launch.nats_server import NatsServer, free_port
 from iris.sdk.client import Client
@@ -129,10 +129,7 @@ async def run_gateway_bench(
         "throughput": throughput,
     }
     _print(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
-    return report
+    return save_report(report, out)
 
 
 def _print(report: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ replies on an inbox and waiting for an HTTP server. Starting and stopping the se
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -92,3 +93,10 @@ async def wait_http(base_url: str, path: str = "/readyz", timeout_s: float = 60.
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{base_url}{path} not ready within {timeout_s} s")
 
+
+def save_report(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write the figures as JSON to `out` (its folder made if needed) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"saved {out}")
+    return report

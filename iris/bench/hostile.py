@@ -11,7 +11,6 @@ either (the first round's growth is the allocator keeping the buffers of the bur
 from __future__ import annotations
 
 import asyncio
-import json
 import platform
 import random
 import string
@@ -21,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from iris.bench.harness import ReplyCounter, rss_mb
+from iris.bench.harness import ReplyCounter, rss_mb, save_report
 from iris.bench.overhead import spawn, wait_for_model
 from iris.launch.nats_server import NatsServer, free_port
 from iris.sdk.client import Client
@@ -115,7 +114,4 @@ async def run_hostile_bench(n_requests: int, served_every: int, rounds: int, out
             f"broker {name:<14} RSS {row['rss_mb']:>7} MB, /metrics {row['metrics_bytes']:>7} bytes, "
             f"{row['metrics_series']:>5} series{took}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
-    return report
+    return save_report(report, out)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import platform
 import tempfile
 import time
@@ -20,7 +19,7 @@ from typing import Any
 from broker.limits import SchedulerLimits
 from broker.queue import WaitingRequest
 from broker.scheduler import Scheduler
-from iris.bench.harness import percentiles
+from iris.bench.harness import percentiles, save_report
 from iris.bench.overhead import spawn, stop_all
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
@@ -119,6 +118,4 @@ async def run_limits_bench(n_waiting: int, n_decisions: int, n_round_trips: int,
     print(f"admission, one at a time ({n_round_trips}): acquire {admission['acquire_ms']} ms")
     print(f"                                  release {admission['release_ms']} ms")
     print(f"admission, {apps} apps in closed loops on {SLOTS} slots: {admission['tickets_per_s']} tickets/s")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
+    save_report(report, out)

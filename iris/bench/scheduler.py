@@ -16,23 +16,25 @@ Three measurements in one run, all on loopback with a real nats-server:
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from iris.bench.harness import ReplyCounter, rss_mb
+from iris.bench.harness import ReplyCounter, rss_mb, save_report
 from iris.bench.overhead import spawn, wait_for_model
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
 from schemas.messages import broker_stats_decoder
-from schemas.subjects import BROKER_STATS_SUBJECT
+from schemas.subjects import BROKER_STATS_SUBJECT, request_subject
 
 TARGET_DISPATCH_PER_S = 5000
 TARGET_RSS_MB = 150
@@ -66,7 +68,7 @@ async def publish_requests(nc: nats.NATS, model: str, n: int, inbox: str) -> Non
     futures = []
     for i in range(n):
         headers = {"Iris-Reply-To": inbox, "Iris-Deadline": deadline, "Nats-Msg-Id": f"b{time.time_ns()}-{i}"}
-        futures.append(await js.publish_async(f"iris.req.{model}.default", BODY, headers=headers))
+        futures.append(await js.publish_async(request_subject(model, "default"), BODY, headers=headers))
     await asyncio.gather(*futures)
 
 
@@ -119,6 +121,43 @@ async def backlog_dispatch(client: Client, model: str, n: int) -> float:
     return round((n - 1) / (last - first), 1)
 
 
+def _fake_worker(url: str, model: str, slots: int, worker_id: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    args = ["--engine", "fake", "--model-name", model, "--slots", str(slots), "--worker-id", worker_id, *extra]
+    return spawn("gpu_worker", url, args, log)
+
+
+async def _dispatch_phases(client: Client, n_dispatch: int, report: dict[str, Any]) -> None:
+    """End to end with the publishing included, then dispatch from a standing backlog (median of rounds)."""
+    inbox = client.nc.new_inbox()
+    results = await ReplyCounter(client.nc, inbox, "result", n_dispatch).subscribe()
+    start = time.perf_counter()
+    await publish_requests(client.nc, "fast", n_dispatch, inbox)
+    report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results.wait(600))[1] - start), 1)
+    rounds = [await backlog_dispatch(client, "fast", n_dispatch) for _ in range(BACKLOG_ROUNDS)]
+    report["iris_dispatch_rounds_per_s"] = rounds
+    report["iris_dispatch_per_s"] = statistics.median(rounds)
+
+
+async def _index_memory(
+    client: Client,
+    procs: list[subprocess.Popen[bytes]],
+    restart: Callable[[], subprocess.Popen[bytes]],
+    n_waiting: int,
+    report: dict[str, Any],
+) -> None:
+    """The index's own cost, on a broker that did nothing else: a fresh one takes over, then n wait."""
+    procs[0].terminate()
+    procs[0].wait(timeout=30)
+    procs[0] = restart()
+    await wait_for_model(client, "slow", procs)
+    broker_pid = procs[0].pid
+    report["broker_rss_idle_mb"] = round(rss_mb(broker_pid), 1)
+    await publish_requests(client.nc, "slow", n_waiting, client.nc.new_inbox())
+    await wait_indexed(client.nc, "slow", n_waiting, 900)
+    report["waiting_requests"] = n_waiting
+    report["broker_rss_with_waiting_mb"] = round(rss_mb(broker_pid), 1)
+
+
 async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dict[str, Any]:
     report: dict[str, Any] = {
         "bench": "scheduler",
@@ -128,81 +167,33 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dic
     with tempfile.TemporaryDirectory(prefix="iris-sched-") as tmp:
         workdir = Path(tmp)
         server = NatsServer(workdir / "nats").start()
-        procs = []
+        procs: list[subprocess.Popen[bytes]] = []
         try:
             report["raw_jetstream_msgs_per_s"] = round(await raw_jetstream(server.url, n_dispatch), 1)
             # max_concurrency = the fast workers' slots: the backlog phase's tickets fill the model exactly
             limit = ["--max-concurrency", str(FAST_SLOTS * FAST_WORKERS)]
             procs.append(spawn("broker", server.url, limit, workdir / "broker.log"))
             for i in range(FAST_WORKERS):
-                procs.append(
-                    spawn(
-                        "gpu_worker",
-                        server.url,
-                        [
-                            "--engine",
-                            "fake",
-                            "--model-name",
-                            "fast",
-                            "--slots",
-                            str(FAST_SLOTS),
-                            "--worker-id",
-                            f"fast{i}",
-                        ],
-                        workdir / f"w{i}.log",
-                    )
-                )
-            procs.append(
-                spawn(
-                    "gpu_worker",
-                    server.url,
-                    [
-                        "--engine",
-                        "fake",
-                        "--model-name",
-                        "slow",
-                        "--slots",
-                        "1",
-                        "--fake-tps",
-                        "0.01",
-                        "--worker-id",
-                        "slow",
-                    ],
-                    workdir / "slow.log",
-                )
-            )
+                procs.append(_fake_worker(server.url, "fast", FAST_SLOTS, f"fast{i}", workdir / f"w{i}.log"))
+            procs.append(_fake_worker(server.url, "slow", 1, "slow", workdir / "slow.log", "--fake-tps", "0.01"))
             async with await Client.connect(server.url) as client:
                 await wait_for_model(client, "fast", procs)
                 await wait_for_model(client, "slow", procs)
-                nc = client.nc
-                inbox = nc.new_inbox()
-                results = await ReplyCounter(nc, inbox, "result", n_dispatch).subscribe()
-                start = time.perf_counter()
-                await publish_requests(nc, "fast", n_dispatch, inbox)
-                report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results.wait(600))[1] - start), 1)
-
-                rounds = [await backlog_dispatch(client, "fast", n_dispatch) for _ in range(BACKLOG_ROUNDS)]
-                report["iris_dispatch_rounds_per_s"] = rounds
-                report["iris_dispatch_per_s"] = statistics.median(rounds)
-
+                await _dispatch_phases(client, n_dispatch, report)
                 report["broker_rss_after_dispatch_mb"] = round(rss_mb(procs[0].pid), 1)
-                # The index's own cost, on a broker that did nothing else: a fresh one takes over.
-                procs[0].terminate()
-                procs[0].wait(timeout=30)
-                procs[0] = spawn("broker", server.url, limit, workdir / "broker-2.log")
-                await wait_for_model(client, "slow", procs)
-                broker_pid = procs[0].pid
-                report["broker_rss_idle_mb"] = round(rss_mb(broker_pid), 1)
-                await publish_requests(nc, "slow", n_waiting, nc.new_inbox())
-                await wait_indexed(nc, "slow", n_waiting, 900)
-                report["waiting_requests"] = n_waiting
-                report["broker_rss_with_waiting_mb"] = round(rss_mb(broker_pid), 1)
+                restart = functools.partial(spawn, "broker", server.url, limit, workdir / "broker-2.log")
+                await _index_memory(client, procs, restart, n_waiting, report)
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait()
             server.stop()
     report["targets"] = {"dispatch_per_s": TARGET_DISPATCH_PER_S, "rss_mb": TARGET_RSS_MB}
+    _print(report, n_waiting)
+    return save_report(report, out)
+
+
+def _print(report: dict[str, Any], n_waiting: int) -> None:
     print(f"raw JetStream publish→fetch→ack:   {report['raw_jetstream_msgs_per_s']:>10.1f} msgs/s")
     rounds_text = ", ".join(f"{r:.0f}" for r in report["iris_dispatch_rounds_per_s"])
     print(
@@ -216,7 +207,3 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dic
         f"fresh broker RSS idle / {n_waiting} waiting: {report['broker_rss_idle_mb']} MB / "
         f"{report['broker_rss_with_waiting_mb']} MB (target <= {TARGET_RSS_MB} MB)"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
-    return report

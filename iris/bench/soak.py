@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from iris.bench.harness import rss_mb, wait_http
+from iris.bench.harness import rss_mb, save_report, wait_http
 from iris.bench.overhead import spawn, stop_all
 from iris.launch.nats_server import NatsServer, free_port
 from runtime.connection import connect
@@ -169,10 +169,7 @@ async def run_soak_bench(duration_s: float, slots: int, tokens_per_s: float, out
             stop_all(list(procs.values()), server)
     report.update(_summary(tally, duration_s, deepest))
     _print(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
-    return report
+    return save_report(report, out)
 
 
 def _summary(tally: Tally, duration_s: float, deepest: dict[str, int]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from gpu_worker.engines.llama.context import LoadedModel, batch_tokens, load_model, new_context
 from gpu_worker.engines.llama.offload import Offload
+from iris.bench.harness import save_report
 from iris.bench.overhead import spawn, stop_all, wait_for_model
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
@@ -226,10 +227,7 @@ async def run_worker_bench(settings: BenchSettings, out: Path) -> dict[str, Any]
         "results": rows,
     }
     print_table(rows, load_before, load_after)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(__import__("json").dumps(report, indent=2))
-    print(f"saved {out}")
-    return report
+    return save_report(report, out)
 
 
 async def bench_command(

@@ -144,13 +144,9 @@ class Client:
         seed: int | None = None,
         stream: bool = True,
     ) -> Generation:
-        try:
-            chat = None if messages is None else [msgspec.convert(m, ChatMessage) for m in messages]
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"invalid messages: {exc}") from None
         request = GenerateRequest(
             prompt=prompt,
-            messages=chat,
+            messages=_chat(messages),
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -206,3 +202,10 @@ class Client:
             deadline_s=deadline_s,
             ticket_id=ticket_id,
         )
+
+
+def _chat(messages: Sequence[ChatMessage | dict[str, str]] | None) -> list[ChatMessage] | None:
+    try:
+        return None if messages is None else [msgspec.convert(m, ChatMessage) for m in messages]
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"invalid messages: {exc}") from None

@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
@@ -146,8 +147,12 @@ async def test_dlq_ls_and_replay_run_it_again_on_a_healthy_worker(
     again = await asyncio.to_thread(iris_cli, "dlq", "replay", str(row["dlq_seq"]), "--nats", url)
     assert again.returncode == 1 and "no such dead letter" in again.stdout
 
-    # An unparseable request replayed with --wait: the error comes back to the terminal, and it is a dead
-    # letter again under a new sequence.
+    await replay_an_unparseable_request(nc, url, dead_lettered)
+
+
+async def replay_an_unparseable_request(nc: NATS, url: str, dead_lettered: Callable[[], Awaitable[bool]]) -> None:
+    """Replayed with --wait: the error comes back to the terminal, and it is a dead letter again under a
+    new sequence."""
     headers = {h.REPLY_TO: nc.new_inbox(), h.PRIORITY: "high", h.MSG_ID: "bad-priority"}
     await nc.jetstream().publish("iris.req.fake.default", b'{"prompt": "hi"}', headers=headers)
     await eventually(dead_lettered, what="the unparseable request in IRIS_DLQ")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,16 @@ from iris.launch.nats_server import free_port
 from tests.integration.commands import IRIS, wait_for_line
 
 pytestmark = pytest.mark.slow  # the real model (or a cluster) in real processes
+
+
+def generate_over_http(http_port: int, body: bytes) -> dict[str, Any]:
+    """POST /api/generate with the key `iris up --api-key` added."""
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/api/generate", data=body)
+    request.add_header("Authorization", "Bearer cli-test-key")
+    request.add_header("X-Iris-Priority", "5")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
 
 
 def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
@@ -54,12 +65,9 @@ def test_up_submit_and_ctrl_c(tmp_path: Path) -> None:
         )
         assert bad.returncode == 1 and "invalid_request" in bad.stderr.decode()
         assert f"http://127.0.0.1:{http_port}" in out.read_text()  # the printed URL answers at once
-        body = b'{"model": "gemma3:270m", "prompt": "Hi", "stream": false, "options": {"num_predict": 4}}'
-        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/api/generate", data=body)
-        request.add_header("Authorization", "Bearer cli-test-key")
-        request.add_header("X-Iris-Priority", "5")
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+        answer = generate_over_http(
+            http_port, b'{"model": "gemma3:270m", "prompt": "Hi", "stream": false, "options": {"num_predict": 4}}'
+        )
         assert answer["done"] and 0 < answer["eval_count"] <= 4
     finally:
         up.send_signal(signal.SIGINT)

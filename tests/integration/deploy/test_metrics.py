@@ -34,6 +34,20 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
+async def check_three_requests_counted(http: httpx.AsyncClient, broker_url: str, worker_url: str, base: str) -> None:
+    """Three answers of 5 tokens each, as the broker, the worker and the gateway count them."""
+    after_broker = await scrape(http, f"{broker_url}/metrics")
+    assert value(after_broker, "iris_broker_queue_wait_seconds_count", model="fake") == 3
+    assert value(after_broker, "iris_broker_actual_tokens_total", workload="default") > 3 * 5
+    after_worker = await scrape(http, f"{worker_url}/metrics")
+    assert value(after_worker, "iris_worker_tokens_generated_total", model="fake") == 15
+    assert value(after_worker, "iris_worker_requests_total", outcome="length") == 3
+    assert value(after_worker, "iris_worker_time_to_first_token_seconds_count") == 3
+    gateway_samples = await scrape(http, f"{base}/metrics")
+    assert value(gateway_samples, "iris_gateway_requests_total", route="/api/chat", status="200") == 3
+    assert value(gateway_samples, "iris_gateway_completion_tokens_total", model="fake") == 15
+
+
 async def test_counters_move_as_requests_flow(nats_server: NatsServer, nc: NATS) -> None:
     url = nats_server.url
     broker_port, worker_port = free_port(), free_port()
@@ -71,16 +85,7 @@ async def test_counters_move_as_requests_flow(nats_server: NatsServer, nc: NATS)
             return value(samples, "iris_broker_requests_total", outcome="completed", priority="1") == 3
 
         await eventually(counted, what="three completed requests at the broker")
-        after_broker = await scrape(http, f"{broker_url}/metrics")
-        assert value(after_broker, "iris_broker_queue_wait_seconds_count", model="fake") == 3
-        assert value(after_broker, "iris_broker_actual_tokens_total", workload="default") > 3 * 5
-        after_worker = await scrape(http, f"{worker_url}/metrics")
-        assert value(after_worker, "iris_worker_tokens_generated_total", model="fake") == 15
-        assert value(after_worker, "iris_worker_requests_total", outcome="length") == 3
-        assert value(after_worker, "iris_worker_time_to_first_token_seconds_count") == 3
-        gateway_samples = await scrape(http, f"{base}/metrics")
-        assert value(gateway_samples, "iris_gateway_requests_total", route="/api/chat", status="200") == 3
-        assert value(gateway_samples, "iris_gateway_completion_tokens_total", model="fake") == 15
+        await check_three_requests_counted(http, broker_url, worker_url, base)
 
         async def stats_show_it() -> bool:
             rows = [row for stats in stats_seen for row in stats.workloads if row.workload == "default"]

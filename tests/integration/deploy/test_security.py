@@ -200,11 +200,7 @@ async def test_a_user_cannot_cancel_another_users_request(secured: tuple[NatsSer
             return bool(queued.queue_updates)
 
         await eventually(in_queue, what="alice's second request to be queued")
-        for request_id in ("alice-running", "alice-queued"):
-            await bob.nc.publish(cancel_subject(request_id, "bob"), b"")  # allowed to publish, not to cancel
-            await bob.nc.publish(cancel_subject(request_id, "alice"), b"")  # refused by the server
-            await bob.nc.publish(cancel_subject(request_id), b"")  # refused by the server
-        await bob.nc.flush()
+        await _cancel_as(bob, ("alice-running", "alice-queued"))
 
         async def refused() -> bool:
             return sum("permissions violation for publish" in v for v in violations) >= 2
@@ -226,6 +222,16 @@ async def test_a_user_cannot_cancel_another_users_request(secured: tuple[NatsSer
             async for _ in own:
                 pass
         await _drained(service)
+
+
+async def _cancel_as(bob: Client, request_ids: tuple[str, ...]) -> None:
+    """Bob cancels on his own subject (allowed to publish, not to cancel), on Alice's and on the plain one
+    (both refused by the server)."""
+    for request_id in request_ids:
+        await bob.nc.publish(cancel_subject(request_id, "bob"), b"")
+        await bob.nc.publish(cancel_subject(request_id, "alice"), b"")
+        await bob.nc.publish(cancel_subject(request_id), b"")
+    await bob.nc.flush()
 
 
 async def _drained(service: object) -> bool:

@@ -43,6 +43,20 @@ def bound(max_tokens: int, started_s: float) -> float:
     return BUDGET + BUDGET * (time.monotonic() - started_s) / 60 + max_tokens + 100
 
 
+async def abandon_until_refused(http: httpx.AsyncClient, auth: dict[str, str]) -> bool:
+    """Start long streamed answers and walk away from each mid-answer; whether one was refused (429)."""
+    for _ in range(40):  # without settling, every one of these would be free
+        async with http.stream("POST", "/api/chat", json=chat(1_000), headers=auth) as response:
+            if response.status_code == 429:
+                return True
+            lines = 0
+            async for _line in response.aiter_lines():
+                lines += 1
+                if lines == 100:
+                    break  # walk away mid-answer
+    return False
+
+
 async def test_token_budget_holds_against_concurrency_and_disconnects(nats_server: NatsServer, nc: NATS) -> None:
     url = nats_server.url
     meter = TokenMeter()
@@ -78,18 +92,7 @@ async def test_token_budget_holds_against_concurrency_and_disconnects(nats_serve
 
             before, started_s = meter.tokens, time.monotonic()
             auth = {"Authorization": f"Bearer {DISCONNECT_KEY}"}
-            refused = False
-            for _ in range(40):  # without settling, every one of these would be free
-                async with http.stream("POST", "/api/chat", json=chat(1_000), headers=auth) as response:
-                    if response.status_code == 429:
-                        refused = True
-                        break
-                    lines = 0
-                    async for _line in response.aiter_lines():
-                        lines += 1
-                        if lines == 100:
-                            break  # walk away mid-answer
-            assert refused, "streamed-then-abandoned answers never ran out of budget"
+            assert await abandon_until_refused(http, auth), "streamed-then-abandoned answers never ran out of budget"
 
             async def quiet() -> bool:
                 return gw.metrics.registry.get_sample_value("iris_gateway_in_flight") == 0
