@@ -24,6 +24,7 @@ from iris.bench.harness import ReplyCounter, rss_mb, save_report
 from iris.bench.overhead import spawn, wait_for_model
 from iris.launch.nats_server import NatsServer, free_port
 from iris.sdk.client import Client
+from runtime.clock import now_ms
 from schemas import headers as h
 from schemas.subjects import request_subject
 
@@ -45,7 +46,7 @@ def random_token(rng: random.Random) -> str:
 async def publish_random(client: Client, n: int, inbox: str, served_every: int, seed: int = 7) -> None:
     rng = random.Random(seed)
     js = client.nc.jetstream()
-    deadline = str(int(time.time() * 1000) + 600_000)
+    deadline = str(now_ms() + 600_000)
     pending = []
     for i in range(n):
         model = "fake" if served_every and i % served_every == 0 else random_token(rng)

@@ -33,6 +33,7 @@ from iris.bench.harness import ReplyCounter, rss_mb, save_report
 from iris.bench.overhead import spawn, wait_for_model
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
+from runtime.clock import now_ms
 from schemas.messages import broker_stats_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT, request_subject
 
@@ -64,7 +65,7 @@ async def raw_jetstream(url: str, n: int) -> float:
 
 async def publish_requests(nc: nats.NATS, model: str, n: int, inbox: str) -> None:
     js = nc.jetstream()
-    deadline = str(int(time.time() * 1000) + 3_000_000)
+    deadline = str(now_ms() + 3_000_000)
     futures = []
     for i in range(n):
         headers = {"Iris-Reply-To": inbox, "Iris-Deadline": deadline, "Nats-Msg-Id": f"b{time.time_ns()}-{i}"}

@@ -21,6 +21,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from runtime.clock import now_ms
 from schemas import headers as h
 from schemas.dead_letters import DeadLetter, read_dead_letter, replay_headers
 from schemas.errors import InvalidRequest
@@ -80,8 +81,7 @@ async def replay(nc: NATS, dlq_seq: int, deadline_s: float | None = None, reply_
     dead = read_dead_letter(dlq_seq, headers)
     if parse_request_subject(dead.subject) is None:
         raise InvalidRequest(f"dead letter {dlq_seq} was published to {dead.subject!r}, not a request subject")
-    now_ms = time.time_ns() // 1_000_000
-    republished = replay_headers(headers, dlq_seq, now_ms, deadline_s)
+    republished = replay_headers(headers, dlq_seq, now_ms(), deadline_s)
     if reply_to:
         republished[h.REPLY_TO] = reply_to
     ack = await js.publish(dead.subject, stored.data or b"", headers=republished)
@@ -125,7 +125,7 @@ async def replay_many(
 
 async def _final_answer(answers: Subscription, done: Replayed) -> tuple[str, bool]:
     """The replay's result or error, read from its inbox until its deadline (and a little more)."""
-    deadline_s = (done.deadline_ms - time.time_ns() // 1_000_000) / 1000 if done.deadline_ms else DEFAULT_DEADLINE_S
+    deadline_s = (done.deadline_ms - now_ms()) / 1000 if done.deadline_ms else DEFAULT_DEADLINE_S
     end = time.monotonic() + max(1.0, deadline_s) + ANSWER_GRACE_S
     while True:
         try:

@@ -4,9 +4,9 @@ parameter count, quantization (`general.file_type`), the context each slot gets 
 from __future__ import annotations
 
 import ctypes
-import time
 from typing import Any
 
+from runtime.clock import now_ms
 from schemas.model_cards import ModelCard, typed_metadata
 
 TEMPLATE_KEY = "tokenizer.chat_template"
@@ -60,5 +60,5 @@ def llama_model_card(model: Any, model_name: str, ctx_per_slot: int, template: s
         template=template,
         stops=stops,
         metadata=metadata,
-        loaded_ms=int(time.time() * 1000),
+        loaded_ms=now_ms(),
     )
