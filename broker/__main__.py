@@ -10,9 +10,9 @@ import click
 
 from broker.config import BrokerConfig
 from broker.service import BrokerService
-from schemas.config_loading import ConfigError, ConfigSource, service_options
-from schemas.lifecycle import run_until_signal
-from schemas.logs import configure_logging
+from runtime.config_loading import ConfigError, ConfigSource, service_options
+from runtime.lifecycle import run_until_signal
+from runtime.logs import configure_logging
 
 
 @click.command()

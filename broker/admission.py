@@ -16,7 +16,6 @@ its cut-off (`max_inflight`), which the leader expires the same way. An admissio
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -29,9 +28,11 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from nats.nuid import NUID
 
+from runtime.clock import now_ms
+from runtime.exchange import RequestEnvelope, publish_request
+from runtime.stream_ops import delete_request, publish_reply
 from schemas import headers as h
 from schemas.errors import InvalidRequest, IrisError
-from schemas.exchange import RequestEnvelope, publish_request
 from schemas.messages import (
     AdmitEnd,
     AdmitEnded,
@@ -47,17 +48,12 @@ from schemas.messages import (
     lease_decoder,
 )
 from schemas.reply_subjects import reply_problem
-from schemas.stream_ops import delete_request, publish_reply
 from schemas.subjects import ADMIT_END, ADMIT_FILTER, admitted_model, cancel_subject, done_subject, is_token, lease_key
 
 SERVICE_NAME = "iris-admit"
 SERVICE_VERSION = "0.1.0"
 END_QUEUE_GROUP = "iris-admit-end"  # not micro's shared "q": `iris.admit.*` also matches the end subject
 _NUID = NUID()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class AdmissionService:

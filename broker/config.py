@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyPrefixes
+from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyPrefixes
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
 
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]

@@ -9,7 +9,6 @@ gets its error and the request stays in the stream until its `Nats-TTL`: nothing
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import structlog
@@ -18,16 +17,14 @@ from nats.js.kv import KeyValue
 
 from broker.metrics import BrokerMetrics
 from broker.queue import WaitingRequest
+from runtime.clock import now_ms
+from runtime.dead_letters import move_to_dlq
+from runtime.stream_ops import error_reply, get_request, publish_reply, while_unavailable
 from schemas import headers as h
-from schemas.dead_letters import DeadLetterError, move_to_dlq
+from schemas.dead_letters import DeadLetterError
 from schemas.errors import ErrorCode, IrisError
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, allowed_reply
-from schemas.stream_ops import error_reply, get_request, publish_reply, while_unavailable
 from schemas.subjects import lease_key, request_owner
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class DeadLetters:

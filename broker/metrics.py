@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.queue import WaitingRequest
 from broker.stats import Flow, FlowLoad, StatsWindow
+from runtime.metrics_http import MetricsEndpoint
 from schemas.messages import BrokerStats, Lease, LeaseDone
 from schemas.metric_labels import FlowLabels
-from schemas.metrics_http import MetricsEndpoint
 
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 FLOW = ["model", "workload"]

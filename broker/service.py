@@ -11,9 +11,6 @@ stopping) drops all of that, so any broker can be killed at any point and anothe
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import time
 from typing import Any
 
 import structlog
@@ -36,8 +33,11 @@ from broker.request_feed import RequestFeed
 from broker.scheduler import Admitted, Rejection, Scheduler
 from broker.stats import flow_load
 from broker.streams import ensure_lease_bucket, ensure_streams
-from schemas.cancels import CancelBook, CancelFeed
-from schemas.connection import connect
+from runtime.cancels import CancelFeed
+from runtime.clock import node_id, now_ms
+from runtime.connection import connect
+from runtime.stream_ops import delete_request, error_reply, publish_reply
+from schemas.cancels import CancelBook
 from schemas.errors import ErrorCode, IrisError
 from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import (
@@ -48,17 +48,12 @@ from schemas.messages import (
     heartbeat_decoder,
     leases_done_decoder,
 )
-from schemas.stream_ops import delete_request, error_reply, publish_reply
 from schemas.subjects import (
     BROKER_STATS_SUBJECT,
     DONE_FILTER,
     HEARTBEAT_FILTER,
     lease_key,
 )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class BrokerService:
@@ -71,7 +66,7 @@ class BrokerService:
         self._leader_nc: NATS | None = None
         self._kv: KeyValue | None = None
         self._admission: AdmissionService | None = None
-        self.broker_id = config.broker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+        self.broker_id = config.broker_id or node_id()
         self._leadership: Leadership | None = None
         self._activation: asyncio.Task[None] | None = None
         self._pump_due = False  # a scheduling round is due at the end of this event-loop turn

@@ -9,9 +9,9 @@ import uvloop
 
 from gateway.config import GatewayConfig, parse_key_spec
 from gateway.service import GatewayService
-from schemas.config_loading import ConfigSource, service_options
-from schemas.lifecycle import run_until_signal
-from schemas.logs import configure_logging
+from runtime.config_loading import ConfigSource, service_options
+from runtime.lifecycle import run_until_signal
+from runtime.logs import configure_logging
 
 
 async def serve(config: GatewayConfig) -> None:

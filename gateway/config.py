@@ -12,7 +12,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from schemas.config_fields import DEFAULT_NATS_URL, LogLevel, NatsUrl
+from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, NatsUrl
 from schemas.subjects import TOKEN_PATTERN
 
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, max_length=128)]

@@ -1,7 +1,7 @@
 """Turn an identified API call into one Iris request and read its answer, bounded by `max_in_flight`.
 
 Every edge (HTTP Ollama/OpenAI, the NATS micro service) ends here, so all of them publish the same
-envelope and read replies the same way (`schemas.exchange`). `answer_events` yields the text deltas a
+envelope and read replies the same way (`runtime.exchange`). `answer_events` yields the text deltas a
 stream may forward (re-runs de-duplicated by `AnswerText`), queue updates when asked for, and then the
 final `Result`.
 """
@@ -19,8 +19,9 @@ from gateway.answer_text import AnswerText
 from gateway.identity import Identity
 from gateway.model_directory import ModelDirectory
 from gateway.rate_limits import RateLimiter, Reservation, reservation_tokens, spent_tokens
+from runtime.clock import now_ms
+from runtime.exchange import Exchange, build_envelope
 from schemas.errors import Cancelled, IrisError, QueueFull
-from schemas.exchange import Exchange, build_envelope, now_ms
 from schemas.messages import GenerateRequest, QueueUpdate, Result, TokenLogprob
 
 T = TypeVar("T")

@@ -12,14 +12,14 @@ from nats.aio.client import Client as NATS
 from gateway.broker_leader import BrokerLeader
 from gateway.config import GatewayConfig
 from gateway.forwarding import Forwarder
-from gateway.http_answer import HttpContext
-from gateway.http_app import HttpServer, build_app
+from gateway.http.answer import HttpContext
+from gateway.http.app import HttpServer, build_app
 from gateway.identity import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.micro_api import MicroApi
 from gateway.model_cards import ModelCards
 from gateway.model_directory import ModelDirectory
-from schemas.connection import connect
+from runtime.connection import connect
 
 
 class GatewayService:

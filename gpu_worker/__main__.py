@@ -10,15 +10,15 @@ import click
 
 from gpu_worker.config import WorkerConfig
 from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME, embedded_model_path
-from gpu_worker.engine import Engine
-from gpu_worker.fake_engine import FakeEngine
-from gpu_worker.http_engine import HttpEngine, UpstreamError
-from gpu_worker.llama_engine import LlamaCppEngine
-from gpu_worker.offload import Offload, OffloadError, parse_tensor_split
+from gpu_worker.engines.fake import FakeEngine
+from gpu_worker.engines.http import HttpEngine, UpstreamError
+from gpu_worker.engines.llama.engine import LlamaCppEngine
+from gpu_worker.engines.llama.offload import Offload, OffloadError, parse_tensor_split
+from gpu_worker.engines.protocol import Engine
 from gpu_worker.service import WorkerService
-from schemas.config_loading import ConfigSource, service_options
-from schemas.lifecycle import run_until_signal
-from schemas.logs import configure_logging
+from runtime.config_loading import ConfigSource, service_options
+from runtime.lifecycle import run_until_signal
+from runtime.logs import configure_logging
 from schemas.subjects import to_token
 
 

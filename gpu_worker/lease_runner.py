@@ -20,11 +20,19 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_OP
 from structlog.stdlib import BoundLogger
 
-from gpu_worker.engine import Engine, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
+from runtime.clock import now_ms
+from runtime.dead_letters import move_to_dlq
+from runtime.stream_ops import (
+    delete_request,
+    error_reply,
+    get_request,
+    publish_reply,
+)
 from schemas import headers as h
-from schemas.dead_letters import DeadLetterError, move_to_dlq
+from schemas.dead_letters import DeadLetterError
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.headers import check_reply_to
 from schemas.messages import (
@@ -35,6 +43,7 @@ from schemas.messages import (
     LeaseDone,
     LeasesDone,
     Result,
+    StoredRequest,
     Timings,
     TokenLogprob,
     Usage,
@@ -42,20 +51,9 @@ from schemas.messages import (
     request_decoder,
 )
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
-from schemas.stream_ops import (
-    StoredRequest,
-    delete_request,
-    error_reply,
-    get_request,
-    publish_reply,
-)
 from schemas.subjects import done_subject, lease_record_subject, request_owner
 
 _DELETE_RECORD = {KV_OP: KV_DEL}  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -173,27 +171,11 @@ class LeaseRunner:
         answered: Callable[[], None],
     ) -> None:
         started_ms = now_ms()
-        loop = asyncio.get_running_loop()
-        timers = [loop.call_later(max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline")]
-        if lease.cutoff_ms:
-            timers.append(loop.call_later(max(0.0, (lease.cutoff_ms - started_ms) / 1000), stop.stop, "max_inflight"))
+        timers = _stop_timers(lease, stop, started_ms)
         parts: list[str] = []
         logprobs: list[TokenLogprob] | None = [] if request.logprobs else None
-        finished: Finished | None = None
         try:
-            async for event in self.engine.generate(request, stop):
-                if isinstance(event, Piece):
-                    if not parts:
-                        self.stats.metrics.first_token(lease, (now_ms() - started_ms) / 1000)
-                    chunk_logprobs = list(event.logprobs) if logprobs is not None else None
-                    if request.stream:
-                        chunk = Chunk(len(parts), event.text, lease.attempt, chunk_logprobs)
-                        await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
-                    parts.append(event.text)
-                    if logprobs is not None:
-                        logprobs.extend(event.logprobs)
-                else:
-                    finished = event
+            finished = await self._stream(lease, request, stop, started_ms, parts, logprobs)
         except EngineInputError as exc:
             await self._fail(answered, lease, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
             return
@@ -204,7 +186,6 @@ class LeaseRunner:
         finally:
             for timer in timers:
                 timer.cancel()
-        assert finished is not None, "engine ended without Finished"
         if finished.finish_reason == "cancelled":
             await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
             return
@@ -229,6 +210,34 @@ class LeaseRunner:
         usage = (finished.prompt_tokens, finished.completion_tokens)
         await self._release(lease, delete_body=True, usage=usage, run_ms=run_ms)
         log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
+
+    async def _stream(
+        self,
+        lease: Lease,
+        request: GenerateRequest,
+        stop: StopSignal,
+        started_ms: int,
+        parts: list[str],
+        logprobs: list[TokenLogprob] | None,
+    ) -> Finished:
+        """Run the engine, streaming each piece as a `Chunk` when asked; the text and logprobs so far are
+        collected into `parts` and `logprobs` (None: not asked for)."""
+        finished: Finished | None = None
+        async for event in self.engine.generate(request, stop):
+            if isinstance(event, Piece):
+                if not parts:
+                    self.stats.metrics.first_token(lease, (now_ms() - started_ms) / 1000)
+                chunk_logprobs = list(event.logprobs) if logprobs is not None else None
+                if request.stream:
+                    chunk = Chunk(len(parts), event.text, lease.attempt, chunk_logprobs)
+                    await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
+                parts.append(event.text)
+                if logprobs is not None:
+                    logprobs.extend(event.logprobs)
+            else:
+                finished = event
+        assert finished is not None, "engine ended without Finished"
+        return finished
 
     async def _fail(
         self, answered: Callable[[], None], lease: Lease, error: Error, log: structlog.stdlib.BoundLogger
@@ -284,3 +293,12 @@ class LeaseRunner:
             run_ms=float(run_ms),
         )
         self.ends.add(done)
+
+
+def _stop_timers(lease: Lease, stop: StopSignal, started_ms: int) -> list[asyncio.TimerHandle]:
+    """Stop the answer at the lease's deadline, and at its `max_inflight_s` cut-off when it has one."""
+    loop = asyncio.get_running_loop()
+    timers = [loop.call_later(max(0.0, (lease.deadline_ms - started_ms) / 1000), stop.stop, "deadline")]
+    if lease.cutoff_ms:
+        timers.append(loop.call_later(max(0.0, (lease.cutoff_ms - started_ms) / 1000), stop.stop, "max_inflight"))
+    return timers

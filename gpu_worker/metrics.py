@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from runtime.metrics_http import MetricsEndpoint
 from schemas.messages import Lease
 from schemas.metric_labels import MAX_WORKLOADS_PER_MODEL, BoundedLabels
-from schemas.metrics_http import MetricsEndpoint
 
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 

@@ -12,8 +12,6 @@ no new leases, running ones finish, then it exits.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -22,10 +20,12 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from gpu_worker.config import WorkerConfig
-from gpu_worker.engine import Engine, StopSignal
-from gpu_worker.lease_runner import LeaseRunner, RunStats, now_ms
-from schemas.cancels import CancelBook, CancelFeed
-from schemas.connection import connect
+from gpu_worker.engines.protocol import Engine, StopSignal
+from gpu_worker.lease_runner import LeaseRunner, RunStats
+from runtime.cancels import CancelFeed
+from runtime.clock import node_id, now_ms
+from runtime.connection import connect
+from schemas.cancels import CancelBook
 from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
 from schemas.reply_subjects import may_cancel
 from schemas.subjects import CANCEL_STREAM, LEASE_BUCKET, MODEL_BUCKET, heartbeat_subject, lease_offer_subject
@@ -37,7 +37,7 @@ class WorkerService:
     def __init__(self, config: WorkerConfig, engine: Engine, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.engine = engine
-        self.worker_id = config.worker_id or f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+        self.worker_id = config.worker_id or node_id()
         self.log = log or structlog.get_logger().bind(service="gpu_worker")
         self.log = self.log.bind(worker=self.worker_id, model=engine.model_name)
         self.stats = RunStats()

@@ -1,6 +1,6 @@
-"""What a user imports or types: the Python client (`iris.client.Client`), the `iris` CLI, the `iris up`
-launcher and the benchmarks."""
+"""What a user imports or types: the Python client (`from iris import Client`, in `sdk/`), the `iris` CLI
+(`cli.py`), the `iris up` launcher (`launch/`), the operator tools (`ops/`) and the benchmarks (`bench/`)."""
 
-from iris.client import Client, DuplicateRequest, Generation
+from iris.sdk.client import Client, DuplicateRequest, Generation
 
 __all__ = ["Client", "DuplicateRequest", "Generation"]

@@ -1,2 +1,3 @@
-"""The wire contract every Iris part shares: subjects, headers, messages, error codes, and the few
-JetStream operations and client exchange built directly on them. Nothing here imports another part."""
+"""The wire contract every Iris part shares: subjects, headers, messages, error codes, reply-subject rules,
+the cancel book, the dead-letter record and the model card. It does no I/O and imports nothing else of Iris;
+the service plumbing built on it lives in `runtime`."""

@@ -8,27 +8,20 @@ backlog, while an offer is in flight, while no broker leads. JetStream stores it
 leader checks the book when it indexes a request and before each offer, a worker when it accepts a lease
 and while it runs one, and a new term reads the whole stream before its first request. The stream holds
 one message per request id (the latest), headers only are read, and entries age out of the book as they
-age out of the stream.
+age out of the stream. The feed that reads the stream into a book is `runtime.cancels.CancelFeed`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from schemas.headers import MAX_DEADLINE_S
 from schemas.reply_subjects import may_cancel
-from schemas.subjects import CANCEL_FILTER, CANCEL_STREAM, is_token, parse_cancel_subject
+from schemas.subjects import CANCEL_FILTER, CANCEL_STREAM
 
 CANCEL_MEMORY_S = MAX_DEADLINE_S  # no request lives longer: its deadline is at most this far from its publish
-CATCH_UP_TIMEOUT_S = 10.0
 
 
 def cancel_stream_config(replicas: int, max_msgs: int = 1_000_000) -> StreamConfig:
@@ -83,59 +76,3 @@ class CancelBook:
     def __contains__(self, request_id: object) -> bool:
         """Some cancel for this request id is remembered (whoever may send it)."""
         return request_id in self._expires_ms
-
-
-class CancelFeed:
-    """Reads `IRIS_CANCELS` (headers-only ordered consumer, from its first message) into `book`, and hands
-    each cancel as it arrives to `on_cancel(owner or None, request id)`. `start` returns once what the stream
-    held at the start is in the book, so a new term or a new worker never acts on a request its cancel would
-    stop."""
-
-    def __init__(
-        self,
-        nc: NATS,
-        book: CancelBook,
-        on_cancel: Callable[[str | None, str], Awaitable[None]],
-        log: structlog.stdlib.BoundLogger,
-    ) -> None:
-        self.nc, self.book, self.on_cancel, self.log = nc, book, on_cancel, log
-        self._sub: Any = None
-        self._caught_up = asyncio.Event()
-
-    async def start(self) -> None:
-        js = self.nc.jetstream()
-        held = (await js.stream_info(CANCEL_STREAM)).state.messages
-        if not held:
-            self._caught_up.set()
-        self._sub = await js.subscribe(
-            CANCEL_FILTER,
-            stream=CANCEL_STREAM,
-            cb=self._deliver,
-            ordered_consumer=True,
-            config=ConsumerConfig(headers_only=True, deliver_policy=DeliverPolicy.ALL),
-        )
-        try:
-            await asyncio.wait_for(self._caught_up.wait(), CATCH_UP_TIMEOUT_S)
-        except TimeoutError:
-            self.log.warning("cancels not read to the end in time; going on", read=len(self.book), held=held)
-
-    async def _deliver(self, msg: Msg) -> None:
-        order = parse_cancel_subject(msg.subject)
-        meta = msg.metadata
-        if order is not None and is_token(order[1]) and (order[0] is None or is_token(order[0])):
-            owner, request_id = order
-            self.book.add(request_id, int(meta.timestamp.timestamp() * 1000), owner)
-            try:
-                await self.on_cancel(owner, request_id)
-            except Exception:  # one cancel must never stop the feed every later one comes through
-                self.log.exception("cancel not applied", request_id=request_id)
-        if meta.num_pending == 0:
-            self._caught_up.set()
-
-    async def unsubscribe(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may be closing already
-                self.log.info("cancel subscription not removed cleanly", error=str(exc))

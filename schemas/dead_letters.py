@@ -6,27 +6,19 @@ The move keeps an order that loses nothing: the dead letter is stored and acknow
 client gets its typed error, then the request leaves `IRIS_REQUESTS`. A crash between the steps leaves the
 request in both streams, never in neither, and the dead letter's `Nats-Msg-Id` (the request's sequence)
 makes a second move of the same request a no-op. A replay republishes the original under a new id with a
-fresh deadline as long as its first one.
+fresh deadline as long as its first one. This module is the record; the move itself is
+`runtime.dead_letters.move_to_dlq`.
 """
 
 from __future__ import annotations
 
 import msgspec
-from nats.aio.client import Client as NATS
 
 from schemas import headers as h
 from schemas.errors import ErrorCode, IrisError
 from schemas.headers import MAX_DEADLINE_S, ttl_header
-from schemas.stream_ops import (
-    PUBLISH_SLACK_BYTES,
-    StoredRequest,
-    delete_request,
-    error_reply,
-    headers_bytes,
-    publish_reply,
-    while_unavailable,
-)
-from schemas.subjects import DLQ_STREAM, MAX_TOKEN_CHARS, dead_letter_subject, parse_request_subject, to_token
+from schemas.messages import StoredRequest
+from schemas.subjects import MAX_TOKEN_CHARS, parse_request_subject, to_token
 
 MAX_REASON_CHARS = 500
 _JETSTREAM_PREFIX = "nats-"  # headers JetStream sets or acts on: never copied into or out of a dead letter
@@ -137,43 +129,3 @@ def _deadline_budget_ms(headers: dict[str, str], stored_ms: int, deadline_s: flo
     except ValueError:
         return None
     return max(1000, min(budget_ms, int(MAX_DEADLINE_S * 1000)))
-
-
-async def store_dead_letter(
-    nc: NATS, stored: StoredRequest, code: ErrorCode, reason: str, attempts: int, now_ms: int
-) -> int:
-    """Publish the dead letter and wait for its ack; its `IRIS_DLQ` sequence. One the added headers would
-    push past the server's payload limit (which closes the connection) is kept without its body."""
-    subject = dead_letter_subject(stored.subject)
-    headers = dead_letter_headers(stored, code, reason, attempts, now_ms)
-    body = stored.body
-    if len(body) + headers_bytes(headers) + PUBLISH_SLACK_BYTES > nc.max_payload:
-        headers[h.DEAD_REASON] = header_value(f"{reason} [body dropped: too large for a dead letter]")
-        body = b""
-    js = nc.jetstream()
-    try:
-        ack = await while_unavailable(lambda: js.publish(subject, body, headers=headers, stream=DLQ_STREAM))
-    except Exception as exc:
-        raise DeadLetterError(f"dead letter for request {stored.stream_seq} not stored: {exc}") from exc
-    return int(ack.seq)
-
-
-async def move_to_dlq(
-    nc: NATS,
-    stored: StoredRequest,
-    code: ErrorCode,
-    reason: str,
-    attempts: int,
-    reply: tuple[str, str],
-    now_ms: int,
-) -> int:
-    """Store the dead letter, send the client (`reply`: reply_to, request id) its typed error, then remove
-    the request; returns the dead letter's sequence. Raises `DeadLetterError` with the request untouched.
-    The caller vets `reply_to` (`schemas.reply_subjects`); "" sends no error to anyone."""
-    dlq_seq = await store_dead_letter(nc, stored, code, reason, attempts, now_ms)
-    reply_to, request_id = reply
-    if reply_to:
-        error = error_reply(code, f"{reason} (dead letter {dlq_seq} in {DLQ_STREAM})")
-        await publish_reply(nc, reply_to, request_id, error)
-    await delete_request(nc, stored.stream_seq)
-    return dlq_seq

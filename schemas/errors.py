@@ -72,6 +72,10 @@ class InvalidRequest(IrisError):
     code = ErrorCode.INVALID_REQUEST
 
 
+class DuplicateRequest(InvalidRequest):
+    """The idempotency key was already used inside the stream's dedupe window: it will not run again."""
+
+
 class Unauthorized(IrisError):
     code = ErrorCode.UNAUTHORIZED
 

@@ -7,6 +7,7 @@ and each has one module-level decoder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -301,3 +302,14 @@ admit_request_decoder = msgspec.json.Decoder(AdmitRequest)
 ticket_decoder = msgspec.json.Decoder(Ticket)
 admit_end_decoder = msgspec.json.Decoder(AdmitEnd)
 admit_ended_decoder = msgspec.json.Decoder(AdmitEnded)
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """A request as the stream holds it (read back by sequence): the client's headers and body unchanged."""
+
+    stream_seq: int
+    subject: str
+    headers: dict[str, str]
+    body: bytes
+    stored_ms: int

@@ -23,7 +23,7 @@ _RESERVED_PREFIXES = ("$", "iris.")
 
 
 def owner_inbox(owner: str) -> str:
-    """The reply prefix of requests owned by `owner` (as `schemas.connection` names its inboxes)."""
+    """The reply prefix of requests owned by `owner` (as `runtime.connection` names its inboxes)."""
     return f"{INBOX_PREFIX}{owner}."
 
 

@@ -12,9 +12,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from iris import processes as service_processes
-from iris.nats_server import NatsServer
-from iris.processes import Service
+from iris.launch import processes as service_processes
+from iris.launch.nats_server import NatsServer
+from iris.launch.processes import Service
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ class Processes:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:
-        """`python -m <module> ARGS…` as a user types it (`iris.processes`, as `iris up` and benches start them)."""
+        """`python -m <module> ARGS…` as a user types it, started as `iris up` and the benches start them."""
         proc = service_processes.start(Service(module, args=args), self.tmp_path / f"{name}.log")
         self.procs[name] = proc
         return proc
@@ -73,6 +73,6 @@ def embedded_model() -> str:
 @pytest.fixture(scope="session")
 def tiny_mistral_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A few-MB random-weight GGUF with Mistral's architecture, SentencePiece vocab and chat template."""
-    from iris.random_gguf import TINY, write_llama_gguf
+    from iris.bench.random_gguf import TINY, write_llama_gguf
 
     return str(write_llama_gguf(tmp_path_factory.mktemp("models") / "tiny-mistral.gguf", TINY))

@@ -23,7 +23,7 @@ def bench() -> None:
 @click.option("--skip-real", is_flag=True, help="Only the FakeEngine part.")
 def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bool) -> None:
     """Latency Iris adds over calling the same engine in-process (FakeEngine, and TTFT on the real model)."""
-    from iris.bench_overhead import run_overhead_bench
+    from iris.bench.overhead import run_overhead_bench
 
     asyncio.run(run_overhead_bench(n_requests, 0 if skip_real else real_requests, out))
 
@@ -37,7 +37,7 @@ def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bo
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/gateway.json"), show_default=True)
 def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path) -> None:
     """HTTP latency added over NATS (p50/p99) and sustained requests/s at N concurrent clients."""
-    from iris.bench_gateway import run_gateway_bench
+    from iris.bench.gateway import run_gateway_bench
 
     asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
 
@@ -48,7 +48,7 @@ def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, sl
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results"), show_default=True)
 def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
     """HttpEngine in front of an OpenAI-compatible server: requests/s and upstream TCP connections."""
-    from iris.bench_upstream import run_upstream_bench
+    from iris.bench.upstream import run_upstream_bench
 
     asyncio.run(run_upstream_bench(clients, n_requests, out))
 
@@ -84,7 +84,7 @@ def bench_seed(
     fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
-    from iris.bench_seed import SeedOptions, run_seed_bench
+    from iris.bench.seed.run import SeedOptions, run_seed_bench
 
     if engine == "fake":
         worker_args, name = ["--engine", "fake", "--model-name", "fake", "--fake-tps", str(fake_tps)], "fake"
@@ -117,7 +117,7 @@ def bench_seed(
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/fairness.json"), show_default=True)
 def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, scenario: str, out: Path) -> None:
     """Token share per flow vs its target under saturation (weights 1:2:4, or priorities 1/2/4; a greedy user)."""
-    from iris.bench_fairness import SCENARIOS, run_fairness_bench
+    from iris.bench.fairness import SCENARIOS, run_fairness_bench
 
     names = tuple(SCENARIOS) if scenario == "both" else (scenario,)
     asyncio.run(run_fairness_bench(duration_s, outstanding, slots, out, policy, names))
@@ -129,7 +129,7 @@ def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str,
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scheduler.json"), show_default=True)
 def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
-    from iris.bench_scheduler import run_scheduler_bench
+    from iris.bench.scheduler import run_scheduler_bench
 
     asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
 
@@ -141,7 +141,7 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/hostile.json"), show_default=True)
 def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) -> None:
     """Broker RSS and /metrics size before and after requests to random model/workload names."""
-    from iris.bench_hostile import run_hostile_bench
+    from iris.bench.hostile import run_hostile_bench
 
     asyncio.run(run_hostile_bench(n_requests, served_every, rounds, out))
 
@@ -151,7 +151,7 @@ def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) ->
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/failover.json"), show_default=True)
 def bench_failover(rounds: int, out: Path) -> None:
     """kill -9 of the leading broker under load: seconds until the standby leads and serves again."""
-    from iris.bench_failover import run_failover_bench
+    from iris.bench.failover import run_failover_bench
 
     asyncio.run(run_failover_bench(rounds, out))
 
@@ -163,7 +163,7 @@ def bench_failover(rounds: int, out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/soak.json"), show_default=True)
 def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> None:
     """2x capacity through the HTTP gateway: bounded queues, 429 + Retry-After, RSS, fairness under overload."""
-    from iris.bench_soak import run_soak_bench
+    from iris.bench.soak import run_soak_bench
 
     asyncio.run(run_soak_bench(duration_s, slots, fake_tps, out))
 
@@ -176,7 +176,7 @@ def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> Non
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/limits.json"), show_default=True)
 def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, out: Path) -> None:
     """Dispatch cost of limit_by with a deep backlog, and admission ticket latency and rate."""
-    from iris.bench_limits import run_limits_bench
+    from iris.bench.limits import run_limits_bench
 
     asyncio.run(run_limits_bench(n_waiting, decisions, round_trips, apps, out))
 
@@ -192,7 +192,7 @@ def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, ou
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/worker.json"), show_default=True)
 def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
     """Tokens/s with N concurrent sequences: Iris (broker + one N-slot worker) vs raw batched llama_decode."""
-    from iris.bench_worker import bench_command
+    from iris.bench.worker import bench_command
 
     asyncio.run(bench_command(model, concurrency, out, **options))
 
@@ -202,6 +202,6 @@ def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any)
 @click.option("--shape", type=click.Choice(["mistral-7b", "tiny"]), default="mistral-7b", show_default=True)
 def bench_make_model(out: Path, shape: str) -> None:
     """Write a random-weight GGUF shaped like Mistral 7B (F16, ~14.5 GB) for `iris bench worker --model`."""
-    from iris.random_gguf import SHAPES, write_llama_gguf
+    from iris.bench.random_gguf import SHAPES, write_llama_gguf
 
     click.echo(f"wrote {write_llama_gguf(out, SHAPES[shape])}")

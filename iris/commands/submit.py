@@ -40,7 +40,7 @@ def submit(prompt: str, nats_url: str, chat: bool, **options: Any) -> None:
 async def _submit(prompt: str, nats_url: str, chat: bool, options: dict[str, Any]) -> None:
     import nats
 
-    from iris.client import Client
+    from iris.sdk.client import Client
 
     nc = await nats.connect(nats_url, max_reconnect_attempts=2, connect_timeout=3)
     async with Client(nc, owns_connection=True) as client:

@@ -16,7 +16,7 @@ from iris.commands.options import nats_option
 @click.option("--once", is_flag=True, help="Print one snapshot and exit (for scripts).")
 def top(nats_url: str, refresh_s: float, once: bool) -> None:
     """Live view: workloads (queued, running, share vs target, waits), workers, recent rejections."""
-    from iris.top import run_top
+    from iris.ops.top import run_top
 
     try:
         asyncio.run(run_top(nats_url, refresh_s, once))

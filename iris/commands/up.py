@@ -1,5 +1,5 @@
 """`iris up`: NATS, the broker, workers and the gateway on this machine. Its options are `UpConfig`'s and
-the service fields it offers (`iris.up_config.UP_SETTINGS`), generated from those Structs."""
+the service fields it offers (`iris.launch.up_config.UP_SETTINGS`), generated from those Structs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from iris.up_config import PARTS, UP_SETTINGS, UpConfig, load_up
-from schemas.config_loading import ConfigError, config_options, given
+from iris.launch.up_config import PARTS, UP_SETTINGS, UpConfig, load_up
+from runtime.config_loading import ConfigError, config_options, given
 
 
 def _up_options(command: Any) -> Any:
@@ -30,7 +30,7 @@ def _up_options(command: Any) -> Any:
 @_up_options
 def up(config_path: Path | None, **options: Any) -> None:
     """Start NATS, the broker, workers and the gateway on this machine; Ctrl-C stops all."""
-    from iris.launcher import Launcher
+    from iris.launch.launcher import Launcher
 
     try:
         plan = load_up(config_path, given(options))

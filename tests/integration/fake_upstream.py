@@ -60,22 +60,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             if body.get("stream") is False:
                 self._json(_whole(self.path, upstream))
                 return
-            self.send_response(200)
-            openai = self.path.startswith("/v1/")
-            self.send_header("Content-Type", "text/event-stream" if openai else "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            try:
-                for line in _stream_lines(self.path, body, upstream):
-                    data = line.encode()
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                    self.wfile.flush()
-                    time.sleep(upstream.delay_s)
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                upstream.hung_up.set()
-                self.close_connection = True
+            _stream_reply(self, upstream, body)
 
         def _json(self, data: Any, status: int = 200) -> None:
             payload = json.dumps(data).encode()
@@ -86,6 +71,26 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(payload)
 
     return Handler
+
+
+def _stream_reply(handler: BaseHTTPRequestHandler, upstream: FakeUpstream, body: dict[str, Any]) -> None:
+    """A chunked NDJSON (Ollama) or SSE (OpenAI) answer, word by word; a client that hangs up sets `hung_up`."""
+    handler.send_response(200)
+    openai = handler.path.startswith("/v1/")
+    handler.send_header("Content-Type", "text/event-stream" if openai else "application/x-ndjson")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    try:
+        for line in _stream_lines(handler.path, body, upstream):
+            data = line.encode()
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            handler.wfile.flush()
+            time.sleep(upstream.delay_s)
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        upstream.hung_up.set()
+        handler.close_connection = True
 
 
 def _stream_lines(path: str, body: dict[str, Any], upstream: FakeUpstream) -> Iterator[str]:

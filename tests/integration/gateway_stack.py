@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import openai
+
 from gateway.config import ApiKey, GatewayConfig, hash_key
 from gateway.service import GatewayService
-from iris.nats_server import free_port
+from iris.launch.nats_server import free_port
 from tests.integration.services import eventually
 
 PAID_KEY = "paid-key-0123456789"  # user alice, workload paid (may also use default), priority up to 5
@@ -40,3 +42,10 @@ async def gateway(
 def metric(service: GatewayService, name: str, **labels: str) -> float:
     value = service.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
+
+
+def openai_client(url: str, key: str = PAID_KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)

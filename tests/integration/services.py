@@ -12,9 +12,9 @@ from nats.aio.client import Client as NATS
 from broker.config import BrokerConfig
 from broker.service import BrokerService
 from gpu_worker.config import WorkerConfig
-from gpu_worker.engine import Engine
+from gpu_worker.engines.protocol import Engine
 from gpu_worker.service import WorkerService
-from iris.client import Client
+from iris.sdk.client import Client
 from schemas.errors import IrisError
 from schemas.subjects import REQUEST_STREAM
 

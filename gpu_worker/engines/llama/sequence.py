@@ -1,0 +1,142 @@
+"""One sequence of the batched llama.cpp context: what it feeds each step, and what it makes of a token.
+
+A sequence first feeds its prompt (in chunks, sharing decode steps with running sequences), then one
+token per step: the one it sampled last. Each sampled token is checked in this order: end-of-generation
+token, text (UTF-8 split across tokens is held back, stop strings split across tokens are recognised),
+`max_tokens` (clipped by the engine to what the slot's context leaves). Token counts are exact: an
+end-of-generation token is not counted, a token whose text completes a stop string is. Logprobs, when
+asked for, travel with the next piece of text after their token (one per counted token, held-back
+tokens included). Everything a sequence emits goes through `emit`, which the engine wires to its
+request's event queue on the event loop.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+from collections.abc import Callable
+from typing import Any
+
+from gpu_worker.engines.protocol import Finished, Piece, StopSignal
+from schemas.messages import FinishReason, TokenLogprob
+
+DONE = object()  # the last item a sequence emits
+Emit = Callable[[object], None]
+
+
+class Sequence:
+    def __init__(
+        self,
+        prompt_tokens: list[int],
+        max_tokens: int,
+        sampler: Any,
+        stops: list[str],
+        stop: StopSignal,
+        emit: Emit,
+        top_logprobs: int | None = None,
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens  # already clipped to what the slot's context leaves
+        self.stop = stop
+        self.emit = emit
+        self.sampler = sampler
+        self.top_logprobs = top_logprobs  # None: no logprobs; else how many alternatives per token
+        self._logprobs: list[TokenLogprob] = []  # sampled, not yet sent with a piece
+        self.seq_id = -1  # set when it joins the context
+        self.n_cached = 0  # tokens of this sequence in the KV cache = the next position
+        self.last_token = -1
+        self.completion_tokens = 0
+        self._text = StopTextBuffer(stops)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_cached < len(self.prompt_tokens)
+
+    def next_tokens(self, budget: int) -> tuple[list[int], bool]:
+        """Tokens to feed this step (at most `budget`) and whether the last one needs logits."""
+        if not self.prefilling:
+            return [self.last_token], True
+        end = min(len(self.prompt_tokens), self.n_cached + budget)
+        return self.prompt_tokens[self.n_cached : end], end == len(self.prompt_tokens)
+
+    def accept(
+        self, token: int, is_eog: bool, piece: bytes, logprob: TokenLogprob | None = None
+    ) -> FinishReason | None:
+        """Take a sampled token; a finish reason when the sequence is complete."""
+        if is_eog:
+            return "stop"
+        self.completion_tokens += 1
+        self.last_token = token
+        if logprob is not None:
+            self._logprobs.append(logprob)
+        ready, hit_stop = self._text.feed(self._decoder.decode(piece))
+        if ready:
+            self._emit_piece(ready)
+        if hit_stop:
+            return "stop"
+        if self.completion_tokens >= self.max_tokens:
+            return "length"
+        return None
+
+    def _emit_piece(self, text: str) -> None:
+        self.emit(Piece(text, tuple(self._logprobs)))
+        self._logprobs = []
+
+    def finish(self, reason: FinishReason) -> None:
+        tail = self._text.flush(self._decoder.decode(b"", final=True))
+        if tail or self._logprobs:  # tokens held back (a stop string) still have their logprobs
+            self._emit_piece(tail)
+        self.emit(Finished(reason, prompt_tokens=len(self.prompt_tokens), completion_tokens=self.completion_tokens))
+        self.emit(DONE)
+
+    def fail(self, error: BaseException) -> None:
+        self.emit(error)
+        self.emit(DONE)
+
+    def free_sampler(self) -> None:
+        if self.sampler is not None:
+            self.sampler.free()
+            self.sampler = None
+
+
+def token_piece(vocab: Any, token: int, buffer: ctypes.Array[ctypes.c_char]) -> bytes:
+    """The bytes of one token (special tokens render empty), growing past `buffer` when needed."""
+    import llama_cpp.llama_cpp as llama
+
+    n = llama.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    if n < 0:
+        bigger = ctypes.create_string_buffer(-n)
+        n = llama.llama_token_to_piece(vocab, token, bigger, len(bigger), 0, False)
+        return bigger.raw[:n]
+    return buffer.raw[:n]
+
+
+class StopTextBuffer:
+    """Holds back just enough text to recognise a stop string split across tokens."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, new_text: str) -> tuple[str, bool]:
+        self.pending += new_text
+        found = [at for at in (self.pending.find(stop_text) for stop_text in self.stops) if at >= 0]
+        if found:  # the earliest stop wins, wherever it is in the list
+            at = min(found)
+            ready, self.pending, self.stopped = self.pending[:at], "", True
+            return ready, True
+        cut = len(self.pending) - self.hold
+        if cut <= 0:
+            return "", False
+        ready, self.pending = self.pending[:cut], self.pending[cut:]
+        return ready, False
+
+    def flush(self, final_text: str) -> str:
+        if self.stopped:
+            return ""
+        ready, _ = self.feed(final_text)
+        rest, self.pending = ready + self.pending, ""
+        return rest

@@ -1,0 +1,1 @@
+"""Operator tools read from NATS: `iris top` and `iris dlq`."""

@@ -1,0 +1,1 @@
+"""The Python client SDK: requests (`client.Client`) and Aperture-style admission tickets (`admission`)."""

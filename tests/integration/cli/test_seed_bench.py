@@ -1,0 +1,44 @@
+"""`iris bench seed` end to end in smoke mode (FakeEngine): three arms on real stacks, one outcome per
+request, the report, JSON and both plots written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from iris.bench.seed.run import ARMS, USERS_PER_TIER, SeedOptions, run_seed_bench, seed_prompts
+
+
+async def test_seed_bench_smoke(tmp_path: Path) -> None:
+    worker = ["--engine", "fake", "--model-name", "fake", "--fake-tps", "200"]
+    report = await run_seed_bench(["closed", "burst"], 2, 10, worker, "fake", tmp_path)
+    for behaviour in ("closed", "burst"):
+        block = report["results"][behaviour]
+        samples = block["samples"]
+        for arm in ARMS:
+            users = USERS_PER_TIER * (1 if arm == "paid-alone" else 2)
+            mine = [(s["user"], s["index"]) for s in samples if s["arm"] == arm]
+            assert sorted(mine) == sorted(set(mine)) and len(mine) == users * 2  # one outcome per request
+        assert all(s["outcome"] == "ok" and s["completion_tokens"] == 10 for s in samples)
+        assert block["verdict"]["open_source_starved"] == 0
+        for plot in ("latency-over-time", "latency-cdf"):
+            assert (tmp_path / f"{behaviour}-{plot}.png").stat().st_size > 10_000
+    text = (tmp_path / "report.md").read_text()
+    assert "paid p50, Iris / FIFO" in text and "| Iris (WFQ) | paid |" in text
+    assert report["setup"]["labels"] == "reference" and "a workload per tier" in text
+    assert json.loads((tmp_path / "seed.json").read_text())["setup"]["max_concurrency"] == 2
+    assert len(seed_prompts()) >= 250 and len(set(seed_prompts())) == len(seed_prompts())
+
+
+async def test_seed_bench_admission_mode_labels_as_the_reference(tmp_path: Path) -> None:
+    """Admission mode: tickets with the reference's labels (a workload per tier), the app's own model calls;
+    never more than max concurrency calls at once (run_arm raises otherwise), one outcome per call."""
+    options = SeedOptions(mode="admission", model_call_s=0.05)
+    report = await run_seed_bench(["closed"], 2, 10, [], "unused", tmp_path, options=options)
+    setup = report["setup"]
+    assert setup["labels"] == "reference" and setup["workloads"] == {"paid": "paid", "open-source": "open-source"}
+    assert setup["mode"] == "admission" and setup["model"] == "seed-app"
+    samples = report["results"]["closed"]["samples"]
+    assert len(samples) == 2 * 10 * 2 + 2 * 5 and all(s["outcome"] == "ok" for s in samples)
+    text = (tmp_path / "report.md").read_text()
+    assert "a workload per tier (`paid` priority 5, `open-source` priority 1)" in text and "admission mode" in text

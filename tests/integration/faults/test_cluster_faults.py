@@ -1,0 +1,72 @@
+"""A 3-node JetStream cluster under load loses its stream leader (`kill -9`): every request still gets
+exactly one final reply, none runs twice, and the node rejoins when restarted, with no manual step."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsCluster
+from iris.sdk.client import Client
+from schemas.subjects import REQUEST_STREAM
+from tests.integration.services import SteadyLoad, broker, eventually, wait_stream_empty, worker
+
+pytestmark = pytest.mark.slow  # the real model (or a cluster) in real processes
+
+REQUESTS = 200
+IN_FLIGHT = 24
+
+
+async def _stream_leader(client: Client) -> str:
+    info = await client.nc.jetstream(timeout=2.0).stream_info(REQUEST_STREAM)
+    assert info.cluster is not None and info.cluster.leader
+    return info.cluster.leader
+
+
+async def test_stream_leader_killed_under_load(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "cluster", 3, log_dir=tmp_path).start()
+    engines = [FakeEngine("fake", slots=4, tokens_per_s=200) for _ in range(2)]
+    try:
+        async with (
+            broker(cluster.url, replicas=3),
+            worker(cluster.url, engines[0], "w1"),
+            worker(cluster.url, engines[1], "w2"),
+            await Client.connect(cluster.url) as probe,
+        ):
+            # Services connect to any node; the load client to one that survives. A client whose own node
+            # dies can miss final replies sent while it reconnects (core NATS does not buffer them).
+            leader = await _stream_leader(probe)
+            victim = next(node for node in cluster.nodes if node.cluster and node.cluster.name == leader)
+            survivor = next(node for node in cluster.nodes if node is not victim)
+            client = await Client.connect(survivor.url)
+            load = SteadyLoad(client, REQUESTS, IN_FLIGHT, max_tokens=8, key_prefix="req")
+            await load.under_way(1 / 3)
+            assert await _stream_leader(client) == leader
+            victim.kill()
+            outcomes = await load.finished()
+
+            assert len(outcomes) == REQUESTS  # every request got its one final reply
+            kinds = Counter(outcome.split(":")[0] for outcome in outcomes.values())
+            print(
+                f"\noutcomes after killing stream leader {leader}: {dict(kinds)}; "
+                f"errors: {Counter(o for o in outcomes.values() if o.startswith('error'))}"
+            )
+            assert all(o.startswith(("result:8:", "error:")) for o in outcomes.values())
+            assert kinds["result"] == REQUESTS
+            assert sum(e.generations for e in engines) <= REQUESTS  # no request ran twice
+
+            victim.start()  # the node comes back and catches up on its own
+
+            async def rejoined() -> bool:
+                info = await client.nc.jetstream(timeout=2.0).stream_info(REQUEST_STREAM)
+                replicas = info.cluster.replicas if info.cluster else None
+                return bool(replicas) and all(r.current for r in replicas or []) and len(replicas or []) == 2
+
+            await eventually(rejoined, 60, "the restarted node to rejoin as a current replica")
+            await wait_stream_empty(client.nc)
+            await client.close()
+    finally:
+        cluster.stop()
