@@ -16,8 +16,8 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
+from broker.core.queue import WaitingRequest
 from broker.metrics import BrokerMetrics
-from broker.queue import WaitingRequest
 from schemas import headers as h
 from schemas.dead_letters import DeadLetterError, move_to_dlq
 from schemas.errors import ErrorCode, IrisError

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.limits import SchedulerLimits
-from broker.queue import WaitingRequest
-from broker.scheduler import Scheduler
+from broker.core.limits import SchedulerLimits
+from broker.core.queue import WaitingRequest
+from broker.core.scheduler import Scheduler
 from iris.bench_overhead import percentiles, spawn, stop_all
 from iris.client import Client
 from iris.nats_server import NatsServer
@@ -39,19 +39,19 @@ def dispatch_rate(policy: str, limit_by: str, n_waiting: int, n_decisions: int) 
     for seq in range(1, n_waiting + 1):
         user = "flood" if seq <= flood else f"u{seq % 500}"
         request = WaitingRequest(seq, f"r{seq}", "m", "default", "_INBOX.x", FAR_MS, 0, 1, user, 100)
-        scheduler.admit(request, now)
-    running = [lease.stream_seq for lease in scheduler.dispatch(now)]
+        scheduler.enqueue(request, now)
+    running = [lease.stream_seq for lease in scheduler.dispatch(now).offers]
     start = time.perf_counter()
     for _ in range(n_decisions):
         scheduler.lease_ended(running.pop(0), now)
-        running += [lease.stream_seq for lease in scheduler.dispatch(now)]
+        running += [lease.stream_seq for lease in scheduler.dispatch(now).offers]
     return n_decisions / (time.perf_counter() - start)
 
 
 async def admission_round_trips(client: Client, n: int) -> tuple[list[float], list[float]]:
     acquire_s, release_s = [], []
     for _ in range(n):
-        admission = client.admit(model="app", user="bench")
+        admission = client.enqueue(model="app", user="bench")
         start = time.perf_counter()
         await admission.acquire()
         acquired = time.perf_counter()
@@ -68,7 +68,7 @@ async def tickets_per_s(client: Client, apps: int, duration_s: float) -> float:
     async def app(index: int) -> None:
         nonlocal granted
         while time.monotonic() < end:
-            async with client.admit(model="app", user=f"app{index}"):
+            async with client.enqueue(model="app", user=f"app{index}"):
                 granted += 1
 
     start = time.perf_counter()
@@ -83,7 +83,7 @@ async def admission_part(workdir: Path, n: int, apps: int, duration_s: float) ->
     procs = [spawn("broker", server.url, ["--config", str(config)], workdir / "broker.log")]
     try:
         async with await Client.connect(server.url) as client:
-            async with client.admit(model="app", deadline_s=30):
+            async with client.enqueue(model="app", deadline_s=30):
                 pass  # the broker is up and past its start-up grace
             acquire_s, release_s = await admission_round_trips(client, n)
             rate = await tickets_per_s(client, apps, duration_s)

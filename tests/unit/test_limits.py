@@ -1,7 +1,7 @@
 """Limits with borrowing, admission tickets and per-model config in the pure scheduler (simulated clock).
 
 The property test drives random workloads (workers, tickets, users, workloads, priorities, ends,
-refusals, expiries, reloads) and checks after every dispatch exactly what `broker.limits` promises:
+refusals, expiries, reloads) and checks after every dispatch exactly what `broker.core.limits` promises:
 capacity and worker slots are never exceeded; a value at its `limit_by` cap is granted a lease only when
 no admissible request of a value below its cap waits; and no admissible request waits while capacity is
 left (work-conserving).
@@ -18,11 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.config import BrokerConfig
-from broker.limits import ModelLimits, SchedulerLimits, label_value, scheduler_limits
-from broker.queue import WaitingRequest
-from broker.scheduler import Admitted, Rejection, Scheduler
+from broker.core.decisions import Rejection
+from broker.configured_limits import scheduler_limits
+from broker.core.limits import ModelLimits, SchedulerLimits, label_value
+from broker.core.queue import WaitingRequest
+from broker.core.scheduler import Scheduler
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, Lease
+from tests.unit.test_scheduler import verdict
 
 T0 = 1_000_000
 GRACE = SchedulerLimits().startup_grace_ms
@@ -50,45 +53,50 @@ def test_a_value_borrows_idle_capacity_and_waiters_within_their_cap_go_first() -
     limits = SchedulerLimits(policy="fifo", limit_by="user", limit_per_value=1)
     scheduler, now = started(limits, {"a": 3})
     for seq in (1, 2, 3):
-        scheduler.admit(request(seq, "alice"), now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [1, 2, 3]  # nobody else waits: borrow
-    scheduler.admit(request(4, "alice"), now)
-    scheduler.admit(request(5, "bob"), now)
+        scheduler.enqueue(request(seq, "alice"), now)
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [1, 2, 3]  # nobody else waits: borrow
+    scheduler.enqueue(request(4, "alice"), now)
+    scheduler.enqueue(request(5, "bob"), now)
     scheduler.lease_ended(1, now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [5]  # bob is within his cap
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [5]  # bob is within his cap
     scheduler.lease_ended(2, now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [4]  # only alice waits: she borrows again
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [4]  # only alice waits: she borrows again
 
 
 def test_limit_by_workload_and_reload() -> None:
     scheduler, now = started(SchedulerLimits(policy="fifo"), {"a": 2})
     for seq, workload in ((1, "batch"), (2, "batch"), (3, "batch"), (4, "chat")):
-        scheduler.admit(request(seq, workload=workload), now)
+        scheduler.enqueue(request(seq, workload=workload), now)
     scheduler.update_limits(SchedulerLimits(policy="fifo", limit_by="workload", limit_per_value=1))
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [1, 4]  # chat within its cap beats batch's 2nd
+    leases = scheduler.dispatch(now).offers
+    assert [lease.stream_seq for lease in leases] == [1, 4]  # chat within its cap beats batch's 2nd
     scheduler.update_limits(SchedulerLimits(policy="fifo"))
     scheduler.lease_ended(4, now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [2]
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [2]
 
 
 def test_tickets_need_capacity_but_no_worker() -> None:
     limits = SchedulerLimits(models={"app": ModelLimits(max_concurrency=2, max_inflight_ms=5_000)})
     scheduler, now = started(limits, {})
     for seq in (1, 2, 3):
-        assert isinstance(scheduler.admit(request(seq, "t1", model="app"), now), Admitted)
-    granted = scheduler.dispatch(now)
+        assert scheduler.enqueue(request(seq, "t1", model="app"), now).queued
+    decisions = scheduler.dispatch(now)
+    granted = decisions.tickets
+    assert decisions.offers == ()  # tickets are granted, never offered to a worker
     assert [(lease.stream_seq, lease.ticket, lease.worker_id) for lease in granted] == [(1, True, ""), (2, True, "")]
-    assert scheduler.release_ticket("r1", now + 10) == granted[0]
-    assert [lease.stream_seq for lease in scheduler.dispatch(now + 10)] == [3]
-    assert scheduler.expire_tickets(now + 4_999) == []
-    assert [lease.stream_seq for lease in scheduler.expire_tickets(now + 5_000)] == [2]
-    assert scheduler.running("app") == 1 and scheduler.release_ticket("r2", now + 5_000) is None
+    released = scheduler.release_ticket("r1", now + 10)
+    assert [ended.lease for ended in released.tickets_ended] == [granted[0]] and released.round_due
+    assert [lease.stream_seq for lease in scheduler.dispatch(now + 10).tickets] == [3]
+    assert scheduler.tick(now + 4_999).tickets_ended == ()
+    (expired,) = scheduler.tick(now + 5_000).tickets_ended
+    assert expired.lease.stream_seq == 2 and expired.why == "expired at max_inflight"
+    assert scheduler.running("app") == 1 and scheduler.release_ticket("r2", now + 5_000).tickets_ended == ()
 
 
 def test_ticket_for_a_model_nobody_can_admit_gets_no_capacity() -> None:
     scheduler, now = started(SchedulerLimits(), {})
     later = now + scheduler.limits.worker_timeout_ms
-    decision = scheduler.admit(request(1, "t1", model="nomodel"), later)
+    decision = verdict(scheduler.enqueue(request(1, "t1", model="nomodel"), later))
     assert isinstance(decision, Rejection) and decision.code is ErrorCode.NO_CAPACITY
     assert "max_concurrency" in decision.message
 
@@ -97,16 +105,16 @@ def test_restored_ticket_holds_its_slot_until_its_cutoff() -> None:
     scheduler, now = started(SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}), {})
     held = Lease(7, "r7", "app", "default", "_INBOX.7", FAR, T0, "", 1, now, cutoff_ms=now + 1_000, ticket=True)
     scheduler.restore_lease(held, now)
-    scheduler.admit(request(8, "t1", model="app"), now)
-    assert scheduler.dispatch(now) == []
-    assert scheduler.expire_tickets(now + 1_000) == [held]
-    assert [lease.stream_seq for lease in scheduler.dispatch(now + 1_000)] == [8]
+    scheduler.enqueue(request(8, "t1", model="app"), now)
+    assert scheduler.dispatch(now).tickets == ()
+    assert [ended.lease for ended in scheduler.tick(now + 1_000).tickets_ended] == [held]
+    assert [lease.stream_seq for lease in scheduler.dispatch(now + 1_000).tickets] == [8]
 
 
 def test_an_unlimited_ticket_still_has_a_cutoff() -> None:
     scheduler, now = started(SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}), {})
-    scheduler.admit(request(1, "t1", model="app"), now)
-    (lease,) = scheduler.dispatch(now)
+    scheduler.enqueue(request(1, "t1", model="app"), now)
+    (lease,) = scheduler.dispatch(now).tickets
     assert lease.cutoff_ms > now
 
 
@@ -187,18 +195,19 @@ def test_limits_hold_borrowing_is_exact_and_dispatch_is_work_conserving(
         if kind == "admit":
             seq = len(known) + 1
             known[seq] = request(seq, str(event[1]), str(event[2]), priority=int(event[3]))  # type: ignore[call-overload]
-            scheduler.admit(known[seq], now)
+            scheduler.enqueue(known[seq], now)
         elif kind in ("end", "refuse"):
-            leased = sorted(scheduler.pools["m"].leases)
+            pool = scheduler.pools.get("m")  # gone once its workers timed out with nothing left in it
+            leased = sorted(pool.leases) if pool else []
             seq = leased[int(event[1]) % len(leased)] if leased else 0  # type: ignore[call-overload]
-            scheduler.lease_ended(seq, now) if kind == "end" else scheduler.offer_refused(seq)
+            scheduler.lease_ended(seq, now) if kind == "end" else scheduler.offers_refused([seq])
         elif kind == "beat":
-            worker = scheduler.pools["m"].workers.get(str(event[1]))
+            pool = scheduler.pools.get("m")
+            worker = pool.workers.get(str(event[1])) if pool else None
             scheduler.heartbeat(beat(str(event[1]), slots, sorted(worker.leases) if worker else [], now), now)
         elif kind == "time":
             now += int(event[1])  # type: ignore[call-overload]
             scheduler.tick(now)
-            scheduler.expire_tickets(now)
         else:
             cap = int(event[1])  # type: ignore[call-overload]
             scheduler.update_limits(dataclasses.replace(scheduler.limits, limit_per_value=cap))
@@ -206,12 +215,15 @@ def test_limits_hold_borrowing_is_exact_and_dispatch_is_work_conserving(
 
 
 def check_dispatch(scheduler: Scheduler, now: int, known: dict[int, WaitingRequest]) -> None:
-    pool = scheduler.pools["m"]
+    pool = scheduler.pools.get("m")
+    if pool is None:  # its workers timed out with nothing left in it: dropped
+        return
     limits = scheduler.limits.for_model("m")
     capacity = limits.max_concurrency or sum(w.slots for w in pool.workers.values() if not w.draining)
     held = Counter(label_value(lease, limits.limit_by) for lease in pool.leases.values())
     worker_free = sum(w.free_slots for w in pool.workers.values())
-    granted = scheduler.dispatch(now)
+    decisions = scheduler.dispatch(now)
+    granted = [*decisions.offers, *decisions.tickets]
     waiting = [r for seq, r in known.items() if seq in pool.queue]
 
     def admissible(r: WaitingRequest, free: int) -> bool:
@@ -253,7 +265,7 @@ def test_tickets_borrow_exactly(steps: list[str | int], policy: str, capacity: i
         if isinstance(step, str):
             seq = len(known) + 1
             known[seq] = request(seq, step)
-            scheduler.admit(known[seq], now)
+            scheduler.enqueue(known[seq], now)
         else:
             leased = sorted(scheduler.pools["m"].leases)
             if leased:

@@ -8,8 +8,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.queue import WaitingRequest
-from broker.wfq import WfqQueue, estimate_prompt_tokens
+from broker.core.queue import WaitingRequest
+from broker.core.wfq import WfqQueue, estimate_prompt_tokens
 
 _seq = itertools.count(1)
 

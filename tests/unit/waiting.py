@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from broker.queue import RequestQueue, WaitingRequest
+from broker.core.queue import RequestQueue, WaitingRequest
 
 _seq = itertools.count(1)
 Flow = tuple[str, str, int]  # (workload, user, priority)

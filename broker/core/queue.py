@@ -13,12 +13,13 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.config import PriorityMode
-
+# "share": a workload's share is its weight x the priority it serves (Aperture); "strict": higher priority
+# bands always first, fair inside a band, `min_share` for the bands below (vLLM, llm-d).
+PriorityMode = Literal["share", "strict"]
 DEFAULT_COST_TOKENS = 256  # expected completion tokens before a workload has shown its own
 
 
@@ -279,11 +280,11 @@ def make_queue(
     if policy == "fifo":
         return FifoQueue(estimate)
     if policy == "wfq" and priority_mode == "strict":
-        from broker.strict import StrictQueue
+        from broker.core.strict import StrictQueue
 
         return StrictQueue(workload_weights, estimate=estimate, min_share=min_share)
     if policy == "wfq":
-        from broker.wfq import WfqQueue
+        from broker.core.wfq import WfqQueue
 
         return WfqQueue(workload_weights, estimate=estimate, min_share=min_share)
     raise ValueError(f"unknown scheduling policy {policy!r}")
