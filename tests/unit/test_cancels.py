@@ -5,7 +5,6 @@ offer that was then refused)."""
 from __future__ import annotations
 
 from broker.core.decisions import Decisions
-
 from schemas.cancels import CancelBook
 from schemas.errors import ErrorCode
 from tests.unit.test_scheduler import beat, ready_scheduler, request

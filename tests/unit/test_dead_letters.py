@@ -12,7 +12,9 @@ from schemas.subjects import dead_letter_subject
 from tests.unit.test_scheduler import GRACE, T0, beat, request
 
 
-def crash_each_worker(scheduler: Scheduler, workers: list[str], now: int) -> tuple[list[int], list[WaitingRequest], int]:
+def crash_each_worker(
+    scheduler: Scheduler, workers: list[str], now: int
+) -> tuple[list[int], list[WaitingRequest], int]:
     """Lease request 1, let the worker running it die, `len(workers)` times; the attempts it was requeued with,
     and the dead letters the ticks decided."""
     requeued_attempts: list[int] = []

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.config import BrokerConfig
-from broker.core.decisions import Rejection
 from broker.configured_limits import scheduler_limits
+from broker.core.decisions import Rejection
 from broker.core.limits import ModelLimits, SchedulerLimits, label_value
 from broker.core.queue import WaitingRequest
 from broker.core.scheduler import Scheduler
