@@ -51,7 +51,7 @@ class DeadLetters:
         return self._nc
 
     async def failed_on_workers(self, requests: list[WaitingRequest]) -> None:
-        """What the scheduler gave up on (`Scheduler.take_dead_letters`)."""
+        """What the scheduler gave up on (`Decisions.dead_letters`)."""
         for request in requests:
             try:
                 await self._failed_on_workers(request)

@@ -23,6 +23,7 @@ from broker.configured_limits import scheduler_limits
 from broker.core.scheduler import Scheduler
 from broker.dead_letters import DeadLetters
 from broker.leadership import Leadership
+from broker.loops import TaskGroup
 from broker.metrics import BrokerMetrics
 from broker.streams import ensure_lease_bucket, ensure_streams
 from broker.term import Term, now_ms
@@ -49,7 +50,7 @@ class BrokerService:
         self._beats: dict[str, tuple[Heartbeat, int]] = {}  # each worker's last heartbeat and when it came
         self._listening_since_ms = 0
         self._term_lock = asyncio.Lock()
-        self._owners: set[asyncio.Task[Any]] = set()  # activations and deactivations; `stop` waits for them
+        self._owners = TaskGroup(self.log)  # activations and deactivations; `stop` waits for them
         self._dead_letters = DeadLetters(self.log, self.metrics, config.reply_prefix_list)
         self._stopped = asyncio.Event()
         self._closing = False
@@ -93,10 +94,10 @@ class BrokerService:
 
     def _elected(self) -> None:
         if not self._closing:
-            self._activation = self._owned(self._activate())
+            self._activation = self._owners.spawn(self._activate())
 
     def _deposed(self, reason: str) -> None:
-        self._owned(self._deactivate())
+        self._owners.spawn(self._deactivate())
 
     def _leading(self) -> bool:
         return self._leadership is not None and self._leadership.leading
@@ -190,7 +191,7 @@ class BrokerService:
             await self._leadership.stop()  # after the last offer: the successor starts from a quiet state
         if self._leader_nc is not None and not self._leader_nc.is_closed:
             await self._leader_nc.close()
-        await asyncio.gather(*self._owners, return_exceptions=True)
+        await self._owners.wait()
         self.metrics.close()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
@@ -206,15 +207,3 @@ class BrokerService:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-
-    def _owned(self, coro: Any) -> asyncio.Task[Any]:
-        """A task that outlives terms (activation, deactivation); `stop` waits for it."""
-        task = asyncio.create_task(coro)
-        self._owners.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._owners.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("broker task failed", exc_info=task.exception())

@@ -12,6 +12,7 @@ killed at any point and another carries on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,7 +30,7 @@ from broker.core.scheduler import Scheduler
 from broker.core.stats import flow_load
 from broker.dead_letters import DeadLetters
 from broker.lease_records import LeaseRecords
-from broker.loops import every, guarded
+from broker.loops import TaskGroup, every, guarded
 from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
@@ -73,7 +74,7 @@ class Term:
         self._tickets = TicketService(nc, kv, log)
         self.scheduling = False  # fully up: heartbeats go to the scheduler
         self._round_due = False  # a scheduling round is due at the end of this event-loop turn
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskGroup(log)
         self._subs: list[Any] = []
 
     async def start(self, beats: Beats) -> None:
@@ -86,7 +87,7 @@ class Term:
         for beat, heard_ms in beats():
             replayed += self.scheduler.heartbeat(beat, heard_ms)
         self.scheduling = True
-        await self.apply(replayed)
+        await self.apply(dataclasses.replace(replayed, round_due=False))  # no round before the cancels are read
         await self._tickets.start()  # after the leases: a stored cancel may release a ticket
         cancels = CancelFeed(self.nc, self._cancels, self._on_cancel, self.log)
         self._subs.append(cancels)
@@ -94,17 +95,14 @@ class Term:
         feed = RequestFeed(self.nc, self._on_request, self.log)
         self._subs.append(feed)
         await feed.subscribe()
-        self._spawn(feed.watch())
-        self._spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
-        self._spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
+        self._tasks.spawn(feed.watch())
+        self._tasks.spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
+        self._tasks.spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
 
     async def end(self) -> None:
         """Its tasks, its ticket service, its subscriptions; safe at any point of `start`, and twice."""
         self.scheduling = False
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         await self._tickets.stop()
         subs, self._subs = self._subs, []
         for sub in subs:
@@ -116,17 +114,6 @@ class Term:
     def reload(self, config: BrokerConfig) -> None:
         self.config = config
         self._schedule(self.scheduler.update_limits(scheduler_limits(config)))
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("broker task failed", exc_info=task.exception())
 
     # --- the one place decisions become I/O ------------------------------------------------------
 
@@ -174,9 +161,9 @@ class Term:
             by_worker.setdefault(lease.worker_id, []).append(lease)
         for lease in tickets:
             self.metrics.started(lease, now)
-            self._spawn(self._tickets.grant(lease))
+            self._tasks.spawn(self._tickets.grant(lease))
         for worker_id, leases in by_worker.items():
-            self._spawn(self._offer(worker_id, leases))
+            self._tasks.spawn(self._offer(worker_id, leases))
 
     async def _tell(self, seq: int, reply_to: str, request_id: str, position: int, eta_s: float) -> None:
         update = QueueUpdate(position=position, eta_s=eta_s)
@@ -205,7 +192,7 @@ class Term:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         decisions = self.scheduler.dispatch(now_ms())
         if decisions.offers or decisions.tickets or decisions.rejections:
-            self._spawn(self.apply(decisions))
+            self._tasks.spawn(self.apply(decisions))
 
     async def _offer(self, worker_id: str, leases: list[Lease]) -> None:
         """Record and offer a round's leases for one worker (`offer_leases`); what it does not take goes back."""

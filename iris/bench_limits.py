@@ -51,7 +51,7 @@ def dispatch_rate(policy: str, limit_by: str, n_waiting: int, n_decisions: int) 
 async def admission_round_trips(client: Client, n: int) -> tuple[list[float], list[float]]:
     acquire_s, release_s = [], []
     for _ in range(n):
-        admission = client.enqueue(model="app", user="bench")
+        admission = client.admit(model="app", user="bench")
         start = time.perf_counter()
         await admission.acquire()
         acquired = time.perf_counter()
@@ -68,7 +68,7 @@ async def tickets_per_s(client: Client, apps: int, duration_s: float) -> float:
     async def app(index: int) -> None:
         nonlocal granted
         while time.monotonic() < end:
-            async with client.enqueue(model="app", user=f"app{index}"):
+            async with client.admit(model="app", user=f"app{index}"):
                 granted += 1
 
     start = time.perf_counter()
@@ -83,7 +83,7 @@ async def admission_part(workdir: Path, n: int, apps: int, duration_s: float) ->
     procs = [spawn("broker", server.url, ["--config", str(config)], workdir / "broker.log")]
     try:
         async with await Client.connect(server.url) as client:
-            async with client.enqueue(model="app", deadline_s=30):
+            async with client.admit(model="app", deadline_s=30):
                 pass  # the broker is up and past its start-up grace
             acquire_s, release_s = await admission_round_trips(client, n)
             rate = await tickets_per_s(client, apps, duration_s)

@@ -1,7 +1,7 @@
 """Per-model limits, and which waiting request may take a free slot under them.
 
 A model's capacity is `max_concurrency` (or, when 0, the sum of its live workers' slots); leases and
-admission tickets both count against it. With `limit_by` (`user` or `workload`) each value of that label
+tickets both count against it. With `limit_by` (`user` or `workload`) each value of that label
 also has a cap, `limit_per_value`, that idle capacity may be *borrowed* past:
 
     A lease is granted to a value that already holds `limit_per_value` leases or more (a *borrowed*

@@ -36,7 +36,7 @@ class WaitingRequest(msgspec.Struct, gc=False):
     cost_tokens: int = 0  # Iris-Tokens; 0 = estimated when charged
     attempt: int = 1
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
-    ticket: bool = False  # an admission request: granted a ticket, run by the app, needs no worker
+    ticket: bool = False  # a ticket request: granted a ticket, run by the app, needs no worker
     end_user: str = ""  # Iris-End-User: splits the user's share, never adds to it
 
 

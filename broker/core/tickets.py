@@ -32,6 +32,10 @@ class TicketBook:
     def forget(self, ticket_id: str) -> None:
         self._by_id.pop(ticket_id, None)
 
+    def __len__(self) -> int:
+        """Tickets held."""
+        return len(self._by_id)
+
     def past_cutoff(self, now_ms: int) -> list[tuple[int, int]]:
         """(cutoff_ms, seq) of every entry due by now; the caller checks each is still that ticket."""
         due = []

@@ -127,3 +127,16 @@ def test_dead_letter_subject_keeps_model_and_workload() -> None:
     assert dead_letter_subject("iris.req.fake.batch") == "iris.dlq.fake.batch"
     assert dead_letter_subject("iris.req.fa$ke.b") == "iris.dlq.fa_ke.b"
     assert dead_letter_subject("iris.req.x") == "iris.dlq._._"
+
+
+def test_a_lease_its_worker_stopped_listing_is_a_dead_letter_of_that_heartbeat() -> None:
+    """The heartbeat that loses the lease decides the dead letter: it is in that event's `Decisions`."""
+    scheduler = Scheduler(SchedulerLimits(max_attempts=1), T0)
+    now = T0 + GRACE
+    scheduler.heartbeat(beat("w1", 1, [], now), now)
+    scheduler.enqueue(request(1), now)
+    (lease,) = scheduler.dispatch(now).offers
+    late = now + scheduler.limits.lease_confirm_ms + 1
+    decisions = scheduler.heartbeat(beat("w1", 1, [], late), late)
+    assert [d.stream_seq for d in decisions.dead_letters] == [lease.stream_seq] and decisions.requeued == ()
+    assert not scheduler.knows(lease.stream_seq) and scheduler.tick(late).dead_letters == ()

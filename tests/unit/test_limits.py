@@ -1,4 +1,4 @@
-"""Limits with borrowing, admission tickets and per-model config in the pure scheduler (simulated clock).
+"""Limits with borrowing, tickets and per-model config in the pure scheduler (simulated clock).
 
 The property test drives random workloads (workers, tickets, users, workloads, priorities, ends,
 refusals, expiries, reloads) and checks after every dispatch exactly what `broker.core.limits` promises:
@@ -93,7 +93,7 @@ def test_tickets_need_capacity_but_no_worker() -> None:
     assert scheduler.running("app") == 1 and scheduler.release_ticket("r2", now + 5_000).tickets_ended == ()
 
 
-def test_ticket_for_a_model_nobody_can_admit_gets_no_capacity() -> None:
+def test_ticket_for_a_model_nobody_can_grant_gets_no_capacity() -> None:
     scheduler, now = started(SchedulerLimits(), {})
     later = now + scheduler.limits.worker_timeout_ms
     decision = verdict(scheduler.enqueue(request(1, "t1", model="nomodel"), later))
@@ -141,14 +141,14 @@ def test_limit_by_without_a_cap_is_a_config_error_naming_the_key() -> None:
         msgspec.convert({"min_share": 2}, BrokerConfig)
 
 
-admits = st.tuples(
-    st.just("admit"), st.sampled_from(["u1", "u2", "u3", "t1"]), st.sampled_from(["w1", "w2"]), st.integers(1, 3)
+arrivals = st.tuples(
+    st.just("enqueue"), st.sampled_from(["u1", "u2", "u3", "t1"]), st.sampled_from(["w1", "w2"]), st.integers(1, 3)
 )
 events = st.lists(
     st.one_of(
-        admits,
-        admits,
-        admits,
+        arrivals,
+        arrivals,
+        arrivals,
         st.tuples(st.just("end"), st.integers(0, 10)),
         st.tuples(st.just("end"), st.integers(0, 10)),
         st.tuples(st.just("beat"), st.sampled_from(["a", "b"])),
@@ -192,7 +192,7 @@ def test_limits_hold_borrowing_is_exact_and_dispatch_is_work_conserving(
     known: dict[int, WaitingRequest] = {}
     for event in events:
         kind = event[0]
-        if kind == "admit":
+        if kind == "enqueue":
             seq = len(known) + 1
             known[seq] = request(seq, str(event[1]), str(event[2]), priority=int(event[3]))  # type: ignore[call-overload]
             scheduler.enqueue(known[seq], now)
@@ -256,7 +256,7 @@ def check_dispatch(scheduler: Scheduler, now: int, known: dict[int, WaitingReque
     cap=st.integers(1, 2),
 )
 def test_tickets_borrow_exactly(steps: list[str | int], policy: str, capacity: int, cap: int) -> None:
-    """The same promises for an admission-only model, where every slot change is an admit or a release."""
+    """The same promises for a tickets-only model, where every slot change is a grant or a release."""
     model = ModelLimits(max_concurrency=capacity, limit_by="user", limit_per_value=cap)
     scheduler, now = started(SchedulerLimits(policy=policy, models={"m": model}), {})
     scheduler.heartbeat(beat("idle", 0, [], now), now)  # creates the pool; no slots

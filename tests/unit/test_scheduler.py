@@ -60,7 +60,7 @@ def test_no_offers_during_startup_grace() -> None:
     assert [lease.stream_seq for lease in scheduler.dispatch(T0 + GRACE).offers] == [1]
 
 
-def test_admission_reports_position_and_eta() -> None:
+def test_queued_requests_hear_position_and_eta() -> None:
     scheduler, now = ready_scheduler({"a": 1})
     positions = [verdict(scheduler.enqueue(request(seq), now)) for seq in (1, 2, 3)]
     assert [p.position for p in positions if isinstance(p, Queued)] == [0, 1, 2]
@@ -141,7 +141,7 @@ def test_fifo_queue_positions_and_removal() -> None:
 
 events = st.lists(
     st.one_of(
-        st.tuples(st.just("admit"), st.integers(1, 40)),
+        st.tuples(st.just("enqueue"), st.integers(1, 40)),
         st.tuples(st.just("end"), st.integers(1, 40)),
         st.tuples(st.just("beat"), st.sampled_from(["a", "b", "c"])),
         st.tuples(st.just("refuse"), st.integers(1, 40)),
@@ -158,7 +158,7 @@ def test_invariants_under_random_events(events: list[tuple[str, object]], max_co
     work-conserving: after dispatch, either nothing waits or no admissible capacity is left."""
     scheduler, now = ready_scheduler({"a": slots, "b": slots}, max_concurrency=max_concurrency)
     for kind, value in events:
-        if kind == "admit":
+        if kind == "enqueue":
             scheduler.enqueue(request(int(value), deadline_ms=now + 20_000), now)  # type: ignore[arg-type]
         elif kind == "end":
             scheduler.lease_ended(int(value), now)  # type: ignore[arg-type]
@@ -270,3 +270,19 @@ def test_queue_updates_at_most_once_a_second_per_request() -> None:
     assert sent == []  # the admission update was less than a second ago
     later = [n.position for n in scheduler.tick(now + 1000).notices if n.reply_to == "_INBOX.65"]
     assert later == [4]  # one update, with the position it has now
+
+
+def test_decisions_add_up_in_order() -> None:
+    first, second = Queued(request(1), 0, 1.0), Queued(request(2), 1, 2.0)
+    both = Decisions(queued=(first,)) + Decisions(queued=(second,), round_due=True)
+    assert both.queued == (first, second) and both.round_due and both.offers == ()
+    assert Decisions() + Decisions() == Decisions() and not (Decisions() + Decisions()).round_due
+
+
+def test_each_event_says_whether_a_round_is_due() -> None:
+    scheduler, now = ready_scheduler({"a": 1})
+    assert scheduler.enqueue(request(1), now).round_due  # a request waits
+    assert not scheduler.dispatch(now).round_due  # a round never asks for another by itself
+    assert scheduler.heartbeat(beat("a", 1, [1], now + 1), now + 1).round_due
+    assert scheduler.lease_ended(1, now + 2).round_due  # a slot is free
+    assert not scheduler.cancel("nobody", now + 2).round_due

@@ -1,6 +1,6 @@
 """The start estimate behind `deadline_unmeetable` prices the work ahead of a request (its tokens under the
 fair order, at the engine time workers report for answers of each size), not a mean service time x queue
-position: a deep backlog of tiny requests behind which a long answer just finished is admitted, a backlog
+position: a deep backlog of tiny requests behind which a long answer just finished is queued, a backlog
 of long answers that truly cannot finish in time is still refused at admission (pure, no server)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def finish(scheduler: Scheduler, request: WaitingRequest, now: int, run_ms: floa
     return now
 
 
-def test_tiny_backlog_behind_a_long_answer_is_admitted_and_a_hopeless_one_is_not() -> None:
+def test_tiny_backlog_behind_a_long_answer_is_queued_and_a_hopeless_one_is_not() -> None:
     scheduler = Scheduler(SchedulerLimits(), T0)
     now = T0 + 2_000
     scheduler.heartbeat(Heartbeat("w", "m", SLOTS, SLOTS, [], 0.0, now), now)
@@ -54,7 +54,7 @@ def test_tiny_backlog_behind_a_long_answer_is_admitted_and_a_hopeless_one_is_not
         hopeless.append(verdict(scheduler.enqueue(waiting(seq, "long", now, 150, cost=2004), now)))
     refused = [v for v in hopeless if isinstance(v, Rejection)]
     assert refused and all(v.code is ErrorCode.DEADLINE_UNMEETABLE for v in refused)
-    assert 50 <= len(hopeless) - len(refused) <= 150  # what can start in time is admitted: 120 or so
+    assert 50 <= len(hopeless) - len(refused) <= 150  # what can start in time is queued: 120 or so
 
 
 def test_service_time_is_a_line_that_one_size_cannot_erase() -> None:

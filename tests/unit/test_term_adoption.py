@@ -1,4 +1,4 @@
-"""A new term replays the stream: what an earlier term admitted keeps its place and is judged only by
+"""A new term replays the stream: what an earlier term queued keeps its place and is judged only by
 its deadline, never again by `no_capacity`, `queue_full` or `deadline_unmeetable`; and a request a worker
 still runs (its lease record lost) is adopted, not failed."""
 
