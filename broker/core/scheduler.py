@@ -200,6 +200,8 @@ class Scheduler(RequestIndex):
         leases: list[Lease] = []
         for pool in self.pools.values():
             leases += self._dispatch_pool(pool, now_ms)
+        if not leases:
+            return NOTHING
         offers: list[Lease] = []
         tickets: list[Lease] = []
         rejections: list[Rejection] = []
