@@ -15,8 +15,8 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
+from broker.core.queue import WaitingRequest
 from broker.metrics import BrokerMetrics
-from broker.queue import WaitingRequest
 from runtime.clock import now_ms
 from runtime.dead_letters import move_to_dlq
 from runtime.stream_ops import error_reply, get_request, publish_reply, while_unavailable
@@ -48,7 +48,7 @@ class DeadLetters:
         return self._nc
 
     async def failed_on_workers(self, requests: list[WaitingRequest]) -> None:
-        """What the scheduler gave up on (`Scheduler.take_dead_letters`)."""
+        """What the scheduler gave up on (`Decisions.dead_letters`)."""
         for request in requests:
             try:
                 await self._failed_on_workers(request)

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from broker.queue import WaitingRequest
-from broker.stats import Flow, FlowLoad, StatsWindow
+from broker.core.queue import WaitingRequest
+from broker.core.stats import Flow, FlowLoad, StatsWindow
 from runtime.metrics_http import MetricsEndpoint
 from schemas.messages import BrokerStats, Lease, LeaseDone
 from schemas.metric_labels import FlowLabels
@@ -80,7 +80,7 @@ class BrokerMetrics:
     def close(self) -> None:
         self.endpoint.close()
 
-    def admitted(self, request: WaitingRequest) -> None:
+    def queued(self, request: WaitingRequest) -> None:
         self._count(*self.labels.flow(request.model, request.workload), request.priority, "admitted")
 
     def rejected(self, request: WaitingRequest, code: str, message: str, now_ms: int) -> None:

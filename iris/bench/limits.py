@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.limits import SchedulerLimits
-from broker.queue import WaitingRequest
-from broker.scheduler import Scheduler
+from broker.core.limits import SchedulerLimits
+from broker.core.queue import WaitingRequest
+from broker.core.scheduler import Scheduler
 from iris.bench.harness import percentiles, save_report
 from iris.launch.nats_server import NatsServer
 from iris.launch.processes import spawn, stop_all

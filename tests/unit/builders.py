@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from broker.limits import SchedulerLimits
-from broker.queue import RequestQueue, WaitingRequest
-from broker.scheduler import Scheduler
+from broker.core.decisions import Decisions, Queued, Rejection
+from broker.core.limits import SchedulerLimits
+from broker.core.queue import RequestQueue, WaitingRequest
+from broker.core.scheduler import Cancelled, Scheduler
 from schemas.messages import Heartbeat
 
 T0 = 1_000_000
@@ -38,11 +39,21 @@ def beat(worker: str, slots: int, running: list[int], now: int, model: str = "m"
     return Heartbeat(worker, model, slots, slots - len(running), running, 0.0, now)
 
 
+def verdict(decisions: Decisions) -> Queued | Rejection | None:
+    """What an `enqueue` decided for its one request: queued, rejected, or nothing (known, adopted)."""
+    assert len(decisions.queued) + len(decisions.rejections) <= 1, decisions
+    return (decisions.queued or decisions.rejections or (None,))[0]
+
+
 def ready_scheduler(
-    workers: dict[str, int], max_concurrency: int = 0, limits: SchedulerLimits | None = None
+    workers: dict[str, int],
+    max_concurrency: int = 0,
+    limits: SchedulerLimits | None = None,
+    cancelled: Cancelled | None = None,
 ) -> tuple[Scheduler, int]:
     """A scheduler past its start-up grace that has heard each worker (name → slots); and that now."""
-    scheduler = Scheduler(limits or SchedulerLimits(max_concurrency=max_concurrency), T0)
+    limits = limits or SchedulerLimits(max_concurrency=max_concurrency)
+    scheduler = Scheduler(limits, T0) if cancelled is None else Scheduler(limits, T0, cancelled=cancelled)
     now = T0 + GRACE
     for worker, slots in workers.items():
         scheduler.heartbeat(beat(worker, slots, [], now), now)

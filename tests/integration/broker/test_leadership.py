@@ -118,4 +118,4 @@ async def test_a_term_that_fails_to_start_is_started_again(
         await wait_for_models(client, "fake")
         result = await client.complete("still scheduled?", model="fake", max_tokens=3)
         assert result.usage.completion_tokens == 3
-        assert not failures and service._scheduling
+        assert not failures and service.term is not None and service.term.scheduling

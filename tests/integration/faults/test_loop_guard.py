@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 import broker.service
+import broker.term
 from gpu_worker.engines.fake import FakeEngine
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
@@ -62,10 +63,10 @@ async def final_error(sub: Any) -> str:
 async def test_tick_and_stats_loops_survive_failing_io(
     nats_server: NatsServer, nc: NATS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    publish = FailsOnce(broker.service.publish_reply)
-    delete = FailsOnce(broker.service.delete_request)
-    monkeypatch.setattr(broker.service, "publish_reply", publish)
-    monkeypatch.setattr(broker.service, "delete_request", delete)
+    publish = FailsOnce(broker.term.publish_reply)
+    delete = FailsOnce(broker.term.delete_request)
+    monkeypatch.setattr(broker.term, "publish_reply", publish)
+    monkeypatch.setattr(broker.term, "delete_request", delete)
     engine = FakeEngine("fake", tokens_per_s=10)
     async with run_broker(nats_server.url) as service, worker(nats_server.url, engine, "w1"):
         assert service._kv is not None

@@ -298,7 +298,7 @@ def test_after_the_fuzz_nothing_is_left_and_everything_answers(stack: Stack, htt
         await eventually(empty, what="the stream and the scheduler index to be empty")
         # Memory does not grow: every structure that holds per-request state is empty again.
         scheduler = stack.broker.scheduler
-        assert not scheduler._by_request_id and not scheduler._tickets
+        assert not scheduler._by_request_id and not len(scheduler.tickets)
         assert all(not pool.leases and not len(pool.queue) for pool in scheduler.pools.values())
         assert stack.gateway._nc is not None
         assert not reply_router(stack.gateway._nc)._queues  # no exchange left listening

@@ -4,7 +4,7 @@ offer that was then refused)."""
 
 from __future__ import annotations
 
-from broker.cancels import withdraw_cancelled
+from broker.core.decisions import Decisions
 from schemas.cancels import CancelBook
 from schemas.errors import ErrorCode
 from tests.unit.builders import beat, ready_scheduler, request
@@ -43,27 +43,35 @@ def test_an_owned_cancel_stops_only_its_owners_request() -> None:
 
 
 def test_cancel_racing_a_refused_offer_is_withdrawn_before_the_next() -> None:
-    scheduler, now = ready_scheduler({"a": 1})
     book = CancelBook()
-    scheduler.admit(request(1), now)
-    scheduler.admit(request(2), now)
-    (lease,) = scheduler.dispatch(now)  # offered; the cancel comes in while the offer is in flight
+    scheduler, now = ready_scheduler({"a": 1}, cancelled=book.cancelled)
+    scheduler.enqueue(request(1), now)
+    scheduler.enqueue(request(2), now)
+    (lease,) = scheduler.dispatch(now).offers  # offered; the cancel comes in while the offer is in flight
     book.add(lease.request_id, now)
-    assert scheduler.cancel_waiting(lease.request_id) is None  # not waiting: nothing to cancel yet
-    scheduler.offer_refused(lease.stream_seq)  # the worker was full: back to the queue
+    assert scheduler.cancel(lease.request_id, now) == Decisions()  # not waiting: nothing to cancel yet
+    scheduler.offers_refused([lease.stream_seq])  # the worker was full: back to the queue
     scheduler.heartbeat(beat("a", 1, [], now + 1), now + 1)
-    offered, rejected = withdraw_cancelled(scheduler, scheduler.dispatch(now + 1), book)
-    assert offered == [] and [r.request.stream_seq for r in rejected] == [1]
-    assert rejected[0].code is ErrorCode.CANCELLED
-    offered, _ = withdraw_cancelled(scheduler, scheduler.dispatch(now + 1), book)
-    assert [lease.stream_seq for lease in offered] == [2]  # the withdrawn lease freed its slot
+    decisions = scheduler.dispatch(now + 1)
+    assert decisions.offers == () and [r.request.stream_seq for r in decisions.rejections] == [1]
+    assert decisions.rejections[0].code is ErrorCode.CANCELLED and decisions.rejections[0].delete_record
+    assert [lease.stream_seq for lease in scheduler.dispatch(now + 1).offers] == [2]  # the slot is free again
+
+
+def test_request_cancelled_before_it_was_indexed_never_waits() -> None:
+    book = CancelBook()
+    scheduler, now = ready_scheduler({"a": 1}, cancelled=book.cancelled)
+    book.add("r1", now)
+    (rejection,) = scheduler.enqueue(request(1), now).rejections
+    assert rejection.code is ErrorCode.CANCELLED and not rejection.delete_record
+    assert not scheduler.knows(1) and scheduler.waiting("m") == 0
 
 
 def test_withdrawn_lease_teaches_no_service_time() -> None:
-    scheduler, now = ready_scheduler({"a": 1})
     book = CancelBook()
+    scheduler, now = ready_scheduler({"a": 1}, cancelled=book.cancelled)
+    scheduler.enqueue(request(1), now)
     book.add("r1", now)
-    scheduler.admit(request(1), now)
-    withdraw_cancelled(scheduler, scheduler.dispatch(now), book)
+    assert len(scheduler.dispatch(now).rejections) == 1
     pool = scheduler.pools["m"]
     assert pool.completed == 0 and scheduler.running("m") == 0 and not scheduler.knows(1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from broker.scheduler import Scheduler, SchedulerLimits
+from broker.core.queue import WaitingRequest
+from broker.core.scheduler import Scheduler, SchedulerLimits
 from schemas import headers as h
 from schemas.dead_letters import dead_letter_headers, read_dead_letter, replay_headers
 from schemas.errors import ErrorCode
@@ -11,70 +12,73 @@ from schemas.subjects import dead_letter_subject
 from tests.unit.builders import GRACE, T0, beat, request
 
 
-def crash_each_worker(scheduler: Scheduler, workers: list[str], now: int) -> tuple[list[int], int]:
-    """Lease request 1, let the worker running it die, `len(workers)` times; the attempts it was requeued with."""
-    requeued_attempts = []
+def crash_each_worker(
+    scheduler: Scheduler, workers: list[str], now: int
+) -> tuple[list[int], list[WaitingRequest], int]:
+    """Lease request 1, let the worker running it die, `len(workers)` times; the attempts it was requeued with,
+    and the dead letters the ticks decided."""
+    requeued_attempts: list[int] = []
+    dead: list[WaitingRequest] = []
     for worker in workers:
         alive = {w: 1 for w in workers if w != worker}
         scheduler.heartbeat(beat(worker, 1, [], now), now)
-        (lease,) = scheduler.dispatch(now)
+        (lease,) = scheduler.dispatch(now).offers
         assert lease.worker_id == worker
         now += scheduler.limits.worker_timeout_ms + 1
         for other in alive:
             scheduler.heartbeat(beat(other, 0, [], now), now)  # alive, but with no slot to take the retry
-        requeued, _ = scheduler.tick(now)
-        requeued_attempts += [r.attempt for r in requeued]
-    return requeued_attempts, now
+        decisions = scheduler.tick(now)
+        requeued_attempts += [r.request.attempt for r in decisions.requeued]
+        dead += decisions.dead_letters
+    return requeued_attempts, dead, now
 
 
 def test_request_lost_on_max_attempts_workers_in_a_row_is_a_dead_letter() -> None:
     scheduler = Scheduler(SchedulerLimits(max_attempts=3), T0)
     now = T0 + GRACE
-    scheduler.admit(request(1), now)
-    requeued_attempts, now = crash_each_worker(scheduler, ["w1", "w2", "w3"], now)
+    scheduler.enqueue(request(1), now)
+    requeued_attempts, dead_letters, now = crash_each_worker(scheduler, ["w1", "w2", "w3"], now)
     assert requeued_attempts == [2, 3]  # back to the queue twice, the third loss gives up
-    (dead,) = scheduler.take_dead_letters()
+    (dead,) = dead_letters
     assert dead.stream_seq == 1 and dead.attempt == 3 and dead.reply_to == "_INBOX.1"
-    assert scheduler.take_dead_letters() == []
     assert not scheduler.knows(1) and scheduler.waiting("m") == 0 and scheduler.running("m") == 0
     scheduler.heartbeat(beat("w4", 1, [], now), now)
-    assert scheduler.dispatch(now) == []  # never offered again
+    assert scheduler.dispatch(now).offers == ()  # never offered again
 
 
 def test_fewer_losses_than_max_attempts_keep_the_request() -> None:
     scheduler = Scheduler(SchedulerLimits(max_attempts=3), T0)
     now = T0 + GRACE
-    scheduler.admit(request(1), now)
-    requeued_attempts, now = crash_each_worker(scheduler, ["w1", "w2"], now)
-    assert requeued_attempts == [2, 3] and scheduler.take_dead_letters() == []
+    scheduler.enqueue(request(1), now)
+    requeued_attempts, dead_letters, now = crash_each_worker(scheduler, ["w1", "w2"], now)
+    assert requeued_attempts == [2, 3] and dead_letters == []
     scheduler.heartbeat(beat("w3", 1, [], now), now)
-    (lease,) = scheduler.dispatch(now)
+    (lease,) = scheduler.dispatch(now).offers
     assert lease.attempt == 3
-    scheduler.lease_ended(1, now + 5)  # the third worker finished it: no dead letter
-    assert scheduler.take_dead_letters() == []
+    assert scheduler.lease_ended(1, now + 5).dead_letters == ()  # the third worker finished it
 
 
 def test_max_attempts_one_gives_up_on_the_first_loss() -> None:
     scheduler = Scheduler(SchedulerLimits(max_attempts=1), T0)
     now = T0 + GRACE
-    scheduler.admit(request(1), now)
-    requeued_attempts, _ = crash_each_worker(scheduler, ["w1"], now)
+    scheduler.enqueue(request(1), now)
+    requeued_attempts, dead_letters, _ = crash_each_worker(scheduler, ["w1"], now)
     assert requeued_attempts == []
-    assert [d.attempt for d in scheduler.take_dead_letters()] == [1]
+    assert [d.attempt for d in dead_letters] == [1]
 
 
 def test_an_offer_that_finds_its_worker_gone_is_no_attempt() -> None:
     scheduler = Scheduler(SchedulerLimits(max_attempts=1), T0)
     now = T0 + GRACE
     scheduler.heartbeat(beat("w1", 2, [], now), now)
-    scheduler.admit(request(1), now)
-    scheduler.admit(request(2), now)
-    running, offered = scheduler.dispatch(now)
-    requeued = scheduler.worker_gone("w1", now + 1, offered=[offered.stream_seq])
-    assert requeued == []  # the offered one went back with its attempt
-    assert [d.stream_seq for d in scheduler.take_dead_letters()] == [running.stream_seq]  # the running one was lost
+    scheduler.enqueue(request(1), now)
+    scheduler.enqueue(request(2), now)
+    running, offered = scheduler.dispatch(now).offers
+    decisions = scheduler.worker_gone("w1", now + 1, offered=[offered.stream_seq])
+    assert decisions.requeued == ()  # the offered one went back with its attempt
+    assert [d.stream_seq for d in decisions.dead_letters] == [running.stream_seq]  # the running one was lost
     scheduler.heartbeat(beat("w2", 1, [], now + 2), now + 2)
-    (again,) = scheduler.dispatch(now + 2)
+    (again,) = scheduler.dispatch(now + 2).offers
     assert again.stream_seq == offered.stream_seq and again.attempt == 1
 
 
@@ -123,3 +127,16 @@ def test_dead_letter_subject_keeps_model_and_workload() -> None:
     assert dead_letter_subject("iris.req.fake.batch") == "iris.dlq.fake.batch"
     assert dead_letter_subject("iris.req.fa$ke.b") == "iris.dlq.fa_ke.b"
     assert dead_letter_subject("iris.req.x") == "iris.dlq._._"
+
+
+def test_a_lease_its_worker_stopped_listing_is_a_dead_letter_of_that_heartbeat() -> None:
+    """The heartbeat that loses the lease decides the dead letter: it is in that event's `Decisions`."""
+    scheduler = Scheduler(SchedulerLimits(max_attempts=1), T0)
+    now = T0 + GRACE
+    scheduler.heartbeat(beat("w1", 1, [], now), now)
+    scheduler.enqueue(request(1), now)
+    (lease,) = scheduler.dispatch(now).offers
+    late = now + scheduler.limits.lease_confirm_ms + 1
+    decisions = scheduler.heartbeat(beat("w1", 1, [], late), late)
+    assert [d.stream_seq for d in decisions.dead_letters] == [lease.stream_seq] and decisions.requeued == ()
+    assert not scheduler.knows(lease.stream_seq) and scheduler.tick(late).dead_letters == ()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from broker.config import BrokerConfig
-from broker.intake import waiting_request
+from broker.core.intake import waiting_request
 from broker.streams import request_stream_config
 from schemas.errors import InvalidRequest
 from schemas.headers import MAX_DEADLINE_S

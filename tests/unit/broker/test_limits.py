@@ -1,7 +1,7 @@
-"""Limits with borrowing, admission tickets and per-model config in the pure scheduler (simulated clock).
+"""Limits with borrowing, tickets and per-model config in the pure scheduler (simulated clock).
 
 The property test drives random workloads (workers, tickets, users, workloads, priorities, ends,
-refusals, expiries, reloads) and checks after every dispatch exactly what `broker.limits` promises:
+refusals, expiries, reloads) and checks after every dispatch exactly what `broker.core.limits` promises:
 capacity and worker slots are never exceeded; a value at its `limit_by` cap is granted a lease only when
 no admissible request of a value below its cap waits; and no admissible request waits while capacity is
 left (work-conserving).
@@ -18,83 +18,103 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.config import BrokerConfig
-from broker.limits import ModelLimits, SchedulerLimits, label_value, scheduler_limits
-from broker.queue import WaitingRequest
-from broker.scheduler import Admitted, Rejection, Scheduler
+from broker.configured_limits import scheduler_limits
+from broker.core.decisions import Rejection
+from broker.core.limits import ModelLimits, SchedulerLimits, label_value
+from broker.core.queue import WaitingRequest
+from broker.core.scheduler import Scheduler
 from schemas.errors import ErrorCode
-from schemas.messages import Lease
-from tests.unit import builders
-from tests.unit.builders import T0, beat, ready_scheduler
+from schemas.messages import Heartbeat, Lease
+from tests.unit.builders import verdict
 
+T0 = 1_000_000
+GRACE = SchedulerLimits().startup_grace_ms
 FAR = T0 + 10**9
 
 
 def request(seq: int, user: str = "", workload: str = "default", model: str = "m", priority: int = 1) -> WaitingRequest:
     ticket = user.startswith("t")  # tickets by user: a flow is all tickets or all worker requests
-    return builders.request(seq, FAR, model, workload=workload, user=user, priority=priority, cost=100, ticket=ticket)
+    return WaitingRequest(seq, f"r{seq}", model, workload, f"_INBOX.{seq}", FAR, T0, priority, user, 100, ticket=ticket)
+
+
+def beat(worker: str, slots: int, running: list[int], now: int) -> Heartbeat:
+    return Heartbeat(worker, "m", slots, slots - len(running), running, 0.0, now)
+
+
+def started(limits: SchedulerLimits, workers: dict[str, int]) -> tuple[Scheduler, int]:
+    scheduler = Scheduler(limits, T0)
+    now = T0 + GRACE
+    for worker, slots in workers.items():
+        scheduler.heartbeat(beat(worker, slots, [], now), now)
+    return scheduler, now
 
 
 def test_a_value_borrows_idle_capacity_and_waiters_within_their_cap_go_first() -> None:
     limits = SchedulerLimits(policy="fifo", limit_by="user", limit_per_value=1)
-    scheduler, now = ready_scheduler({"a": 3}, limits=limits)
+    scheduler, now = started(limits, {"a": 3})
     for seq in (1, 2, 3):
-        scheduler.admit(request(seq, "alice"), now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [1, 2, 3]  # nobody else waits: borrow
-    scheduler.admit(request(4, "alice"), now)
-    scheduler.admit(request(5, "bob"), now)
+        scheduler.enqueue(request(seq, "alice"), now)
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [1, 2, 3]  # nobody else waits: borrow
+    scheduler.enqueue(request(4, "alice"), now)
+    scheduler.enqueue(request(5, "bob"), now)
     scheduler.lease_ended(1, now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [5]  # bob is within his cap
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [5]  # bob is within his cap
     scheduler.lease_ended(2, now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [4]  # only alice waits: she borrows again
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [4]  # only alice waits: she borrows again
 
 
 def test_limit_by_workload_and_reload() -> None:
-    scheduler, now = ready_scheduler({"a": 2}, limits=SchedulerLimits(policy="fifo"))
+    scheduler, now = started(SchedulerLimits(policy="fifo"), {"a": 2})
     for seq, workload in ((1, "batch"), (2, "batch"), (3, "batch"), (4, "chat")):
-        scheduler.admit(request(seq, workload=workload), now)
+        scheduler.enqueue(request(seq, workload=workload), now)
     scheduler.update_limits(SchedulerLimits(policy="fifo", limit_by="workload", limit_per_value=1))
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [1, 4]  # chat within its cap beats batch's 2nd
+    leases = scheduler.dispatch(now).offers
+    assert [lease.stream_seq for lease in leases] == [1, 4]  # chat within its cap beats batch's 2nd
     scheduler.update_limits(SchedulerLimits(policy="fifo"))
     scheduler.lease_ended(4, now)
-    assert [lease.stream_seq for lease in scheduler.dispatch(now)] == [2]
+    assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [2]
 
 
 def test_tickets_need_capacity_but_no_worker() -> None:
     limits = SchedulerLimits(models={"app": ModelLimits(max_concurrency=2, max_inflight_ms=5_000)})
-    scheduler, now = ready_scheduler({}, limits=limits)
+    scheduler, now = started(limits, {})
     for seq in (1, 2, 3):
-        assert isinstance(scheduler.admit(request(seq, "t1", model="app"), now), Admitted)
-    granted = scheduler.dispatch(now)
+        assert scheduler.enqueue(request(seq, "t1", model="app"), now).queued
+    decisions = scheduler.dispatch(now)
+    granted = decisions.tickets
+    assert decisions.offers == ()  # tickets are granted, never offered to a worker
     assert [(lease.stream_seq, lease.ticket, lease.worker_id) for lease in granted] == [(1, True, ""), (2, True, "")]
-    assert scheduler.release_ticket("r1", now + 10) == granted[0]
-    assert [lease.stream_seq for lease in scheduler.dispatch(now + 10)] == [3]
-    assert scheduler.expire_tickets(now + 4_999) == []
-    assert [lease.stream_seq for lease in scheduler.expire_tickets(now + 5_000)] == [2]
-    assert scheduler.running("app") == 1 and scheduler.release_ticket("r2", now + 5_000) is None
+    released = scheduler.release_ticket("r1", now + 10)
+    assert [ended.lease for ended in released.tickets_ended] == [granted[0]] and released.round_due
+    assert [lease.stream_seq for lease in scheduler.dispatch(now + 10).tickets] == [3]
+    assert scheduler.tick(now + 4_999).tickets_ended == ()
+    (expired,) = scheduler.tick(now + 5_000).tickets_ended
+    assert expired.lease.stream_seq == 2 and expired.why == "expired at max_inflight"
+    assert scheduler.running("app") == 1 and scheduler.release_ticket("r2", now + 5_000).tickets_ended == ()
 
 
-def test_ticket_for_a_model_nobody_can_admit_gets_no_capacity() -> None:
-    scheduler, now = ready_scheduler({}, limits=SchedulerLimits())
+def test_ticket_for_a_model_nobody_can_grant_gets_no_capacity() -> None:
+    scheduler, now = started(SchedulerLimits(), {})
     later = now + scheduler.limits.worker_timeout_ms
-    decision = scheduler.admit(request(1, "t1", model="nomodel"), later)
+    decision = verdict(scheduler.enqueue(request(1, "t1", model="nomodel"), later))
     assert isinstance(decision, Rejection) and decision.code is ErrorCode.NO_CAPACITY
     assert "max_concurrency" in decision.message
 
 
 def test_restored_ticket_holds_its_slot_until_its_cutoff() -> None:
-    scheduler, now = ready_scheduler({}, limits=SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}))
+    scheduler, now = started(SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}), {})
     held = Lease(7, "r7", "app", "default", "_INBOX.7", FAR, T0, "", 1, now, cutoff_ms=now + 1_000, ticket=True)
     scheduler.restore_lease(held, now)
-    scheduler.admit(request(8, "t1", model="app"), now)
-    assert scheduler.dispatch(now) == []
-    assert scheduler.expire_tickets(now + 1_000) == [held]
-    assert [lease.stream_seq for lease in scheduler.dispatch(now + 1_000)] == [8]
+    scheduler.enqueue(request(8, "t1", model="app"), now)
+    assert scheduler.dispatch(now).tickets == ()
+    assert [ended.lease for ended in scheduler.tick(now + 1_000).tickets_ended] == [held]
+    assert [lease.stream_seq for lease in scheduler.dispatch(now + 1_000).tickets] == [8]
 
 
 def test_an_unlimited_ticket_still_has_a_cutoff() -> None:
-    scheduler, now = ready_scheduler({}, limits=SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}))
-    scheduler.admit(request(1, "t1", model="app"), now)
-    (lease,) = scheduler.dispatch(now)
+    scheduler, now = started(SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}), {})
+    scheduler.enqueue(request(1, "t1", model="app"), now)
+    (lease,) = scheduler.dispatch(now).tickets
     assert lease.cutoff_ms > now
 
 
@@ -121,14 +141,14 @@ def test_limit_by_without_a_cap_is_a_config_error_naming_the_key() -> None:
         msgspec.convert({"min_share": 2}, BrokerConfig)
 
 
-admits = st.tuples(
-    st.just("admit"), st.sampled_from(["u1", "u2", "u3", "t1"]), st.sampled_from(["w1", "w2"]), st.integers(1, 3)
+arrivals = st.tuples(
+    st.just("enqueue"), st.sampled_from(["u1", "u2", "u3", "t1"]), st.sampled_from(["w1", "w2"]), st.integers(1, 3)
 )
 events = st.lists(
     st.one_of(
-        admits,
-        admits,
-        admits,
+        arrivals,
+        arrivals,
+        arrivals,
         st.tuples(st.just("end"), st.integers(0, 10)),
         st.tuples(st.just("end"), st.integers(0, 10)),
         st.tuples(st.just("beat"), st.sampled_from(["a", "b"])),
@@ -168,25 +188,26 @@ def test_limits_hold_borrowing_is_exact_and_dispatch_is_work_conserving(
         min_share=min_share,
         max_inflight_ms=4_000,
     )
-    scheduler, now = ready_scheduler({"a": slots, "b": slots}, limits=limits)
+    scheduler, now = started(limits, {"a": slots, "b": slots})
     known: dict[int, WaitingRequest] = {}
     for event in events:
         kind = event[0]
-        if kind == "admit":
+        if kind == "enqueue":
             seq = len(known) + 1
             known[seq] = request(seq, str(event[1]), str(event[2]), priority=int(event[3]))  # type: ignore[call-overload]
-            scheduler.admit(known[seq], now)
+            scheduler.enqueue(known[seq], now)
         elif kind in ("end", "refuse"):
-            leased = sorted(scheduler.pools["m"].leases)
+            pool = scheduler.pools.get("m")  # gone once its workers timed out with nothing left in it
+            leased = sorted(pool.leases) if pool else []
             seq = leased[int(event[1]) % len(leased)] if leased else 0  # type: ignore[call-overload]
-            scheduler.lease_ended(seq, now) if kind == "end" else scheduler.offer_refused(seq)
+            scheduler.lease_ended(seq, now) if kind == "end" else scheduler.offers_refused([seq])
         elif kind == "beat":
-            worker = scheduler.pools["m"].workers.get(str(event[1]))
+            pool = scheduler.pools.get("m")
+            worker = pool.workers.get(str(event[1])) if pool else None
             scheduler.heartbeat(beat(str(event[1]), slots, sorted(worker.leases) if worker else [], now), now)
         elif kind == "time":
             now += int(event[1])  # type: ignore[call-overload]
             scheduler.tick(now)
-            scheduler.expire_tickets(now)
         else:
             cap = int(event[1])  # type: ignore[call-overload]
             scheduler.update_limits(dataclasses.replace(scheduler.limits, limit_per_value=cap))
@@ -194,12 +215,15 @@ def test_limits_hold_borrowing_is_exact_and_dispatch_is_work_conserving(
 
 
 def check_dispatch(scheduler: Scheduler, now: int, known: dict[int, WaitingRequest]) -> None:
-    pool = scheduler.pools["m"]
+    pool = scheduler.pools.get("m")
+    if pool is None:  # its workers timed out with nothing left in it: dropped
+        return
     limits = scheduler.limits.for_model("m")
     capacity = limits.max_concurrency or sum(w.slots for w in pool.workers.values() if not w.draining)
     held = Counter(label_value(lease, limits.limit_by) for lease in pool.leases.values())
     worker_free = sum(w.free_slots for w in pool.workers.values())
-    granted = scheduler.dispatch(now)
+    decisions = scheduler.dispatch(now)
+    granted = [*decisions.offers, *decisions.tickets]
     waiting = [r for seq, r in known.items() if seq in pool.queue]
 
     def admissible(r: WaitingRequest, free: int) -> bool:
@@ -232,16 +256,16 @@ def check_dispatch(scheduler: Scheduler, now: int, known: dict[int, WaitingReque
     cap=st.integers(1, 2),
 )
 def test_tickets_borrow_exactly(steps: list[str | int], policy: str, capacity: int, cap: int) -> None:
-    """The same promises for an admission-only model, where every slot change is an admit or a release."""
+    """The same promises for a tickets-only model, where every slot change is a grant or a release."""
     model = ModelLimits(max_concurrency=capacity, limit_by="user", limit_per_value=cap)
-    scheduler, now = ready_scheduler({}, limits=SchedulerLimits(policy=policy, models={"m": model}))
+    scheduler, now = started(SchedulerLimits(policy=policy, models={"m": model}), {})
     scheduler.heartbeat(beat("idle", 0, [], now), now)  # creates the pool; no slots
     known: dict[int, WaitingRequest] = {}
     for step in steps:
         if isinstance(step, str):
             seq = len(known) + 1
             known[seq] = request(seq, step)
-            scheduler.admit(known[seq], now)
+            scheduler.enqueue(known[seq], now)
         else:
             leased = sorted(scheduler.pools["m"].leases)
             if leased:

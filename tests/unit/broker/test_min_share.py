@@ -8,8 +8,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.queue import Eligible
-from broker.wfq import WfqQueue
+from broker.core.queue import Eligible
+from broker.core.wfq import WfqQueue
 from tests.unit.builders import req, saturate
 
 

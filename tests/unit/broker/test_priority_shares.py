@@ -10,7 +10,7 @@ from collections import Counter
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from broker.wfq import WfqQueue
+from broker.core.wfq import WfqQueue
 from tests.unit.builders import Flow, assert_shares, req, saturate
 
 

@@ -1,15 +1,17 @@
 """The start estimate behind `deadline_unmeetable` prices the work ahead of a request (its tokens under the
 fair order, at the engine time workers report for answers of each size), not a mean service time x queue
-position: a deep backlog of tiny requests behind which a long answer just finished is admitted, a backlog
+position: a deep backlog of tiny requests behind which a long answer just finished is queued, a backlog
 of long answers that truly cannot finish in time is still refused at admission (pure, no server)."""
 
 from __future__ import annotations
 
-from broker.queue import WaitingRequest
-from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
-from broker.service_time import ServiceTime
+from broker.core.decisions import Queued, Rejection
+from broker.core.queue import WaitingRequest
+from broker.core.scheduler import Scheduler, SchedulerLimits
+from broker.core.service_time import ServiceTime
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, LeaseDone
+from tests.unit.builders import verdict
 
 T0 = 1_700_000_000_000
 SLOTS = 8
@@ -24,15 +26,14 @@ def waiting(seq: int, workload: str, now: int, deadline_s: float, cost: int = 0)
 
 def finish(scheduler: Scheduler, request: WaitingRequest, now: int, run_ms: float, completion: int) -> int:
     """Admit, lease and end one request that ran `run_ms` with `completion` tokens; returns the new now."""
-    assert isinstance(scheduler.admit(request, now), Admitted)
-    (lease,) = scheduler.dispatch(now)
+    assert scheduler.enqueue(request, now).queued
+    (lease,) = scheduler.dispatch(now).offers
     now += int(run_ms)
-    scheduler.lease_usage(LeaseDone(lease.stream_seq, "m", lease.workload, 4, completion, True, run_ms), now)
-    scheduler.lease_ended(lease.stream_seq, now)
+    scheduler.leases_done([LeaseDone(lease.stream_seq, "m", lease.workload, 4, completion, True, run_ms)], now)
     return now
 
 
-def test_tiny_backlog_behind_a_long_answer_is_admitted_and_a_hopeless_one_is_not() -> None:
+def test_tiny_backlog_behind_a_long_answer_is_queued_and_a_hopeless_one_is_not() -> None:
     scheduler = Scheduler(SchedulerLimits(), T0)
     now = T0 + 2_000
     scheduler.heartbeat(Heartbeat("w", "m", SLOTS, SLOTS, [], 0.0, now), now)
@@ -45,15 +46,15 @@ def test_tiny_backlog_behind_a_long_answer_is_admitted_and_a_hopeless_one_is_not
     verdicts = []
     for _ in range(3000):  # 3,000 one-token requests, 150 s deadlines: ~15,000 tokens, well under a minute
         seq += 1
-        verdicts.append(scheduler.admit(waiting(seq, "tiny", now, 150), now))
-    assert all(isinstance(v, Admitted) for v in verdicts), [v.message for v in verdicts if isinstance(v, Rejection)][:3]
+        verdicts.append(verdict(scheduler.enqueue(waiting(seq, "tiny", now, 150), now)))
+    assert all(isinstance(v, Queued) for v in verdicts), [v.message for v in verdicts if isinstance(v, Rejection)][:3]
     hopeless = []
     for _ in range(200):  # 200 answers of 2,000 tokens, 10 s each, on 8 slots: 250 s of work
         seq += 1
-        hopeless.append(scheduler.admit(waiting(seq, "long", now, 150, cost=2004), now))
+        hopeless.append(verdict(scheduler.enqueue(waiting(seq, "long", now, 150, cost=2004), now)))
     refused = [v for v in hopeless if isinstance(v, Rejection)]
     assert refused and all(v.code is ErrorCode.DEADLINE_UNMEETABLE for v in refused)
-    assert 50 <= len(hopeless) - len(refused) <= 150  # what can start in time is admitted: 120 or so
+    assert 50 <= len(hopeless) - len(refused) <= 150  # what can start in time is queued: 120 or so
 
 
 def test_service_time_is_a_line_that_one_size_cannot_erase() -> None:

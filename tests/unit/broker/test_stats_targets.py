@@ -3,7 +3,7 @@ workload serves, over the sum of it among the model's busy workloads (pure, no s
 
 from __future__ import annotations
 
-from broker.stats import StatsWindow
+from broker.core.stats import StatsWindow
 
 
 def test_target_share_is_weight_times_priority() -> None:

@@ -8,8 +8,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.queue import Eligible, make_queue
-from broker.strict import StrictQueue
+from broker.core.queue import Eligible, make_queue
+from broker.core.strict import StrictQueue
 from tests.unit.builders import assert_shares, req, saturate
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.pool import MAX_LEARNED_WORKLOADS
-from broker.queue import WaitingRequest
-from broker.scheduler import Admitted, Rejection, Scheduler, SchedulerLimits
-from broker.wfq import WfqQueue
+from broker.core.decisions import Rejection
+from broker.core.pool import MAX_LEARNED_WORKLOADS
+from broker.core.queue import WaitingRequest
+from broker.core.scheduler import Scheduler, SchedulerLimits
+from broker.core.wfq import WfqQueue
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, LeaseDone
+from tests.unit.builders import verdict
 
 T0 = 1_000_000
 WARM = SchedulerLimits().worker_timeout_ms
@@ -27,7 +29,7 @@ def beat(worker: str, now: int, model: str = "m") -> Heartbeat:
 def test_an_unknown_model_is_refused_without_a_trace() -> None:
     scheduler = Scheduler(SchedulerLimits(), T0)
     scheduler.heartbeat(beat("w", T0 + WARM), T0 + WARM)
-    decision = scheduler.admit(request(1, "nosuch"), T0 + WARM)
+    decision = verdict(scheduler.enqueue(request(1, "nosuch"), T0 + WARM))
     assert isinstance(decision, Rejection) and decision.code is ErrorCode.NO_CAPACITY
     assert set(scheduler.pools) == {"m"} and not scheduler.knows(1)
 
@@ -35,14 +37,15 @@ def test_an_unknown_model_is_refused_without_a_trace() -> None:
 def test_requests_from_the_start_up_grace_get_no_capacity_once_the_broker_knows() -> None:
     """Queued while heartbeats are still being learnt; refused by the first round after the grace."""
     scheduler = Scheduler(SchedulerLimits(), T0)
-    assert isinstance(scheduler.admit(request(1, "nosuch"), T0), Admitted)
-    assert isinstance(scheduler.admit(request(2, "m"), T0), Admitted)
-    assert scheduler.drop_unserved(T0 + WARM - 1) == []  # still learning
+    assert scheduler.enqueue(request(1, "nosuch"), T0).queued
+    assert scheduler.enqueue(request(2, "m"), T0).queued
+    assert scheduler.tick(T0 + WARM - 1).rejections == ()  # still learning
     scheduler.heartbeat(beat("w", T0 + 10), T0 + 10)  # model m has a worker
-    rejected = scheduler.drop_unserved(T0 + WARM)
-    assert [(r.request.stream_seq, r.code) for r in rejected] == [(1, ErrorCode.NO_CAPACITY)]
+    scheduler.heartbeat(beat("w", T0 + WARM), T0 + WARM)
+    rejected = scheduler.tick(T0 + WARM).rejections
+    assert [(r.request.stream_seq, r.code, r.delete_record) for r in rejected] == [(1, ErrorCode.NO_CAPACITY, False)]
     assert "nosuch" not in scheduler.pools and not scheduler.knows(1) and scheduler.knows(2)
-    assert scheduler.drop_unserved(T0 + WARM + 100) == []
+    assert scheduler.tick(T0 + WARM + 100).rejections == ()
 
 
 def test_a_model_whose_workers_died_keeps_its_waiting_requests_then_goes() -> None:
@@ -50,16 +53,19 @@ def test_a_model_whose_workers_died_keeps_its_waiting_requests_then_goes() -> No
     scheduler = Scheduler(limits, T0)
     now = T0 + WARM
     scheduler.heartbeat(beat("w", now), now)
-    scheduler.admit(request(1, "m"), now)
-    scheduler.admit(request(2, "m"), now)
+    scheduler.enqueue(request(1, "m"), now)
+    scheduler.enqueue(request(2, "m"), now)
     scheduler.dispatch(now)  # 1 runs on w, 2 waits
     later = now + limits.worker_timeout_ms + 1
-    requeued, _ = scheduler.tick(later)  # w is gone; 1 goes back to the queue
-    assert [r.stream_seq for r in requeued] == [1]
-    assert scheduler.drop_unserved(later) == [] and scheduler.waiting("m") == 2  # a worker may come back
-    _, expired = scheduler.tick(T0 + 600_000)
-    assert sorted(r.stream_seq for r in expired) == [1, 2]
-    assert scheduler.drop_unserved(T0 + 600_000) == [] and "m" not in scheduler.pools
+    decisions = scheduler.tick(later)  # w is gone; 1 goes back to the queue
+    assert [r.request.stream_seq for r in decisions.requeued] == [1]
+    assert decisions.rejections == () and scheduler.waiting("m") == 2  # a worker may come back
+    expired = scheduler.tick(T0 + 600_000).rejections
+    assert sorted((r.request.stream_seq, r.code) for r in expired) == [
+        (1, ErrorCode.DEADLINE_EXCEEDED),
+        (2, ErrorCode.DEADLINE_EXCEEDED),
+    ]
+    assert "m" not in scheduler.pools
 
 
 @given(
@@ -68,10 +74,9 @@ def test_a_model_whose_workers_died_keeps_its_waiting_requests_then_goes() -> No
 def test_arbitrary_model_names_leave_nothing_behind(names: list[tuple[str, str]]) -> None:
     scheduler = Scheduler(SchedulerLimits(), T0)
     for seq, (model, workload) in enumerate(names, start=1):
-        scheduler.admit(request(seq, model, workload), T0 + seq % 7)  # some in the grace, some after
+        scheduler.enqueue(request(seq, model, workload), T0 + seq % 7)  # some in the grace, some after
     for seq, (model, workload) in enumerate(names, start=len(names) + 1):
-        scheduler.admit(request(seq, model, workload), T0 + WARM)
-    scheduler.drop_unserved(T0 + WARM)
+        scheduler.enqueue(request(seq, model, workload), T0 + WARM)
     scheduler.tick(T0 + WARM)
     assert scheduler.pools == {} and not any(scheduler.knows(seq) for seq in range(1, 2 * len(names) + 1))
 
@@ -82,8 +87,8 @@ def test_deadline_entries_of_requests_gone_are_dropped() -> None:
     now = T0 + WARM
     scheduler.heartbeat(beat("w", now), now)
     for seq in range(1, 100_001):
-        scheduler.admit(request(seq, "m"), now)
-        scheduler.cancel_waiting(f"r{seq}")
+        scheduler.enqueue(request(seq, "m"), now)
+        scheduler.cancel(f"r{seq}", now)
     scheduler.tick(now + 1)
     assert len(scheduler._deadlines) <= 1024
 
@@ -97,10 +102,10 @@ def test_workload_names_a_client_invents_leave_bounded_state_on_a_served_model()
     total = 3 * MAX_LEARNED_WORKLOADS
     for seq in range(1, total + 1):
         scheduler.heartbeat(beat("w", now), now)
-        assert isinstance(scheduler.admit(request(seq, "m", workload=f"w{seq}"), now), Admitted)
-        (lease,) = scheduler.dispatch(now)
-        scheduler.lease_usage(LeaseDone(seq, "m", f"w{seq}", prompt_tokens=5, completion_tokens=seq % 7), now)
-        scheduler.lease_ended(lease.stream_seq, now)
+        assert scheduler.enqueue(request(seq, "m", workload=f"w{seq}"), now).queued
+        (lease,) = scheduler.dispatch(now).offers
+        done = LeaseDone(seq, "m", f"w{seq}", prompt_tokens=5, completion_tokens=seq % 7, completed=True)
+        scheduler.leases_done([done], now)
         now += 1
     pool = scheduler.pools["m"]
     assert len(pool.completion_tokens_ema) == MAX_LEARNED_WORKLOADS

@@ -3,14 +3,14 @@
 
 The wait is the work that starts before the request under the fair order (`RequestQueue.work_ahead`: its
 tokens, and `position`: how many requests), priced at the engine time its workers showed for answers of each
-size (`broker.service_time`), spread over the model's parallelism; nothing when a slot is free for it now.
+size (`broker.core.service_time`), spread over the model's parallelism; nothing when a slot is free for it now.
 Until an answer has come back with its tokens (tickets report none), whole mean service rounds ahead.
 """
 
 from __future__ import annotations
 
-from broker.limits import ModelLimits
-from broker.pool import ModelPool
+from broker.core.limits import ModelLimits
+from broker.core.pool import ModelPool
 
 
 def tokens_ahead(pool: ModelPool, stream_seq: int) -> float | None:

@@ -1,6 +1,6 @@
 """Weighted fair queuing: the `RequestQueue` that decides whose request runs next (`priority_mode = "share"`).
 
-A tree of stride levels (`broker.stride`): workloads share a model, users share their workload, end users
+A tree of stride levels (`broker.core.stride`): workloads share a model, users share their workload, end users
 (`Iris-End-User`, what an API key's callers name as OpenAI's `user`) share their user. Each turn serves the
 request at the head of the chosen end user's flow (highest priority first, then stream order) and charges
 its cost in tokens along the path:
@@ -25,8 +25,8 @@ import heapq
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from broker.queue import Eligible, Tally, WaitingRequest, default_estimate
-from broker.stride import StrideLevel
+from broker.core.queue import Eligible, Tally, WaitingRequest, default_estimate
+from broker.core.stride import StrideLevel
 
 BYTES_PER_PROMPT_TOKEN = 4
 DEPTH = 3  # workload, user, end user

@@ -1,6 +1,6 @@
 """What the scheduler knows about one model: its workers, leases, waiting queue and learned costs.
 
-Plain state, no decisions; `broker.scheduler` changes it.
+Plain state, no decisions; `broker.core.scheduler` changes it.
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from broker.queue import DEFAULT_COST_TOKENS, RequestQueue, WaitingRequest
-from broker.queue_updates import QueueUpdatePlan
-from broker.service_time import ServiceTime
+from broker.core.queue import DEFAULT_COST_TOKENS, RequestQueue, WaitingRequest
+from broker.core.queue_updates import QueueUpdatePlan
+from broker.core.service_time import ServiceTime
 from schemas.messages import Lease
 
 # Workloads whose completion length a model remembers: workload names come from request subjects, which any

@@ -1,15 +1,15 @@
-"""Admission mode: apps that call their own model server ask Iris for a slot (Aperture `startFlow`/`end`).
+"""Tickets: apps that call their own model server ask Iris for a slot (Aperture `startFlow`/`end`).
 
 `iris.admit.<model>` (nats micro service `iris-admit`) takes an `AdmitRequest` and publishes it to the
-request stream as an *admission request* (header `Iris-Admission: 1`; the body is never read by a worker).
+request stream as a *ticket request* (header `Iris-Admission: 1`; the body is never read by a worker).
 So it waits in the same fair queue, under the same limits, as every request for that model, and a waiting
-admission survives a broker restart exactly as a request does (rebuilt from the stream, deduplicated by
-its ticket id). When the scheduler grants it, the ticket is recorded like a lease in `IRIS_LEASES`
+ticket request survives a broker restart exactly as a request does (rebuilt from the stream, deduplicated
+by its ticket id). When the scheduler grants it, the ticket is recorded like a lease in `IRIS_LEASES`
 (`Lease.ticket`, no worker) before the app hears of it, so a restarted or standby broker restores it with
 its cut-off; then the waiting request/reply gets the `Ticket`. The app releases it on `iris.admit.end`:
 whichever broker answers deletes the stream message and the record, and the leader frees the slot when
 its lease watch sees the delete, as when a worker ends a lease. An app that vanishes loses the ticket at
-its cut-off (`max_inflight`), which the leader expires the same way. An admission's one answer is the
+its cut-off (`max_inflight`), which the leader expires the same way. A ticket request's one answer is the
 `Ticket` or a typed `Error` (invalid_request, queue_full, deadline_unmeetable, deadline_exceeded, no_capacity).
 """
 
@@ -56,7 +56,7 @@ END_QUEUE_GROUP = "iris-admit-end"  # not micro's shared "q": `iris.admit.*` als
 _NUID = NUID()
 
 
-class AdmissionService:
+class TicketService:
     def __init__(self, nc: NATS, kv: KeyValue, log: structlog.stdlib.BoundLogger) -> None:
         self.nc, self.kv, self.log = nc, kv, log
         self._service: Service | None = None
@@ -66,9 +66,10 @@ class AdmissionService:
         self._service = await add_service(
             self.nc, name=SERVICE_NAME, version=SERVICE_VERSION, description="Iris admission: slots for your own model"
         )
-        await self._service.add_endpoint(name="admit", subject=ADMIT_FILTER, handler=self._concurrently(self._on_admit))
+        on_request = self._concurrently(self._on_ticket_request)
+        await self._service.add_endpoint(name="admit", subject=ADMIT_FILTER, handler=on_request)
         await self._service.add_endpoint(
-            name="end", subject=ADMIT_END, queue_group=END_QUEUE_GROUP, handler=self._concurrently(self._on_end)
+            name="end", subject=ADMIT_END, queue_group=END_QUEUE_GROUP, handler=self._concurrently(self._on_release)
         )
         await self.nc.flush()  # subscribed at the server once start returns
 
@@ -86,7 +87,7 @@ class AdmissionService:
         async def spawn(req: Request) -> None:
             problem = reply_problem(_reply_subject(req), None)
             if problem is not None:  # the broker's answer would land wherever the caller said, with its rights
-                self.log.warning("admission request ignored: its reply subject " + problem, subject=req.subject)
+                self.log.warning("ticket request ignored: its reply subject " + problem, subject=req.subject)
                 return
             task = asyncio.create_task(self._logged(handle, req))
             self._handling.add(task)
@@ -98,7 +99,7 @@ class AdmissionService:
         try:
             await handle(req)
         except Exception:
-            self.log.exception("admission request failed", subject=req.subject)
+            self.log.exception("ticket request failed", subject=req.subject)
 
     async def grant(self, lease: Lease) -> None:
         """Record the ticket, then tell the app that waits for it."""
@@ -114,26 +115,26 @@ class AdmissionService:
         await publish_reply(self.nc, lease.reply_to, lease.request_id, ticket)
         self.log.info("ticket granted", seq=lease.stream_seq, ticket_id=lease.request_id, model=lease.model)
 
-    async def drop(self, lease: Lease, why: str) -> None:
+    async def end(self, lease: Lease, why: str) -> None:
         """A ticket is over: the stream message first, then the record (a crash between leaves a record
-        that expires at its cut-off, never an admission that would be granted again)."""
+        that expires at its cut-off, never a ticket request that would be granted again)."""
         await delete_request(self.nc, lease.stream_seq)
         await self.kv.delete(lease_key(lease.stream_seq))
         self.log.info("ticket ended", seq=lease.stream_seq, ticket_id=lease.request_id, why=why)
 
-    async def _on_admit(self, req: Request) -> None:
+    async def _on_ticket_request(self, req: Request) -> None:
         if req.subject == ADMIT_END:
             return  # the end endpoint answers it
         reply_to = _reply_subject(req)
         if not reply_to:
-            self.log.warning("admission without a reply subject ignored", subject=req.subject)
+            self.log.warning("ticket request without a reply subject ignored", subject=req.subject)
             return
         try:
-            await publish_request(self.nc, _admission_envelope(admitted_model(req.subject), req.data, reply_to))
+            await publish_request(self.nc, _ticket_request_envelope(admitted_model(req.subject), req.data, reply_to))
         except IrisError as exc:
             await _respond_error(req, exc)
 
-    async def _on_end(self, req: Request) -> None:
+    async def _on_release(self, req: Request) -> None:
         try:
             end = admit_end_decoder.decode(req.data)
             released = bool(end.stream_seq) and await self._release_recorded(end)
@@ -157,7 +158,7 @@ class AdmissionService:
         lease = lease_decoder.decode(entry.value)
         if not lease.ticket or lease.request_id != end.ticket_id:
             raise InvalidRequest(f"stream_seq {end.stream_seq} does not hold ticket {end.ticket_id!r}")
-        await self.drop(lease, "released")
+        await self.end(lease, "released")
         # The leader hears the ticket's end as it hears a worker's lease ends; tokens when the app gave them.
         completed = bool(end.prompt_tokens or end.completion_tokens)
         usage = LeaseDone(
@@ -167,7 +168,7 @@ class AdmissionService:
         return True
 
 
-def _admission_envelope(model: str, data: bytes, reply_to: str) -> RequestEnvelope:
+def _ticket_request_envelope(model: str, data: bytes, reply_to: str) -> RequestEnvelope:
     """Validate an `AdmitRequest` and build its stream message; `InvalidRequest` names what is wrong."""
     if not is_token(model):
         raise InvalidRequest(f"model in the subject must match [A-Za-z0-9_-]+, got {model[:40]!r}")

@@ -13,12 +13,13 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.config import PriorityMode
-
+# "share": a workload's share is its weight x the priority it serves (Aperture); "strict": higher priority
+# bands always first, fair inside a band, `min_share` for the bands below (vLLM, llm-d).
+PriorityMode = Literal["share", "strict"]
 DEFAULT_COST_TOKENS = 256  # expected completion tokens before a workload has shown its own
 
 
@@ -35,7 +36,7 @@ class WaitingRequest(msgspec.Struct, gc=False):
     cost_tokens: int = 0  # Iris-Tokens; 0 = estimated when charged
     attempt: int = 1
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
-    ticket: bool = False  # an admission request: granted a ticket, run by the app, needs no worker
+    ticket: bool = False  # a ticket request: granted a ticket, run by the app, needs no worker
     end_user: str = ""  # Iris-End-User: splits the user's share, never adds to it
 
 
@@ -279,11 +280,11 @@ def make_queue(
     if policy == "fifo":
         return FifoQueue(estimate)
     if policy == "wfq" and priority_mode == "strict":
-        from broker.strict import StrictQueue
+        from broker.core.strict import StrictQueue
 
         return StrictQueue(workload_weights, estimate=estimate, min_share=min_share)
     if policy == "wfq":
-        from broker.wfq import WfqQueue
+        from broker.core.wfq import WfqQueue
 
         return WfqQueue(workload_weights, estimate=estimate, min_share=min_share)
     raise ValueError(f"unknown scheduling policy {policy!r}")

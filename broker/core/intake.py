@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from broker.queue import WaitingRequest
-from broker.wfq import estimate_prompt_tokens
+from broker.core.queue import WaitingRequest
+from broker.core.wfq import estimate_prompt_tokens
 from schemas import headers as h
 from schemas.errors import InvalidRequest
 from schemas.headers import MAX_DEADLINE_S, parse_request_headers

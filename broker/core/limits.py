@@ -1,7 +1,7 @@
 """Per-model limits, and which waiting request may take a free slot under them.
 
 A model's capacity is `max_concurrency` (or, when 0, the sum of its live workers' slots); leases and
-admission tickets both count against it. With `limit_by` (`user` or `workload`) each value of that label
+tickets both count against it. With `limit_by` (`user` or `workload`) each value of that label
 also has a cap, `limit_per_value`, that idle capacity may be *borrowed* past:
 
     A lease is granted to a value that already holds `limit_per_value` leases or more (a *borrowed*
@@ -20,14 +20,12 @@ import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
-from broker.config import BrokerConfig, ModelConfig, PriorityMode
-from broker.queue import Eligible, RequestQueue, WaitingRequest
+from broker.core.queue import Eligible, PriorityMode, RequestQueue, WaitingRequest
 from schemas.messages import Lease
 
 LimitLabel = Literal["", "user", "workload"]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,49 +98,3 @@ def next_request(
         if within is not None:
             return within
     return queue.pop(None if worker_free else Eligible(worker_free=False))
-
-
-def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
-    """The scheduler's limits from the broker config: flat defaults, and each `[broker.models.<name>]`
-    table completed with them."""
-    flat = ModelLimits(
-        max_concurrency=config.max_concurrency,
-        max_queue=config.max_queue,
-        max_inflight_ms=int(config.max_inflight_s * 1000),
-        limit_by=config.limit_by,
-        limit_per_value=config.limit_per_value,
-        min_share=config.min_share,
-        priority_mode=config.priority_mode,
-    )
-    models = {name: _merged(flat, own) for name, own in config.models.items()}
-    return SchedulerLimits(
-        policy=config.policy,
-        workload_weights=config.workload_weights,
-        max_concurrency=flat.max_concurrency,
-        max_queue=flat.max_queue,
-        max_inflight_ms=flat.max_inflight_ms,
-        limit_by=flat.limit_by,
-        limit_per_value=flat.limit_per_value,
-        min_share=flat.min_share,
-        priority_mode=flat.priority_mode,
-        models=models,
-        worker_timeout_ms=int(config.worker_timeout_s * 1000),
-        max_attempts=config.max_attempts,
-    )
-
-
-def _merged(flat: ModelLimits, own: ModelConfig) -> ModelLimits:
-    inflight_ms = None if own.max_inflight_s is None else int(own.max_inflight_s * 1000)
-    return ModelLimits(
-        max_concurrency=_given(own.max_concurrency, flat.max_concurrency),
-        max_queue=_given(own.max_queue, flat.max_queue),
-        max_inflight_ms=_given(inflight_ms, flat.max_inflight_ms),
-        limit_by=_given(own.limit_by, flat.limit_by),
-        limit_per_value=_given(own.limit_per_value, flat.limit_per_value),
-        min_share=_given(own.min_share, flat.min_share),
-        priority_mode=_given(own.priority_mode, flat.priority_mode),
-    )
-
-
-def _given(value: T | None, default: T) -> T:
-    return default if value is None else value

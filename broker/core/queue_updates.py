@@ -1,6 +1,6 @@
 """When to tell a waiting client where it stands again (`QueueUpdate`), per model pool. Pure.
 
-A client hears once on admission; again once half of the requests ahead of it have started, and never
+A client hears once when queued; again once half of the requests ahead of it have started, and never
 sooner than `UPDATE_EVERY_MS` after its last update, so a fast-draining backlog does not chatter. Positions
 are not re-scanned: the position now is the old one minus the leases handed out since (`dispatched`).
 Entries wait first for their time (a heap by ms), then for their progress (a heap by dispatch count).
@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-MIN_POSITION_FOR_UPDATES = 4  # nearer the head, the admission update says enough
+MIN_POSITION_FOR_UPDATES = 4  # nearer the head, the update sent when queued says enough
 UPDATE_EVERY_MS = 1_000  # at most one QueueUpdate per request per second
 
 # (not before ms | due at dispatch count, seq, position then, dispatch count then, reply_to, request id)

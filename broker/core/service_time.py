@@ -9,7 +9,7 @@ between two noisy, nearby groups is never extrapolated). So a burst of tiny requ
 fixed cost, refreshes only its own group instead of teaching the broker that every token costs that much
 (which would price long answers far too high), and a long run of one size cannot erase what other sizes
 showed. The times are the engine's own (no queueing or transport), so an estimate built on them errs on the
-side of admitting. Pure.
+side of accepting a request. Pure.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from broker.queue import Eligible, Tally, WaitingRequest
-from broker.stride import StrideLevel
-from broker.wfq import Labels, WfqQueue
+from broker.core.queue import Eligible, Tally, WaitingRequest
+from broker.core.stride import StrideLevel
+from broker.core.wfq import Labels, WfqQueue
 
 
 class StrictQueue:

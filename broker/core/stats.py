@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from broker.pool import ModelPool
+from broker.core.pool import ModelPool
 from schemas.messages import BrokerStats, RejectionNote, WorkloadStats
 
 Flow = tuple[str, str]  # (model, workload)

@@ -1,0 +1,57 @@
+"""The scheduler's limits (`broker.core.limits`) from the broker's config: flat defaults, and each
+`[broker.models.<name>]` table completed with them."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from broker.config import BrokerConfig, ModelConfig
+from broker.core.limits import ModelLimits, SchedulerLimits
+
+T = TypeVar("T")
+
+
+def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
+    """The scheduler's limits from the broker config: flat defaults, and each `[broker.models.<name>]`
+    table completed with them."""
+    flat = ModelLimits(
+        max_concurrency=config.max_concurrency,
+        max_queue=config.max_queue,
+        max_inflight_ms=int(config.max_inflight_s * 1000),
+        limit_by=config.limit_by,
+        limit_per_value=config.limit_per_value,
+        min_share=config.min_share,
+        priority_mode=config.priority_mode,
+    )
+    models = {name: _merged(flat, own) for name, own in config.models.items()}
+    return SchedulerLimits(
+        policy=config.policy,
+        workload_weights=config.workload_weights,
+        max_concurrency=flat.max_concurrency,
+        max_queue=flat.max_queue,
+        max_inflight_ms=flat.max_inflight_ms,
+        limit_by=flat.limit_by,
+        limit_per_value=flat.limit_per_value,
+        min_share=flat.min_share,
+        priority_mode=flat.priority_mode,
+        models=models,
+        worker_timeout_ms=int(config.worker_timeout_s * 1000),
+        max_attempts=config.max_attempts,
+    )
+
+
+def _merged(flat: ModelLimits, own: ModelConfig) -> ModelLimits:
+    inflight_ms = None if own.max_inflight_s is None else int(own.max_inflight_s * 1000)
+    return ModelLimits(
+        max_concurrency=_given(own.max_concurrency, flat.max_concurrency),
+        max_queue=_given(own.max_queue, flat.max_queue),
+        max_inflight_ms=_given(inflight_ms, flat.max_inflight_ms),
+        limit_by=_given(own.limit_by, flat.limit_by),
+        limit_per_value=_given(own.limit_per_value, flat.limit_per_value),
+        min_share=_given(own.min_share, flat.min_share),
+        priority_mode=_given(own.priority_mode, flat.priority_mode),
+    )
+
+
+def _given(value: T | None, default: T) -> T:
+    return default if value is None else value

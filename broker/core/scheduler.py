@@ -1,0 +1,382 @@
+"""The broker's decision logic: pure, synchronous, clock passed in, no I/O.
+
+The async shell feeds it events (a request appeared, a worker beat, leases ended, an offer was answered, a
+cancel came, time passed); each event method changes the state here and returns one `Decisions` value that
+says what the shell must do (offer these leases, send these errors, move these dead letters...). Invariants
+it keeps: a request is either waiting in its model's queue or held by exactly one lease, never both; a model
+never has more leases than its capacity (`broker.core.limits`) nor a worker more than its slots; a value of
+`limit_by` passes its cap only by borrowing idle capacity; a lease on a worker that stopped beating, or that
+its worker no longer lists, goes back to the queue with `attempt + 1` (after `max_attempts` lost in a row, it
+is a dead letter instead). A request for a ticket (`broker.core.tickets`) is granted a lease held by the app
+instead of a worker: it needs capacity but no worker slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Collection, Iterable, Sequence
+
+from broker.core.decisions import (
+    NOTHING,
+    ROUND_DUE,
+    Decisions,
+    Finished,
+    Queued,
+    QueueNotice,
+    Rejection,
+    Requeued,
+    TicketEnded,
+    cancelled,
+)
+from broker.core.index import RequestIndex
+from broker.core.limits import SchedulerLimits, next_request
+from broker.core.pool import ModelPool, WorkerState, waiting_from
+from broker.core.queue import WaitingRequest
+from broker.core.start_estimate import eta_s, start_delay_ms, tokens_ahead
+from broker.core.strict import StrictQueue
+from broker.core.wfq import WfqQueue
+from schemas.errors import ErrorCode
+from schemas.messages import Heartbeat, Lease, LeaseDone
+from schemas.reply_subjects import may_cancel
+
+__all__ = ["Decisions", "Queued", "Rejection", "Scheduler", "SchedulerLimits"]
+
+Cancelled = Callable[[str, str], bool]  # (request id, reply_to) → a cancel for it was read
+
+
+def _never_cancelled(request_id: str, reply_to: str) -> bool:
+    return False
+
+
+class Scheduler(RequestIndex):
+    def __init__(
+        self,
+        limits: SchedulerLimits,
+        now_ms: int,
+        adopt_before_ms: int = 0,
+        cancelled: Cancelled = _never_cancelled,
+    ) -> None:
+        """`adopt_before_ms`: requests stored before it were queued by an earlier term (the stream is
+        replayed when a term starts); they keep their place and are judged only by their deadline.
+        `cancelled`: the cancels read so far; a cancelled request never waits, nor is its lease offered."""
+        super().__init__(limits)
+        self.started_ms = now_ms
+        self.adopt_before_ms = adopt_before_ms
+        self.cancelled = cancelled
+
+    def update_limits(self, limits: SchedulerLimits) -> Decisions:
+        """Live reload: new limits and weights apply from the next round. The policy and a model's
+        priority mode stay as started (the waiting index is ordered by them); leases already running keep
+        their cut-off."""
+        self.limits = dataclasses.replace(limits, policy=self.limits.policy)
+        for pool in self.pools.values():
+            if isinstance(pool.queue, WfqQueue | StrictQueue):
+                pool.queue.weights = dict(limits.workload_weights)
+                pool.queue.min_share = limits.for_model(pool.model).min_share
+        return ROUND_DUE
+
+    def _eta_s(
+        self, pool: ModelPool, position: int, stream_seq: int | None = None, ahead: float | None = None
+    ) -> float:
+        own = pool.queue.cost_of(stream_seq) if ahead is not None and stream_seq is not None else 0
+        return eta_s(pool, self.limits.for_model(pool.model), position, ahead, own)
+
+    # --- a request appears -----------------------------------------------------------------------
+
+    def enqueue(self, request: WaitingRequest, now_ms: int) -> Decisions:
+        """A request seen in the stream: queued, rejected, or nothing when already known (redelivery,
+        rebuild) or a worker already runs it (adopted)."""
+        if self.knows(request.stream_seq):
+            return NOTHING
+        known_pool = self.pools.get(request.model)
+        workers = known_pool.workers.values() if known_pool is not None else ()
+        runner = next((w for w in workers if request.stream_seq in w.reported), None)
+        if known_pool is not None and runner is not None:  # a worker runs it (its lease record was lost): adopt
+            self._adopt(known_pool, request, runner, now_ms)
+            return NOTHING
+        if request.deadline_ms <= now_ms:
+            message = "deadline passed before the request was queued"
+            return _rejected(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, message, delete_record=False))
+        judged = request.enqueued_ms >= self.adopt_before_ms  # not queued by an earlier term already
+        refused = self._refuse_at_once(request, now_ms) if judged else None
+        if refused is not None:
+            return _rejected(refused)
+        decision = self._queue(self._pool(request.model), request, now_ms, judged)
+        if decision.queued and self.cancelled(request.request_id, request.reply_to):
+            self._forget_waiting(request.stream_seq)  # cancelled before the feed reached it
+            return _rejected(cancelled(request, "before it was queued", delete_record=False))
+        return decision
+
+    def _refuse_at_once(self, request: WaitingRequest, now_ms: int) -> Rejection | None:
+        """no_capacity (decided before any state exists for its model: it leaves nothing behind), then
+        queue_full."""
+        unserved = self._unserved(request, now_ms)
+        if unserved is not None:
+            return unserved
+        pool = self._pool(request.model)
+        limits = self.limits.for_model(request.model)
+        if limits.max_queue and pool.queue.count(request.workload) >= limits.max_queue:
+            waiting = pool.queue.count(request.workload)
+            message = f"workload {request.workload!r} already has {waiting} requests waiting (max_queue)"
+            retry_s = max(1.0, self._eta_s(pool, 0))
+            return Rejection(request, ErrorCode.QUEUE_FULL, message, retry_s, delete_record=False)
+        return None
+
+    def _queue(self, pool: ModelPool, request: WaitingRequest, now_ms: int, judged: bool) -> Decisions:
+        """Into the queue, unless its estimated start is past its deadline (deadline_unmeetable)."""
+        limits = self.limits.for_model(request.model)
+        self._enqueue(pool, request)
+        position = pool.queue.position(request.stream_seq)
+        ahead = tokens_ahead(pool, request.stream_seq)
+        start_ms = now_ms + start_delay_ms(pool, limits, position, ahead)
+        if judged and pool.completed and start_ms > request.deadline_ms:
+            self._forget_waiting(request.stream_seq)
+            wait_s = (start_ms - now_ms) / 1000
+            message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
+            unmeetable = ErrorCode.DEADLINE_UNMEETABLE
+            return _rejected(Rejection(request, unmeetable, message, round(wait_s, 3), delete_record=False))
+        if not request.ticket:  # a ticket request waits on one request/reply: its only answer is the ticket
+            pool.updates.plan(
+                request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms
+            )
+        queued = Queued(request, position, self._eta_s(pool, position, request.stream_seq, ahead))
+        return Decisions(queued=(queued,), round_due=True)
+
+    def _warmed_up(self, now_ms: int) -> bool:
+        """Past the start-up grace in which the workers' heartbeats are learnt: a model without one has none."""
+        return now_ms - self.started_ms >= self.limits.worker_timeout_ms
+
+    def _unserved(self, request: WaitingRequest, now_ms: int) -> Rejection | None:
+        """no_capacity: no worker serves the model (a ticket needs its `max_concurrency` instead)."""
+        pool = self.pools.get(request.model)
+        if not self._warmed_up(now_ms) or (pool is not None and pool.workers):
+            return None
+        retry_s = self.limits.worker_timeout_ms / 1000.0
+        if not request.ticket:
+            message = f"no worker serves model {request.model!r}"
+            return Rejection(request, ErrorCode.NO_CAPACITY, message, retry_s, delete_record=False)
+        if not self.limits.for_model(request.model).max_concurrency:
+            message = f"model {request.model!r} has no max_concurrency for admission and no worker"
+            return Rejection(request, ErrorCode.NO_CAPACITY, message, retry_s, delete_record=False)
+        return None
+
+    def _drop_unserved(self, now_ms: int) -> tuple[Rejection, ...]:
+        """Once warmed up: requests that came during the start-up grace for a model no worker has ever
+        served get no_capacity, and pools with nothing left in them (no worker, lease or waiting request)
+        are dropped. So requests to arbitrary model names leave no state behind, while a model whose
+        workers died keeps its waiting requests for a worker to come back (until their deadlines)."""
+        if not self._warmed_up(now_ms):
+            return ()
+        rejected: list[Rejection] = []
+        retry_s = self.limits.worker_timeout_ms / 1000.0
+        for model, pool in list(self.pools.items()):
+            if pool.workers or pool.leases or self.limits.for_model(model).max_concurrency:
+                continue  # served, running, or a ticket model from the config
+            while not pool.ever_served and (request := pool.queue.pop()) is not None:
+                del self._model_of[request.stream_seq]
+                self._by_request_id.pop(request.request_id, None)
+                message = f"no worker serves model {model!r}"
+                rejected.append(Rejection(request, ErrorCode.NO_CAPACITY, message, retry_s, delete_record=False))
+            if not len(pool.queue):
+                del self.pools[model]
+        return tuple(rejected)
+
+    def _queue_notices(self, now_ms: int) -> tuple[QueueNotice, ...]:
+        notices = []
+        for pool in self.pools.values():
+            for seq, position, reply_to, request_id in pool.updates.take_due(pool.queue, pool.dispatched, now_ms):
+                eta = self._eta_s(pool, position, seq, tokens_ahead(pool, seq))
+                notices.append(QueueNotice(seq, reply_to, request_id, position, eta))
+                pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
+        return tuple(notices)
+
+    # --- a scheduling round ----------------------------------------------------------------------
+
+    def dispatch(self, now_ms: int) -> Decisions:
+        """Hand waiting requests to free slots, best first: worker leases to offer, tickets to grant; a
+        lease whose request was cancelled meanwhile is withdrawn at once (its slot is free next round)."""
+        if now_ms - self.started_ms < self.limits.startup_grace_ms:
+            return NOTHING
+        leases: list[Lease] = []
+        for pool in self.pools.values():
+            leases += self._dispatch_pool(pool, now_ms)
+        if not leases:
+            return NOTHING
+        offers: list[Lease] = []
+        tickets: list[Lease] = []
+        rejections: list[Rejection] = []
+        for lease in leases:
+            if self.cancelled(lease.request_id, lease.reply_to) and self._withdraw(lease.stream_seq) is not None:
+                rejections.append(cancelled(waiting_from(lease, lease.attempt), "before it started"))
+            else:
+                (tickets if lease.ticket else offers).append(lease)
+        return Decisions(offers=tuple(offers), tickets=tuple(tickets), rejections=tuple(rejections))
+
+    def _dispatch_pool(self, pool: ModelPool, now_ms: int) -> list[Lease]:
+        limits = self.limits.for_model(pool.model)
+        leases: list[Lease] = []
+        while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
+            worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
+            worker_free = worker is not None and worker.free_slots > 0
+            request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
+            if request is None:
+                break
+            self._by_request_id.pop(request.request_id, None)
+            pool.dispatched += 1
+            if request.ticket:
+                lease = self._lease_for(request, "", now_ms)
+                self.tickets.hold(lease)
+            else:
+                assert worker is not None
+                lease = self._lease_for(request, worker.worker_id, now_ms)
+                worker.leases.add(request.stream_seq)
+            pool.leases[request.stream_seq] = lease
+            leases.append(lease)
+        return leases
+
+    # --- tickets ---------------------------------------------------------------------------------
+
+    def _expire_tickets(self, now_ms: int) -> tuple[TicketEnded, ...]:
+        """Tickets held past their cut-off: their slots are free."""
+        expired = []
+        for cutoff_ms, seq in self.tickets.past_cutoff(now_ms):
+            model = self._model_of.get(seq)
+            lease = None if model is None else self.pools[model].leases.get(seq)
+            if lease is not None and lease.ticket and lease.cutoff_ms == cutoff_ms:
+                self._lease_ended(seq, now_ms)
+                expired.append(TicketEnded(lease, "expired at max_inflight"))
+        return tuple(expired)
+
+    def release_ticket(self, ticket_id: str, now_ms: int, owner: str | None = None) -> Decisions:
+        """An app is done with its ticket (found by id, released by `owner`, see `may_cancel`): the slot is
+        free at once."""
+        seq = self.tickets.seq_of(ticket_id)
+        if seq is None:
+            return NOTHING
+        lease = self.pools[self._model_of[seq]].leases.get(seq)
+        if lease is not None and not may_cancel(owner, lease.reply_to):
+            return NOTHING
+        self._lease_ended(seq, now_ms)
+        ended = () if lease is None else (TicketEnded(lease, "released by id"),)
+        return Decisions(tickets_ended=ended, round_due=True)
+
+    def cancel(self, request_id: str, now_ms: int, owner: str | None = None) -> Decisions:
+        """A cancel by `owner` (`may_cancel`): a waiting request leaves at once, a ticket is released; a
+        running request is stopped by its worker, not here."""
+        seq = self._by_request_id.get(request_id)
+        model = self._model_of.get(seq) if seq is not None else None
+        request = self.pools[model].queue.get(seq) if seq is not None and model is not None else None
+        if request is not None and may_cancel(owner, request.reply_to):
+            self._forget_waiting(request.stream_seq)
+            return _rejected(cancelled(request, "while queued"))
+        return self.release_ticket(request_id, now_ms, owner)
+
+    # --- workers and leases ----------------------------------------------------------------------
+
+    def offers_refused(self, stream_seqs: Iterable[int]) -> Decisions:
+        """The worker said no (full or draining): back to the queue, same attempt, no offers until it beats."""
+        for seq in stream_seqs:
+            self._offer_refused(seq)
+        return ROUND_DUE
+
+    def _offer_refused(self, stream_seq: int) -> None:
+        lease = self._drop_lease(stream_seq)
+        if lease is None:
+            return
+        worker = self._pool(lease.model).workers.get(lease.worker_id)
+        if worker is not None:
+            worker.refusing = True
+        self._enqueue(self._pool(lease.model), waiting_from(lease, lease.attempt))
+
+    def worker_gone(self, worker_id: str, now_ms: int, offered: Collection[int] = ()) -> Decisions:
+        """No one answers on the worker's subject: forget it and re-queue its leases. The leases whose offer
+        found it gone (`offered`) never ran there, so they keep their attempt (no step towards a dead letter)."""
+        for pool in self.pools.values():
+            worker = pool.workers.pop(worker_id, None)
+            if worker is not None:
+                for seq in offered:
+                    if seq in worker.leases:
+                        self._offer_refused(seq)
+                return self._requeue_lost(pool, worker_id, sorted(worker.leases), "worker gone") + ROUND_DUE
+        return ROUND_DUE
+
+    def lease_ended(self, stream_seq: int, now_ms: int) -> Decisions:
+        """One lease ended with no usage to learn from: its slot is free."""
+        self._lease_ended(stream_seq, now_ms)
+        return ROUND_DUE
+
+    def leases_done(self, ended: Sequence[LeaseDone], now_ms: int) -> Decisions:
+        """Leases a worker ended (`LeasesDone`): each request got its final reply and left the stream; the
+        real tokens of each answer are charged to its flow."""
+        finished = []
+        for done in ended:
+            if done.completed:
+                pool = self.pools.get(done.model)
+                lease = pool.leases.get(done.stream_seq) if pool is not None else None
+                finished.append(Finished(done, lease.priority if lease else 1))
+                self._lease_usage(done, now_ms)
+            self._lease_ended(done.stream_seq, now_ms)
+        return Decisions(finished=tuple(finished), round_due=True)
+
+    def heartbeat(self, beat: Heartbeat, now_ms: int) -> Decisions:
+        """A worker is alive; leases it should be running but does not list go back to the queue."""
+        pool = self._pool(beat.model)
+        worker = pool.workers.get(beat.worker_id)
+        if worker is None:
+            worker = pool.workers[beat.worker_id] = WorkerState(beat.worker_id, beat.model, beat.slots, now_ms)
+        worker.slots, worker.last_seen_ms = beat.slots, now_ms
+        pool.ever_served = True
+        worker.refusing, worker.draining = False, beat.draining
+        running = worker.reported = frozenset(beat.running)
+        for seq in running - worker.leases:
+            request = pool.queue.remove(seq)
+            if request is not None:
+                self._adopt(pool, request, worker, now_ms)
+        lost = [
+            seq
+            for seq in worker.leases
+            if seq not in running and now_ms - pool.leases[seq].leased_ms > self.limits.lease_confirm_ms
+        ]
+        return self._requeue_lost(pool, beat.worker_id, lost, "not listed by its worker's heartbeat") + ROUND_DUE
+
+    def _requeue_lost(self, pool: ModelPool, worker_id: str, seqs: list[int], why: str) -> Decisions:
+        """Lost leases go back to the queue with `attempt + 1`, unless that was the `max_attempts`-th worker
+        lost in a row (a poison prompt crashes each one): then it is a dead letter, no longer known."""
+        requeued, dead = [], []
+        for seq in seqs:
+            lease = self._drop_lease(seq)
+            if lease is None:
+                continue
+            if lease.attempt >= self.limits.max_attempts:
+                self._model_of.pop(seq, None)
+                dead.append(waiting_from(lease, lease.attempt))
+                continue
+            request = waiting_from(lease, lease.attempt + 1)
+            self._enqueue(pool, request)
+            requeued.append(Requeued(request, worker_id, why))
+        return Decisions(requeued=tuple(requeued), dead_letters=tuple(dead))
+
+    # --- time passes -----------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> Decisions:
+        """Leases of workers that stopped beating are re-queued (or dead letters), waiting requests past
+        their deadline rejected, unserved models dropped, tickets past their cut-off ended, and waiting
+        clients due a `QueueUpdate` told."""
+        decisions = NOTHING
+        for pool in self.pools.values():
+            dead = [w for w in pool.workers.values() if now_ms - w.last_seen_ms > self.limits.worker_timeout_ms]
+            for worker in dead:
+                del pool.workers[worker.worker_id]
+                decisions += self._requeue_lost(pool, worker.worker_id, sorted(worker.leases), "worker timed out")
+        expired = tuple(
+            Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+            for request in self._expire(now_ms)
+        )
+        rejections = expired + self._drop_unserved(now_ms)
+        ended = self._expire_tickets(now_ms)
+        tail = Decisions(rejections=rejections, tickets_ended=ended, notices=self._queue_notices(now_ms))
+        return decisions + tail + ROUND_DUE
+
+
+def _rejected(rejection: Rejection) -> Decisions:
+    return Decisions(rejections=(rejection,))

@@ -1,0 +1,254 @@
+"""One leadership term: the leader's scheduler, its subscriptions and loops, and the one place where what
+the scheduler decides becomes I/O (`apply`).
+
+A term starts from `IRIS_LEASES`, the heartbeats heard so far and the stream (headers-only ordered
+consumer), exactly as after a restart, then follows leases, heartbeats and cancels, and every `tick_s` lets
+time pass. Each event goes to the pure `Scheduler`, whose `Decisions` are applied here: a lease is recorded
+in the bucket as it is offered, a rejected or expired request gets its typed `Error` and then leaves the
+stream. `end()` cancels every task and subscription of the term at once, so any broker can be deposed or
+killed at any point and another carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from broker.config import BrokerConfig
+from broker.configured_limits import scheduler_limits
+from broker.core.decisions import NOTHING, Decisions, Rejection
+from broker.core.intake import waiting_request
+from broker.core.scheduler import Scheduler
+from broker.core.stats import flow_load
+from broker.dead_letters import DeadLetters
+from broker.lease_records import LeaseRecords
+from broker.loops import TaskGroup, every, guarded
+from broker.metrics import BrokerMetrics
+from broker.offers import offer_leases
+from broker.request_feed import RequestFeed
+from broker.tickets import TicketService
+from runtime.cancels import CancelFeed
+from runtime.clock import now_ms
+from runtime.stream_ops import delete_request, error_reply, publish_reply
+from schemas.cancels import CancelBook
+from schemas.errors import IrisError
+from schemas.headers import MAX_DEADLINE_S
+from schemas.messages import Heartbeat, Lease, QueueUpdate, encoder, leases_done_decoder
+from schemas.subjects import BROKER_STATS_SUBJECT, DONE_FILTER, lease_key
+
+Beats = Callable[[], Iterable[tuple[Heartbeat, int]]]  # the live workers' last heartbeats, with when heard
+
+
+class Term:
+    def __init__(
+        self,
+        nc: NATS,
+        kv: KeyValue,
+        config: BrokerConfig,
+        *,
+        log: structlog.stdlib.BoundLogger,
+        metrics: BrokerMetrics,
+        dead_letters: DeadLetters,
+        leading: Callable[[], bool],
+        listening_since_ms: int,
+    ) -> None:
+        self.nc, self.kv, self.config, self.log = nc, kv, config, log
+        self.metrics, self.dead_letters, self._leading = metrics, dead_letters, leading
+        limits = scheduler_limits(config)
+        # Start-up grace and the no-worker judgement count from when this broker began to hear heartbeats;
+        # requests stored before now were queued by an earlier term.
+        started_ms = max(listening_since_ms, now_ms() - limits.worker_timeout_ms)
+        self._cancels = CancelBook()  # read from IRIS_CANCELS as the term starts
+        self.scheduler = Scheduler(limits, started_ms, adopt_before_ms=now_ms(), cancelled=self._cancels.cancelled)
+        self._tickets = TicketService(nc, kv, log)
+        self.scheduling = False  # fully up: heartbeats go to the scheduler
+        self._round_due = False  # a scheduling round is due at the end of this event-loop turn
+        self._tasks = TaskGroup(log)
+        self._subs: list[Any] = []
+
+    async def start(self, beats: Beats) -> None:
+        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart); schedule."""
+        self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done))  # before the read
+        for lease in (leases := await LeaseRecords(self.kv).read_all()):
+            self.scheduler.restore_lease(lease, now_ms())
+        self.log.info("leases restored", count=len(leases))
+        replayed = NOTHING  # a new term learns every live worker (slots, running leases) from the beats heard
+        for beat, heard_ms in beats():
+            replayed += self.scheduler.heartbeat(beat, heard_ms)
+        self.scheduling = True
+        await self.apply(dataclasses.replace(replayed, round_due=False))  # no round before the cancels are read
+        await self._tickets.start()  # after the leases: a stored cancel may release a ticket
+        cancels = CancelFeed(self.nc, self._cancels, self._on_cancel, self.log)
+        self._subs.append(cancels)
+        await cancels.start()  # every cancel sent so far is known before the first request is indexed
+        feed = RequestFeed(self.nc, self._on_request, self.log)
+        self._subs.append(feed)
+        await feed.subscribe()
+        self._tasks.spawn(feed.watch())
+        self._tasks.spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
+        self._tasks.spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
+
+    async def end(self) -> None:
+        """Its tasks, its ticket service, its subscriptions; safe at any point of `start`, and twice."""
+        self.scheduling = False
+        await self._tasks.cancel()
+        await self._tickets.stop()
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may be closing already
+                self.log.info("subscription not removed cleanly", error=str(exc))
+
+    def reload(self, config: BrokerConfig) -> None:
+        self.config = config
+        self._schedule(self.scheduler.update_limits(scheduler_limits(config)))
+
+    # --- the one place decisions become I/O ------------------------------------------------------
+
+    async def apply(self, decisions: Decisions) -> None:
+        """Carry out what the scheduler decided: counts and logs, offers and grants (each its own task),
+        then in order each rejection, dead letter and ended ticket, the new requests' places, the next
+        round, and the queue notices. One request's I/O failing skips no other."""
+        now = now_ms()
+        for queued in decisions.queued:
+            self.metrics.queued(queued.request)
+        for finished in decisions.finished:
+            self.metrics.finished(finished.done, finished.priority, now)
+        for requeued in decisions.requeued:
+            request = requeued.request
+            self.log.warning(
+                "lease re-queued",
+                seq=request.stream_seq,
+                worker=requeued.worker_id,
+                attempt=request.attempt,
+                why=requeued.why,
+            )
+            self.metrics.reclaimed(request)
+        self._start_leases(decisions.offers, decisions.tickets, now)
+        for rejection in decisions.rejections:
+            await guarded(self._reject(rejection), self.log, "rejection reply", rejection.request.stream_seq)
+        if decisions.dead_letters:
+            await self.dead_letters.failed_on_workers(list(decisions.dead_letters))
+        for ended in decisions.tickets_ended:
+            await guarded(self._tickets.end(ended.lease, ended.why), self.log, "ticket end", ended.lease.stream_seq)
+        for queued in decisions.queued:
+            if not queued.request.ticket:  # a ticket request's one answer is its ticket
+                request = queued.request
+                await self._tell(
+                    request.stream_seq, request.reply_to, request.request_id, queued.position, queued.eta_s
+                )
+        self._schedule(decisions)
+        for notice in decisions.notices:
+            await self._tell(notice.stream_seq, notice.reply_to, notice.request_id, notice.position, notice.eta_s)
+
+    def _start_leases(self, offers: tuple[Lease, ...], tickets: tuple[Lease, ...], now: int) -> None:
+        """One `LeaseOffer` per worker for this round's leases; each ticket recorded and sent to its app."""
+        by_worker: dict[str, list[Lease]] = {}
+        for lease in offers:
+            self.metrics.started(lease, now)
+            by_worker.setdefault(lease.worker_id, []).append(lease)
+        for lease in tickets:
+            self.metrics.started(lease, now)
+            self._tasks.spawn(self._tickets.grant(lease))
+        for worker_id, leases in by_worker.items():
+            self._tasks.spawn(self._offer(worker_id, leases))
+
+    async def _tell(self, seq: int, reply_to: str, request_id: str, position: int, eta_s: float) -> None:
+        update = QueueUpdate(position=position, eta_s=eta_s)
+        await guarded(publish_reply(self.nc, reply_to, request_id, update), self.log, "queue update", seq)
+
+    async def _reject(self, rejection: Rejection) -> None:
+        """Send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""
+        request = rejection.request
+        self.log.info("request rejected", seq=request.stream_seq, code=rejection.code.value, reason=rejection.message)
+        self.metrics.rejected(request, rejection.code.value, rejection.message, now_ms())
+        error = error_reply(rejection.code, rejection.message, rejection.retry_after_s)
+        await publish_reply(self.nc, request.reply_to, request.request_id, error)
+        await delete_request(self.nc, request.stream_seq)
+        if rejection.delete_record:
+            await self.kv.delete(lease_key(request.stream_seq))
+
+    def _schedule(self, decisions: Decisions) -> None:
+        """A round once this event-loop turn is over: one for every event that freed or filled a slot."""
+        if decisions.round_due and not self._round_due:
+            self._round_due = True
+            asyncio.get_running_loop().call_soon(self._round)
+
+    def _round(self) -> None:
+        self._round_due = False
+        if not self.scheduling or not self._leading():
+            return  # a lapsed term offers nothing, even before the campaign notices it was deposed
+        decisions = self.scheduler.dispatch(now_ms())
+        if decisions.offers or decisions.tickets or decisions.rejections:
+            self._tasks.spawn(self.apply(decisions))
+
+    async def _offer(self, worker_id: str, leases: list[Lease]) -> None:
+        """Record and offer a round's leases for one worker (`offer_leases`); what it does not take goes back."""
+        outcome = await offer_leases(self.nc, worker_id, leases, self.config.offer_timeout_s, self.log)
+        if outcome.timed_out:
+            return  # it may have accepted: its heartbeats decide
+        gone = NOTHING
+        if outcome.worker_gone:
+            gone = self.scheduler.worker_gone(worker_id, now_ms(), [lease.stream_seq for lease in leases])
+        await self.apply(gone + self.scheduler.offers_refused(outcome.not_accepted))
+
+    # --- events in -------------------------------------------------------------------------------
+
+    async def heartbeat(self, beat: Heartbeat, heard_ms: int) -> None:
+        await self.apply(self.scheduler.heartbeat(beat, heard_ms))
+
+    async def _on_request(self, msg: Msg) -> None:
+        try:
+            await self._index_request(msg)
+        except Exception:  # one request must never stop the consumer that feeds every other one
+            self.log.exception("request indexing failed", subject=msg.subject)
+
+    async def _index_request(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        if self.scheduler.knows(seq):
+            return
+        headers = msg.headers or {}
+        now = now_ms()
+        max_deadline_s = min(MAX_DEADLINE_S, self.config.duplicate_window_s)
+        try:
+            stored_ms = int(meta.timestamp.timestamp() * 1000)
+            prefixes = self.dead_letters.reply_prefixes
+            request = waiting_request(msg.subject, headers, seq, stored_ms, now, prefixes, max_deadline_s)
+        except IrisError as exc:  # unparseable: a dead letter, its client gets the parse error
+            await self.dead_letters.unparseable(seq, msg.subject, headers, exc)
+            return
+        await self.apply(self.scheduler.enqueue(request, now))
+
+    async def _on_leases_done(self, msg: Msg) -> None:
+        """Leases a worker ended: slots free, and the real tokens of each answer charged to its flow."""
+        try:
+            ended = leases_done_decoder.decode(msg.data).done
+        except Exception as exc:  # a foreign publisher on our subject must not stop the broker
+            self.log.warning("bad lease ends ignored", subject=msg.subject, error=str(exc))
+            return
+        await self.apply(self.scheduler.leases_done(ended, now_ms()))
+
+    async def _on_cancel(self, owner: str | None, request_id: str) -> None:
+        """A waiting request leaves at once, a ticket is released; a running one is stopped by the worker
+        that runs it (an offered one too: the worker reads the same cancels, and one refused comes back to
+        be withdrawn). Only its owner's cancel counts (`schemas.reply_subjects.may_cancel`)."""
+        await self.apply(self.scheduler.cancel(request_id, now_ms(), owner))
+
+    async def _tick(self) -> None:
+        self._cancels.forget_expired(now_ms())
+        await self.apply(self.scheduler.tick(now_ms()))
+
+    async def _publish_stats(self) -> None:
+        load = flow_load(self.scheduler.pools, self.metrics.window.flows, self.config.workload_weights)
+        weights = self.config.workload_weights
+        stats = self.metrics.snapshot(now_ms(), load, lambda w: weights.get(w, 1.0), policy=self.config.policy)
+        await self.nc.publish(BROKER_STATS_SUBJECT, encoder.encode(stats))
