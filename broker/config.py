@@ -77,7 +77,7 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_attempts: Annotated[
         int, Meta(ge=1, le=100, description="Workers lost in a row on one request before it is dead-lettered.")
     ] = 3
-    # Stream backstops (see DESIGN.md: limits retention, discard-new).
+    # Stream backstops (limits retention, discard-new: docs/architecture.md).
     max_msgs: Annotated[int, Meta(ge=1, description="Requests the stream holds at most (then discard-new).")] = (
         1_000_000
     )

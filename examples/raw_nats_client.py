@@ -2,7 +2,7 @@
 
     python examples/raw_nats_client.py "Why is the sky blue?" --model gemma3-270m --nats nats://127.0.0.1:4222
 
-Everything here is the wire contract of DESIGN.md: subject `iris.req.<model>.<workload>`, headers
+Everything here is the wire contract (schemas/, docs/architecture.md): subject `iris.req.<model>.<workload>`, headers
 `Iris-Reply-To` (JetStream drops the publisher's own reply subject), `Iris-Deadline`, `Iris-Priority`,
 `Nats-Msg-Id`, and replies typed by header `Iris-Kind`.
 """
