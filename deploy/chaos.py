@@ -92,6 +92,13 @@ def container(service: str) -> str:
     ).splitlines()[0]  # fmt: skip
 
 
+def crash(service: str) -> None:
+    """SIGKILL the container's process from the host: a crash as the engine sees it. `docker kill` is an
+    operator's stop to Docker 20.10 (it marks the container manually stopped), so no restart policy applies."""
+    pid = docker("inspect", "--format", "{{.State.Pid}}", container(service))
+    subprocess.run(["kill", "-9", pid], check=True)
+
+
 def state(service: str) -> dict[str, Any]:
     info = json.loads(docker("inspect", container(service)))[0]
     health = info["State"].get("Health", {}).get("Status", "none")
@@ -173,16 +180,16 @@ async def broker_leads(service: str) -> bool:
 
 
 class Heartbeats:
-    """Worker ids heard on `iris.worker.hb.>`: a restarted worker comes back under a new id (host-pid)."""
+    """When each worker id was last heard on `iris.worker.hb.>` (ids are <host>-<pid>; host = compose service)."""
 
     def __init__(self) -> None:
-        self.ids: set[str] = set()
+        self.last: dict[str, float] = {}
 
     async def on_beat(self, msg: Msg) -> None:
-        self.ids.add(msg.subject.rsplit(".", 1)[-1])
+        self.last[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
 
-    def of(self, service: str) -> set[str]:
-        return {worker_id for worker_id in self.ids if worker_id.rsplit("-", 1)[0] == service}
+    def heard_since(self, service: str, since: float) -> bool:
+        return any(id_.rsplit("-", 1)[0] == service and at > since for id_, at in self.last.items())
 
 
 @dataclass
@@ -207,6 +214,8 @@ class Run:
         else:
             self.http_statuses.append(await http_generate(self.http, prompt, max_tokens))
         self.finished += 1
+        if self.finished % 25 == 0:
+            print(f"chaos: {self.finished} requests finished", flush=True)
 
     def open_gate(self, gate: int) -> None:
         self.gate = gate
@@ -239,21 +248,22 @@ class Run:
 
 async def kill_worker(run: Run) -> dict[str, object]:
     service = "worker-1"
-    before, restarts = run.beats.of(service), int(state(service)["restarts"])
-    docker("kill", container(service))
+    restarts = int(state(service)["restarts"])
+    crash(service)
     back_s = await wait_back(service, restarts)
+    back_at = time.monotonic()
 
     async def beats_again() -> bool:
-        return bool(run.beats.of(service) - before)
+        return run.beats.heard_since(service, back_at)
 
-    beat_s = await until(beats_again, f"{service} heart-beats under a new id")
+    beat_s = await until(beats_again, f"{service} heart-beats again")
     return {"killed": service, "back_s": round(back_s, 1), "heartbeat_after_s": round(beat_s, 1)}
 
 
 async def kill_leading_broker(run: Run) -> dict[str, object]:
     service = await leading_broker(run.nc)
     restarts = int(state(service)["restarts"])
-    docker("kill", container(service))
+    crash(service)
 
     async def other_leads() -> bool:
         return await leading_broker(run.nc) not in ("", service)
@@ -271,7 +281,7 @@ async def kill_leading_broker(run: Run) -> dict[str, object]:
 async def kill_stream_leader(run: Run) -> dict[str, object]:
     service = str((await stream_cluster(run.nc))["leader"])
     restarts = int(state(service)["restarts"])
-    docker("kill", container(service))
+    crash(service)
     back_s = await wait_back(service, restarts)
 
     async def current() -> bool:
@@ -358,6 +368,7 @@ async def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--http", default="http://127.0.0.1:8080")
     parser.add_argument("--nats", default="nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224")
+    parser.add_argument("--api-key", default="example-paid-key", help="a gateway key (iris.example.toml has this one)")
     parser.add_argument("--no-down", action="store_true", help="leave the stack running at the end")
     parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
     args = parser.parse_args()
@@ -366,7 +377,8 @@ async def main() -> int:
     tap, beats = Tap(), Heartbeats()
     await nc.subscribe("_INBOX.>", cb=tap.on_reply)
     await nc.subscribe(HEARTBEAT_FILTER, cb=beats.on_beat)
-    async with httpx.AsyncClient(base_url=args.http) as http:
+    auth = {"Authorization": f"Bearer {args.api_key}"}
+    async with httpx.AsyncClient(base_url=args.http, headers=auth) as http:
         run = Run(nc, http, tap, beats)
         smoke_id = f"smoke-{uuid.uuid4().hex[:8]}"
         await nats_generate(nc, "Why is the sky blue?", 32, smoke_id)

@@ -58,7 +58,7 @@ compose up -d
 echo "up: waiting for every service to be healthy" >&2
 for _ in $(seq 1 120); do
     states=$(docker ps --filter label=com.docker.compose.project=iris --format '{{.Names}} {{.Status}}')
-    if [ -n "$states" ] && ! grep -qv "(healthy)" <<<"$states"; then
+    if grep -q "(healthy)" <<<"$states" && ! grep -qE "health: starting|unhealthy" <<<"$states"; then
         echo "$states" >&2
         echo "up: ready: http://127.0.0.1:8080 (Ollama and OpenAI APIs), nats://127.0.0.1:4222" >&2
         exit 0
