@@ -128,7 +128,13 @@ async def wait_back(service: str, restarts_before: int) -> float:
 
 async def http_generate(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> str:
     body = {"model": OLLAMA_MODEL, "prompt": prompt, "stream": False, "options": {"num_predict": max_tokens}}
-    response = await http.post("/api/generate", json=body, timeout=180)
+    try:
+        response = await http.post("/api/generate", json=body, timeout=180)
+    except httpx.RemoteProtocolError:
+        # A pooled keep-alive connection the server closed just as this request went out (uvicorn's 5 s idle
+        # timeout): nothing was admitted, the gateway saw the body cut off; any HTTP client retries this.
+        response = await http.post("/api/generate", json=body, timeout=180)
+        return f"http {response.status_code} (after a closed keep-alive connection)"
     return f"http {response.status_code}"
 
 
