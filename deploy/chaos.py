@@ -10,7 +10,7 @@
    Checked: every request ends with exactly one final reply and at most one result; the killed containers are
    restarted by their restart policy and rejoin (a worker heart-beats again, the broker stands by or leads,
    the NATS node is a current replica again) with no manual step.
-3. `docker compose down` while answers are streaming: it must return within the longest stop_grace_period
+3. `docker compose down` while answers are streaming: it must return within the stop timeouts in stop order
    and leave no answer half-sent (every request that streamed a chunk got its final reply).
 Prints the figures and writes them as JSON; exits 1 when a check fails.
 """
@@ -43,7 +43,8 @@ DEPLOY = Path(__file__).resolve().parent
 COMPOSE = ["docker-compose", "-p", "iris", "-f", str(DEPLOY / "compose.yaml")]
 MODEL = "gemma3-270m"
 OLLAMA_MODEL = "gemma3:270m"
-STOP_GRACE_S = 30.0  # the longest stop_grace_period in compose.yaml (workers)
+# compose stops dependents first: the Iris services (workers' stop_grace_period 30 s), then NATS (15 s)
+STOP_GRACE_S = 30.0 + 15.0
 FINAL_KINDS = ("result", "error")
 
 
