@@ -8,7 +8,9 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import kubernetes_validate
 import yaml
 
 from broker.config import BrokerConfig
@@ -74,3 +76,37 @@ def test_nats_configs_are_valid_for_the_pinned_server() -> None:
     ):
         check = subprocess.run([nats_server_binary(), "-t", "-c", str(DEPLOY / conf)], capture_output=True, env=env)
         assert check.returncode == 0, f"{conf}: {check.stderr.decode()}{check.stdout.decode()}"
+
+
+def kubernetes_docs() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "iris.yaml").read_text()) if d]
+
+
+def test_kubernetes_manifests_pass_the_kubernetes_schemas() -> None:
+    for doc in kubernetes_docs():  # strict: a misspelt or misplaced field fails too
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_kubernetes_containers_have_probes_and_requests_and_brokers_a_budget() -> None:
+    docs = kubernetes_docs()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"iris-broker", "iris-worker", "iris-gateway"}
+    for name, deployment in deployments.items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert {"readinessProbe", "livenessProbe"} <= set(container), name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+    budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    broker_labels = deployments["iris-broker"]["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= broker_labels.items()
+    assert budget["spec"]["minAvailable"] < deployments["iris-broker"]["spec"]["replicas"]
+
+
+def test_compose_health_checks_probe_each_services_own_endpoint() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    probes = {name: " ".join(s["healthcheck"]["test"]) for name, s in services.items() if "healthcheck" in s}
+    assert "/readyz" in probes["gateway"]
+    assert all(":9101/metrics" in probes[b] for b in ("broker-a", "broker-b"))
+    assert all(":9102/metrics" in probes[w] for w in ("worker-1", "worker-2"))
+    assert all("8222/healthz" in probes[n] for n in ("nats-1", "nats-2", "nats-3"))
+    for name in probes:
+        assert services[name]["restart"] == "always", name

@@ -1,0 +1,437 @@
+"""Drive the compose stack from the host and kill its parts under load (the test of deploy/compose.yaml).
+
+    deploy/up.sh && .venv/bin/python deploy/chaos.py [--requests 200] [--out bench-results/chaos.json]
+
+1. One request through the gateway (Ollama API) and one through raw NATS must be answered.
+2. `--requests` requests, half through the gateway and half published raw to JetStream, at most `--in-flight`
+   at a time; meanwhile `docker kill` of a worker, then of the leading broker, then of the NATS node leading
+   stream IRIS_REQUESTS, each once the part before came back. A tap on `_INBOX.>` sees every reply Iris sends
+   (each carries `Iris-Request-Id`), so it counts final replies per request whichever way it came in.
+   Checked: every request ends with exactly one final reply and at most one result; the killed containers are
+   restarted by their restart policy and rejoin (a worker heart-beats again, the broker stands by or leads,
+   the NATS node is a current replica again) with no manual step.
+3. `docker compose down` while answers are streaming: it must return within the stop timeouts in stop order
+   and leave no answer half-sent (every request that streamed a chunk got its final reply).
+Prints the figures and writes them as JSON; exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import APIError, KeyNotFoundError
+
+from schemas import headers as h
+from schemas.subjects import BROKER_BUCKET, HEARTBEAT_FILTER, LEADER_KEY, REQUEST_STREAM, request_subject
+
+DEPLOY = Path(__file__).resolve().parent
+COMPOSE = ["docker-compose", "-p", "iris", "-f", str(DEPLOY / "compose.yaml")]
+MODEL = "gemma3-270m"
+OLLAMA_MODEL = "gemma3:270m"
+# compose stops dependents first: the Iris services (workers' stop_grace_period 30 s), then NATS (15 s)
+STOP_GRACE_S = 30.0 + 15.0
+FINAL_KINDS = ("result", "error")
+
+
+@dataclass
+class Seen:
+    """What the tap saw for one request id."""
+
+    kinds: list[str] = field(default_factory=list)
+    attempts: set[int] = field(default_factory=set)
+    error_codes: list[str] = field(default_factory=list)
+
+    @property
+    def finals(self) -> int:
+        return sum(kind in FINAL_KINDS for kind in self.kinds)
+
+
+class Tap:
+    """Every Iris reply on `_INBOX.>`, by request id."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Seen] = defaultdict(Seen)
+        self.final = asyncio.Event()
+
+    async def on_reply(self, msg: Msg) -> None:
+        request_id = (msg.headers or {}).get(h.REQUEST_ID)
+        kind = (msg.headers or {}).get(h.KIND)
+        if request_id is None or kind is None:
+            return
+        seen = self.seen[request_id]
+        seen.kinds.append(kind)
+        body = json.loads(msg.data) if msg.data else {}
+        if kind == "chunk":
+            seen.attempts.add(int(body.get("attempt", 1)))
+        if kind == "error":
+            seen.error_codes.append(str(body.get("code")))
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def container(service: str) -> str:
+    return docker(
+        "ps", "-aq", "--filter", "label=com.docker.compose.project=iris",
+        "--filter", f"label=com.docker.compose.service={service}",
+    ).splitlines()[0]  # fmt: skip
+
+
+def crash(service: str) -> None:
+    """SIGKILL the container's process from the host: a crash as the engine sees it. `docker kill` is an
+    operator's stop to Docker 20.10 (it marks the container manually stopped), so no restart policy applies."""
+    pid = docker("inspect", "--format", "{{.State.Pid}}", container(service))
+    subprocess.run(["kill", "-9", pid], check=True)
+
+
+def state(service: str) -> dict[str, Any]:
+    info = json.loads(docker("inspect", container(service)))[0]
+    health = info["State"].get("Health", {}).get("Status", "none")
+    return {"restarts": info["RestartCount"], "running": info["State"]["Running"], "health": health}
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 180.0) -> float:
+    """Seconds until `check` holds: the facts are in docker and NATS, so this polls them."""
+    start = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"not within {timeout_s:.0f} s: {what}")
+        await asyncio.sleep(0.2)
+
+
+async def wait_back(service: str, restarts_before: int) -> float:
+    """Seconds until the killed service was restarted by docker and reports healthy again."""
+
+    async def back() -> bool:
+        now = state(service)
+        return bool(now["restarts"] > restarts_before and now["running"] and now["health"] in ("healthy", "none"))
+
+    return await until(back, f"{service} restarted and healthy")
+
+
+async def http_generate(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> str:
+    body = {"model": OLLAMA_MODEL, "prompt": prompt, "stream": False, "options": {"num_predict": max_tokens}}
+    try:
+        response = await http.post("/api/generate", json=body, timeout=180)
+    except httpx.RemoteProtocolError:
+        # A pooled keep-alive connection the server closed just as this request went out (uvicorn's 5 s idle
+        # timeout): nothing was admitted, the gateway saw the body cut off; any HTTP client retries this.
+        response = await http.post("/api/generate", json=body, timeout=180)
+        return f"http {response.status_code} (after a closed keep-alive connection)"
+    return f"http {response.status_code}"
+
+
+async def nats_generate(nc: NATS, prompt: str, max_tokens: int, request_id: str) -> None:
+    """Publish as any NATS client would; the tap reads the replies."""
+    deadline_ms = int(time.time() * 1000) + 170_000
+    headers = {
+        h.REPLY_TO: nc.new_inbox(),
+        h.DEADLINE: str(deadline_ms),
+        h.MSG_ID: request_id,
+        h.MSG_TTL: "180",
+    }
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    await nc.jetstream().publish(request_subject(MODEL, "default"), body, headers=headers)
+
+
+async def wait_final(tap: Tap, request_id: str) -> None:
+    async def final() -> bool:
+        return tap.seen[request_id].finals > 0
+
+    await until(final, f"a final reply to {request_id}")
+
+
+async def leading_broker(nc: NATS) -> str:
+    kv = await nc.jetstream().key_value(BROKER_BUCKET)
+    try:
+        entry = await kv.get(LEADER_KEY)
+    except (KeyNotFoundError, nats.errors.TimeoutError):  # between terms, or while NATS elects
+        return ""
+    broker_id = (entry.value or b"").decode()
+    return broker_id.rsplit("-", 1)[0]  # broker-a-<pid>: the host name is the compose service
+
+
+async def stream_cluster(nc: NATS) -> dict[str, Any]:
+    try:
+        info = await nc.jetstream().stream_info(REQUEST_STREAM)
+    except (APIError, nats.errors.TimeoutError):  # no leader for a moment after a node loss
+        return {"leader": None, "replicas": {}}
+    cluster = info.cluster
+    assert cluster is not None, "IRIS_REQUESTS is not clustered"
+    replicas = {peer.name: bool(peer.current) for peer in cluster.replicas or []}
+    return {"leader": cluster.leader, "replicas": replicas}
+
+
+async def broker_leads(service: str) -> bool:
+    probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9101/metrics', timeout=2).read().decode())"
+    metrics = docker("exec", container(service), "python", "-c", probe)
+    return "iris_broker_leader 1.0" in metrics
+
+
+class Heartbeats:
+    """When each worker id was last heard on `iris.worker.hb.>` (ids are <host>-<pid>; host = compose service)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
+    async def on_beat(self, msg: Msg) -> None:
+        self.last[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
+
+    def heard_since(self, service: str, since: float) -> bool:
+        return any(id_.rsplit("-", 1)[0] == service and at > since for id_, at in self.last.items())
+
+
+@dataclass
+class Run:
+    nc: NATS
+    http: httpx.AsyncClient
+    tap: Tap
+    beats: Heartbeats
+    raw_ids: list[str] = field(default_factory=list)
+    http_statuses: list[str] = field(default_factory=list)
+    finished: int = 0
+    gate: int = 0  # requests may be started up to this index
+    gate_moved: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def one(self, index: int, max_tokens: int) -> None:
+        prompt = f"Request {index}: name a colour."
+        if index % 2:
+            request_id = f"chaos-{index}-{uuid.uuid4().hex[:8]}"
+            self.raw_ids.append(request_id)
+            await nats_generate(self.nc, prompt, max_tokens, request_id)
+            await wait_final(self.tap, request_id)
+        else:
+            self.http_statuses.append(await http_generate(self.http, prompt, max_tokens))
+        self.finished += 1
+        if self.finished % 25 == 0:
+            print(f"chaos: {self.finished} requests finished", flush=True)
+
+    def open_gate(self, gate: int) -> None:
+        self.gate = gate
+        self.gate_moved.set()
+
+    async def load(self, requests: int, in_flight: int, max_tokens: int) -> None:
+        slots = asyncio.Semaphore(in_flight)
+
+        async def guarded(index: int) -> None:
+            try:
+                await self.one(index, max_tokens)
+            finally:
+                slots.release()
+
+        tasks = []
+        for index in range(requests):
+            while index >= self.gate:
+                self.gate_moved.clear()
+                await self.gate_moved.wait()
+            await slots.acquire()
+            tasks.append(asyncio.create_task(guarded(index)))
+        await asyncio.gather(*tasks)
+
+    async def until_finished(self, count: int) -> None:
+        async def done() -> bool:
+            return self.finished >= count
+
+        await until(done, f"{count} requests finished", timeout_s=600)
+
+
+async def kill_worker(run: Run) -> dict[str, object]:
+    service = "worker-1"
+    restarts = int(state(service)["restarts"])
+    crash(service)
+    back_s = await wait_back(service, restarts)
+    back_at = time.monotonic()
+
+    async def beats_again() -> bool:
+        return run.beats.heard_since(service, back_at)
+
+    beat_s = await until(beats_again, f"{service} heart-beats again")
+    return {"killed": service, "back_s": round(back_s, 1), "heartbeat_after_s": round(beat_s, 1)}
+
+
+async def kill_leading_broker(run: Run) -> dict[str, object]:
+    service = await leading_broker(run.nc)
+    restarts = int(state(service)["restarts"])
+    crash(service)
+
+    async def other_leads() -> bool:
+        return await leading_broker(run.nc) not in ("", service)
+
+    takeover_s = await until(other_leads, "the standby broker leads")
+    back_s = await wait_back(service, restarts)
+    return {
+        "killed": service,
+        "standby_leads_after_s": round(takeover_s, 1),
+        "back_s": round(back_s, 1),
+        "rejoined_as": "leader" if await broker_leads(service) else "standby",
+    }
+
+
+async def kill_stream_leader(run: Run) -> dict[str, object]:
+    service = str((await stream_cluster(run.nc))["leader"])
+    restarts = int(state(service)["restarts"])
+    crash(service)
+    back_s = await wait_back(service, restarts)
+
+    async def current() -> bool:
+        cluster = await stream_cluster(run.nc)
+        return cluster["leader"] == service or bool(cluster["replicas"].get(service))
+
+    current_s = await until(current, f"{service} a current replica of {REQUEST_STREAM}")
+    return {
+        "killed": service,
+        "back_s": round(back_s, 1),
+        "current_replica_after_s": round(current_s, 1),
+        "stream_leader_now": (await stream_cluster(run.nc))["leader"],
+    }
+
+
+KILLS = (kill_worker, kill_leading_broker, kill_stream_leader)
+
+
+async def chaos(run: Run, requests: int, in_flight: int, max_tokens: int) -> list[dict[str, object]]:
+    """Each kill once `requests * k/4` requests finished, with the next quarter allowed to start meanwhile."""
+    step = requests // (len(KILLS) + 1)
+    run.open_gate(step + in_flight)
+    load = asyncio.create_task(run.load(requests, in_flight, max_tokens))
+    kills = []
+    for number, kill in enumerate(KILLS, start=1):
+        await run.until_finished(step * number - in_flight // 2)
+        kills.append({"at_finished": run.finished, **await kill(run)})
+        print(f"chaos: {kills[-1]}", flush=True)
+        run.open_gate(step * (number + 1) + in_flight)
+    run.open_gate(requests)
+    await load
+    return kills
+
+
+def verdict(run: Run, requests: int) -> dict[str, object]:
+    seen = run.tap.seen
+    raw = [seen[request_id] for request_id in run.raw_ids]
+    others = [s for request_id, s in seen.items() if request_id not in set(run.raw_ids) and s.kinds]
+    every = raw + others
+    finals: defaultdict[int, int] = defaultdict(int)
+    for s in every:
+        finals[s.finals] += 1
+    return {
+        "requests": requests,
+        "raw_nats": len(raw),
+        "gateway": len(run.http_statuses),
+        "gateway_statuses": {status: run.http_statuses.count(status) for status in sorted(set(run.http_statuses))},
+        "request_ids_seen": len(every),
+        "final_replies_per_request": dict(sorted(finals.items())),
+        "results_twice": sum(s.kinds.count("result") > 1 for s in every),
+        "rerun_after_lost_lease": sum(len(s.attempts) > 1 for s in every),
+        "error_codes": sorted(code for s in every for code in s.error_codes),
+    }
+
+
+async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
+    """Stop the stack while answers stream; every answer that began must end with its final reply."""
+    ids = [f"down-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
+    for request_id in ids:
+        await nats_generate(run.nc, "Tell a long story about the sea.", max_tokens, request_id)
+
+    async def four_streaming() -> bool:  # both workers' two slots
+        return sum("chunk" in run.tap.seen[i].kinds for i in ids) >= 4
+
+    await until(four_streaming, "four answers streaming")
+    streaming = [i for i in ids if "chunk" in run.tap.seen[i].kinds]
+    start = time.monotonic()
+    await asyncio.to_thread(subprocess.run, [*COMPOSE, "down"], check=True, capture_output=True)
+    down_s = time.monotonic() - start
+    return {
+        "down_s": round(down_s, 1),
+        "stop_grace_s": STOP_GRACE_S,
+        "streaming_at_down": len(streaming),
+        "left_mid_answer": sum(run.tap.seen[i].finals == 0 for i in streaming),
+        "final_kinds": [next((k for k in run.tap.seen[i].kinds if k in FINAL_KINDS), None) for i in streaming],
+        "error_codes": [c for i in streaming for c in run.tap.seen[i].error_codes],
+    }
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--http", default="http://127.0.0.1:8080")
+    parser.add_argument("--nats", default="nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224")
+    parser.add_argument("--api-key", default="example-paid-key", help="a gateway key (iris.example.toml has this one)")
+    parser.add_argument("--no-down", action="store_true", help="leave the stack running at the end")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
+    args = parser.parse_args()
+
+    nc = await nats.connect(args.nats.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    tap, beats = Tap(), Heartbeats()
+    await nc.subscribe("_INBOX.>", cb=tap.on_reply)
+    await nc.subscribe(HEARTBEAT_FILTER, cb=beats.on_beat)
+    auth = {"Authorization": f"Bearer {args.api_key}"}
+    async with httpx.AsyncClient(base_url=args.http, headers=auth) as http:
+        run = Run(nc, http, tap, beats)
+        smoke_id = f"smoke-{uuid.uuid4().hex[:8]}"
+        await nats_generate(nc, "Why is the sky blue?", 32, smoke_id)
+        await wait_final(tap, smoke_id)
+        smoke = {
+            "gateway": await http_generate(http, "Why is the sky blue?", 32),
+            "raw_nats": tap.seen[smoke_id].kinds[-1],
+        }
+        print(f"smoke: {smoke}", flush=True)
+        tap.seen.clear()
+        started = time.monotonic()
+        kills = await chaos(run, args.requests, args.in_flight, args.max_tokens)
+        report: dict[str, object] = {
+            "smoke": smoke,
+            "kills": kills,
+            "load_s": round(time.monotonic() - started, 1),
+            **verdict(run, args.requests),
+        }
+        if not args.no_down:
+            report["down"] = await compose_down(run, 200)
+    await nc.close()
+    print(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    failures = checks(report, args.requests)
+    for failure in failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def checks(report: dict[str, object], requests: int) -> list[str]:
+    failures = []
+    if report["smoke"] != {"gateway": "http 200", "raw_nats": "result"}:
+        failures.append(f"smoke requests not answered: {report['smoke']}")
+    if report["final_replies_per_request"] != {1: requests}:
+        failures.append(f"final replies per request: {report['final_replies_per_request']} (want {{1: {requests}}})")
+    if report["results_twice"]:
+        failures.append(f"{report['results_twice']} requests got two results")
+    down = report.get("down")
+    if isinstance(down, dict):
+        if down["left_mid_answer"]:
+            failures.append(f"{down['left_mid_answer']} answers left mid-way by compose down")
+        if down["down_s"] > STOP_GRACE_S:
+            failures.append(f"compose down took {down['down_s']} s (stop timeout {STOP_GRACE_S} s)")
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
