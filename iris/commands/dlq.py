@@ -28,7 +28,7 @@ def dlq() -> None:
 @click.option("--json", "json_out", is_flag=True, help="A JSON array instead of a table.")
 def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
     """List dead letters: sequence, time, model, workload, code, attempts, request id, reason (never the prompt)."""
-    from iris import dead_letters
+    from iris.ops import dead_letters
 
     letters = _with_nats(nats_url, lambda nc: dead_letters.list_dead_letters(nc, limit))
     if json_out:
@@ -46,7 +46,7 @@ def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
 def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, wait: bool, nats_url: str) -> None:
     """Publish dead letters SEQ... again to their original subject (new id, fresh deadline); each leaves the
     DLQ once JetStream has stored it. Answers go to the original reply inbox unless --wait."""
-    from iris import dead_letters
+    from iris.ops import dead_letters
 
     if bool(seqs) == every:
         raise click.UsageError("give dead-letter sequences or --all, not both")
@@ -61,7 +61,7 @@ def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, wai
 @nats_option
 def dlq_rm(seqs: tuple[int, ...], every: bool, nats_url: str) -> None:
     """Erase dead letters SEQ... (or --all) for good."""
-    from iris import dead_letters
+    from iris.ops import dead_letters
 
     if bool(seqs) == every:
         raise click.UsageError("give dead-letter sequences or --all, not both")
