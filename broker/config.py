@@ -11,15 +11,13 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from broker.core.queue import PriorityMode
 from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyPrefixes
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
 
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]
 LimitBy = Literal["", "user", "workload"]
 MinShare = Annotated[float, Meta(ge=0, le=1)]
-# "share": a workload's share is its weight x the priority it serves (Aperture); "strict": higher priority
-# bands always first, fair inside a band, `min_share` for the bands below (vLLM, llm-d).
-PriorityMode = Literal["share", "strict"]
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -39,12 +39,12 @@ def dispatch_rate(policy: str, limit_by: str, n_waiting: int, n_decisions: int) 
     for seq in range(1, n_waiting + 1):
         user = "flood" if seq <= flood else f"u{seq % 500}"
         request = WaitingRequest(seq, f"r{seq}", "m", "default", "_INBOX.x", FAR_MS, 0, 1, user, 100)
-        scheduler.admit(request, now)
-    running = [lease.stream_seq for lease in scheduler.dispatch(now)]
+        scheduler.enqueue(request, now)
+    running = [lease.stream_seq for lease in scheduler.dispatch(now).offers]
     start = time.perf_counter()
     for _ in range(n_decisions):
         scheduler.lease_ended(running.pop(0), now)
-        running += [lease.stream_seq for lease in scheduler.dispatch(now)]
+        running += [lease.stream_seq for lease in scheduler.dispatch(now).offers]
     return n_decisions / (time.perf_counter() - start)
 
 
