@@ -12,10 +12,10 @@ killed at any point and another carries on.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -83,7 +83,7 @@ class Term:
         for beat, heard_ms in beats():
             replayed += self.scheduler.heartbeat(beat, heard_ms)
         self.scheduling = True
-        await self.apply(dataclasses.replace(replayed, round_due=False))  # no round before the cancels are read
+        await self.apply(msgspec.structs.replace(replayed, round_due=False))  # no round before the cancels are read
         await self._tickets.start()  # after the leases: a stored cancel may release a ticket
         cancels = CancelFeed(self.nc, self._cancels, self._on_cancel, self.log)
         self._subs.append(cancels)

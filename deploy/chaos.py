@@ -43,6 +43,7 @@ MODEL = "gemma3-270m"
 OLLAMA_MODEL = "gemma3:270m"
 # compose stops dependents first: the Iris services (workers' stop_grace_period 30 s), then NATS (15 s)
 STOP_GRACE_S = 30.0 + 15.0
+PUBLISH_ATTEMPTS = 10
 FINAL_KINDS = ("result", "error")
 
 
@@ -102,7 +103,16 @@ async def nats_generate(nc: NATS, prompt: str, max_tokens: int, request_id: str)
         h.MSG_TTL: "180",
     }
     body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
-    await nc.jetstream().publish(request_subject(MODEL, "default"), body, headers=headers)
+    for attempt in range(PUBLISH_ATTEMPTS):
+        try:
+            await nc.jetstream().publish(request_subject(MODEL, "default"), body, headers=headers)
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            # No ack while the stream elects a new leader after a node loss: publish again with the same
+            # Nats-Msg-Id, as a NATS client does; the dedupe window keeps it one request.
+            if attempt == PUBLISH_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(1.0)
 
 
 async def wait_final(tap: Tap, request_id: str) -> None:

@@ -2,21 +2,21 @@
 (`broker.term.Term.apply`) and unit tests assert on it.
 
 Every `Scheduler` event method returns a `Decisions` (vLLM's `SchedulerOutput` is the model): the scheduler's
-own state has already changed; these are the effects it leaves to the shell, each typed. Records are frozen;
+own state has already changed; these are the effects it leaves to the shell, each typed. Records are frozen
+msgspec Structs (built in C: a round builds several);
 `a + b` is both, in order, so a method that decides in steps sums what each step decided.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from broker.core.queue import WaitingRequest
 from schemas.errors import ErrorCode
 from schemas.messages import Lease, LeaseDone
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(msgspec.Struct, frozen=True):
     """A typed error for the request's client, after which the request leaves the stream."""
 
     request: WaitingRequest
@@ -26,8 +26,7 @@ class Rejection:
     delete_record: bool = True  # it may have run before: a stale lease record of that attempt goes too
 
 
-@dataclass(frozen=True, slots=True)
-class Queued:
+class Queued(msgspec.Struct, frozen=True):
     """A request now waits in its model's queue: its client hears its place (a ticket waits silently)."""
 
     request: WaitingRequest
@@ -35,8 +34,7 @@ class Queued:
     eta_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class QueueNotice:
+class QueueNotice(msgspec.Struct, frozen=True):
     """A waiting request is due a `QueueUpdate` (`broker.core.queue_updates`)."""
 
     stream_seq: int
@@ -46,8 +44,7 @@ class QueueNotice:
     eta_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class Requeued:
+class Requeued(msgspec.Struct, frozen=True):
     """A lost lease is back in the queue with `request.attempt` counting the workers tried."""
 
     request: WaitingRequest
@@ -55,24 +52,21 @@ class Requeued:
     why: str
 
 
-@dataclass(frozen=True, slots=True)
-class TicketEnded:
+class TicketEnded(msgspec.Struct, frozen=True):
     """A ticket's slot is free: its stream message and record go."""
 
     lease: Lease
     why: str
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(msgspec.Struct, frozen=True):
     """A lease ended with its answer sent (usage reported): what the metrics count."""
 
     done: LeaseDone
     priority: int
 
 
-@dataclass(frozen=True, slots=True)
-class Decisions:
+class Decisions(msgspec.Struct, frozen=True):
     queued: tuple[Queued, ...] = ()
     offers: tuple[Lease, ...] = ()  # worker leases: recorded, then offered to their worker (one offer per worker)
     tickets: tuple[Lease, ...] = ()  # granted tickets: recorded, then sent to the app that waits
