@@ -24,11 +24,9 @@ from broker.core.limits import ModelLimits, SchedulerLimits, label_value
 from broker.core.queue import WaitingRequest
 from broker.core.scheduler import Scheduler
 from schemas.errors import ErrorCode
-from schemas.messages import Heartbeat, Lease
-from tests.unit.builders import verdict
+from schemas.messages import Lease
+from tests.unit.builders import T0, beat, ready_scheduler, verdict
 
-T0 = 1_000_000
-GRACE = SchedulerLimits().startup_grace_ms
 FAR = T0 + 10**9
 
 
@@ -37,21 +35,9 @@ def request(seq: int, user: str = "", workload: str = "default", model: str = "m
     return WaitingRequest(seq, f"r{seq}", model, workload, f"_INBOX.{seq}", FAR, T0, priority, user, 100, ticket=ticket)
 
 
-def beat(worker: str, slots: int, running: list[int], now: int) -> Heartbeat:
-    return Heartbeat(worker, "m", slots, slots - len(running), running, 0.0, now)
-
-
-def started(limits: SchedulerLimits, workers: dict[str, int]) -> tuple[Scheduler, int]:
-    scheduler = Scheduler(limits, T0)
-    now = T0 + GRACE
-    for worker, slots in workers.items():
-        scheduler.heartbeat(beat(worker, slots, [], now), now)
-    return scheduler, now
-
-
 def test_a_value_borrows_idle_capacity_and_waiters_within_their_cap_go_first() -> None:
     limits = SchedulerLimits(policy="fifo", limit_by="user", limit_per_value=1)
-    scheduler, now = started(limits, {"a": 3})
+    scheduler, now = ready_scheduler({"a": 3}, limits=limits)
     for seq in (1, 2, 3):
         scheduler.enqueue(request(seq, "alice"), now)
     assert [lease.stream_seq for lease in scheduler.dispatch(now).offers] == [1, 2, 3]  # nobody else waits: borrow
@@ -64,7 +50,7 @@ def test_a_value_borrows_idle_capacity_and_waiters_within_their_cap_go_first() -
 
 
 def test_limit_by_workload_and_reload() -> None:
-    scheduler, now = started(SchedulerLimits(policy="fifo"), {"a": 2})
+    scheduler, now = ready_scheduler({"a": 2}, limits=SchedulerLimits(policy="fifo"))
     for seq, workload in ((1, "batch"), (2, "batch"), (3, "batch"), (4, "chat")):
         scheduler.enqueue(request(seq, workload=workload), now)
     scheduler.update_limits(SchedulerLimits(policy="fifo", limit_by="workload", limit_per_value=1))
@@ -77,7 +63,7 @@ def test_limit_by_workload_and_reload() -> None:
 
 def test_tickets_need_capacity_but_no_worker() -> None:
     limits = SchedulerLimits(models={"app": ModelLimits(max_concurrency=2, max_inflight_ms=5_000)})
-    scheduler, now = started(limits, {})
+    scheduler, now = ready_scheduler({}, limits=limits)
     for seq in (1, 2, 3):
         assert scheduler.enqueue(request(seq, "t1", model="app"), now).queued
     decisions = scheduler.dispatch(now)
@@ -94,7 +80,7 @@ def test_tickets_need_capacity_but_no_worker() -> None:
 
 
 def test_ticket_for_a_model_nobody_can_grant_gets_no_capacity() -> None:
-    scheduler, now = started(SchedulerLimits(), {})
+    scheduler, now = ready_scheduler({}, limits=SchedulerLimits())
     later = now + scheduler.limits.worker_timeout_ms
     decision = verdict(scheduler.enqueue(request(1, "t1", model="nomodel"), later))
     assert isinstance(decision, Rejection) and decision.code is ErrorCode.NO_CAPACITY
@@ -102,7 +88,7 @@ def test_ticket_for_a_model_nobody_can_grant_gets_no_capacity() -> None:
 
 
 def test_restored_ticket_holds_its_slot_until_its_cutoff() -> None:
-    scheduler, now = started(SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}), {})
+    scheduler, now = ready_scheduler({}, limits=SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}))
     held = Lease(7, "r7", "app", "default", "_INBOX.7", FAR, T0, "", 1, now, cutoff_ms=now + 1_000, ticket=True)
     scheduler.restore_lease(held, now)
     scheduler.enqueue(request(8, "t1", model="app"), now)
@@ -112,7 +98,7 @@ def test_restored_ticket_holds_its_slot_until_its_cutoff() -> None:
 
 
 def test_an_unlimited_ticket_still_has_a_cutoff() -> None:
-    scheduler, now = started(SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}), {})
+    scheduler, now = ready_scheduler({}, limits=SchedulerLimits(models={"app": ModelLimits(max_concurrency=1)}))
     scheduler.enqueue(request(1, "t1", model="app"), now)
     (lease,) = scheduler.dispatch(now).tickets
     assert lease.cutoff_ms > now
@@ -188,7 +174,7 @@ def test_limits_hold_borrowing_is_exact_and_dispatch_is_work_conserving(
         min_share=min_share,
         max_inflight_ms=4_000,
     )
-    scheduler, now = started(limits, {"a": slots, "b": slots})
+    scheduler, now = ready_scheduler({"a": slots, "b": slots}, limits=limits)
     known: dict[int, WaitingRequest] = {}
     for event in events:
         kind = event[0]
@@ -258,7 +244,7 @@ def check_dispatch(scheduler: Scheduler, now: int, known: dict[int, WaitingReque
 def test_tickets_borrow_exactly(steps: list[str | int], policy: str, capacity: int, cap: int) -> None:
     """The same promises for a tickets-only model, where every slot change is a grant or a release."""
     model = ModelLimits(max_concurrency=capacity, limit_by="user", limit_per_value=cap)
-    scheduler, now = started(SchedulerLimits(policy=policy, models={"m": model}), {})
+    scheduler, now = ready_scheduler({}, limits=SchedulerLimits(policy=policy, models={"m": model}))
     scheduler.heartbeat(beat("idle", 0, [], now), now)  # creates the pool; no slots
     known: dict[int, WaitingRequest] = {}
     for step in steps:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 from hypothesis import given, settings
@@ -10,37 +9,7 @@ from hypothesis import strategies as st
 
 from broker.core.queue import WaitingRequest
 from broker.core.wfq import WfqQueue, estimate_prompt_tokens
-
-_seq = itertools.count(1)
-
-
-def req(workload: str = "default", user: str = "", priority: int = 1, cost: int = 100) -> WaitingRequest:
-    seq = next(_seq)
-    return WaitingRequest(seq, f"r{seq}", "m", workload, "_INBOX.x", 10**15, 0, priority, user, cost)
-
-
-def served_tokens(queue: WfqQueue, pops: int, refill: dict[tuple[str, str, int], int]) -> Counter[tuple[str, str, int]]:
-    """Pop `pops` times, keeping every flow in `refill` backlogged (saturation); tokens served per flow."""
-    served: Counter[tuple[str, str, int]] = Counter()
-    for _ in range(pops):
-        request = queue.pop()
-        assert request is not None
-        key = (request.workload, request.user, request.priority)
-        served[key] += request.cost_tokens
-        queue.push(req(request.workload, request.user, request.priority, refill[key]))
-    return served
-
-
-def fill(queue: WfqQueue, flows: dict[tuple[str, str, int], int], depth: int) -> None:
-    for (workload, user, priority), cost in flows.items():
-        for _ in range(depth):
-            queue.push(req(workload, user, priority, cost))
-
-
-def assert_shares(served: Counter[tuple[str, str, int]], target: dict[tuple[str, str, int], float]) -> None:
-    total = sum(served.values())
-    for key, share in target.items():
-        assert abs(served[key] / total - share) <= 0.05 * share, (key, served[key] / total, share)
+from tests.unit.builders import assert_shares, fill, req, served_tokens
 
 
 def test_workload_weights_1_2_4() -> None:
