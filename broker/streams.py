@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -27,35 +27,41 @@ T = TypeVar("T")
 
 
 def request_stream_config(config: BrokerConfig) -> StreamConfig:
-    return StreamConfig(
-        name=REQUEST_STREAM,
-        subjects=[REQUEST_FILTER],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
+    return _file_stream(
+        config,
+        REQUEST_STREAM,
+        REQUEST_FILTER,
         max_msgs=config.max_msgs,
         max_bytes=config.max_bytes,
         discard=DiscardPolicy.NEW,
-        duplicate_window=config.duplicate_window_s,
-        allow_direct=True,
         allow_msg_ttl=True,
-        num_replicas=config.replicas,
     )
 
 
 def dlq_stream_config(config: BrokerConfig) -> StreamConfig:
     """Dead letters are kept for `dlq_max_age_s`; when `dlq_max_bytes` is reached the oldest go, so a
     flood of garbage never stops a new dead letter from being kept."""
-    return StreamConfig(
-        name=DLQ_STREAM,
-        subjects=[DLQ_FILTER],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
+    return _file_stream(
+        config,
+        DLQ_STREAM,
+        DLQ_FILTER,
         max_age=config.dlq_max_age_s,
         max_bytes=config.dlq_max_bytes,
         discard=DiscardPolicy.OLD,
+    )
+
+
+def _file_stream(config: BrokerConfig, name: str, subject: str, **limits: Any) -> StreamConfig:
+    """A file-backed limits stream with the broker's dedupe window, direct gets and replicas."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
         duplicate_window=config.duplicate_window_s,
         allow_direct=True,
         num_replicas=config.replicas,
+        **limits,
     )
 
 

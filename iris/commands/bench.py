@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def out_option(name: str) -> Callable[[F], F]:
+    """`--out`: where a bench saves its JSON, `bench-results/<name>.json` unless told."""
+    return click.option(
+        "--out", type=click.Path(path_type=Path), default=Path(f"bench-results/{name}.json"), show_default=True
+    )
 
 
 @click.group()
@@ -19,7 +29,7 @@ def bench() -> None:
 @click.option(
     "--real-requests", type=int, default=100, show_default=True, help="Requests for the real-model TTFT part."
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/overhead.json"), show_default=True)
+@out_option("overhead")
 @click.option("--skip-real", is_flag=True, help="Only the FakeEngine part.")
 def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bool) -> None:
     """Latency Iris adds over calling the same engine in-process (FakeEngine, and TTFT on the real model)."""
@@ -34,7 +44,7 @@ def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bo
 @click.option("--seconds", type=float, default=15.0, show_default=True, help="Length of the throughput part.")
 @click.option("--workers", type=int, default=1, show_default=True, help="FakeEngine worker processes.")
 @click.option("--slots", type=int, default=256, show_default=True, help="Slots per worker.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/gateway.json"), show_default=True)
+@out_option("gateway")
 def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path) -> None:
     """HTTP latency added over NATS (p50/p99) and sustained requests/s at N concurrent clients."""
     from iris.bench.gateway import run_gateway_bench
@@ -114,7 +124,7 @@ def bench_seed(
     show_default=True,
     help="weights: workloads weighted 1:2:4; priorities: workloads at priorities 1/2/4, no weights.",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/fairness.json"), show_default=True)
+@out_option("fairness")
 def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, scenario: str, out: Path) -> None:
     """Token share per flow vs its target under saturation (weights 1:2:4, or priorities 1/2/4; a greedy user)."""
     from iris.bench.fairness import SCENARIOS, run_fairness_bench
@@ -126,7 +136,7 @@ def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str,
 @bench.command("scheduler")
 @click.option("--requests", "n_dispatch", type=int, default=10_000, show_default=True, help="Requests to dispatch.")
 @click.option("--waiting", "n_waiting", type=int, default=100_000, show_default=True, help="Requests left waiting.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scheduler.json"), show_default=True)
+@out_option("scheduler")
 def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
     from iris.bench.scheduler import run_scheduler_bench
@@ -138,7 +148,7 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 @click.option("--requests", "n_requests", type=int, default=100_000, show_default=True, help="Requests to send.")
 @click.option("--served-every", type=int, default=10, show_default=True, help="Every K-th to `fake` (0: none).")
 @click.option("--rounds", type=int, default=2, show_default=True, help="Rounds of --requests each.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/hostile.json"), show_default=True)
+@out_option("hostile")
 def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) -> None:
     """Broker RSS and /metrics size before and after requests to random model/workload names."""
     from iris.bench.hostile import run_hostile_bench
@@ -148,7 +158,7 @@ def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) ->
 
 @bench.command("failover")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Leaders killed, one after the other.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/failover.json"), show_default=True)
+@out_option("failover")
 def bench_failover(rounds: int, out: Path) -> None:
     """kill -9 of the leading broker under load: seconds until the standby leads and serves again."""
     from iris.bench.failover import run_failover_bench
@@ -160,7 +170,7 @@ def bench_failover(rounds: int, out: Path) -> None:
 @click.option("--duration", "duration_s", type=float, default=300.0, show_default=True, help="Seconds of overload.")
 @click.option("--slots", type=int, default=4, show_default=True, help="Slots of the FakeEngine worker.")
 @click.option("--fake-tps", type=float, default=200.0, show_default=True, help="Tokens/s per FakeEngine sequence.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/soak.json"), show_default=True)
+@out_option("soak")
 def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> None:
     """2x capacity through the HTTP gateway: bounded queues, 429 + Retry-After, RSS, fairness under overload."""
     from iris.bench.soak import run_soak_bench
@@ -173,7 +183,7 @@ def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> Non
 @click.option("--decisions", type=int, default=5_000, show_default=True, help="Dispatch decisions timed.")
 @click.option("--round-trips", type=int, default=500, show_default=True, help="Sequential admissions timed.")
 @click.option("--apps", type=int, default=32, show_default=True, help="Concurrent apps for tickets/s.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/limits.json"), show_default=True)
+@out_option("limits")
 def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, out: Path) -> None:
     """Dispatch cost of limit_by with a deep backlog, and admission ticket latency and rate."""
     from iris.bench.limits import run_limits_bench
@@ -189,7 +199,7 @@ def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, ou
 @click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
 @click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/worker.json"), show_default=True)
+@out_option("worker")
 def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
     """Tokens/s with N concurrent sequences: Iris (broker + one N-slot worker) vs raw batched llama_decode."""
     from iris.bench.worker import bench_command
