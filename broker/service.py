@@ -27,13 +27,14 @@ from broker.streams import ensure_lease_bucket, ensure_streams
 from broker.term import Term
 from runtime.clock import node_id, now_ms
 from runtime.connection import connect
+from runtime.lifecycle import Service
 from schemas.messages import Heartbeat, heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER
 
 __all__ = ["BrokerService"]
 
 
-class BrokerService:
+class BrokerService(Service):
     def __init__(self, config: BrokerConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.log = log or structlog.get_logger().bind(service="broker")
@@ -196,13 +197,6 @@ class BrokerService:
             await self._nc.close()
         self._stopped.set()
         self.log.info("broker stopped")
-
-    async def __aenter__(self) -> BrokerService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

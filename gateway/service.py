@@ -20,9 +20,10 @@ from gateway.micro_api import MicroApi
 from gateway.model_cards import ModelCards
 from gateway.model_directory import ModelDirectory
 from runtime.connection import connect
+from runtime.lifecycle import Service
 
 
-class GatewayService:
+class GatewayService(Service):
     def __init__(self, config: GatewayConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.log = log or structlog.get_logger().bind(service="gateway")
@@ -65,10 +66,3 @@ class GatewayService:
             nc, self._nc = self._nc, None
             await nc.drain()
         self.log.info("gateway stopped")
-
-    async def __aenter__(self) -> GatewayService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
