@@ -91,7 +91,9 @@ class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     lease_ttl_s: Annotated[
         float, Meta(ge=60, le=86_400, description="Seconds a lease record outlives a broker that forgot it.")
     ] = 3_600.0
-    broker_id: Annotated[str, Meta(description="Name in the leader election (default: <hostname>-<pid>).")] = ""
+    broker_id: Annotated[
+        str, Meta(description="Name in the leader election (default: <host>-<pid>-<4 random hex>).")
+    ] = ""
     leader_ttl_s: Annotated[
         float, Meta(ge=0.5, le=60, description="Seconds a silent leader keeps the lead (then a standby takes over).")
     ] = 2.0

@@ -20,7 +20,7 @@ class WorkerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     ] = "llama"
     model: Annotated[str, Meta(description="GGUF file (default: the embedded Gemma 3 270M).")] = ""
     model_name: Annotated[TokenOrEmpty, Meta(description="Model name clients use (default: from the file name).")] = ""
-    worker_id: Annotated[TokenOrEmpty, Meta(description="Worker name (default: <host>-<pid>).")] = ""
+    worker_id: Annotated[TokenOrEmpty, Meta(description="Worker name (default: <host>-<pid>-<4 random hex>).")] = ""
     slots: Annotated[
         int, Meta(ge=1, le=256, description="Sequences decoded together in one batch (http: requests at once).")
     ] = 1
