@@ -157,8 +157,9 @@ Object.keys(data.behaviours).forEach(function (behaviour) {
     var series = Object.keys(tiers).map(function (tier) {
       return {label: tier, color: colors[tier], dots: true, points: tiers[tier]};
     });
-    IrisCharts.draw(svg, {series: series, xMin: 0, xMax: block.x_max, yMax: block.y_max, width: 380, height: 240,
-                          yUnit: " s", xTicks: function (v) { return v.toFixed(0) + " s"; }});
+    IrisCharts.draw(svg, {series: series, xMin: 0, xMax: IrisCharts.niceMax(block.x_max), yMax: block.y_max,
+                          width: 380, height: 240, yUnit: " s",
+                          xTicks: function (v) { return IrisCharts.number(v) + " s"; }});
   });
 });
 """
@@ -175,21 +176,14 @@ def html_data(results: dict[str, Any]) -> dict[str, Any]:
     behaviours = {}
     for behaviour, block in results.items():
         ok = [s for s in block["samples"] if s["outcome"] == "ok"]
-        arms = {
-            arm: {
-                tier: [
-                    [round(s["submitted_s"], 3), round(s["latency_s"], 3)]
-                    for s in ok
-                    if (s["arm"], s["tier"]) == (arm, tier)
-                ]
-                for tier in TIER_COLORS
-            }
-            for arm in ARM_TITLES
-            if any(s["arm"] == arm for s in ok)
-        }
+        arms: dict[str, dict[str, list[list[float]]]] = {}
+        for s in ok:
+            points = arms.setdefault(s["arm"], {}).setdefault(s["tier"], [])
+            points.append([round(s["submitted_s"], 3), round(s["latency_s"], 3)])
         y_max = max((s["latency_s"] for s in ok), default=1.0)
         x_max = max((s["submitted_s"] for s in ok), default=1.0)
-        behaviours[behaviour] = {"arms": arms, "y_max": y_max, "x_max": max(1.0, x_max)}
+        ordered = {arm: {t: arms[arm][t] for t in TIER_COLORS if t in arms[arm]} for arm in ARM_TITLES if arm in arms}
+        behaviours[behaviour] = {"arms": ordered, "y_max": y_max, "x_max": x_max}
     return {"titles": ARM_TITLES, "behaviours": behaviours}
 
 

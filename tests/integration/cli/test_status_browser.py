@@ -67,30 +67,22 @@ def flows(stats: BrokerStats) -> dict[str, tuple[int, int]]:
 
 
 async def load(client: Client, stop: asyncio.Event) -> None:
-    """Two tiers as the reference labels them, a closed loop each, and now and then a request whose
-    deadline the queue cannot meet (a rejection for the page to list)."""
+    """Two tiers as the reference labels them, a closed loop per user, and an impatient user whose
+    deadlines the queue cannot meet (rejections for the page to list)."""
 
-    async def user(workload: str, priority: int, name: str) -> None:
+    async def user(workload: str, priority: int, name: str, deadline_s: float = 60.0) -> None:
         i = 0
         while not stop.is_set():
             i += 1
             prompt = f"secret prompt of {name} number {i}"
-            deadline_s = 1.0 if i % 5 == 0 else 60.0
+            options = {"workload": workload, "priority": priority, "user": name, "deadline_s": deadline_s}
             try:
-                await client.complete(
-                    prompt,
-                    model="fake",
-                    workload=workload,
-                    priority=priority,
-                    user=name,
-                    max_tokens=30,
-                    deadline_s=deadline_s,
-                )
+                await client.complete(prompt, model="fake", max_tokens=30, **options)
             except IrisError:
-                pass  # deadline_unmeetable: wanted
+                await asyncio.sleep(0.5)  # refused, as wanted: the impatient user tries again a bit later
 
     users = [user("paid", 5, f"alice-{i}") for i in range(4)] + [user("open-source", 1, f"bob-{i}") for i in range(6)]
-    await asyncio.gather(*users)
+    await asyncio.gather(*users, user("open-source", 1, "bob-impatient", deadline_s=0.3))
 
 
 async def test_a_browser_sees_the_brokers_queues_live(tmp_path: Path) -> None:
@@ -115,7 +107,7 @@ async def test_a_browser_sees_the_brokers_queues_live(tmp_path: Path) -> None:
             await asyncio.to_thread(driver.get, base + "/")
             opened_s = time.monotonic()
             shown = await _shown(driver, heard, opened_s)
-            await asyncio.sleep(3)  # a few more updates, so the charts have a line (the screenshot only)
+            await asyncio.sleep(5)  # a few more updates, so the charts have a line (the screenshot only)
             screenshot = tmp_path / "status.png"
             await asyncio.to_thread(driver.save_screenshot, str(screenshot))
             print(f"status page screenshot: {screenshot}")

@@ -1,6 +1,7 @@
 /* Iris charts: small SVG line and dot charts, no dependencies. Used by the status page and by the seed
    experiment's HTML report (which inlines this file).
    IrisCharts.draw(svg, {series: [{label, color, dash, dots, points: [[x, y], ...]}],
+                         legend: [{label, color, dash}] (default: one entry per series),
                          xMin, xMax, yMax, xTicks(x) -> text, yUnit, width, height}) */
 (function (root) {
   "use strict";
@@ -92,9 +93,9 @@
     function y(v) { return box.bottom - (Math.min(v, yMax) / yMax) * (box.bottom - box.top); }
     frame(svg, spec, box, x, y, yMax);
     series.forEach(function (s, i) { plot(svg, s, i, x, y); });
-    legend(svg, series, box);
+    legend(svg, spec.legend || series, box);
     return yMax;
   }
 
-  root.IrisCharts = { draw: draw, niceMax: niceMax, palette: PALETTE, svg: el };
+  root.IrisCharts = { draw: draw, niceMax: niceMax, number: formatNumber, palette: PALETTE, svg: el };
 })(window);

@@ -130,31 +130,41 @@
     return box.querySelector("svg");
   }
 
-  function drawCharts(nowMs) {
-    var container = $("charts");
+  function byModel() {
     var models = {};
     Object.keys(history).sort().forEach(function (key) {
       var model = key.split("/")[0];
       (models[model] = models[model] || []).push(key);
     });
+    return models;
+  }
+
+  function column(points, index) { return points.map(function (p) { return [p[0], p[index]]; }); }
+
+  function drawCharts(nowMs) {
+    var container = $("charts"), models = byModel();
     if (!Object.keys(models).length) return;
     var hint = container.querySelector("p");
     if (hint) container.removeChild(hint);
-    var axis = { xMin: nowMs - historyMs, xMax: nowMs, xTicks: function (v) { return Math.round((v - nowMs) / 60000) + " min"; } };
+    var first = Math.min.apply(null, Object.keys(history).map(function (key) { return history[key][0][0]; }));
+    var axis = {  // from the first point heard (at least the last minute) up to the history's reach
+      xMin: Math.max(nowMs - historyMs, Math.min(first, nowMs - 60000)), xMax: nowMs,
+      xTicks: function (v) { var s = Math.round((v - nowMs) / 1000); return s ? s + " s" : "now"; }
+    };
     Object.keys(models).forEach(function (model) {
-      var keys = models[model];
-      var wait = [], depth = [];
-      keys.forEach(function (key) {
+      var wait = [], depth = [], legend = [];
+      models[model].forEach(function (key) {
         var name = key.slice(model.length + 1), color = colour(key), points = history[key];
-        wait.push({ label: name + " p50", color: color, points: points.map(function (p) { return [p[0], p[1]]; }) });
-        wait.push({ label: name + " p95", color: color, dash: true, points: points.map(function (p) { return [p[0], p[2]]; }) });
-        depth.push({ label: name + " queued", color: color, points: points.map(function (p) { return [p[0], p[3]]; }) });
-        depth.push({ label: name + " running", color: color, dash: true, points: points.map(function (p) { return [p[0], p[4]]; }) });
+        legend.push({ label: name, color: color });
+        wait.push({ label: name + " p50", color: color, points: column(points, 1) });
+        wait.push({ label: name + " p95", color: color, dash: true, points: column(points, 2) });
+        depth.push({ label: name + " queued", color: color, points: column(points, 3) });
+        depth.push({ label: name + " running", color: color, dash: true, points: column(points, 4) });
       });
-      IrisCharts.draw(chartBox(container, "wait-" + model, model + ": queue wait p50 / p95"),
-                      Object.assign({ series: wait, yUnit: " s" }, axis));
-      IrisCharts.draw(chartBox(container, "depth-" + model, model + ": queued and running requests"),
-                      Object.assign({ series: depth }, axis));
+      IrisCharts.draw(chartBox(container, "wait-" + model, model + ": queue wait, p50 solid, p95 dashed"),
+                      Object.assign({ series: wait, legend: legend, yUnit: " s" }, axis));
+      IrisCharts.draw(chartBox(container, "depth-" + model, model + ": requests queued solid, running dashed"),
+                      Object.assign({ series: depth, legend: legend }, axis));
     });
   }
 
@@ -166,7 +176,8 @@
       return;
     }
     var stale = b.age_s > 5 ? " · STALE: no stats for " + b.age_s.toFixed(0) + " s" : "";
-    $("broker").textContent = "broker " + b.id + " · policy " + b.policy + " · stats at " + clock(b.sent_ms) + stale;
+    var who = b.id ? "broker " + b.id + " · " : "";
+    $("broker").textContent = who + "policy " + b.policy + " · stats at " + clock(b.sent_ms) + stale;
     $("window").textContent = "(shares, waits and starts over the last " + b.window_s.toFixed(0) + " s)";
   }
 
