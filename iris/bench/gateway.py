@@ -24,13 +24,13 @@ import aiohttp
 import httpx
 
 from iris.bench.harness import percentiles, save_report, time_calls, wait_http
+from iris.bench.status_page import print_status_cost, status_cost
 from iris.launch.nats_server import NatsServer, free_port
 from iris.launch.processes import spawn, stop_all, wait_for_model
 from iris.sdk.client import Client
 
 TARGET_ADDED_P50_MS = 3.0
 TARGET_REQUESTS_PER_S = 1000.0
-TARGET_STATUS_COST_PERCENT = 1.0
 MAX_TOKENS = 4
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "max_tokens": MAX_TOKENS}
 
@@ -90,83 +90,6 @@ async def _throughput(base_url: str, clients: int, seconds: float) -> dict[str, 
     }
 
 
-class StatusViewers:
-    """`count` event-stream readers of `/status/events` (a browser's EventSource), counting snapshots."""
-
-    def __init__(self, base_url: str, count: int) -> None:
-        self.base_url, self.count = base_url, count
-        self.snapshots = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> StatusViewers:
-        self._session = aiohttp.ClientSession(self.base_url, timeout=aiohttp.ClientTimeout(None))
-        self._tasks = [asyncio.create_task(self._read(self._session)) for _ in range(self.count)]
-        return self
-
-    async def _read(self, session: aiohttp.ClientSession) -> None:
-        async with session.get("/status/events", headers={"Accept": "text/event-stream"}) as response:
-            response.raise_for_status()
-            async for line in response.content:
-                self.snapshots += line.startswith(b"event: snapshot")
-
-    async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def _status_cost(base_url: str, gateway_pid: int, clients: int, seconds: float, viewers: int) -> dict[str, Any]:
-    """Throughput without and with `viewers` on the status stream, in ABBA order."""
-    segments = []
-    for watched in (False, True, True, False):
-        cpu_before = cpu_s(gateway_pid)
-        if watched:
-            async with StatusViewers(base_url, viewers) as readers:
-                run = await _throughput(base_url, clients, seconds)
-            snapshots = readers.snapshots
-        else:
-            run, snapshots = await _throughput(base_url, clients, seconds), 0
-        cpu_per_1000 = (cpu_s(gateway_pid) - cpu_before) / max(1, run["completed"]) * 1000
-        segments.append(
-            {
-                "viewers": viewers if watched else 0,
-                "requests_per_s": run["requests_per_s"],
-                "errors": run["errors"],
-                "snapshots_read": snapshots,
-                "gateway_cpu_s_per_1000_requests": round(cpu_per_1000, 4),
-            }
-        )
-
-    def mean(watched: bool, field: str) -> float:
-        values = [s[field] for s in segments if bool(s["viewers"]) == watched]
-        return sum(values) / len(values)
-
-    without, with_viewers = mean(False, "requests_per_s"), mean(True, "requests_per_s")
-    cpu_without, cpu_with = (
-        mean(False, "gateway_cpu_s_per_1000_requests"),
-        mean(True, "gateway_cpu_s_per_1000_requests"),
-    )
-    return {
-        "viewers": viewers,
-        "segment_s": seconds,
-        "segments": segments,
-        "requests_per_s_without": round(without, 1),
-        "requests_per_s_with": round(with_viewers, 1),
-        "throughput_cost_percent": round((1 - with_viewers / without) * 100, 2),
-        "cpu_cost_percent": round((cpu_with / cpu_without - 1) * 100, 2),
-        "target_cost_percent": TARGET_STATUS_COST_PERCENT,
-    }
-
-
 def _start_stack(workdir: Path, workers: int, slots: int) -> tuple[NatsServer, list[Any], str]:
     server = NatsServer(workdir / "nats").start()
     port = free_port()
@@ -191,7 +114,7 @@ async def run_gateway_bench(
                     latency = await _latency(client, http, n_latency)
             throughput = await _throughput(base_url, clients, seconds)
             status = (
-                await _status_cost(base_url, procs[-1].pid, clients, seconds, status_viewers)
+                await status_cost(base_url, procs[-1].pid, _throughput, clients, seconds, status_viewers)
                 if status_viewers
                 else None
             )
@@ -235,18 +158,4 @@ def _print(report: dict[str, Any]) -> None:
     if p:
         print(f"  latency under load p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms")
     if "status_page" in report:
-        _print_status(report["status_page"])
-
-
-def _print_status(status: dict[str, Any]) -> None:
-    print(f"status page: {status['viewers']} viewer(s) on /status/events, segments of {status['segment_s']} s (ABBA)")
-    for segment in status["segments"]:
-        cpu = segment["gateway_cpu_s_per_1000_requests"]
-        print(
-            f"  viewers {segment['viewers']}: {segment['requests_per_s']:>8} requests/s, gateway CPU"
-            f" {cpu:.3f} s per 1000 requests, {segment['snapshots_read']} snapshots read"
-        )
-    print(
-        f"  cost: throughput {status['throughput_cost_percent']}%,"
-        f" gateway CPU per request {status['cpu_cost_percent']}%   target < {status['target_cost_percent']}%"
-    )
+        print_status_cost(report["status_page"])
