@@ -44,12 +44,21 @@ def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bo
 @click.option("--seconds", type=float, default=15.0, show_default=True, help="Length of the throughput part.")
 @click.option("--workers", type=int, default=1, show_default=True, help="FakeEngine worker processes.")
 @click.option("--slots", type=int, default=256, show_default=True, help="Slots per worker.")
+@click.option(
+    "--status-viewers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also measure the status page's cost: throughput with N /status/events readers vs none (ABBA).",
+)
 @out_option("gateway")
-def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path) -> None:
+def bench_gateway(
+    n_latency: int, clients: int, seconds: float, workers: int, slots: int, status_viewers: int, out: Path
+) -> None:
     """HTTP latency added over NATS (p50/p99) and sustained requests/s at N concurrent clients."""
     from iris.bench.gateway import run_gateway_bench
 
-    asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
+    asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out, status_viewers))
 
 
 @bench.command("upstream")

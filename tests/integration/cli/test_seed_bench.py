@@ -1,5 +1,5 @@
 """`iris bench seed` end to end in smoke mode (FakeEngine): three arms on real stacks, one outcome per
-request, the report, JSON and both plots written."""
+request, the report, JSON, both plots and the HTML page written."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ async def test_seed_bench_smoke(tmp_path: Path) -> None:
     assert "paid p50, Iris / FIFO" in text and "| Iris (WFQ) | paid |" in text
     assert report["setup"]["labels"] == "reference" and "a workload per tier" in text
     assert json.loads((tmp_path / "seed.json").read_text())["setup"]["max_concurrency"] == 2
+    page = (tmp_path / "report.html").read_text()  # before/after side by side, drawn by the status page's charts
+    assert "IrisCharts.draw" in page and 'id="row-closed"' in page and 'id="row-burst"' in page
+    assert '"fifo"' in page and '"iris"' in page and "paid-1" not in page and "http" not in page.split("<script")[0]
     assert len(seed_prompts()) >= 250 and len(set(seed_prompts())) == len(seed_prompts())
 
 
