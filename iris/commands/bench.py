@@ -97,10 +97,17 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 )
 @click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
 @click.option("--model-call-s", type=float, default=0.3, show_default=True, help="Admission mode: one model call.")
+@click.option(
+    "--prompt-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default="",
+    help="Your own prompts: a JSON list of strings (.json) or one prompt a line; default: the shipped set.",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
-    fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float, out_dir: Path,
+    fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float,
+    prompt_file: str, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
     from iris.bench.seed.run import SeedOptions, run_seed_bench
@@ -115,7 +122,7 @@ def bench_seed(
 
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
-    options = SeedOptions(labels, mode, priority_mode, model_call_s)
+    options = SeedOptions(labels, mode, priority_mode, model_call_s, prompt_file)
     asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
 
 
