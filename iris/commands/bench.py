@@ -100,14 +100,13 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 @click.option(
     "--prompt-file",
     type=click.Path(exists=True, dir_okay=False),
-    default="",
     help="Your own prompts: a JSON list of strings (.json) or one prompt a line; default: the shipped set.",
 )
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
     fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float,
-    prompt_file: str, out_dir: Path,
+    prompt_file: str | None, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
     from iris.bench.seed.run import SeedOptions, run_seed_bench
@@ -122,7 +121,7 @@ def bench_seed(
 
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
-    options = SeedOptions(labels, mode, priority_mode, model_call_s, prompt_file)
+    options = SeedOptions(labels, mode, priority_mode, model_call_s, prompt_file or "")
     asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
 
 
