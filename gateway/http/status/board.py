@@ -24,6 +24,7 @@ HISTORY_S = 300.0  # how far back the page's charts reach
 SILENT_S = 3.0  # a worker not heard for this long is shown as silent
 MAX_WORKERS = 200
 MAX_REJECTIONS = 20
+MAX_POINTS = 1500  # per flow: 5 minutes of stats at `stats_s` 0.2, whatever times a publisher claims
 Point = tuple[int, float, float, int, int]  # broker's sent_ms, wait p50 s, wait p95 s, queued, running
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
@@ -78,7 +79,7 @@ class StatusBoard:
         for row in self.rows:
             key = f"{row['model']}/{row['workload']}"
             point = (stats.sent_ms, row["wait_p50_s"], row["wait_p95_s"], row["queued"], row["running"])
-            self.history.setdefault(key, deque()).append(point)
+            self.history.setdefault(key, deque(maxlen=MAX_POINTS)).append(point)
         cutoff_ms = stats.sent_ms - int(self.history_s * 1000)
         for key, points in list(self.history.items()):
             while points and points[0][0] < cutoff_ms:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.http.status.board import HISTORY_S, MAX_REJECTIONS, StatusBoard, redact
+from gateway.http.status.board import HISTORY_S, MAX_POINTS, MAX_REJECTIONS, StatusBoard, redact
 from gateway.metrics import Refusal
 from schemas.messages import BrokerStats, Heartbeat, RejectionNote, WorkloadStats
 from schemas.metric_labels import MAX_WORKLOADS_PER_MODEL, OTHER, UNSERVED
@@ -39,6 +39,13 @@ def test_history_reaches_back_history_s_and_forgets_idle_flows() -> None:
     assert set(flows) == {"m/a"}
     first_ms, last = flows["m/a"][0][0], flows["m/a"][-1]
     assert first_ms == (int(HISTORY_S) + 29 - int(HISTORY_S)) * 1000 and last[3] == int(HISTORY_S) + 29
+
+
+def test_a_publisher_claiming_one_time_cannot_grow_the_history() -> None:
+    board = StatusBoard()
+    for _ in range(MAX_POINTS + 10):
+        board.on_stats(stats(1_000, [row("a")]), 1.0, ["m"])
+    assert len(board.history["m/a"]) == MAX_POINTS
 
 
 def test_quoted_values_never_reach_the_page() -> None:
