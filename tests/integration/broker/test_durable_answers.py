@@ -1,0 +1,92 @@
+"""Durable answers over the NATS SDK: a retry with the same idempotency key gets the first call's answer
+(the stored final once it ended, the rest of the stream while it runs), never a second run; every final,
+a broker's rejection too, is in IRIS_ANSWERS before its request leaves the stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from gpu_worker.engines.fake import FakeEngine
+from iris.launch.nats_server import NatsServer
+from iris.sdk.client import Client
+from runtime.answers import fetch_final
+from schemas import headers as h
+from schemas.errors import DeadlineExceeded
+from schemas.messages import Chunk, result_decoder
+from schemas.subjects import ANSWER_STREAM, answer_subject
+from tests.integration.services import broker, eventually, wait_stream_empty, worker
+
+
+async def test_retry_after_finish_gets_the_stored_answer(nats_server: NatsServer, nc: NATS) -> None:
+    engine = FakeEngine("fake")
+    async with broker(nats_server.url), worker(nats_server.url, engine, "w1"):
+        client = Client(nc)
+        first = await client.complete("pay once", model="fake", max_tokens=5, idempotency_key="order-42")
+        again = await client.complete("pay once", model="fake", max_tokens=5, idempotency_key="order-42")
+        chunks = [c async for c in client.generate("pay once", model="fake", max_tokens=5, idempotency_key="order-42")]
+        await wait_stream_empty(nc)
+        stored = await fetch_final(nc, "order-42", None)
+    assert again == first  # text, usage, timings, worker: the stored copy, not a second run
+    assert chunks == []  # a finished request has only its final left to give
+    assert engine.generations == 1
+    assert stored is not None and stored.kind == h.KIND_RESULT and result_decoder.decode(stored.data) == first
+    assert stored.subject == answer_subject("order-42")
+
+
+async def test_retry_while_running_streams_the_rest_of_the_same_answer(nats_server: NatsServer, nc: NATS) -> None:
+    engine = FakeEngine("fake", slots=1, tokens_per_s=40)
+    async with broker(nats_server.url), worker(nats_server.url, engine, "w1"):
+        client = Client(nc)
+        first = client.generate("a long answer", model="fake", max_tokens=40, idempotency_key="long-1")
+        first_chunks: list[Chunk] = []
+        under_way = asyncio.Event()
+
+        async def read_first() -> None:
+            async for chunk in first:
+                first_chunks.append(chunk)
+                if len(first_chunks) == 5:
+                    under_way.set()
+
+        reading = asyncio.ensure_future(read_first())
+        await under_way.wait()
+        # A second caller with the same key (a retry after a network error) joins the running request.
+        retry = client.generate("a long answer", model="fake", max_tokens=40, idempotency_key="long-1")
+        rest = [chunk async for chunk in retry]
+        await reading
+        assert retry.exchange is not None and retry.exchange.joined
+    assert retry.result is not None and retry.result.usage.completion_tokens == 40
+    assert first.result == retry.result  # the same answer, whole, for both
+    assert rest and rest[0].index >= 5  # joined mid-answer: only what came after
+    assert [c.index for c in rest] == list(range(rest[0].index, rest[0].index + len(rest)))
+    assert retry.result.text.endswith("".join(c.text for c in rest))
+    assert engine.generations == 1
+
+
+async def test_a_rejection_is_stored_and_a_retry_gets_it_at_once(nats_server: NatsServer, nc: NATS) -> None:
+    slow = FakeEngine("fake", slots=1, tokens_per_s=20)
+    async with broker(nats_server.url), worker(nats_server.url, slow, "w1"):
+        client = Client(nc)
+        long_run = asyncio.ensure_future(client.complete("occupy the slot", model="fake", max_tokens=60))
+        with pytest.raises(DeadlineExceeded):
+            await client.complete("too late", model="fake", max_tokens=5, deadline_s=1.0, idempotency_key="late-1")
+
+        async def stored() -> bool:
+            return await fetch_final(nc, "late-1", None) is not None
+
+        await eventually(stored, 10, "the broker's deadline_exceeded in IRIS_ANSWERS")
+        with pytest.raises(DeadlineExceeded):  # at once: long before this retry's own 30 s deadline
+            await asyncio.wait_for(
+                client.complete("too late", model="fake", max_tokens=5, deadline_s=30, idempotency_key="late-1"), 10
+            )
+        await long_run
+    assert slow.generations == 1
+
+
+async def test_answers_leave_with_the_window(nats_server: NatsServer, nc: NATS) -> None:
+    async with broker(nats_server.url, duplicate_window_s=3600):
+        info = await nc.jetstream().stream_info(ANSWER_STREAM)
+    assert info.config.max_age == 3600 and info.config.duplicate_window == 3600
+    assert info.config.subjects == ["iris.answer.>"] and info.config.allow_direct
