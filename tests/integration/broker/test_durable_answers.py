@@ -18,6 +18,7 @@ from schemas.errors import DeadlineExceeded
 from schemas.messages import Chunk, result_decoder
 from schemas.subjects import ANSWER_STREAM, answer_subject
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
+from tests.integration.tcp_proxy import TcpProxy
 
 
 async def test_retry_after_finish_gets_the_stored_answer(nats_server: NatsServer, nc: NATS) -> None:
@@ -90,3 +91,30 @@ async def test_answers_leave_with_the_window(nats_server: NatsServer, nc: NATS) 
         info = await nc.jetstream().stream_info(ANSWER_STREAM)
     assert info.config.max_age == 3600 and info.config.duplicate_window == 3600
     assert info.config.subjects == ["iris.answer.>"] and info.config.allow_direct
+
+
+async def test_a_final_sent_while_disconnected_is_read_after_the_reconnect(nats_server: NatsServer, nc: NATS) -> None:
+    engine = FakeEngine("fake", slots=1, tokens_per_s=20)
+    async with broker(nats_server.url), worker(nats_server.url, engine, "w1"), TcpProxy(nats_server.port) as proxy:
+        async with await Client.connect(proxy.url, reconnect_time_wait=0.1) as client:
+            answer = asyncio.ensure_future(
+                client.complete("answered away", model="fake", max_tokens=20, deadline_s=60, idempotency_key="away")
+            )
+            try:
+                await eventually(lambda: _running(engine), 10, "the request to start on the worker")
+                proxy.cut()  # the client's node is gone: the final is sent while nobody can hear it
+
+                async def stored() -> bool:
+                    return await fetch_final(nc, "away", None) is not None
+
+                await eventually(stored, 10, "the final in IRIS_ANSWERS")
+                proxy.restore()
+                result = await asyncio.wait_for(answer, 15)  # long before its deadline: read from the store
+            finally:
+                answer.cancel()
+            assert result.usage.completion_tokens == 20 and client.nc.stats["reconnects"] >= 1
+    assert engine.generations == 1
+
+
+async def _running(engine: FakeEngine) -> bool:
+    return engine.generations >= 1
