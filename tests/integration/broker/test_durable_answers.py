@@ -5,6 +5,7 @@ a broker's rejection too, is in IRIS_ANSWERS before its request leaves the strea
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -17,6 +18,7 @@ from schemas import headers as h
 from schemas.errors import DeadlineExceeded
 from schemas.messages import Chunk, result_decoder
 from schemas.subjects import ANSWER_STREAM, answer_subject
+from tests.integration.broker.test_dead_letters import iris_cli
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -118,3 +120,25 @@ async def test_a_final_sent_while_disconnected_is_read_after_the_reconnect(nats_
 
 async def _running(engine: FakeEngine) -> bool:
     return engine.generations >= 1
+
+
+async def test_iris_answers_lists_and_shows_them(nats_server: NatsServer, nc: NATS) -> None:
+    async with broker(nats_server.url), worker(nats_server.url, FakeEngine("fake"), "w1"):
+        client = Client(nc)
+        result = await client.complete("for the operator", model="fake", max_tokens=3, idempotency_key="ops-1")
+        with pytest.raises(DeadlineExceeded):
+            await client.complete("x", model="fake", max_tokens=3, deadline_s=0.001, idempotency_key="ops-2")
+        await eventually(lambda: _stored(nc, "ops-2"), 10, "the broker's error in IRIS_ANSWERS")
+        url = nats_server.url
+        listed = json.loads((await asyncio.to_thread(iris_cli, "answers", "list", "--json", "--nats", url)).stdout)
+        shown = await asyncio.to_thread(iris_cli, "answers", "show", "ops-1", "--nats", url)
+        missing = await asyncio.to_thread(iris_cli, "answers", "show", "never-sent", "--nats", url)
+    rows = {row["request_id"]: row for row in listed}
+    assert rows["ops-1"]["kind"] == "result" and rows["ops-1"]["completion_tokens"] == 3
+    assert rows["ops-2"]["kind"] == "error" and rows["ops-2"]["ending"] == "deadline_exceeded"
+    assert json.loads(shown.stdout)["answer"]["text"] == result.text
+    assert missing.returncode == 1 and "no stored answer" in missing.stderr
+
+
+async def _stored(nc: NATS, request_id: str) -> bool:
+    return await fetch_final(nc, request_id, None) is not None
