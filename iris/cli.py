@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from iris.commands.bench import bench
 from iris.commands.answers import answers
+from iris.commands.bench import bench
 from iris.commands.dlq import dlq
 from iris.commands.submit import submit
 from iris.commands.top import top

@@ -57,7 +57,9 @@ async def list_answers(nc: NATS, limit: int = 0) -> list[AnswerLine]:
             except NatsTimeout:
                 break
             meta = msg.metadata
-            found.append(_line(meta.sequence.stream, meta.timestamp.isoformat(), msg.subject, msg.headers or {}, msg.data))
+            found.append(
+                _line(meta.sequence.stream, meta.timestamp.isoformat(), msg.subject, msg.headers or {}, msg.data)
+            )
             if meta.num_pending == 0:
                 break
     finally:

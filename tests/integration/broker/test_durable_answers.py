@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -21,6 +24,8 @@ from schemas.subjects import ANSWER_STREAM, answer_subject
 from tests.integration.broker.test_dead_letters import iris_cli
 from tests.integration.services import broker, eventually, wait_stream_empty, worker
 from tests.integration.tcp_proxy import TcpProxy
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 async def test_retry_after_finish_gets_the_stored_answer(nats_server: NatsServer, nc: NATS) -> None:
@@ -142,3 +147,15 @@ async def test_iris_answers_lists_and_shows_them(nats_server: NatsServer, nc: NA
 
 async def _stored(nc: NATS, request_id: str) -> bool:
     return await fetch_final(nc, request_id, None) is not None
+
+
+async def test_the_raw_nats_example_gets_the_stored_answer_on_a_retry(nats_server: NatsServer) -> None:
+    engine = FakeEngine("fake")
+    example = [sys.executable, str(REPO / "examples" / "raw_nats_client.py"), "hello", "--model", "fake"]
+    args = [*example, "--nats", nats_server.url, "--max-tokens", "6", "--key", "raw-key-1"]
+    async with broker(nats_server.url), worker(nats_server.url, engine, "w1"):
+        runs = [await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60) for _ in "ab"]
+    first, again = (json.loads(run.stdout.split("RESULT ", 1)[1]) for run in runs)
+    assert all(run.returncode == 0 for run in runs), runs[1].stderr
+    assert again == first and first["usage"]["completion_tokens"] == 6
+    assert engine.generations == 1

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # the real model (or a cluster) in real processes
 
 REQUESTS = 200
 IN_FLIGHT = 24
-DEADLINE_S = 20.0  # a final missed for good shows as deadline_exceeded soon after
+DEADLINE_S = 45.0  # a final missed for good shows as deadline_exceeded, well before the default 120 s
 
 
 async def _stream_leader(client: Client) -> str:

@@ -23,12 +23,20 @@ async def test_openai_retry_gets_the_first_answer(nats_server: NatsServer) -> No
         key = {"Idempotency-Key": "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"}
         calls = [
             await client.chat.completions.create(
-                model="fake", messages=MESSAGES, max_tokens=6, temperature=1.5, extra_headers=key  # type: ignore[arg-type]
+                model="fake",
+                messages=MESSAGES,
+                max_tokens=6,
+                temperature=1.5,
+                extra_headers=key,  # type: ignore[arg-type]
             )
             for _ in range(2)
         ]
         streamed = await client.chat.completions.create(
-            model="fake", messages=MESSAGES, max_tokens=6, stream=True, extra_headers=key  # type: ignore[arg-type]
+            model="fake",
+            messages=MESSAGES,
+            max_tokens=6,
+            stream=True,
+            extra_headers=key,  # type: ignore[arg-type]
         )
         text = "".join([c.choices[0].delta.content or "" async for c in streamed if c.choices])
     first, again = calls
@@ -45,9 +53,14 @@ async def test_the_same_key_on_ollama_and_openai_is_one_request(nats_server: Nat
         key = {"Idempotency-Key": "order-7"}
         local = ollama.AsyncClient(host=base, headers={"Authorization": f"Bearer {PAID_KEY}", **key})
         chat = await local.chat(model="fake", messages=MESSAGES, options={"num_predict": 5})
-        generated = await local.generate(model="fake", prompt="ignored: the key names the request", options={"num_predict": 5})
+        generated = await local.generate(
+            model="fake", prompt="ignored: the key names the request", options={"num_predict": 5}
+        )
         remote = await openai_client(base).chat.completions.create(
-            model="fake", messages=MESSAGES, max_tokens=5, extra_headers=key  # type: ignore[arg-type]
+            model="fake",
+            messages=MESSAGES,
+            max_tokens=5,
+            extra_headers=key,  # type: ignore[arg-type]
         )
     assert chat.message.content == generated.response == remote.choices[0].message.content
     assert chat.eval_count == generated.eval_count == 5 and remote.usage is not None
