@@ -88,6 +88,9 @@ class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     dlq_max_bytes: Annotated[int, Meta(ge=1024, description="Bytes of dead letters kept; beyond, the oldest go.")] = (
         1024**3
     )
+    answers_max_bytes: Annotated[
+        int, Meta(ge=1024, description="Bytes of stored final replies kept (IRIS_ANSWERS); beyond, the oldest go.")
+    ] = 1024**3
     lease_ttl_s: Annotated[
         float, Meta(ge=60, le=86_400, description="Seconds a lease record outlives a broker that forgot it.")
     ] = 3_600.0

@@ -1,5 +1,5 @@
-"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ`, `IRIS_CANCELS` and KV buckets `IRIS_MODELS`, `IRIS_LEASES`,
-idempotently.
+"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ`, `IRIS_CANCELS`, `IRIS_ANSWERS` and KV buckets
+`IRIS_MODELS`, `IRIS_LEASES`, idempotently.
 
 Creating what exists is a no-op; an existing stream whose config differs is updated in place, so a
 restarted or second broker never fights the first over settings.
@@ -19,6 +19,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServerError, ServiceU
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
+from schemas.answers import answer_stream_config
 from schemas.cancels import cancel_stream_config
 from schemas.model_cards import model_bucket_config
 from schemas.subjects import DLQ_FILTER, DLQ_STREAM, LEASE_BUCKET, MODEL_BUCKET, REQUEST_FILTER, REQUEST_STREAM
@@ -78,11 +79,12 @@ async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float =
 
 
 async def ensure_streams(js: JetStreamContext, config: BrokerConfig) -> None:
-    """The request stream, the dead-letter stream, the cancel stream and the model-card bucket (before the
-    lease bucket, which workers wait for)."""
+    """The request stream, the dead-letter stream, the cancel stream, the answer stream and the model-card
+    bucket (before the lease bucket, which workers wait for)."""
     await ensure_request_stream(js, config)
     await ensure_dlq_stream(js, config)
     await until_available(lambda: _ensure_stream(js, cancel_stream_config(config.replicas)))
+    await ensure_answer_stream(js, config)
     await until_available(lambda: _ensure_model_bucket(js, config))
 
 
@@ -92,6 +94,12 @@ async def ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> N
 
 async def ensure_dlq_stream(js: JetStreamContext, config: BrokerConfig) -> None:
     await until_available(lambda: _ensure_stream(js, dlq_stream_config(config)))
+
+
+async def ensure_answer_stream(js: JetStreamContext, config: BrokerConfig) -> None:
+    """Final replies, kept as long as their idempotency keys are remembered (`schemas.answers`)."""
+    wanted = answer_stream_config(config.replicas, config.duplicate_window_s, config.answers_max_bytes)
+    await until_available(lambda: _ensure_stream(js, wanted))
 
 
 async def ensure_lease_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:

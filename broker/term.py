@@ -34,6 +34,7 @@ from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
 from broker.tickets import TicketService
+from runtime.answers import send_final
 from runtime.cancels import CancelFeed
 from runtime.clock import now_ms
 from runtime.stream_ops import delete_request, error_reply, publish_reply
@@ -143,11 +144,18 @@ class Term:
             if not queued.request.ticket:  # a ticket request's one answer is its ticket
                 request = queued.request
                 await self._tell(
-                    request.stream_seq, request.reply_to, request.request_id, queued.position, queued.eta_s
+                    request.stream_seq,
+                    request.reply_to,
+                    request.request_id,
+                    queued.position,
+                    queued.eta_s,
+                    owner=request.owner or None,
                 )
         self._schedule(decisions)
-        for notice in decisions.notices:
-            await self._tell(notice.stream_seq, notice.reply_to, notice.request_id, notice.position, notice.eta_s)
+        for notice in decisions.notices:  # a notice does not know its owner: its client's inbox only
+            await self._tell(
+                notice.stream_seq, notice.reply_to, notice.request_id, notice.position, notice.eta_s, live=False
+            )
 
     def _start_leases(self, offers: tuple[Lease, ...], tickets: tuple[Lease, ...], now: int) -> None:
         """One `LeaseOffer` per worker for this round's leases; each ticket recorded and sent to its app."""
@@ -161,17 +169,28 @@ class Term:
         for worker_id, leases in by_worker.items():
             self._tasks.spawn(self._offer(worker_id, leases))
 
-    async def _tell(self, seq: int, reply_to: str, request_id: str, position: int, eta_s: float) -> None:
+    async def _tell(
+        self,
+        seq: int,
+        reply_to: str,
+        request_id: str,
+        position: int,
+        eta_s: float,
+        *,
+        owner: str | None = None,
+        live: bool = True,
+    ) -> None:
         update = QueueUpdate(position=position, eta_s=eta_s)
-        await guarded(publish_reply(self.nc, reply_to, request_id, update), self.log, "queue update", seq)
+        sent = publish_reply(self.nc, reply_to, request_id, update, owner=owner, live=live)
+        await guarded(sent, self.log, "queue update", seq)
 
     async def _reject(self, rejection: Rejection) -> None:
-        """Send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""
+        """Store and send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""
         request = rejection.request
         self.log.info("request rejected", seq=request.stream_seq, code=rejection.code.value, reason=rejection.message)
         self.metrics.rejected(request, rejection.code.value, rejection.message, now_ms())
         error = error_reply(rejection.code, rejection.message, rejection.retry_after_s)
-        await publish_reply(self.nc, request.reply_to, request.request_id, error)
+        await send_final(self.nc, request.reply_to, request.request_id, error, owner=request.owner or None)
         await delete_request(self.nc, request.stream_seq)
         if rejection.delete_record:
             await self.kv.delete(lease_key(request.stream_seq))

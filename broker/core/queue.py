@@ -38,6 +38,7 @@ class WaitingRequest(msgspec.Struct, gc=False):
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
     ticket: bool = False  # a ticket request: granted a ticket, run by the app, needs no worker
     end_user: str = ""  # Iris-End-User: splits the user's share, never adds to it
+    owner: str = ""  # the subject's owner token ("" = none): its answer is stored under it
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,16 @@ def bench_seed(
     asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
 
 
+@bench.command("retry")
+@click.option("--requests", "n", type=int, default=1000, show_default=True, help="Requests, then as many retries.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/retry.json"), show_default=True)
+def bench_retry(n: int, out: Path) -> None:
+    """Retry of a finished request (same idempotency key): the stored answer's latency; and the store's cost."""
+    from iris.bench.retry import run_retry_bench
+
+    asyncio.run(run_retry_bench(n, out))
+
+
 @bench.command("fairness")
 @click.option(
     "--duration", "duration_s", type=float, default=20.0, show_default=True, help="Seconds of saturating load."
