@@ -127,7 +127,7 @@ def bench_seed(
 
 @bench.command("retry")
 @click.option("--requests", "n", type=int, default=1000, show_default=True, help="Requests, then as many retries.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/retry.json"), show_default=True)
+@out_option("retry")
 def bench_retry(n: int, out: Path) -> None:
     """Retry of a finished request (same idempotency key): the stored answer's latency; and the store's cost."""
     from iris.bench.retry import run_retry_bench
