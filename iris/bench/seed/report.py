@@ -1,6 +1,7 @@
 """The seed experiment's outputs: a Markdown report, the JSON behind it, and two PNG plots per user
 behaviour (per-request latency over time by tier and arm; latency CDF by tier and arm). matplotlib draws
-headless (Agg)."""
+headless (Agg); where matplotlib is not installed (the GPU carry leaves it out to fit in 64 MiB) the
+report and JSON are written without plots, and `redraw_plots` draws them later from seed.json."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (the backend must be chosen before pyplot loads)
+except ImportError:
+    plt = None
 
 ARM_TITLES = {"fifo": "FIFO", "iris": "Iris (WFQ)", "paid-alone": "paid tier alone"}
 TIER_COLORS = {"paid": "tab:blue", "open-source": "tab:orange"}
@@ -128,11 +132,20 @@ def write_report(setup: dict[str, Any], results: dict[str, Any], out_dir: Path) 
     ]
     for behaviour, block in results.items():
         lines += _tables(behaviour, block)
-        plot_over_time(block["samples"], out_dir / f"{behaviour}-latency-over-time.png", behaviour)
-        plot_cdf(block["samples"], out_dir / f"{behaviour}-latency-cdf.png", behaviour)
     report = {"setup": setup, "results": results}
+    plots = redraw_plots(report, out_dir)
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "seed.json").write_text(json.dumps(report, indent=1))
     print("\n".join(line for line in lines if not line.startswith("![")))
-    print(f"saved {out_dir / 'report.md'}, seed.json and PNG plots")
+    print(f"saved {out_dir / 'report.md'}, seed.json" + (" and PNG plots" if plots else "; no plots: no matplotlib"))
     return report
+
+
+def redraw_plots(report: dict[str, Any], out_dir: Path) -> bool:
+    """Draw each behaviour's two plots from a report (as saved in seed.json); False without matplotlib."""
+    if plt is None:
+        return False
+    for behaviour, block in report["results"].items():
+        plot_over_time(block["samples"], out_dir / f"{behaviour}-latency-over-time.png", behaviour)
+        plot_cdf(block["samples"], out_dir / f"{behaviour}-latency-cdf.png", behaviour)
+    return True
