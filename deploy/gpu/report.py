@@ -24,7 +24,10 @@ def acceptance(worker: Any, server: Any) -> dict[str, Any]:
         if 1 in by_n:
             found["single_stream_iris_vs_direct"] = (by_n[1]["iris_vs_direct"], 0.95)
         if 1 in by_n and 8 in by_n:
-            found["iris_8_slots_vs_1_slot"] = (round(by_n[8]["iris_tokens_per_s"] / by_n[1]["iris_tokens_per_s"], 3), 3.0)
+            found["iris_8_slots_vs_1_slot"] = (
+                round(by_n[8]["iris_tokens_per_s"] / by_n[1]["iris_tokens_per_s"], 3),
+                3.0,
+            )
     if server:
         for row in server["results"]:
             found[f"iris_vs_llama_cpp_server_at_{row['sequences']}"] = (row["iris_vs_server"], 0.90)
@@ -36,6 +39,11 @@ def gpu_memory_mib(path: Path) -> dict[str, int] | None:
     return {"peak": max(samples), "idle": min(samples), "samples": len(samples)} if samples else None
 
 
+def _table(title: str, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", f"## {title}", "", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+    return lines + ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Iris GPU proof (issue 23)", "", "| step | how it went | seconds |", "|---|---|---|"]
     lines += [f"| {s} | {status} | {secs} |" for s, status, secs in report["steps"]]
@@ -43,17 +51,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {n} | {a['value']} | {a['target']} | {'yes' if a['met'] else 'NO'} |"
               for n, a in report["acceptance"].items()]  # fmt: skip
     if server := report["llama_server"]:
-        lines += ["", "## Iris vs llama_cpp.server", "", "| sequences | iris tok/s | server tok/s | iris/server |",
-                  "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['sequences']} | {r['iris_tokens_per_s']} | {r['server_tokens_per_s']} | {r['iris_vs_server']} |"
-                  for r in server["results"]]  # fmt: skip
+        keys = ("sequences", "iris_tokens_per_s", "server_tokens_per_s", "iris_vs_server")
+        lines += _table("Iris vs llama_cpp.server", keys, server["results"])
         ttft = server["time_to_first_token"]
-        lines += ["", f"Time to first token p50: Iris {ttft['iris']['p50_ms']} ms, server {ttft['server']['p50_ms']} ms."]
+        lines += [
+            "",
+            f"Time to first token p50: Iris {ttft['iris']['p50_ms']} ms, server {ttft['server']['p50_ms']} ms.",
+        ]
     if worker := report["worker"]:
-        lines += ["", "## Iris vs direct in-process", "", "| sequences | direct tok/s | iris tok/s | iris/direct |",
-                  "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['sequences']} | {r['direct_tokens_per_s']} | {r['iris_tokens_per_s']} | {r['iris_vs_direct']} |"
-                  for r in worker["results"]]  # fmt: skip
+        keys = ("sequences", "direct_tokens_per_s", "iris_tokens_per_s", "iris_vs_direct")
+        lines += _table("Iris vs direct in-process", keys, worker["results"])
     lines += ["", f"GPU memory (MiB, nvidia-smi): {report['gpu_memory_mib']}"]
     lines += ["", f"Seed experiment reports: {', '.join(report['seed']) or 'none'} (in seed/)"]
     lines += ["", f"Preemption: {'preemption.json' if report['preemption'] else 'not measured'}", ""]

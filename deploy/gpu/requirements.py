@@ -1,8 +1,9 @@
 """The wheels the GPU run installs, from the pins in Iris's pyproject.toml and llama-cpp-python's own.
 
 Iris's runtime dependencies, less llama-cpp-python (built from the trimmed sdist), the embedded Gemma
-model (the GPU run brings its own random-weight Mistral-shaped file) and matplotlib (plots, see below); `gguf` (dev pin) to write that file;
-llama-cpp-python's dependencies and its `server` extra (the baseline server); its build backend.
+model (the GPU run brings its own random-weight Mistral-shaped file) and matplotlib (plots, see below);
+`gguf` (dev pin) to write that file; llama-cpp-python's dependencies and its `server` extra (the baseline
+server); its build backend.
 
 Usage: python deploy/gpu/requirements.py PYPROJECT SDIST_PYPROJECT  (prints one requirement a line)
 """

@@ -14,7 +14,8 @@ dry_run="${DRY_RUN:-0}"
 report_dir="${1:-${OUT:-bench-results/gpu}}"
 venv="$root/.gpu-venv"
 model="${GPU_MODEL:-/tmp/iris-gpu/mistral-7b-random-f16.gguf}"
-: "${BUILD_S:=330}" "${MODEL_S:=90}" "${WORKER_S:=75}" "${SERVER_S:=90}" "${SEED_S:=80}" "${PREEMPT_S:=40}"
+# Budgets (s): 280 + 80 + 60 + 70 + 60 + 30 + ~20 of installs < 600; a warm second call skips build and model.
+: "${BUILD_S:=280}" "${MODEL_S:=80}" "${WORKER_S:=60}" "${SERVER_S:=70}" "${SEED_S:=60}" "${PREEMPT_S:=30}"
 start_s=$SECONDS
 say() { printf '[%4ds] %s\n' $((SECONDS - start_s)) "$*"; }
 fail() { say "FAILED: $*"; exit 1; }
@@ -39,7 +40,12 @@ check_tools
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu: /'
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$report_dir/gpu-memory.csv" &
 sampler=$!
-trap 'kill "$sampler" 2>/dev/null' EXIT
+finish() {  # also when a step fails or the run is stopped: the report says how far it got
+    kill "$sampler" 2>/dev/null
+    "$venv/bin/python" deploy/gpu/report.py "$report_dir" > /dev/null && say "report: $report_dir/report.md"
+    say "done in $((SECONDS - start_s))s"
+}
+trap finish EXIT
 
 install_all() {
     if "$venv/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' 2>/dev/null; then
@@ -56,7 +62,6 @@ install_all() {
     "$venv/bin/python" -c 'import llama_cpp; assert llama_cpp.llama_supports_gpu_offload(), "no GPU offload"'
 }
 pip_offline() { "$venv/bin/python" -m pip "$1" --no-index --find-links "$carry/wheels" "${@:2}"; }
-iris() { "$venv/bin/iris" "$@"; }
 step() {  # step NAME SECONDS COMMAND...: run it time-boxed, note how it went
     local name="$1" limit="$2" t0=$SECONDS
     shift 2
@@ -64,20 +69,22 @@ step() {  # step NAME SECONDS COMMAND...: run it time-boxed, note how it went
     if timeout "$limit" "$@"; then status="ok"; else status="failed (exit $?)"; fi
     say "$name: $status after $((SECONDS - t0))s"
     echo "$name|$status|$((SECONDS - t0))" >> "$report_dir/steps.txt"
+    [ "$status" = ok ]
 }
 
 : > "$report_dir/steps.txt"
-install_all || fail "install (see $log)"
-[ -f "$model" ] || step make-model "$MODEL_S" iris bench make-model "$model" --shape mistral-7b
+install_t0=$SECONDS
+install_all || { echo "install|failed|$((SECONDS - install_t0))" >> "$report_dir/steps.txt"; fail "install (see $log)"; }
+echo "install|ok|$((SECONDS - install_t0))" >> "$report_dir/steps.txt"
+# Written under another name and moved: a make-model cut off by its time box leaves no half file behind.
+[ -f "$model" ] || { step make-model "$MODEL_S" "$venv/bin/iris" bench make-model "$model.part" --shape mistral-7b \
+    && mv "$model.part" "$model"; }
 [ -f "$model" ] || fail "no model at $model"
-step worker "$WORKER_S" iris bench worker --model "$model" --n-gpu-layers -1 --flash-attn on \
+step worker "$WORKER_S" "$venv/bin/iris" bench worker --model "$model" --n-gpu-layers -1 --flash-attn on \
     --concurrency 1,8,32 --max-tokens 128 --rounds 2 --threads 4 --out "$report_dir/worker.json"
-step llama-server "$SERVER_S" iris bench llama-server --model "$model" --n-gpu-layers -1 \
+step llama-server "$SERVER_S" "$venv/bin/iris" bench llama-server --model "$model" --n-gpu-layers -1 \
     --flash-attn --concurrency 1,8,32 --max-tokens 128 --rounds 2 --threads 4 --ttft-requests 10 \
     --out "$report_dir/llama-server.json"
-step seed "$SEED_S" iris bench seed --model "$model" --n-gpu-layers -1 --max-tokens 128 --prompts 3 \
+step seed "$SEED_S" "$venv/bin/iris" bench seed --model "$model" --n-gpu-layers -1 --max-tokens 128 --prompts 3 \
     --behaviour closed --out-dir "$report_dir/seed"
 measure_preemption
-kill "$sampler" 2>/dev/null
-"$venv/bin/python" deploy/gpu/report.py "$report_dir" && say "report: $report_dir/report.md"
-say "done in $((SECONDS - start_s))s"

@@ -234,6 +234,8 @@ def bench_llama_server(model: str | None, concurrency: str, out: Path, **options
 
     levels = [int(part) for part in concurrency.split(",") if part.strip()]
     if not levels or min(levels) < 1:
-        raise click.BadParameter(f"{concurrency!r}: expected positive integers such as 1,8,32", param_hint="--concurrency")
+        raise click.BadParameter(
+            f"{concurrency!r}: expected positive integers such as 1,8,32", param_hint="--concurrency"
+        )
     path = str(Path(model).expanduser()) if model else str(embedded_model_path())
     asyncio.run(run_llama_server_bench(ServerBenchSettings(path, levels, **options), out))

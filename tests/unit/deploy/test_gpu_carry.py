@@ -69,8 +69,8 @@ def test_missing_names_a_cuda_folder_left_empty(tmp_path: Path) -> None:
 
 def test_requirements_carry_every_runtime_pin_but_llama_and_the_embedded_model() -> None:
     iris = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    llama = {"build-system": {"requires": ["scikit-build-core[pyproject]>=0.9.2"]},
-             "project": {"dependencies": ["jinja2>=2.11.3"], "optional-dependencies": {"server": ["fastapi>=0.100"]}}}  # fmt: skip
+    project = {"dependencies": ["jinja2>=2.11.3"], "optional-dependencies": {"server": ["fastapi>=0.100"]}}
+    llama = {"build-system": {"requires": ["scikit-build-core[pyproject]>=0.9.2"]}, "project": project}
     wanted = requirements.requirements(iris, llama)
     names = {requirements.name_of(r) for r in wanted}
     for pin in iris["project"]["dependencies"]:
@@ -80,10 +80,22 @@ def test_requirements_carry_every_runtime_pin_but_llama_and_the_embedded_model()
 
 
 def test_report_compares_each_ratio_with_its_target(tmp_path: Path) -> None:
-    worker = {"results": [{"sequences": 1, "iris_vs_direct": 0.97, "iris_tokens_per_s": 100.0, "direct_tokens_per_s": 1},
-                          {"sequences": 8, "iris_vs_direct": 0.9, "iris_tokens_per_s": 250.0, "direct_tokens_per_s": 1}]}  # fmt: skip
-    server = {"results": [{"sequences": 8, "iris_vs_server": 2.5, "iris_tokens_per_s": 1, "server_tokens_per_s": 1}],
-              "time_to_first_token": {"iris": {"p50_ms": 20.0}, "server": {"p50_ms": 19.0}}}  # fmt: skip
+    def row(n: int, **figures: float) -> dict[str, float]:
+        return {
+            "sequences": n,
+            "iris_tokens_per_s": 1.0,
+            "direct_tokens_per_s": 1.0,
+            "server_tokens_per_s": 1.0,
+        } | figures
+
+    worker = {
+        "results": [
+            row(1, iris_vs_direct=0.97, iris_tokens_per_s=100.0),
+            row(8, iris_vs_direct=0.9, iris_tokens_per_s=250.0),
+        ]
+    }
+    ttft = {"iris": {"p50_ms": 20.0}, "server": {"p50_ms": 19.0}}
+    server = {"results": [row(8, iris_vs_server=2.5)], "time_to_first_token": ttft}
     (tmp_path / "worker.json").write_text(json.dumps(worker))
     (tmp_path / "llama-server.json").write_text(json.dumps(server))
     (tmp_path / "gpu-memory.csv").write_text("1000\n15200\n900\n")
