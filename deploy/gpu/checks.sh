@@ -16,12 +16,15 @@ check_carry() {  # every file the pack listed, unchanged, and the whole within 6
     say "carry: sdist has CMakeLists and $(grep -c 'ggml-cuda/.*\.cu$' <<< "$members") ggml-cuda .cu files"
 }
 
-check_wheels_resolve() {  # pip resolves the requirements from the carry alone, for Python 3.12
+# pip resolves the requirements from the carry alone, for Python 3.12. As run.sh installs them: the list,
+# then the Iris wheel with --no-deps (its pins on llama-cpp-python, the Gemma model and matplotlib are the
+# sdist built there and two things left out on purpose; see deploy/gpu/requirements.py).
+check_wheels_resolve() {
     local py312="${PYTHON312:-$(command -v python3.12 || true)}"
     if [ -n "$py312" ] && "$py312" --version > /dev/null 2>&1; then
         say "wheels: resolving with $("$py312" --version) offline (pip install --dry-run)"
         "$py312" -m pip install --dry-run --quiet --no-index --find-links "$carry/wheels" --ignore-installed \
-            --report - -r "$carry/requirements.txt" "$carry"/wheels/iris_llm-*.whl 2> "${TMPDIR:-/tmp}/gpu-resolve.err" \
+            --report - -r "$carry/requirements.txt" 2> "${TMPDIR:-/tmp}/gpu-resolve.err" \
             | "$py312" -c 'import json,sys; r=json.load(sys.stdin)["install"]; print(f"wheels: {len(r)} would install:", " ".join(sorted(i["metadata"]["name"]+"=="+i["metadata"]["version"] for i in r)))' \
             || { cat "${TMPDIR:-/tmp}/gpu-resolve.err"; return 1; }
     else
@@ -56,4 +59,21 @@ measure_preemption() {
         say "preemption: this Iris has no \`iris bench preemption\`; suspend/resume not measured"
         echo "preemption|not in this Iris|0" >> "$report_dir/steps.txt"
     fi
+}
+
+# Where nvcc is there but no GPU (the dry run): configure the trimmed sdist for CUDA with CMake, no
+# compiling. It reads every CMakeLists the CUDA build reads; a file the trim cut too deep shows up here.
+check_cuda_configure() {
+    command -v nvcc > /dev/null || { say "configure: no nvcc here; not tried"; return 0; }
+    local tree log="${TMPDIR:-/tmp}/gpu-configure.log"
+    tree="$(mktemp -d)"
+    tar xzf "$carry"/llama_cpp_python-*.tar.gz -C "$tree"
+    say "configure: cmake -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 on the trimmed sdist (no build)"
+    timeout 180 cmake -S "$tree"/llama_cpp_python-* -B "$tree/build" -G Ninja -DGGML_CUDA=on \
+        -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" > "$log" 2>&1
+    local rc=$? errors
+    errors="$(grep -A3 'CMake Error' "$log" | grep -v -E '^\s*$|^--$' | tr -s ' ' | head -8)"
+    grep -q -- '-- Configuring done' "$log" && say "configure: CMake read every CMakeLists (Configuring done)"
+    [ "$rc" = 0 ] && say "configure: ok" || say "configure: exit $rc here: ${errors:-see $log}"
+    rm -rf "$tree"
 }

@@ -27,6 +27,7 @@ if [ "$dry_run" = 1 ]; then
     check_carry || fail "carry check"
     check_wheels_resolve || fail "wheels do not resolve for Python 3.12"
     check_tools
+    check_cuda_configure
     say "dry run: stops here; the next step builds llama-cpp-python with CUDA (needs the GPU machine)"
     exit 0
 fi
@@ -51,7 +52,7 @@ install_all() {
     if "$venv/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' 2>/dev/null; then
         say "install: $venv already has a CUDA llama-cpp-python; skipping the build"
     else
-        python3.12 -m venv "$venv" || return 1
+        "${PYTHON312:-python3.12}" -m venv "$venv" || return 1
         pip_offline install --quiet -r "$carry/requirements.txt" || return 1
         say "install: building llama-cpp-python with CUDA (sm_90), at most ${BUILD_S}s"
         CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \

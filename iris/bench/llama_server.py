@@ -12,6 +12,7 @@ arms, until the first text arrives. Prints a table and saves JSON; works on CPU 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -104,7 +105,7 @@ def tokens_per_s(rounds: list[dict[str, float]]) -> float:
 
 
 async def compare_at(
-    settings: ServerBenchSettings, client: Client, http: httpx.AsyncClient, model: str, n_seq: int
+    settings: ServerBenchSettings, client: Client, model: str, *, http: httpx.AsyncClient, n_seq: int
 ) -> dict[str, Any]:
     await iris_round(client, model, n_seq, 8)  # warm-up: first decode allocates buffers
     await server_round(http, 1, 8)
@@ -131,7 +132,7 @@ async def first_tokens(
     async def iris(i: int) -> float:
         start = time.perf_counter()
         generation = client.generate(PROMPTS[i % len(PROMPTS)], model=model, max_tokens=max_tokens, temperature=0)
-        return await first_token_s(generation, start)
+        return await first_token_s(aiter(generation), start)
 
     iris_s = await time_calls(n, iris, warmup=1)
     server_s = await time_calls(n, lambda i: server_first_token_s(http, i, max_tokens), warmup=1)
@@ -167,8 +168,8 @@ async def measure_all(settings: ServerBenchSettings, workdir: Path, base_url: st
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=600.0) as http:
             for n_seq in settings.concurrency:
-                row = await with_worker(settings, nats, workdir, n_seq, lambda c, m, n=n_seq: compare_at(
-                    settings, c, http, m, n))  # fmt: skip
+                measure = functools.partial(compare_at, settings, http=http, n_seq=n_seq)
+                row = await with_worker(settings, nats, workdir, n_seq, measure)
                 rows.append(row)
                 print(f"  {n_seq} sequence(s): iris/server {row['iris_vs_server']}", flush=True)
             ttft = await with_worker(settings, nats, workdir, 1, lambda c, m: first_tokens(settings, c, http, m))

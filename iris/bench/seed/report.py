@@ -15,7 +15,7 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (the backend must be chosen before pyplot loads)
 except ImportError:
-    plt = None
+    plt = None  # type: ignore[assignment]
 
 ARM_TITLES = {"fifo": "FIFO", "iris": "Iris (WFQ)", "paid-alone": "paid tier alone"}
 TIER_COLORS = {"paid": "tab:blue", "open-source": "tab:orange"}
