@@ -240,3 +240,27 @@ def bench_make_model(out: Path, shape: str) -> None:
     from iris.bench.random_gguf import SHAPES, write_llama_gguf
 
     click.echo(f"wrote {write_llama_gguf(out, SHAPES[shape])}")
+
+
+@bench.command("llama-server")
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--concurrency", default="1,8,32", show_default=True, help="Requests at once (= Iris slots).")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds per arm; figures are medians.")
+@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
+@click.option("--flash-attn/--no-flash-attn", default=False, show_default=True, help="Both arms.")
+@click.option("--ttft-requests", type=int, default=10, show_default=True, help="Requests for time to first token.")
+@out_option("llama-server")
+def bench_llama_server(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
+    """Tokens/s at N concurrent requests and time to first token: Iris vs `python -m llama_cpp.server`."""
+    from gpu_worker.embedded_model import embedded_model_path
+    from iris.bench.llama_server import ServerBenchSettings, run_llama_server_bench
+
+    levels = [int(part) for part in concurrency.split(",") if part.strip()]
+    if not levels or min(levels) < 1:
+        raise click.BadParameter(
+            f"{concurrency!r}: expected positive integers such as 1,8,32", param_hint="--concurrency"
+        )
+    path = str(Path(model).expanduser()) if model else str(embedded_model_path())
+    asyncio.run(run_llama_server_bench(ServerBenchSettings(path, levels, **options), out))

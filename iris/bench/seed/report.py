@@ -1,7 +1,9 @@
 """The seed experiment's outputs: a Markdown report, the JSON behind it, two PNG plots per user behaviour
 (per-request latency over time by tier and arm; latency CDF by tier and arm), and `report.html`: the
 latency-over-time plots of the arms side by side ("before/after"), drawn in the browser by the status
-page's own chart code, inlined so the file opens from disk with nothing else. matplotlib draws headless (Agg)."""
+page's own chart code, inlined so the file opens from disk with nothing else. matplotlib draws headless (Agg);
+where it is not installed (the GPU carry leaves it out to fit in 64 MiB) the plots are left out, and
+`redraw_plots` draws them later from seed.json."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (the backend must be chosen before pyplot loads)
+except ImportError:
+    plt = None  # type: ignore[assignment]
 
 ARM_TITLES = {"fifo": "FIFO", "iris": "Iris (WFQ)", "paid-alone": "paid tier alone"}
 TIER_COLORS = {"paid": "tab:blue", "open-source": "tab:orange"}
@@ -131,14 +136,14 @@ def write_report(setup: dict[str, Any], results: dict[str, Any], out_dir: Path) 
     ]
     for behaviour, block in results.items():
         lines += _tables(behaviour, block)
-        plot_over_time(block["samples"], out_dir / f"{behaviour}-latency-over-time.png", behaviour)
-        plot_cdf(block["samples"], out_dir / f"{behaviour}-latency-cdf.png", behaviour)
     report = {"setup": setup, "results": results}
+    plots = redraw_plots(report, out_dir)
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "seed.json").write_text(json.dumps(report, indent=1))
     (out_dir / "report.html").write_text(html_report(lines[2], results))
     print("\n".join(line for line in lines if not line.startswith("![")))
-    print(f"saved {out_dir / 'report.md'}, report.html, seed.json and PNG plots")
+    plotted = " and PNG plots" if plots else "; no plots: no matplotlib"
+    print(f"saved {out_dir / 'report.md'}, report.html, seed.json{plotted}")
     return report
 
 
@@ -202,3 +207,13 @@ def html_report(intro: str, results: dict[str, Any]) -> str:
         f'<script type="application/json" id="seed-data">{data}</script>'
         f"<script>{charts_js}</script><script>{_HTML_SCRIPT}</script></body></html>"
     )
+
+
+def redraw_plots(report: dict[str, Any], out_dir: Path) -> bool:
+    """Draw each behaviour's two plots from a report (as saved in seed.json); False without matplotlib."""
+    if plt is None:
+        return False
+    for behaviour, block in report["results"].items():
+        plot_over_time(block["samples"], out_dir / f"{behaviour}-latency-over-time.png", behaviour)
+        plot_cdf(block["samples"], out_dir / f"{behaviour}-latency-cdf.png", behaviour)
+    return True
