@@ -19,6 +19,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
@@ -34,6 +35,7 @@ from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
 from broker.tickets import TicketService
+from broker.warm_feed import WarmHandover
 from runtime.cancels import CancelFeed
 from runtime.clock import now_ms
 from runtime.stream_ops import delete_request, error_reply, publish_reply
@@ -73,8 +75,9 @@ class Term:
         self._tasks = TaskGroup(log)
         self._subs: list[Any] = []
 
-    async def start(self, beats: Beats) -> None:
-        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart); schedule."""
+    async def start(self, beats: Beats, warm: WarmHandover | None = None) -> None:
+        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart), or from the
+        backlog this broker read ahead while it stood by (`warm`) and the stream after it; schedule."""
         self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done))  # before the read
         for lease in (leases := await LeaseRecords(self.kv).read_all()):
             self.scheduler.restore_lease(lease, now_ms())
@@ -90,7 +93,13 @@ class Term:
         await cancels.start()  # every cancel sent so far is known before the first request is indexed
         feed = RequestFeed(self.nc, self._on_request, self.log)
         self._subs.append(feed)
-        await feed.subscribe()
+        if warm is None:
+            await feed.subscribe()
+        else:  # the whole backlog at once: the first round already serves it in fair order
+            await self.apply(self.scheduler.rebuild(warm.requests, now_ms()))
+            self.log.info("warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq)
+            feed.delivered_seq = warm.next_seq - 1
+            await feed.subscribe(DeliverPolicy.BY_START_SEQUENCE, warm.next_seq)
         self._tasks.spawn(feed.watch())
         self._tasks.spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
         self._tasks.spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
