@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
 from broker.configured_limits import scheduler_limits
-from broker.core.decisions import NOTHING, Decisions, Rejection
+from broker.core.decisions import NOTHING, ROUND_DUE, Decisions, Rejection
 from broker.core.intake import waiting_request
 from broker.core.scheduler import Scheduler
 from broker.core.stats import flow_load
@@ -45,6 +45,7 @@ from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import Heartbeat, Lease, QueueUpdate, encoder, leases_done_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT, DONE_FILTER, lease_key
 
+CATCH_UP_S = 5.0  # a new term's first round waits at most this long for the backlog's tail (see `start`)
 Beats = Callable[[], Iterable[tuple[Heartbeat, int]]]  # the live workers' last heartbeats, with when heard
 
 
@@ -72,6 +73,7 @@ class Term:
         self._tickets = TicketService(nc, kv, log)
         self.scheduling = False  # fully up: heartbeats go to the scheduler
         self._round_due = False  # a scheduling round is due at the end of this event-loop turn
+        self._hold_below_seq = 0  # no round until the feed has read up to here (the backlog at election)
         self._tasks = TaskGroup(log)
         self._subs: list[Any] = []
 
@@ -96,6 +98,9 @@ class Term:
         if warm is None:
             await feed.subscribe()
         else:  # the whole backlog at once: the first round already serves it in fair order
+            if warm.last_seq >= warm.next_seq:  # the rest of the backlog first, however it ranks
+                self._hold_below_seq = warm.last_seq
+                asyncio.get_running_loop().call_later(CATCH_UP_S, self._caught_up)
             await self.apply(self.scheduler.rebuild(warm.requests, now_ms()))
             self.log.info("warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq)
             feed.delivered_seq = warm.next_seq - 1
@@ -191,9 +196,16 @@ class Term:
             self._round_due = True
             asyncio.get_running_loop().call_soon(self._round)
 
+    def _caught_up(self) -> None:
+        """The feed has read the backlog there was at election (or `CATCH_UP_S` passed: the last of it
+        may be gone): rounds may start."""
+        if self._hold_below_seq:
+            self._hold_below_seq = 0
+            self._schedule(ROUND_DUE)
+
     def _round(self) -> None:
         self._round_due = False
-        if not self.scheduling or not self._leading():
+        if not self.scheduling or not self._leading() or self._hold_below_seq:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         decisions = self.scheduler.dispatch(now_ms())
         if decisions.offers or decisions.tickets or decisions.rejections:
@@ -219,6 +231,8 @@ class Term:
             await self._index_request(msg)
         except Exception:  # one request must never stop the consumer that feeds every other one
             self.log.exception("request indexing failed", subject=msg.subject)
+        if self._hold_below_seq and msg.metadata.sequence.stream >= self._hold_below_seq:
+            self._caught_up()
 
     async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -35,6 +35,7 @@ STREAM_INFO_TIMEOUT_S = 5.0
 
 class _StreamState(msgspec.Struct):
     first_seq: int = 0
+    last_seq: int = 0
     deleted: list[int] | None = None
 
 
@@ -49,6 +50,7 @@ _info_decoder = msgspec.json.Decoder(_StreamInfo)
 class WarmHandover:
     requests: list[WaitingRequest]  # still in the stream, in stream order
     next_seq: int  # the first stream sequence the term's own feed reads
+    last_seq: int  # the stream's last sequence at the hand-over: the term's first round waits for it
 
 
 class WarmFeed:
@@ -95,7 +97,7 @@ class WarmFeed:
             self.log.warning("warm backlog not checked against the stream: replaying it", answer=reply.data[:200])
             return None
         requests = self.backlog.hand_over(state.first_seq, frozenset(state.deleted or ()))
-        return WarmHandover(requests, self.backlog.last_seq + 1)
+        return WarmHandover(requests, self.backlog.last_seq + 1, state.last_seq)
 
     async def _on_request(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats.errors import TimeoutError as NatsTimeout
 
 from iris.bench.harness import rss_mb, save_report
-from iris.bench.scale_fleet import SimFleet
-from iris.bench.scheduler import publish_requests, wait_indexed
+from iris.bench.scale_fleet import SimFleet, publish_backlog
+from iris.bench.scheduler import wait_indexed
 from iris.launch.nats_server import NatsServer
 from iris.launch.processes import Process, kill_all, spawn
 from schemas.subjects import BROKER_STATS_SUBJECT
@@ -72,10 +73,22 @@ class CpuSampler:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def wait_leading(nc: nats.NATS, timeout_s: float = 60.0) -> None:
-    """Until the broker publishes stats: it leads and schedules."""
-    sub = await nc.subscribe(BROKER_STATS_SUBJECT, max_msgs=1)
-    await sub.next_msg(timeout=timeout_s)
+async def wait_leading(nc: nats.NATS, broker: Process, timeout_s: float = 300.0) -> None:
+    """Until the broker publishes stats: it leads and schedules. It fails at once if the broker exits."""
+    sub = await nc.subscribe(BROKER_STATS_SUBJECT)
+    end = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < end:
+            if broker.poll() is not None:
+                raise RuntimeError(f"the broker exited while starting: {' '.join(map(str, broker.args))}")
+            try:
+                await sub.next_msg(timeout=1.0)
+                return
+            except NatsTimeout:
+                continue
+        raise TimeoutError(f"the broker published no stats within {timeout_s} s")
+    finally:
+        await sub.unsubscribe()
 
 
 async def idle_core(pid: int, seconds: float) -> float:
@@ -90,10 +103,10 @@ async def run_phase(workdir: Path, phase: Phase, heartbeat_s: float) -> dict[str
     fleet = SimFleet(server.url, MODEL, phase.workers, phase.slots, heartbeat_s)
     result: dict[str, Any] = {"workers": phase.workers, "slots": phase.slots, "backlog": phase.backlog}
     try:
-        args = ["--worker-timeout-s", str(WORKER_TIMEOUT_S), "--max-msgs", str(10 * phase.backlog + 10_000)]
+        args = ["--worker-timeout", str(WORKER_TIMEOUT_S), "--max-msgs", str(10 * phase.backlog + 10_000)]
         procs.append(spawn("broker", server.url, args, workdir / f"broker-{phase.workers}.log"))
         nc = await nats.connect(server.url, name="iris-bench-scale")
-        await wait_leading(nc)
+        await wait_leading(nc, procs[0])
         await fleet.start()
         pid = procs[0].pid
         await asyncio.sleep(2 * heartbeat_s)  # every worker heard
@@ -103,7 +116,7 @@ async def run_phase(workdir: Path, phase: Phase, heartbeat_s: float) -> dict[str
             result["idle_core"] = round(await idle_core(pid, phase.idle_s), 4)
             fleet.draining = True
             await asyncio.sleep(1.5 * heartbeat_s)
-        await publish_requests(nc, MODEL, phase.backlog, nc.new_inbox())
+        await publish_backlog(nc, MODEL, phase.backlog)
         await wait_indexed(nc, MODEL, phase.backlog, 900)
         result["broker_rss_waiting_mb"] = round(rss_mb(pid), 1)
         sampler = CpuSampler(pid)
@@ -178,15 +191,29 @@ def _judge(report: dict[str, Any]) -> None:
         target = TARGET_RATIO_1K if n <= 1000 else TARGET_RATIO_10K
         checks[f"dispatch_ratio_{n}"] = {"value": f["dispatch_ratio"], "target_min": target}
         if n <= 1000:
-            checks[f"cpu_per_request_ratio_{n}"] = {"value": f["cpu_per_request_ratio"], "target_max": TARGET_CPU_RATIO_1K}
+            checks[f"cpu_per_request_ratio_{n}"] = {
+                "value": f["cpu_per_request_ratio"],
+                "target_max": TARGET_CPU_RATIO_1K,
+            }
         if "idle_core" in f:
             checks[f"idle_core_{n}"] = {"value": f["idle_core"], "target_max": TARGET_IDLE_CORE_1K}
-        print(f"{n:>6} workers: dispatch {f['dispatch_ratio']:.2f}x, CPU/request {f['cpu_per_request_ratio']:.2f}x the single worker")
+        ratios = f"dispatch {f['dispatch_ratio']:.2f}x, CPU/request {f['cpu_per_request_ratio']:.2f}x"
+        print(f"{n:>6} workers: {ratios} the single worker")
     largest = max(fleets, key=lambda f: f["workers"], default=None)
     if largest is not None:
         key = f"rss_mb_{largest['workers']}_workers_{largest['backlog']}_waiting"
         checks[key] = {"value": largest["broker_rss_waiting_mb"], "target_max": TARGET_RSS_MB}
-    for name, check in checks.items():
-        ok = check["value"] >= check["target_min"] if "target_min" in check else check["value"] <= check["target_max"]
-        check["met"] = ok
+    for check in checks.values():
+        low, high = check.get("target_min", float("-inf")), check.get("target_max", float("inf"))
+        check["met"] = low <= check["value"] <= high
     report["checks"] = checks
+
+
+async def run_takeover_bench(waiting: int, workers: int, slots: int, out: Path) -> dict[str, Any]:
+    from iris.bench.scale_takeover import print_takeover, run_takeover
+
+    with tempfile.TemporaryDirectory(prefix="iris-takeover-") as tmp:
+        figures = await run_takeover(Path(tmp), waiting, workers, slots)
+    report = {"bench": "scale-takeover", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}
+    print_takeover(report)
+    return save_report(report, out)

@@ -32,7 +32,14 @@ from schemas.messages import (
     encoder,
     lease_offer_decoder,
 )
-from schemas.subjects import JS_MSG_DELETE, done_subject, heartbeat_subject, lease_offer_subject, lease_record_subject
+from schemas.subjects import (
+    JS_MSG_DELETE,
+    done_subject,
+    heartbeat_subject,
+    lease_offer_subject,
+    lease_record_subject,
+    request_subject,
+)
 
 _DELETE_RECORD = {KV_OP: KV_DEL}
 BEAT_TICKS_PER_S = 20  # the fleet's heartbeats go out in this many slices per second
@@ -48,12 +55,16 @@ class SimWorker:
 class SimFleet:
     """`n` workers of `model` with `slots` each; `draining` until `serve()`, so a backlog can build up."""
 
-    def __init__(self, url: str, model: str, n: int, slots: int, heartbeat_s: float = 1.0, prefix: str = "sim") -> None:
+    def __init__(
+        self, url: str, model: str, n: int, slots: int, heartbeat_s: float = 1.0, record_first: int = 0
+    ) -> None:
         self.url, self.model, self.heartbeat_s = url, model, heartbeat_s
-        self.workers = {f"{prefix}{i}": SimWorker(f"{prefix}{i}", slots) for i in range(n)}
+        self.workers = {f"sim{i}": SimWorker(f"sim{i}", slots) for i in range(n)}
         self.draining = True
         self.completed = 0
         self.completions: list[tuple[float, int]] = []  # (perf_counter, completed so far), one per offer
+        self.record_first = record_first
+        self.first_workloads: list[str] = []  # the workload of each of the first `record_first` leases taken
         self._nc: Any = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -96,7 +107,15 @@ class SimFleet:
     async def _beat(self, worker: SimWorker) -> None:
         free = 0 if self.draining else worker.slots - len(worker.running)
         beat = Heartbeat(
-            worker.worker_id, self.model, worker.slots, free, sorted(worker.running), 0.0, now_ms(), False, self.draining
+            worker.worker_id,
+            self.model,
+            worker.slots,
+            free,
+            sorted(worker.running),
+            0.0,
+            now_ms(),
+            False,
+            self.draining,
         )
         await self._nc.publish(heartbeat_subject(self.model, worker.worker_id), encoder.encode(beat))
 
@@ -107,9 +126,15 @@ class SimFleet:
         leases = lease_offer_decoder.decode(msg.data).leases
         room = 0 if self.draining else worker.slots - len(worker.running)
         accepted, refused = leases[:room], leases[room:]
-        await msg.respond(encoder.encode(LeaseAnswer([x.stream_seq for x in accepted], [x.stream_seq for x in refused])))
+        await msg.respond(
+            encoder.encode(LeaseAnswer([x.stream_seq for x in accepted], [x.stream_seq for x in refused]))
+        )
         if not accepted:
             return
+        if len(self.first_workloads) < self.record_first:
+            self.first_workloads += [lease.workload for lease in accepted][
+                : self.record_first - len(self.first_workloads)
+            ]
         ends = []
         for lease in accepted:  # a zero-time answer: result, delete from the stream, record, lease end
             result = Result("x", "length", Usage(1, 1), Timings(0.0, 0.0), worker.worker_id, lease.attempt)
@@ -130,3 +155,21 @@ class SimFleet:
         done_low = next(count for _, count in self.completions if count >= low)
         done_high = next(count for _, count in self.completions if count >= high)
         return (done_high - done_low) / max(1e-9, end - start), start, end
+
+
+BODY = b'{"prompt": "Why is the sky blue?", "max_tokens": 1, "stream": false}'  # one token: nothing to stream
+
+
+async def publish_backlog(nc: Any, model: str, n: int, workload: str = "default") -> None:
+    """`n` one-token requests to `model`/`workload`, pipelined; their replies go to an inbox nobody reads."""
+    js = nc.jetstream()
+    inbox = nc.new_inbox()
+    deadline = str(now_ms() + 3_000_000)
+    pending = []
+    for i in range(n):
+        headers = {h.REPLY_TO: inbox, h.DEADLINE: deadline, h.MSG_ID: f"s{time.time_ns()}-{i}"}
+        pending.append(await js.publish_async(request_subject(model, workload), BODY, headers=headers))
+        if len(pending) >= 5_000:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)

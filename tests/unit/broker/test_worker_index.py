@@ -88,7 +88,9 @@ def test_worker_index_agrees_with_a_recount(events: list[tuple[object, ...]], ma
             now += int(args[0])  # type: ignore[call-overload]
             scheduler.tick(now)
             pool = scheduler.pools.get("m")
-            silent = [w for w in pool.workers.values() if now - w.last_seen_ms > limits.worker_timeout_ms] if pool else []
+            silent = (
+                [w for w in pool.workers.values() if now - w.last_seen_ms > limits.worker_timeout_ms] if pool else []
+            )
             assert not silent  # every worker past its timeout was removed by the tick
         scheduler.dispatch(now)
         pool = scheduler.pools.get("m")
