@@ -102,7 +102,9 @@ class Term:
                 self._hold_below_seq = warm.last_seq
                 asyncio.get_running_loop().call_later(CATCH_UP_S, self._caught_up)
             await self.apply(self.scheduler.rebuild(warm.requests, now_ms()))
-            self.log.info("warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq)
+            self.log.info(
+                "warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq, last_seq=warm.last_seq
+            )
             feed.delivered_seq = warm.next_seq - 1
             await feed.subscribe(DeliverPolicy.BY_START_SEQUENCE, warm.next_seq)
         self._tasks.spawn(feed.watch())
@@ -200,6 +202,7 @@ class Term:
         """The feed has read the backlog there was at election (or `CATCH_UP_S` passed: the last of it
         may be gone): rounds may start."""
         if self._hold_below_seq:
+            self.log.info("backlog tail read", up_to_seq=self._hold_below_seq)
             self._hold_below_seq = 0
             self._schedule(ROUND_DUE)
 

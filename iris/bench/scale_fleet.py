@@ -160,14 +160,17 @@ class SimFleet:
 BODY = b'{"prompt": "Why is the sky blue?", "max_tokens": 1, "stream": false}'  # one token: nothing to stream
 
 
-async def publish_backlog(nc: Any, model: str, n: int, workload: str = "default") -> None:
-    """`n` one-token requests to `model`/`workload`, pipelined; their replies go to an inbox nobody reads."""
+async def publish_backlog(nc: Any, model: str, n: int, workload: str = "default", cost_tokens: int = 0) -> None:
+    """`n` one-token requests to `model`/`workload`, pipelined; their replies go to an inbox nobody reads.
+    `cost_tokens`: sent as `Iris-Tokens` (what the workers report they took: 2), else estimated."""
     js = nc.jetstream()
     inbox = nc.new_inbox()
     deadline = str(now_ms() + 3_000_000)
     pending = []
     for i in range(n):
         headers = {h.REPLY_TO: inbox, h.DEADLINE: deadline, h.MSG_ID: f"s{time.time_ns()}-{i}"}
+        if cost_tokens:
+            headers[h.TOKENS] = str(cost_tokens)
         pending.append(await js.publish_async(request_subject(model, workload), BODY, headers=headers))
         if len(pending) >= 5_000:
             await asyncio.gather(*pending)

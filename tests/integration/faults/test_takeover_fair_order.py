@@ -18,6 +18,10 @@ from tests.integration.services import eventually
 
 MODEL = "deep"
 WEIGHTS = {"w1": 1.0, "w2": 2.0, "w3": 3.0, "w4": 4.0}
+# What the simulated workers report each answer took: with it stated, every turn is charged what it costs,
+# and the shares of the first leases are the weights' (an estimate far above it is refunded at most to
+# the level's floor, which evens shares out while estimates are learnt).
+COST_TOKENS = 2
 WAITING = 5_000
 FIRST = 1_000
 
@@ -36,10 +40,10 @@ async def test_new_leader_serves_a_deep_backlog_in_fair_order_from_the_start(
     await eventually(lambda: logged("broker-a", '"leading"'), timeout_s=120, what="broker a leading")
     processes.start("broker-b", "broker", "--nats", url, "--config", str(config), "--broker-id", "b")
     await eventually(lambda: logged("broker-b", '"broker started"'), timeout_s=120, what="broker b standing by")
-    fleet = await SimFleet(url, MODEL, 2, 4, record_first=FIRST).start()  # draining: nothing runs yet
+    fleet = await SimFleet(url, MODEL, 4, 16, record_first=FIRST).start()  # draining: nothing runs yet
     try:
         for workload in WEIGHTS:
-            await publish_backlog(nc, MODEL, WAITING // len(WEIGHTS), workload)
+            await publish_backlog(nc, MODEL, WAITING // len(WEIGHTS), workload, COST_TOKENS)
         await wait_indexed(nc, MODEL, WAITING, 300)
         processes.procs["broker-a"].kill()
         fleet.serve()
