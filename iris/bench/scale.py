@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -103,10 +104,14 @@ async def run_phase(workdir: Path, phase: Phase, heartbeat_s: float) -> dict[str
     fleet = SimFleet(server.url, MODEL, phase.workers, phase.slots, heartbeat_s)
     result: dict[str, Any] = {"workers": phase.workers, "slots": phase.slots, "backlog": phase.backlog}
     try:
-        args = ["--worker-timeout", str(WORKER_TIMEOUT_S), "--max-msgs", str(10 * phase.backlog + 10_000)]
+        config = workdir / f"broker-{phase.workers}.toml"
+        config.write_text("[broker]\nworkload_weights = { default = 1.0 }\n")  # in the stats while only queued
+        args = ["--config", str(config), "--worker-timeout", str(WORKER_TIMEOUT_S)]
+        args += ["--max-msgs", str(10 * phase.backlog + 10_000)]
         procs.append(spawn("broker", server.url, args, workdir / f"broker-{phase.workers}.log"))
         nc = await nats.connect(server.url, name="iris-bench-scale")
         await wait_leading(nc, procs[0])
+        _step(phase, "broker leading")
         await fleet.start()
         pid = procs[0].pid
         await asyncio.sleep(2 * heartbeat_s)  # every worker heard
@@ -116,8 +121,10 @@ async def run_phase(workdir: Path, phase: Phase, heartbeat_s: float) -> dict[str
             result["idle_core"] = round(await idle_core(pid, phase.idle_s), 4)
             fleet.draining = True
             await asyncio.sleep(1.5 * heartbeat_s)
+        _step(phase, "publishing the backlog")
         await publish_backlog(nc, MODEL, phase.backlog)
         await wait_indexed(nc, MODEL, phase.backlog, 900)
+        _step(phase, "backlog indexed")
         result["broker_rss_waiting_mb"] = round(rss_mb(pid), 1)
         sampler = CpuSampler(pid)
         fleet.serve()
@@ -136,6 +143,10 @@ async def run_phase(workdir: Path, phase: Phase, heartbeat_s: float) -> dict[str
         kill_all(procs)
         server.stop()
     return result
+
+
+def _step(phase: Phase, what: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {phase.workers} workers: {what}", file=sys.stderr, flush=True)
 
 
 async def _until(check: Any, timeout_s: float, what: str) -> None:
