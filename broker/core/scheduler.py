@@ -205,7 +205,10 @@ class Scheduler(RequestIndex):
         notices = []
         for pool in self.pools.values():
             for seq, position, reply_to, request_id in pool.updates.take_due(pool.queue, pool.dispatched, now_ms):
-                eta = self._eta_s(pool, position, seq, tokens_ahead(pool, seq))
+                # The work ahead priced at its own cost per request: walking its flow for every notice costs
+                # O(depth) each, and a deep backlog is due thousands of notices a second.
+                ahead = position * pool.queue.cost_of(seq) if pool.service_time.known else None
+                eta = self._eta_s(pool, position, seq, ahead)
                 notices.append(QueueNotice(seq, reply_to, request_id, position, eta))
                 pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
         return tuple(notices)

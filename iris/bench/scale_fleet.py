@@ -126,9 +126,9 @@ class SimFleet:
         leases = lease_offer_decoder.decode(msg.data).leases
         room = 0 if self.draining else worker.slots - len(worker.running)
         accepted, refused = leases[:room], leases[room:]
-        await msg.respond(
-            encoder.encode(LeaseAnswer([x.stream_seq for x in accepted], [x.stream_seq for x in refused]))
-        )
+        answer = LeaseAnswer([lease.stream_seq for lease in accepted], [lease.stream_seq for lease in refused])
+        worker.running.update(answer.accepted)  # its heartbeats list them until they end
+        await msg.respond(encoder.encode(answer))
         if not accepted:
             return
         if len(self.first_workloads) < self.record_first:
@@ -145,6 +145,7 @@ class SimFleet:
             await self._nc.publish(lease_record_subject(lease.stream_seq), b"", headers=_DELETE_RECORD)
             ends.append(LeaseDone(lease.stream_seq, lease.model, lease.workload, 1, 1, True, 0.1))
         await self._nc.publish(done_subject(self.model), encoder.encode(LeasesDone(ends)))
+        worker.running.difference_update(answer.accepted)
         self.completed += len(accepted)
         self.completions.append((time.perf_counter(), self.completed))
 
