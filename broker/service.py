@@ -120,8 +120,13 @@ class BrokerService:
     async def _read_ahead(self) -> None:
         """Stand by with the backlog indexed as it comes, for a term to start from at once."""
         max_deadline_s = min(MAX_DEADLINE_S, self.config.duplicate_window_s)
-        self._warm = WarmFeed(self.nc, self.log, self.config.reply_prefix_list, max_deadline_s)
-        await self._warm.start()
+        warm = WarmFeed(self.nc, self.log, self.config.reply_prefix_list, max_deadline_s)
+        try:
+            await warm.start()
+        except Exception:  # JetStream unavailable for now: the next term replays the stream instead
+            self.log.exception("read-ahead not started")
+            return
+        self._warm = warm
 
     async def _start_term(self) -> None:
         assert self._kv is not None
@@ -156,11 +161,7 @@ class BrokerService:
                 await term.end()
             self._idle = Scheduler(scheduler_limits(self.config), now_ms())
             if term is not None and not self._closing and self._warm is None:
-                try:
-                    await self._read_ahead()
-                except Exception:  # the next term replays the stream instead
-                    self.log.exception("read-ahead not started")
-                    self._warm = None
+                await self._read_ahead()
 
     def _live_beats(self) -> list[tuple[Heartbeat, int]]:
         """The last heartbeat of every worker heard within `worker_timeout_s` (the others are forgotten)."""

@@ -66,9 +66,14 @@ class WarmFeed:
         self._running = False
 
     async def start(self) -> WarmFeed:
+        """Raises if the stream cannot be read (JetStream unavailable), leaving nothing behind."""
         self._done_sub = await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done)  # before the read
-        await self._feed.subscribe()
         self._running = True
+        try:
+            await self._feed.subscribe()
+        except BaseException:
+            await self.stop()
+            raise
         self._tasks.spawn(self._feed.watch())
         self._tasks.spawn(every(EXPIRE_EVERY_S, self._expire, self.log, "warm backlog expiry"))
         return self
@@ -78,7 +83,8 @@ class WarmFeed:
             return
         self._running = False
         await self._tasks.cancel()
-        await self._feed.unsubscribe()
+        if self._feed.subscribed:
+            await self._feed.unsubscribe()
         try:
             await self._done_sub.unsubscribe()
         except Exception as exc:  # the connection may be closing already
