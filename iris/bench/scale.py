@@ -233,3 +233,14 @@ async def run_takeover_bench(waiting: int, workers: int, slots: int, out: Path) 
     report = {"bench": "scale-takeover", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}
     print_takeover(report)
     return save_report(report, out)
+
+
+def run_core_bench(fleets: list[int], slots: int, single_slots: int, waiting: int, out: Path) -> dict[str, Any]:
+    from iris.bench.scale_core import run_core_bench as rows_of
+
+    report = {
+        "bench": "scale-core",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": rows_of(fleets, slots, single_slots, waiting),
+    }
+    return save_report(report, out)

@@ -142,6 +142,7 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 @click.option("--waiting", type=int, default=100_000, show_default=True, help="Waiting with the largest fleet (RSS).")
 @click.option("--idle", "idle_s", type=float, default=5.0, show_default=True, help="Seconds of idle heartbeats.")
 @click.option("--takeover/--no-takeover", default=False, show_default=True, help="Measure a takeover at depth instead.")
+@click.option("--core/--no-core", default=False, show_default=True, help="The pure scheduler only (no NATS).")
 @click.option("--takeover-workers", type=int, default=100, show_default=True, help="Fleet size for --takeover.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scale.json"), show_default=True)
 def bench_scale(
@@ -152,16 +153,19 @@ def bench_scale(
     waiting: int,
     idle_s: float,
     takeover: bool,
+    core: bool,
     takeover_workers: int,
     out: Path,
 ) -> None:
     """Dispatch rate, broker CPU per request and RSS with 1 vs 1,000 vs 10,000 workers; or a takeover at depth."""
-    from iris.bench.scale import run_scale_bench, run_takeover_bench
+    from iris.bench.scale import run_core_bench, run_scale_bench, run_takeover_bench
 
+    sizes = [int(n) for n in fleets.split(",") if n.strip()]
     if takeover:
         asyncio.run(run_takeover_bench(waiting, takeover_workers, slots, out))
+    elif core:
+        run_core_bench(sizes, slots, single_slots, backlog, out)
     else:
-        sizes = [int(n) for n in fleets.split(",") if n.strip()]
         asyncio.run(run_scale_bench(sizes, slots, single_slots, backlog, waiting, idle_s, out))
 
 
