@@ -50,19 +50,24 @@ async def _elected(nc: nats.NATS, broker_id: str, timeout_s: float = 30.0) -> fl
     raise TimeoutError(f"broker {broker_id} not elected within {timeout_s} s")
 
 
-async def _index_complete(nc: nats.NATS, broker_id: str, n: int, fleet: SimFleet, timeout_s: float = 120.0) -> float:
-    """When `broker_id`'s stats first count the whole backlog (perf_counter of that stats message)."""
+async def _index_complete(nc: nats.NATS, n: int, fleet: SimFleet, timeout_s: float = 120.0) -> float:
+    """When the leader's stats first count the whole backlog (perf_counter of that stats message); called once
+    the standby is elected, so every stats message heard is the new leader's."""
     done = asyncio.get_running_loop().create_future()
+    seen: dict[str, int] = {}
 
     async def on_stats(msg: Any) -> None:
         stats = broker_stats_decoder.decode(msg.data)
         known = sum(w.queued + w.running for w in stats.workloads if w.model == MODEL) + fleet.completed
-        if stats.broker_id == broker_id and known >= n and not done.done():
+        seen["last"] = known
+        if known >= n and not done.done():
             done.set_result(time.perf_counter())
 
     sub = await nc.subscribe(BROKER_STATS_SUBJECT, cb=on_stats)
     try:
         return float(await asyncio.wait_for(done, timeout_s))
+    except TimeoutError:
+        raise TimeoutError(f"the new leader's stats never counted {n} requests (last: {seen})") from None
     finally:
         await sub.unsubscribe()
 
@@ -89,12 +94,11 @@ async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) ->
         await _publish_by_workload(nc, waiting)
         await wait_indexed(nc, MODEL, waiting, 900)
         await asyncio.sleep(3.0)  # the standby reads as fast as the leader does
-        complete = asyncio.ensure_future(_index_complete(nc, "b", waiting, fleet))
         procs[0].kill()
         killed = time.perf_counter()
         fleet.serve()
         elected = await _elected(nc, "b")
-        indexed = await complete
+        indexed = await _index_complete(nc, waiting, fleet)
         await _until_recorded(fleet)
         await nc.close()
     finally:
