@@ -19,11 +19,12 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
 from broker.configured_limits import scheduler_limits
-from broker.core.decisions import NOTHING, Decisions, Rejection
+from broker.core.decisions import NOTHING, ROUND_DUE, Decisions, Rejection
 from broker.core.intake import waiting_request
 from broker.core.scheduler import Scheduler
 from broker.core.stats import flow_load
@@ -34,6 +35,7 @@ from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
 from broker.tickets import TicketService
+from broker.warm_feed import WarmHandover
 from runtime.answers import send_final
 from runtime.cancels import CancelFeed
 from runtime.clock import now_ms
@@ -44,6 +46,7 @@ from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import Heartbeat, Lease, QueueUpdate, encoder, leases_done_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT, DONE_FILTER, lease_key
 
+CATCH_UP_S = 5.0  # a new term's first round waits at most this long for the backlog's tail (see `start`)
 Beats = Callable[[], Iterable[tuple[Heartbeat, int]]]  # the live workers' last heartbeats, with when heard
 
 
@@ -71,11 +74,13 @@ class Term:
         self._tickets = TicketService(nc, kv, log)
         self.scheduling = False  # fully up: heartbeats go to the scheduler
         self._round_due = False  # a scheduling round is due at the end of this event-loop turn
+        self._hold_below_seq = 0  # no round until the feed has read up to here (the backlog at election)
         self._tasks = TaskGroup(log)
         self._subs: list[Any] = []
 
-    async def start(self, beats: Beats) -> None:
-        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart); schedule."""
+    async def start(self, beats: Beats, warm: WarmHandover | None = None) -> None:
+        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart), or from the
+        backlog this broker read ahead while it stood by (`warm`) and the stream after it; schedule."""
         self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done))  # before the read
         for lease in (leases := await LeaseRecords(self.kv).read_all()):
             self.scheduler.restore_lease(lease, now_ms())
@@ -91,7 +96,18 @@ class Term:
         await cancels.start()  # every cancel sent so far is known before the first request is indexed
         feed = RequestFeed(self.nc, self._on_request, self.log)
         self._subs.append(feed)
-        await feed.subscribe()
+        if warm is None:
+            await feed.subscribe()
+        else:  # the whole backlog at once: the first round already serves it in fair order
+            if warm.last_seq >= warm.next_seq:  # the rest of the backlog first, however it ranks
+                self._hold_below_seq = warm.last_seq
+                asyncio.get_running_loop().call_later(CATCH_UP_S, self._caught_up)
+            await self.apply(self.scheduler.rebuild(warm.requests, now_ms()))
+            self.log.info(
+                "warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq, last_seq=warm.last_seq
+            )
+            feed.delivered_seq = warm.next_seq - 1
+            await feed.subscribe(DeliverPolicy.BY_START_SEQUENCE, warm.next_seq)
         self._tasks.spawn(feed.watch())
         self._tasks.spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
         self._tasks.spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
@@ -201,9 +217,17 @@ class Term:
             self._round_due = True
             asyncio.get_running_loop().call_soon(self._round)
 
+    def _caught_up(self) -> None:
+        """The feed has read the backlog there was at election (or `CATCH_UP_S` passed: the last of it
+        may be gone): rounds may start."""
+        if self._hold_below_seq:
+            self.log.info("backlog tail read", up_to_seq=self._hold_below_seq)
+            self._hold_below_seq = 0
+            self._schedule(ROUND_DUE)
+
     def _round(self) -> None:
         self._round_due = False
-        if not self.scheduling or not self._leading():
+        if not self.scheduling or not self._leading() or self._hold_below_seq:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         decisions = self.scheduler.dispatch(now_ms())
         if decisions.offers or decisions.tickets or decisions.rejections:
@@ -229,6 +253,8 @@ class Term:
             await self._index_request(msg)
         except Exception:  # one request must never stop the consumer that feeds every other one
             self.log.exception("request indexing failed", subject=msg.subject)
+        if self._hold_below_seq and msg.metadata.sequence.stream >= self._hold_below_seq:
+            self._caught_up()
 
     async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -45,6 +45,7 @@ ADMIT_END = "iris.admit.end"  # so `end` is no model name for admission
 JS_DIRECT_GET = "$JS.API.DIRECT.GET." + REQUEST_STREAM
 JS_MSG_DELETE = "$JS.API.STREAM.MSG.DELETE." + REQUEST_STREAM
 JS_ANSWER_GET = "$JS.API.DIRECT.GET." + ANSWER_STREAM  # + "." + an answer subject: its last message
+JS_STREAM_INFO = "$JS.API.STREAM.INFO." + REQUEST_STREAM  # with deleted_details, which nats-py cannot ask for
 
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]+$"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)

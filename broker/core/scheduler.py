@@ -30,7 +30,7 @@ from broker.core.decisions import (
 )
 from broker.core.index import RequestIndex
 from broker.core.limits import SchedulerLimits, next_request
-from broker.core.pool import ModelPool, WorkerState, waiting_from
+from broker.core.pool import ModelPool, waiting_from
 from broker.core.queue import WaitingRequest
 from broker.core.start_estimate import eta_s, start_delay_ms, tokens_ahead
 from broker.core.strict import StrictQueue
@@ -89,8 +89,7 @@ class Scheduler(RequestIndex):
         if self.knows(request.stream_seq):
             return NOTHING
         known_pool = self.pools.get(request.model)
-        workers = known_pool.workers.values() if known_pool is not None else ()
-        runner = next((w for w in workers if request.stream_seq in w.reported), None)
+        runner = known_pool.workers.runner_of(request.stream_seq) if known_pool is not None else None
         if known_pool is not None and runner is not None:  # a worker runs it (its lease record was lost): adopt
             self._adopt(known_pool, request, runner, now_ms)
             return NOTHING
@@ -106,6 +105,27 @@ class Scheduler(RequestIndex):
             self._forget_waiting(request.stream_seq)  # cancelled before the feed reached it
             return _rejected(cancelled(request, "before it was queued", delete_record=False))
         return decision
+
+    def rebuild(self, requests: Iterable[WaitingRequest], now_ms: int) -> Decisions:
+        """A backlog an earlier term queued, read ahead by this broker while it stood by
+        (`broker.core.warm`): indexed at once, adopted where a worker runs it, past deadlines and cancelled
+        ones rejected. Their clients heard their place from that term: no `QueueUpdate` again."""
+        rejected: list[Rejection] = []
+        for request in requests:
+            if self.knows(request.stream_seq):
+                continue
+            pool = self._pool(request.model)
+            runner = pool.workers.runner_of(request.stream_seq)
+            if runner is not None:
+                self._adopt(pool, request, runner, now_ms)
+            elif request.deadline_ms <= now_ms:
+                message = "deadline passed while queued"
+                rejected.append(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, message, delete_record=False))
+            elif self.cancelled(request.request_id, request.reply_to):
+                rejected.append(cancelled(request, "while queued", delete_record=False))
+            else:
+                self._enqueue(pool, request)
+        return Decisions(rejections=tuple(rejected), round_due=True)
 
     def _refuse_at_once(self, request: WaitingRequest, now_ms: int) -> Rejection | None:
         """no_capacity (decided before any state exists for its model: it leaves nothing behind), then
@@ -185,7 +205,10 @@ class Scheduler(RequestIndex):
         notices = []
         for pool in self.pools.values():
             for seq, position, reply_to, request_id in pool.updates.take_due(pool.queue, pool.dispatched, now_ms):
-                eta = self._eta_s(pool, position, seq, tokens_ahead(pool, seq))
+                # The work ahead priced at its own cost per request: walking its flow for every notice costs
+                # O(depth) each, and a deep backlog is due thousands of notices a second.
+                ahead = position * pool.queue.cost_of(seq) if pool.service_time.known else None
+                eta = self._eta_s(pool, position, seq, ahead)
                 notices.append(QueueNotice(seq, reply_to, request_id, position, eta))
                 pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
         return tuple(notices)
@@ -216,8 +239,8 @@ class Scheduler(RequestIndex):
         limits = self.limits.for_model(pool.model)
         leases: list[Lease] = []
         while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
-            worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
-            worker_free = worker is not None and worker.free_slots > 0
+            worker = pool.workers.most_free()
+            worker_free = worker is not None
             request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
             if request is None:
                 break
@@ -229,7 +252,7 @@ class Scheduler(RequestIndex):
             else:
                 assert worker is not None
                 lease = self._lease_for(request, worker.worker_id, now_ms)
-                worker.leases.add(request.stream_seq)
+                pool.workers.lease(worker, request.stream_seq)
             pool.leases[request.stream_seq] = lease
             leases.append(lease)
         return leases
@@ -283,20 +306,22 @@ class Scheduler(RequestIndex):
         lease = self._drop_lease(stream_seq)
         if lease is None:
             return
-        worker = self._pool(lease.model).workers.get(lease.worker_id)
+        pool = self._pool(lease.model)
+        worker = pool.workers.get(lease.worker_id)
         if worker is not None:
-            worker.refusing = True
-        self._enqueue(self._pool(lease.model), waiting_from(lease, lease.attempt))
+            pool.workers.refuse(worker)
+        self._enqueue(pool, waiting_from(lease, lease.attempt))
 
     def worker_gone(self, worker_id: str, now_ms: int, offered: Collection[int] = ()) -> Decisions:
         """No one answers on the worker's subject: forget it and re-queue its leases. The leases whose offer
         found it gone (`offered`) never ran there, so they keep their attempt (no step towards a dead letter)."""
         for pool in self.pools.values():
-            worker = pool.workers.pop(worker_id, None)
+            worker = pool.workers.get(worker_id)
             if worker is not None:
                 for seq in offered:
                     if seq in worker.leases:
                         self._offer_refused(seq)
+                pool.workers.remove(worker_id)
                 return self._requeue_lost(pool, worker_id, sorted(worker.leases), "worker gone") + ROUND_DUE
         return ROUND_DUE
 
@@ -323,11 +348,10 @@ class Scheduler(RequestIndex):
         pool = self._pool(beat.model)
         worker = pool.workers.get(beat.worker_id)
         if worker is None:
-            worker = pool.workers[beat.worker_id] = WorkerState(beat.worker_id, beat.model, beat.slots, now_ms)
-        worker.slots, worker.last_seen_ms = beat.slots, now_ms
+            worker = pool.workers.add(beat.worker_id, beat.model, beat.slots, now_ms)
+        running = frozenset(beat.running)
+        pool.workers.beat(worker, beat.slots, beat.draining, running, now_ms)
         pool.ever_served = True
-        worker.refusing, worker.draining = False, beat.draining
-        running = worker.reported = frozenset(beat.running)
         for seq in running - worker.leases:
             request = pool.queue.remove(seq)
             if request is not None:
@@ -364,9 +388,7 @@ class Scheduler(RequestIndex):
         clients due a `QueueUpdate` told."""
         decisions = NOTHING
         for pool in self.pools.values():
-            dead = [w for w in pool.workers.values() if now_ms - w.last_seen_ms > self.limits.worker_timeout_ms]
-            for worker in dead:
-                del pool.workers[worker.worker_id]
+            for worker in pool.workers.remove_silent(now_ms - self.limits.worker_timeout_ms):
                 decisions += self._requeue_lost(pool, worker.worker_id, sorted(worker.leases), "worker timed out")
         expired = tuple(
             Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")

@@ -169,6 +169,41 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
 
 
+@bench.command("scale")
+@click.option("--fleets", default="1000,10000", show_default=True, help="Simulated fleet sizes, comma-separated.")
+@click.option("--slots", type=int, default=8, show_default=True, help="Slots per simulated worker.")
+@click.option("--single-slots", type=int, default=64, show_default=True, help="Slots of the single worker.")
+@click.option("--backlog", type=int, default=20_000, show_default=True, help="Requests waiting per phase.")
+@click.option("--waiting", type=int, default=100_000, show_default=True, help="Waiting with the largest fleet (RSS).")
+@click.option("--idle", "idle_s", type=float, default=5.0, show_default=True, help="Seconds of idle heartbeats.")
+@click.option("--takeover/--no-takeover", default=False, show_default=True, help="Measure a takeover at depth instead.")
+@click.option("--core/--no-core", default=False, show_default=True, help="The pure scheduler only (no NATS).")
+@click.option("--takeover-workers", type=int, default=100, show_default=True, help="Fleet size for --takeover.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scale.json"), show_default=True)
+def bench_scale(
+    fleets: str,
+    slots: int,
+    single_slots: int,
+    backlog: int,
+    waiting: int,
+    idle_s: float,
+    takeover: bool,
+    core: bool,
+    takeover_workers: int,
+    out: Path,
+) -> None:
+    """Dispatch rate, broker CPU per request and RSS with 1 vs 1,000 vs 10,000 workers; or a takeover at depth."""
+    from iris.bench.scale import run_core_bench, run_scale_bench, run_takeover_bench
+
+    sizes = [int(n) for n in fleets.split(",") if n.strip()]
+    if takeover:
+        asyncio.run(run_takeover_bench(waiting, takeover_workers, slots, out))
+    elif core:
+        run_core_bench(sizes, slots, single_slots, backlog, out)
+    else:
+        asyncio.run(run_scale_bench(sizes, slots, single_slots, backlog, waiting, idle_s, out))
+
+
 @bench.command("hostile")
 @click.option("--requests", "n_requests", type=int, default=100_000, show_default=True, help="Requests to send.")
 @click.option("--served-every", type=int, default=10, show_default=True, help="Every K-th to `fake` (0: none).")
