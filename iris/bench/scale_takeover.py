@@ -50,6 +50,11 @@ async def _elected(nc: nats.NATS, broker_id: str, timeout_s: float = 30.0) -> fl
     raise TimeoutError(f"broker {broker_id} not elected within {timeout_s} s")
 
 
+async def _leader(nc: nats.NATS) -> str:
+    entry = await (await nc.jetstream().key_value(BROKER_BUCKET)).get(LEADER_KEY)
+    return (entry.value or b"").decode()
+
+
 async def _index_complete(nc: nats.NATS, n: int, fleet: SimFleet, timeout_s: float = 120.0) -> float:
     """When the leader's stats first count the whole backlog (perf_counter of that stats message); called once
     the standby is elected, so every stats message heard is the new leader's."""
@@ -94,10 +99,11 @@ async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) ->
         await _publish_by_workload(nc, waiting)
         await wait_indexed(nc, MODEL, waiting, 900)
         await asyncio.sleep(3.0)  # the standby reads as fast as the leader does
-        procs[0].kill()
+        leader = await _leader(nc)  # a loaded machine may have moved the lead already: kill whoever leads
+        procs[0 if leader == "a" else 1].kill()
         killed = time.perf_counter()
         fleet.serve()
-        elected = await _elected(nc, "b")
+        elected = await _elected(nc, "b" if leader == "a" else "a")
         indexed = await _index_complete(nc, waiting, fleet)
         await _until_recorded(fleet)
         await nc.close()
