@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from iris.commands.dlq import _with_nats
-from iris.commands.options import nats_option
+from iris.commands.options import echo_rows, nats_option, with_nats
 
 
 @click.group()
@@ -23,11 +22,8 @@ def answers_list(nats_url: str, limit: int, json_out: bool) -> None:
     """List stored answers: sequence, time, owner, request id, kind, how it ended, tokens (never the text)."""
     from iris.ops import answers as ops
 
-    lines = _with_nats(nats_url, lambda nc: ops.list_answers(nc, limit))
-    if json_out:
-        click.echo(ops.as_json(lines))
-    else:
-        click.echo(ops.as_table(lines) if lines else "no stored answers")
+    lines = with_nats(nats_url, lambda nc: ops.list_answers(nc, limit))
+    echo_rows(lines, json_out, ops.as_json, ops.as_table, "no stored answers")
 
 
 @answers.command("show")
@@ -38,7 +34,7 @@ def answers_show(request_id: str, owner: str | None, nats_url: str) -> None:
     """Print the stored answer of REQUEST_ID as JSON, as its client got it."""
     from iris.ops import answers as ops
 
-    shown = _with_nats(nats_url, lambda nc: ops.show_answer(nc, request_id, owner))
+    shown = with_nats(nats_url, lambda nc: ops.show_answer(nc, request_id, owner))
     if shown is None:
         click.echo(f"no stored answer for {request_id!r}", err=True)
         sys.exit(1)
