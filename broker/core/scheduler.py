@@ -27,6 +27,7 @@ from broker.core.decisions import (
     Requeued,
     TicketEnded,
     cancelled,
+    rejected,
 )
 from broker.core.index import RequestIndex
 from broker.core.limits import SchedulerLimits, next_request
@@ -95,15 +96,15 @@ class Scheduler(RequestIndex):
             return NOTHING
         if request.deadline_ms <= now_ms:
             message = "deadline passed before the request was queued"
-            return _rejected(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, message, delete_record=False))
+            return rejected(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, message, delete_record=False))
         judged = request.enqueued_ms >= self.adopt_before_ms  # not queued by an earlier term already
         refused = self._refuse_at_once(request, now_ms) if judged else None
         if refused is not None:
-            return _rejected(refused)
+            return rejected(refused)
         decision = self._queue(self._pool(request.model), request, now_ms, judged)
         if decision.queued and self.cancelled(request.request_id, request.reply_to):
             self._forget_waiting(request.stream_seq)  # cancelled before the feed reached it
-            return _rejected(cancelled(request, "before it was queued", delete_record=False))
+            return rejected(cancelled(request, "before it was queued", delete_record=False))
         return decision
 
     def rebuild(self, requests: Iterable[WaitingRequest], now_ms: int) -> Decisions:
@@ -154,7 +155,7 @@ class Scheduler(RequestIndex):
             wait_s = (start_ms - now_ms) / 1000
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
             unmeetable = ErrorCode.DEADLINE_UNMEETABLE
-            return _rejected(Rejection(request, unmeetable, message, round(wait_s, 3), delete_record=False))
+            return rejected(Rejection(request, unmeetable, message, round(wait_s, 3), delete_record=False))
         if not request.ticket:  # a ticket request waits on one request/reply: its only answer is the ticket
             pool.updates.plan(
                 request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms
@@ -291,7 +292,7 @@ class Scheduler(RequestIndex):
         request = self.pools[model].queue.get(seq) if seq is not None and model is not None else None
         if request is not None and may_cancel(owner, request.reply_to):
             self._forget_waiting(request.stream_seq)
-            return _rejected(cancelled(request, "while queued"))
+            return rejected(cancelled(request, "while queued"))
         return self.release_ticket(request_id, now_ms, owner)
 
     # --- workers and leases ----------------------------------------------------------------------
@@ -398,7 +399,3 @@ class Scheduler(RequestIndex):
         ended = self._expire_tickets(now_ms)
         tail = Decisions(rejections=rejections, tickets_ended=ended, notices=self._queue_notices(now_ms))
         return decisions + tail + ROUND_DUE
-
-
-def _rejected(rejection: Rejection) -> Decisions:
-    return Decisions(rejections=(rejection,))
