@@ -18,7 +18,7 @@ from typing import Any
 
 import nats
 
-from iris.bench.scale import MODEL, wait_leading
+from iris.bench.scale import LEADER_TTL_S, MODEL, WORKER_TIMEOUT_S, wait_leading
 from iris.bench.scale_fleet import SimFleet, publish_backlog
 from iris.bench.scheduler import wait_indexed
 from iris.launch.nats_server import NatsServer
@@ -87,13 +87,17 @@ async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) ->
     config = workdir / "takeover.toml"
     weights = ", ".join(f"{k} = {w}" for k, w in WEIGHTS.items())
     config.write_text(f"[broker]\nworkload_weights = {{ {weights} }}\nmax_msgs = {2 * waiting + 10_000}\n")
+    # As in `iris bench scale`: at the lowest priority on a loaded machine, late renewals must not move the
+    # lead while the backlog builds, nor late heartbeats lose workers.
+    args = ["--config", str(config), "--leader-ttl", str(LEADER_TTL_S), "--worker-timeout", str(WORKER_TIMEOUT_S)]
+    args += ["--offer-timeout", str(WORKER_TIMEOUT_S)]
     procs: list[Process] = []
     fleet = SimFleet(server.url, MODEL, workers, slots, record_first=FIRST)
     try:
         nc = await nats.connect(server.url, name="iris-bench-takeover")
-        procs.append(spawn("broker", server.url, ["--config", str(config), "--broker-id", "a"], workdir / "a.log"))
+        procs.append(spawn("broker", server.url, [*args, "--broker-id", "a"], workdir / "a.log"))
         await wait_leading(nc, procs[0])
-        procs.append(spawn("broker", server.url, ["--config", str(config), "--broker-id", "b"], workdir / "b.log"))
+        procs.append(spawn("broker", server.url, [*args, "--broker-id", "b"], workdir / "b.log"))
         await fleet.start()
         await asyncio.sleep(3.0)  # the fleet heard, the standby reading along
         await _publish_by_workload(nc, waiting)
