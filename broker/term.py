@@ -139,6 +139,8 @@ class Term:
         """Carry out what the scheduler decided: counts and logs, offers and grants (each its own task),
         then in order each rejection, dead letter and ended ticket, the new requests' places, the next
         round, and the queue notices. One request's I/O failing skips no other."""
+        if decisions is NOTHING:  # most heartbeats
+            return
         now = now_ms()
         for queued in decisions.queued:
             self.metrics.queued(queued.request)
