@@ -82,7 +82,10 @@ async def _publish_by_workload(nc: nats.NATS, n: int) -> None:
         await publish_backlog(nc, MODEL, n // len(WEIGHTS), workload, COST_TOKENS)
 
 
-async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) -> dict[str, Any]:
+async def run_takeover(
+    workdir: Path, waiting: int, workers: int, slots: int, read_ahead: bool = True
+) -> dict[str, Any]:
+    """`read_ahead` off: the standby holds no index and replays the stream once elected."""
     server = NatsServer(workdir / "nats-takeover").start()
     config = workdir / "takeover.toml"
     weights = ", ".join(f"{k} = {w}" for k, w in WEIGHTS.items())
@@ -90,7 +93,7 @@ async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) ->
     # As in `iris bench scale`: at the lowest priority on a loaded machine, late renewals must not move the
     # lead while the backlog builds, nor late heartbeats lose workers.
     args = ["--config", str(config), "--leader-ttl", str(LEADER_TTL_S), "--worker-timeout", str(WORKER_TIMEOUT_S)]
-    args += ["--offer-timeout", str(WORKER_TIMEOUT_S)]
+    args += ["--offer-timeout", str(WORKER_TIMEOUT_S), "--read-ahead" if read_ahead else "--no-read-ahead"]
     procs: list[Process] = []
     fleet = SimFleet(server.url, MODEL, workers, slots, record_first=FIRST)
     try:
@@ -115,7 +118,7 @@ async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) ->
         await fleet.stop()
         kill_all(procs)
         server.stop()
-    return _figures(waiting, fleet.first_workloads, elected - killed, indexed - elected)
+    return {"read_ahead": read_ahead, **_figures(waiting, fleet.first_workloads, elected - killed, indexed - elected)}
 
 
 async def _until_recorded(fleet: SimFleet, timeout_s: float = 120.0) -> None:
@@ -160,7 +163,8 @@ def print_takeover(figures: dict[str, Any]) -> None:
         for w, s in figures["shares_of_first_leases"].items()
     )
     print(
-        f"takeover with {figures['waiting']} waiting: elected {figures['kill_to_election_s']:.2f} s after the kill, "
+        f"takeover ({'read ahead' if figures['read_ahead'] else 'replay'}) with {figures['waiting']} waiting: "
+        f"elected {figures['kill_to_election_s']:.2f} s after the kill, "
         f"index complete {figures['election_to_index_complete_s']:.2f} s after the election (stats every 1 s); "
         f"first {figures['first_leases']} leases: {shares}; "
         f"worst error {100 * figures['worst_relative_share_error']:.1f}%"
