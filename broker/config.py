@@ -108,6 +108,10 @@ class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     stats_s: Annotated[
         float, Meta(gt=0, le=60, description="Seconds between BrokerStats on iris.broker.stats (what iris top reads).")
     ] = 1.0
+    metrics_idle_s: Annotated[
+        float,
+        Meta(gt=0, le=86400, description="Seconds a flow stays idle before its series leave /metrics."),
+    ] = 600.0
     log_level: LogLevel = "info"
 
     def __post_init__(self) -> None:
