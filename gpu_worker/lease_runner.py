@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_OP
 from structlog.stdlib import BoundLogger
 
-from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, Resumed, StopSignal, Suspended
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
 from runtime.clock import now_ms
@@ -53,7 +53,12 @@ from schemas.messages import (
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
 from schemas.subjects import done_subject, lease_record_subject, request_owner
 
-_DELETE_RECORD = {KV_OP: KV_DEL}  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
+_DELETE_RECORD = {KV_OP: KV_DEL}
+PauseHook = Callable[[Suspended | Resumed], None]
+
+
+def _no_pause(_event: Suspended | Resumed) -> None:
+    return None  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
 
 
 @dataclass
@@ -117,9 +122,12 @@ class LeaseRunner:
         self.log = log
         self.ends = LeaseEnds(nc, engine.model_name, log)
 
-    async def run(self, lease: Lease, stop: StopSignal, answered: Callable[[], None]) -> None:
+    async def run(
+        self, lease: Lease, stop: StopSignal, answered: Callable[[], None], paused: PauseHook = _no_pause
+    ) -> None:
         """`answered` is called once the final reply is out: the engine slot is free from then on, while
-        the request still has to leave the stream and its lease still has to end."""
+        the request still has to leave the stream and its lease still has to end. `paused` hears the
+        engine's `Suspended` and `Resumed`."""
         log = self.log.bind(seq=lease.stream_seq, request_id=lease.request_id, attempt=lease.attempt)
         stored = await get_request(self.nc, lease.stream_seq)
         if stored is None:
@@ -148,7 +156,7 @@ class LeaseRunner:
                 answered, lease, error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start"), log
             )
             return
-        await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered)
+        await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered, paused)
 
     def _reply_refused(self, lease: Lease, stored: StoredRequest) -> str | None:
         """Why this worker will not publish to the lease's reply subject (None: it will). Checked against the
@@ -169,13 +177,14 @@ class LeaseRunner:
         enqueued_ms: int,
         log: structlog.stdlib.BoundLogger,
         answered: Callable[[], None],
+        paused: PauseHook,
     ) -> None:
         started_ms = now_ms()
         timers = _stop_timers(lease, stop, started_ms)
         parts: list[str] = []
         logprobs: list[TokenLogprob] | None = [] if request.logprobs else None
         try:
-            finished = await self._stream(lease, request, stop, started_ms, parts, logprobs)
+            finished = await self._stream(lease, request, stop, started_ms, parts, logprobs, paused)
         except EngineInputError as exc:
             await self._fail(answered, lease, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
             return
@@ -219,6 +228,7 @@ class LeaseRunner:
         started_ms: int,
         parts: list[str],
         logprobs: list[TokenLogprob] | None,
+        paused: PauseHook,
     ) -> Finished:
         """Run the engine, streaming each piece as a `Chunk` when asked; the text and logprobs so far are
         collected into `parts` and `logprobs` (None: not asked for)."""
@@ -234,6 +244,8 @@ class LeaseRunner:
                 parts.append(event.text)
                 if logprobs is not None:
                     logprobs.extend(event.logprobs)
+            elif isinstance(event, (Suspended, Resumed)):
+                paused(event)
             else:
                 finished = event
         assert finished is not None, "engine ended without Finished"
