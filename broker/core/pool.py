@@ -50,12 +50,14 @@ class WorkerState:
     refusing: bool = False  # refused an offer; no more offers until its next heartbeat
     draining: bool = False
     reported: frozenset[int] = frozenset()  # what its last heartbeat listed as running
+    suspended: set[int] = field(default_factory=set)  # its leases held suspended: they hold no slot
+    max_suspended: int = 0  # how many it may hold (its heartbeat says)
 
     @property
     def free_slots(self) -> int:
         if self.refusing or self.draining:
             return 0
-        return max(0, self.slots - len(self.leases))
+        return max(0, self.slots - len(self.leases) + len(self.suspended))
 
 
 @dataclass
@@ -72,6 +74,7 @@ class ModelPool:
     # Engine time of answers as their workers measured it: what the start estimate prices the work ahead at.
     service_time: ServiceTime = field(default_factory=ServiceTime)
     ever_served: bool = False  # a worker of this model has beaten: its waiting requests wait for workers
+    suspended: dict[int, int] = field(default_factory=dict)  # leases suspended (no slot) → since, ms
 
     def live_slots(self) -> int:
         return sum(w.slots for w in self.workers.values() if not w.draining)
@@ -87,7 +90,7 @@ class ModelPool:
         """Leases and tickets the model may still grant. A draining worker's slots and leases leave the
         count together: while it finishes long answers, the model's other workers fill up."""
         draining = sum(len(w.leases) for w in self.workers.values() if w.draining)
-        return (max_concurrency or self.live_slots()) - (len(self.leases) - draining)
+        return (max_concurrency or self.live_slots()) - (len(self.leases) - draining - len(self.suspended))
 
 
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:

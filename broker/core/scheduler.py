@@ -31,6 +31,7 @@ from broker.core.decisions import (
 from broker.core.index import RequestIndex
 from broker.core.limits import SchedulerLimits, next_request
 from broker.core.pool import ModelPool, WorkerState, waiting_from
+from broker.core.preemption import Preemption
 from broker.core.queue import WaitingRequest
 from broker.core.start_estimate import eta_s, start_delay_ms, tokens_ahead
 from broker.core.strict import StrictQueue
@@ -63,6 +64,7 @@ class Scheduler(RequestIndex):
         self.started_ms = now_ms
         self.adopt_before_ms = adopt_before_ms
         self.cancelled = cancelled
+        self.preemption = Preemption()
 
     def update_limits(self, limits: SchedulerLimits) -> Decisions:
         """Live reload: new limits and weights apply from the next round. The policy and a model's
@@ -198,10 +200,15 @@ class Scheduler(RequestIndex):
         if now_ms - self.started_ms < self.limits.startup_grace_ms:
             return NOTHING
         leases: list[Lease] = []
+        resumes: list[Lease] = []
+        suspends: list[Lease] = []
         for pool in self.pools.values():
+            limits = self.limits.for_model(pool.model)
+            resumes += self.preemption.resumes(pool, limits, self.limits.workload_weights) if pool.suspended else ()
             leases += self._dispatch_pool(pool, now_ms)
+            suspends += self.preemption.suspends(pool, limits, self.limits.workload_weights, now_ms)
         if not leases:
-            return NOTHING
+            return Decisions(suspends=tuple(suspends), resumes=tuple(resumes)) if suspends or resumes else NOTHING
         offers: list[Lease] = []
         tickets: list[Lease] = []
         rejections: list[Rejection] = []
@@ -210,7 +217,13 @@ class Scheduler(RequestIndex):
                 rejections.append(cancelled(waiting_from(lease, lease.attempt), "before it started"))
             else:
                 (tickets if lease.ticket else offers).append(lease)
-        return Decisions(offers=tuple(offers), tickets=tuple(tickets), rejections=tuple(rejections))
+        return Decisions(
+            offers=tuple(offers),
+            tickets=tuple(tickets),
+            rejections=tuple(rejections),
+            suspends=tuple(suspends),
+            resumes=tuple(resumes),
+        )
 
     def _dispatch_pool(self, pool: ModelPool, now_ms: int) -> list[Lease]:
         limits = self.limits.for_model(pool.model)
@@ -233,6 +246,28 @@ class Scheduler(RequestIndex):
             pool.leases[request.stream_seq] = lease
             leases.append(lease)
         return leases
+
+    # --- preemption (broker.core.preemption) -----------------------------------------------------
+
+    def suspend_answered(self, model: str, asked: Sequence[int], suspended: Sequence[int], now_ms: int) -> Decisions:
+        """A worker's answer to a suspend order (`suspended` empty: none came): each suspended lease's slot
+        is free for the next round."""
+        if model in self.pools:
+            self.preemption.suspend_answered(self.pools[model], asked, suspended, now_ms)
+        return ROUND_DUE
+
+    def resume_answered(self, model: str, resumed: Sequence[int], refused: Sequence[int], now_ms: int) -> Decisions:
+        """A worker's answer to a resume order: refused ones wait suspended again (their slot is free)."""
+        if model in self.pools:
+            self.preemption.resume_answered(self.pools[model], resumed, refused, now_ms)
+        return ROUND_DUE
+
+    def _drop_lease(self, stream_seq: int) -> Lease | None:
+        model = self._model_of.get(stream_seq)
+        lease = super()._drop_lease(stream_seq)
+        if lease is not None and model is not None:
+            self.preemption.book.forget(self.pools[model], lease)
+        return lease
 
     # --- tickets ---------------------------------------------------------------------------------
 
@@ -332,6 +367,8 @@ class Scheduler(RequestIndex):
             request = pool.queue.remove(seq)
             if request is not None:
                 self._adopt(pool, request, worker, now_ms)
+        if beat.max_suspended or worker.suspended:
+            self.preemption.reconcile(pool, worker, beat, now_ms, self.limits.lease_confirm_ms)
         lost = [
             seq
             for seq in worker.leases

@@ -129,6 +129,9 @@ class StrictQueue:
     def tickets(self) -> int:
         return self._tally.tickets
 
+    def top_rank(self) -> float:
+        return float(max((p for p, band in self._bands.items() if len(band)), default=0))
+
     def __len__(self) -> int:
         return len(self._band_of)
 

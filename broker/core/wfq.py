@@ -309,6 +309,10 @@ class WfqQueue:
     def tickets(self) -> int:
         return self._tally.tickets
 
+    def top_rank(self) -> float:
+        children = self._root.children.items()
+        return max((self.weight(k) * c.top_priority() for k, c in children if c.waiting), default=0.0)
+
     def __len__(self) -> int:
         return len(self._requests)
 
