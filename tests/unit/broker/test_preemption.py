@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker.core.limits import SchedulerLimits
 from broker.core.scheduler import Scheduler
 from schemas.messages import Heartbeat
-from tests.unit.builders import request, ready_scheduler
+from tests.unit.builders import ready_scheduler, request
 
 RATIO = SchedulerLimits(preempt_ratio=3.0, preempt_min_run_ms=1_000, preempt_max_per_request=1)
 
