@@ -189,6 +189,9 @@ class WorkerService:
             draining=self.draining,
             suspended=sorted(suspended),
             max_suspended=self.suspensions.max_suspended,
+            suspensions=self.suspensions.suspensions,
+            resumes=dict(self.suspensions.resumes),
+            resume_ms=self.suspensions.resume_ms,
         )
 
     async def _heartbeat_loop(self) -> None:

@@ -39,6 +39,9 @@ class Suspensions:
         self.metrics = metrics
         self.suspended: set[int] = set()
         self._held: dict[int, _Held] = {}
+        self.suspensions = 0  # since the worker started, for its heartbeat
+        self.resumes: dict[str, int] = {}
+        self._resume_s_total = 0.0
 
     def track(self, lease: Lease, stop: StopSignal) -> Callable[[Suspended | Resumed], None]:
         """Register a running lease; the hook its runner calls with the engine's suspend events."""
@@ -51,8 +54,15 @@ class Suspensions:
             held.parked.clear()
             waited_s = time.monotonic() - held.resume_asked_s if held.resume_asked_s else 0.0
             self.metrics.resumed(lease, event.mode, waited_s)
+            self.resumes[event.mode] = self.resumes.get(event.mode, 0) + 1
+            self._resume_s_total += waited_s
 
         return hook
+
+    @property
+    def resume_ms(self) -> float:
+        count = sum(self.resumes.values())
+        return round(self._resume_s_total * 1000 / count, 3) if count else 0.0
 
     def forget(self, seq: int) -> None:
         self._held.pop(seq, None)
@@ -91,6 +101,7 @@ class Suspensions:
             if held is not None and held.parked.is_set() and held.stop.reason is None:
                 self.busy.discard(seq)
                 self.metrics.suspended(held.lease)
+                self.suspensions += 1
                 parked.append(seq)
             else:  # it ended, or did not leave the batch in time: it keeps (or gave back) its slot
                 self.suspended.discard(seq)

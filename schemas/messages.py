@@ -211,6 +211,9 @@ class Heartbeat(msgspec.Struct, frozen=True):
     draining: bool = False
     suspended: list[int] = []  # leases it holds suspended (no slot), a subset of `running`
     max_suspended: int = 0  # how many it can hold suspended at once (0: it cannot suspend)
+    suspensions: int = 0  # leases it suspended since it started
+    resumes: dict[str, int] = {}  # leases it resumed since it started, by mode: kept, restored, reprefilled
+    resume_ms: float = 0.0  # mean resume order → decoding again over those
 
 
 class WorkloadStats(msgspec.Struct, frozen=True):
