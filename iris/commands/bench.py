@@ -78,10 +78,19 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 )
 @click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
 @click.option("--model-call-s", type=float, default=0.3, show_default=True, help="Admission mode: one model call.")
+@click.option(
+    "--preemption",
+    type=click.Choice(["off", "on", "both"]),
+    default="off",
+    show_default=True,
+    help="The Iris arm without priority preemption, with it (arm iris-preempt), or both arms side by side.",
+)
+@click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="The preemption arm's broker ratio.")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
-    fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float, out_dir: Path,
+    fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float,
+    preemption: str, preempt_ratio: float, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
     from iris.bench.seed.run import SeedOptions, run_seed_bench
@@ -96,7 +105,11 @@ def bench_seed(
 
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
-    options = SeedOptions(labels, mode, priority_mode, model_call_s)
+    options = SeedOptions(labels, mode, priority_mode, model_call_s, preemption, preempt_ratio)
+    try:
+        options.arms()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
 
 
