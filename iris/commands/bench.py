@@ -210,6 +210,18 @@ def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any)
     asyncio.run(bench_command(model, concurrency, out, **options))
 
 
+@bench.command("suspend")
+@click.option("--model", help="GGUF file (default: a random-weight F16 tiny Mistral-shaped model).")
+@click.option("--contexts", default="1024,4096", show_default=True, help="Prompt lengths in tokens, comma-separated.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/suspend.json"), show_default=True)
+def bench_suspend(model: str | None, contexts: str, n_gpu_layers: int, out: Path) -> None:
+    """Suspend/resume cost per mode (cells kept, state restored, re-prefilled) at each context length."""
+    from iris.bench.suspend import main
+
+    main(model, [int(c) for c in contexts.split(",") if c], n_gpu_layers, out)
+
+
 @bench.command("make-model")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--shape", type=click.Choice(["mistral-7b", "tiny"]), default="mistral-7b", show_default=True)

@@ -39,6 +39,7 @@ class Parking:
         self.n_ctx = llama.llama_n_ctx(ctx)
         self.parked: list[Sequence] = []  # in suspension order: the oldest is evicted first
         self.host_bytes_used = 0
+        self.last_saved_bytes = 0  # the size of the last state saved (what `iris bench suspend` reports)
 
     def __contains__(self, sequence: Sequence) -> bool:
         return any(s is sequence for s in self.parked)
@@ -97,6 +98,7 @@ class Parking:
         if llama.llama_state_seq_get_data(self._ctx, state, size, seq_id) != size:
             return None
         self.host_bytes_used += size
+        self.last_saved_bytes = size
         return state
 
     def room_short(self, running: list[Sequence], batch_tokens: int) -> bool:
