@@ -30,8 +30,8 @@ MODES = {
     "restored": SuspendPolicy(max_suspended=1, keep_cells=False),
     "reprefilled": SuspendPolicy(max_suspended=1, keep_cells=False, host_bytes=0),
 }
-ANSWER_TOKENS = 8
-SUSPEND_AFTER = 3
+ANSWER_TOKENS = 32
+SUSPEND_AFTER = 1
 
 
 def _prompt(engine: LlamaCppEngine, n_tokens: int) -> str:
@@ -41,8 +41,16 @@ def _prompt(engine: LlamaCppEngine, n_tokens: int) -> str:
     return text
 
 
+def _request(engine: LlamaCppEngine, prompt: str) -> GenerateRequest:
+    """Greedy, and the end-of-generation token banned: a random-weight model would often stop at once."""
+    import llama_cpp.llama_cpp as llama
+
+    eos = llama.llama_vocab_eos(llama.llama_model_get_vocab(engine._loaded.model))  # noqa: SLF001
+    return GenerateRequest(prompt=prompt, max_tokens=ANSWER_TOKENS, temperature=0, logit_bias={int(eos): -100.0})
+
+
 async def _measure(engine: LlamaCppEngine, prompt: str) -> dict[str, Any]:
-    request = GenerateRequest(prompt=prompt, max_tokens=ANSWER_TOKENS, temperature=0)
+    request = _request(engine, prompt)
     stop, tokens, times = StopSignal(), [], {}
     piece_times: list[float] = []
     mode = ""
@@ -65,6 +73,8 @@ async def _measure(engine: LlamaCppEngine, prompt: str) -> dict[str, Any]:
         elif isinstance(event, Finished):
             pass
     steps = [b - a for a, b in zip(piece_times, piece_times[1:], strict=False)]
+    if "resumed_token" not in times:
+        raise RuntimeError("the answer ended before it could be suspended: raise ANSWER_TOKENS")
     return {
         "mode": mode,
         "tokens": tokens,
@@ -75,7 +85,7 @@ async def _measure(engine: LlamaCppEngine, prompt: str) -> dict[str, Any]:
 
 
 async def _uninterrupted(engine: LlamaCppEngine, prompt: str) -> list[int]:
-    request = GenerateRequest(prompt=prompt, max_tokens=ANSWER_TOKENS, temperature=0)
+    request = _request(engine, prompt)
     return [t async for e in engine.generate(request, StopSignal()) if isinstance(e, Piece) for t in e.tokens]
 
 
