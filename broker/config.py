@@ -12,8 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from broker.core.queue import PriorityMode
-from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyPrefixes
-from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
+from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyingService
 
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]
 LimitBy = Literal["", "user", "workload"]
@@ -38,7 +37,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     preempt_max_per_request: PreemptMaxPerRequest | None = None
 
 
-class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     nats_url: NatsUrl = DEFAULT_NATS_URL
     policy: Annotated[
         Literal["wfq", "fifo"], Meta(description="Weighted-fair order, or first come first served (the baseline).")
@@ -105,10 +104,15 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dlq_max_bytes: Annotated[int, Meta(ge=1024, description="Bytes of dead letters kept; beyond, the oldest go.")] = (
         1024**3
     )
+    answers_max_bytes: Annotated[
+        int, Meta(ge=1024, description="Bytes of stored final replies kept (IRIS_ANSWERS); beyond, the oldest go.")
+    ] = 1024**3
     lease_ttl_s: Annotated[
         float, Meta(ge=60, le=86_400, description="Seconds a lease record outlives a broker that forgot it.")
     ] = 3_600.0
-    broker_id: Annotated[str, Meta(description="Name in the leader election (default: <hostname>-<pid>).")] = ""
+    broker_id: Annotated[
+        str, Meta(description="Name in the leader election (default: <host>-<pid>-<4 random hex>).")
+    ] = ""
     leader_ttl_s: Annotated[
         float, Meta(ge=0.5, le=60, description="Seconds a silent leader keeps the lead (then a standby takes over).")
     ] = 2.0
@@ -121,16 +125,9 @@ class BrokerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         float, Meta(gt=0, le=60, description="Seconds between BrokerStats on iris.broker.stats (what iris top reads).")
     ] = 1.0
     log_level: LogLevel = "info"
-    # Owned requests reply only under `_INBOX.<owner>.`; never to the $KV/$JS/iris.* subjects this broker
-    # may publish to.
-    reply_prefixes: ReplyPrefixes = ",".join(DEFAULT_REPLY_PREFIXES)
-
-    @property
-    def reply_prefix_list(self) -> tuple[str, ...]:
-        return parse_reply_prefixes(self.reply_prefixes)
 
     def __post_init__(self) -> None:
-        parse_reply_prefixes(self.reply_prefixes)
+        super().__post_init__()
         for name, model in [("", ModelConfig()), *self.models.items()]:
             limit_by = self.limit_by if model.limit_by is None else model.limit_by
             per_value = self.limit_per_value if model.limit_per_value is None else model.limit_per_value

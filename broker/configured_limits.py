@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TypeVar
 
 from broker.config import BrokerConfig, ModelConfig
@@ -30,19 +31,10 @@ def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
     return SchedulerLimits(
         policy=config.policy,
         workload_weights=config.workload_weights,
-        max_concurrency=flat.max_concurrency,
-        max_queue=flat.max_queue,
-        max_inflight_ms=flat.max_inflight_ms,
-        limit_by=flat.limit_by,
-        limit_per_value=flat.limit_per_value,
-        min_share=flat.min_share,
-        priority_mode=flat.priority_mode,
-        preempt_ratio=flat.preempt_ratio,
-        preempt_min_run_ms=flat.preempt_min_run_ms,
-        preempt_max_per_request=flat.preempt_max_per_request,
         models=models,
         worker_timeout_ms=int(config.worker_timeout_s * 1000),
         max_attempts=config.max_attempts,
+        **dataclasses.asdict(flat),
     )
 
 

@@ -17,9 +17,10 @@ from nats.js.kv import KeyValue
 
 from broker.core.queue import WaitingRequest
 from broker.metrics import BrokerMetrics
+from runtime.answers import send_final
 from runtime.clock import now_ms
 from runtime.dead_letters import move_to_dlq
-from runtime.stream_ops import error_reply, get_request, publish_reply, while_unavailable
+from runtime.stream_ops import error_reply, get_request, while_unavailable
 from schemas import headers as h
 from schemas.dead_letters import DeadLetterError
 from schemas.errors import ErrorCode, IrisError
@@ -83,11 +84,10 @@ class DeadLetters:
             dlq_seq = await move_to_dlq(self.nc, stored, code, reason, attempts, reply, now_ms())
         except DeadLetterError as exc:
             self.log.error("dead letter not stored; the request stays until its TTL", seq=seq, error=exc.message)
-            await self._reply(reply, code, reason)
+            await self._reply(reply, request_owner(stored.subject), code, reason)
             return
         self.log.info("dead letter stored", seq=seq, dlq_seq=dlq_seq, code=code.value)
 
-    async def _reply(self, reply: tuple[str, str], code: ErrorCode, reason: str) -> None:
+    async def _reply(self, reply: tuple[str, str], owner: str | None, code: ErrorCode, reason: str) -> None:
         reply_to, request_id = reply
-        if reply_to:
-            await publish_reply(self.nc, reply_to, request_id, error_reply(code, reason))
+        await send_final(self.nc, reply_to, request_id, error_reply(code, reason), owner=owner)

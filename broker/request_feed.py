@@ -48,6 +48,10 @@ class RequestFeed:
             config=ConsumerConfig(headers_only=True, deliver_policy=policy, opt_start_seq=start_seq),
         )
 
+    @property
+    def subscribed(self) -> bool:
+        return self._sub is not None
+
     async def _deliver(self, msg: Msg) -> None:
         self.delivered_seq = max(self.delivered_seq, msg.metadata.sequence.stream)
         await self.on_request(msg)

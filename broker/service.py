@@ -25,15 +25,18 @@ from broker.loops import TaskGroup
 from broker.metrics import BrokerMetrics
 from broker.streams import ensure_lease_bucket, ensure_streams
 from broker.term import Term
+from broker.warm_feed import WarmFeed
 from runtime.clock import node_id, now_ms
 from runtime.connection import connect
+from runtime.lifecycle import Service
+from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import Heartbeat, heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER
 
 __all__ = ["BrokerService"]
 
 
-class BrokerService:
+class BrokerService(Service):
     def __init__(self, config: BrokerConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.log = log or structlog.get_logger().bind(service="broker")
@@ -53,6 +56,7 @@ class BrokerService:
         self._dead_letters = DeadLetters(self.log, self.metrics, config.reply_prefix_list)
         self._stopped = asyncio.Event()
         self._closing = False
+        self._warm: WarmFeed | None = None  # while standing by: the backlog read ahead
 
     @property
     def nc(self) -> NATS:
@@ -74,6 +78,7 @@ class BrokerService:
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self._listening_since_ms = now_ms()  # a standby hears the workers all along: no grace when it takes over
+        await self._read_ahead()
         await self.nc.subscribe(HEARTBEAT_FILTER, cb=self._on_heartbeat)
         # Its own connection: a renewal's answer must not queue behind a burst of requests on the main one.
         self._leader_nc = await connect(self.config.nats_url, "iris-broker-leadership")
@@ -113,8 +118,21 @@ class BrokerService:
                 await self._deactivate(spare=asyncio.current_task())
                 await asyncio.sleep(0.5)
 
+    async def _read_ahead(self) -> None:
+        """Stand by with the backlog indexed as it comes, for a term to start from at once."""
+        max_deadline_s = min(MAX_DEADLINE_S, self.config.duplicate_window_s)
+        warm = WarmFeed(self.nc, self.log, self.config.reply_prefix_list, max_deadline_s)
+        try:
+            await warm.start()
+        except Exception:  # JetStream unavailable for now: the next term replays the stream instead
+            self.log.exception("read-ahead not started")
+            return
+        self._warm = warm
+
     async def _start_term(self) -> None:
         assert self._kv is not None
+        warm, self._warm = self._warm, None
+        handover = await warm.hand_over() if warm is not None else None
         self.term = Term(
             self.nc,
             self._kv,
@@ -126,7 +144,7 @@ class BrokerService:
             listening_since_ms=self._listening_since_ms,
         )
         self.metrics.leading(True)
-        await self.term.start(self._live_beats)
+        await self.term.start(self._live_beats, handover)
         self.log.info("leading", broker=self.broker_id)
 
     async def _deactivate(self, spare: asyncio.Task[Any] | None = None) -> None:
@@ -143,6 +161,8 @@ class BrokerService:
             if term is not None:
                 await term.end()
             self._idle = Scheduler(scheduler_limits(self.config), now_ms())
+            if term is not None and not self._closing and self._warm is None:
+                await self._read_ahead()
 
     def _live_beats(self) -> list[tuple[Heartbeat, int]]:
         """The last heartbeat of every worker heard within `worker_timeout_s` (the others are forgotten)."""
@@ -186,6 +206,8 @@ class BrokerService:
             return
         self._closing = True
         await self._deactivate()
+        if self._warm is not None:
+            await self._warm.stop()
         if self._leadership is not None:
             await self._leadership.stop()  # after the last offer: the successor starts from a quiet state
         if self._leader_nc is not None and not self._leader_nc.is_closed:
@@ -196,13 +218,6 @@ class BrokerService:
             await self._nc.close()
         self._stopped.set()
         self.log.info("broker stopped")
-
-    async def __aenter__(self) -> BrokerService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -1,5 +1,5 @@
-"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ`, `IRIS_CANCELS` and KV buckets `IRIS_MODELS`, `IRIS_LEASES`,
-idempotently.
+"""Provision streams `IRIS_REQUESTS`, `IRIS_DLQ`, `IRIS_CANCELS`, `IRIS_ANSWERS` and KV buckets
+`IRIS_MODELS`, `IRIS_LEASES`, idempotently.
 
 Creating what exists is a no-op; an existing stream whose config differs is updated in place, so a
 restarted or second broker never fights the first over settings.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -19,6 +19,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServerError, ServiceU
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
+from schemas.answers import answer_stream_config
 from schemas.cancels import cancel_stream_config
 from schemas.model_cards import model_bucket_config
 from schemas.subjects import DLQ_FILTER, DLQ_STREAM, LEASE_BUCKET, MODEL_BUCKET, REQUEST_FILTER, REQUEST_STREAM
@@ -27,35 +28,41 @@ T = TypeVar("T")
 
 
 def request_stream_config(config: BrokerConfig) -> StreamConfig:
-    return StreamConfig(
-        name=REQUEST_STREAM,
-        subjects=[REQUEST_FILTER],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
+    return _file_stream(
+        config,
+        REQUEST_STREAM,
+        REQUEST_FILTER,
         max_msgs=config.max_msgs,
         max_bytes=config.max_bytes,
         discard=DiscardPolicy.NEW,
-        duplicate_window=config.duplicate_window_s,
-        allow_direct=True,
         allow_msg_ttl=True,
-        num_replicas=config.replicas,
     )
 
 
 def dlq_stream_config(config: BrokerConfig) -> StreamConfig:
     """Dead letters are kept for `dlq_max_age_s`; when `dlq_max_bytes` is reached the oldest go, so a
     flood of garbage never stops a new dead letter from being kept."""
-    return StreamConfig(
-        name=DLQ_STREAM,
-        subjects=[DLQ_FILTER],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
+    return _file_stream(
+        config,
+        DLQ_STREAM,
+        DLQ_FILTER,
         max_age=config.dlq_max_age_s,
         max_bytes=config.dlq_max_bytes,
         discard=DiscardPolicy.OLD,
+    )
+
+
+def _file_stream(config: BrokerConfig, name: str, subject: str, **limits: Any) -> StreamConfig:
+    """A file-backed limits stream with the broker's dedupe window, direct gets and replicas."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
         duplicate_window=config.duplicate_window_s,
         allow_direct=True,
         num_replicas=config.replicas,
+        **limits,
     )
 
 
@@ -72,11 +79,12 @@ async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float =
 
 
 async def ensure_streams(js: JetStreamContext, config: BrokerConfig) -> None:
-    """The request stream, the dead-letter stream, the cancel stream and the model-card bucket (before the
-    lease bucket, which workers wait for)."""
+    """The request stream, the dead-letter stream, the cancel stream, the answer stream and the model-card
+    bucket (before the lease bucket, which workers wait for)."""
     await ensure_request_stream(js, config)
     await ensure_dlq_stream(js, config)
     await until_available(lambda: _ensure_stream(js, cancel_stream_config(config.replicas)))
+    await ensure_answer_stream(js, config)
     await until_available(lambda: _ensure_model_bucket(js, config))
 
 
@@ -86,6 +94,12 @@ async def ensure_request_stream(js: JetStreamContext, config: BrokerConfig) -> N
 
 async def ensure_dlq_stream(js: JetStreamContext, config: BrokerConfig) -> None:
     await until_available(lambda: _ensure_stream(js, dlq_stream_config(config)))
+
+
+async def ensure_answer_stream(js: JetStreamContext, config: BrokerConfig) -> None:
+    """Final replies, kept as long as their idempotency keys are remembered (`schemas.answers`)."""
+    wanted = answer_stream_config(config.replicas, config.duplicate_window_s, config.answers_max_bytes)
+    await until_available(lambda: _ensure_stream(js, wanted))
 
 
 async def ensure_lease_bucket(js: JetStreamContext, config: BrokerConfig) -> KeyValue:

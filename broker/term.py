@@ -19,11 +19,12 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
 from broker.configured_limits import scheduler_limits
-from broker.core.decisions import NOTHING, Decisions, Rejection
+from broker.core.decisions import NOTHING, ROUND_DUE, Decisions, Rejection
 from broker.core.intake import waiting_request
 from broker.core.scheduler import Scheduler
 from broker.core.stats import flow_load
@@ -35,6 +36,8 @@ from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
 from broker.tickets import TicketService
+from broker.warm_feed import WarmHandover
+from runtime.answers import send_final
 from runtime.cancels import CancelFeed
 from runtime.clock import now_ms
 from runtime.stream_ops import delete_request, error_reply, publish_reply
@@ -44,6 +47,7 @@ from schemas.headers import MAX_DEADLINE_S
 from schemas.messages import Heartbeat, Lease, LeaseControl, QueueUpdate, encoder, leases_done_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT, DONE_FILTER, lease_key
 
+CATCH_UP_S = 5.0  # a new term's first round waits at most this long for the backlog's tail (see `start`)
 Beats = Callable[[], Iterable[tuple[Heartbeat, int]]]  # the live workers' last heartbeats, with when heard
 
 
@@ -71,11 +75,13 @@ class Term:
         self._tickets = TicketService(nc, kv, log)
         self.scheduling = False  # fully up: heartbeats go to the scheduler
         self._round_due = False  # a scheduling round is due at the end of this event-loop turn
+        self._hold_below_seq = 0  # no round until the feed has read up to here (the backlog at election)
         self._tasks = TaskGroup(log)
         self._subs: list[Any] = []
 
-    async def start(self, beats: Beats) -> None:
-        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart); schedule."""
+    async def start(self, beats: Beats, warm: WarmHandover | None = None) -> None:
+        """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart), or from the
+        backlog this broker read ahead while it stood by (`warm`) and the stream after it; schedule."""
         self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done))  # before the read
         for lease in (leases := await LeaseRecords(self.kv).read_all()):
             self.scheduler.restore_lease(lease, now_ms())
@@ -91,7 +97,18 @@ class Term:
         await cancels.start()  # every cancel sent so far is known before the first request is indexed
         feed = RequestFeed(self.nc, self._on_request, self.log)
         self._subs.append(feed)
-        await feed.subscribe()
+        if warm is None:
+            await feed.subscribe()
+        else:  # the whole backlog at once: the first round already serves it in fair order
+            if warm.last_seq >= warm.next_seq:  # the rest of the backlog first, however it ranks
+                self._hold_below_seq = warm.last_seq
+                asyncio.get_running_loop().call_later(CATCH_UP_S, self._caught_up)
+            await self.apply(self.scheduler.rebuild(warm.requests, now_ms()))
+            self.log.info(
+                "warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq, last_seq=warm.last_seq
+            )
+            feed.delivered_seq = warm.next_seq - 1
+            await feed.subscribe(DeliverPolicy.BY_START_SEQUENCE, warm.next_seq)
         self._tasks.spawn(feed.watch())
         self._tasks.spawn(every(self.config.tick_s, self._tick, self.log, "tick"))  # reclaims, expiries, cut-offs
         self._tasks.spawn(every(self.config.stats_s, self._publish_stats, self.log, "stats"))
@@ -145,11 +162,18 @@ class Term:
             if not queued.request.ticket:  # a ticket request's one answer is its ticket
                 request = queued.request
                 await self._tell(
-                    request.stream_seq, request.reply_to, request.request_id, queued.position, queued.eta_s
+                    request.stream_seq,
+                    request.reply_to,
+                    request.request_id,
+                    queued.position,
+                    queued.eta_s,
+                    owner=request.owner or None,
                 )
         self._schedule(decisions)
-        for notice in decisions.notices:
-            await self._tell(notice.stream_seq, notice.reply_to, notice.request_id, notice.position, notice.eta_s)
+        for notice in decisions.notices:  # a notice does not know its owner: its client's inbox only
+            await self._tell(
+                notice.stream_seq, notice.reply_to, notice.request_id, notice.position, notice.eta_s, live=False
+            )
 
     def _start_leases(self, offers: tuple[Lease, ...], tickets: tuple[Lease, ...], now: int) -> None:
         """One `LeaseOffer` per worker for this round's leases; each ticket recorded and sent to its app."""
@@ -188,17 +212,28 @@ class Term:
             self.log.info("leases suspended", worker=worker_id, leases=suspended)
         await self.apply(decisions)
 
-    async def _tell(self, seq: int, reply_to: str, request_id: str, position: int, eta_s: float) -> None:
+    async def _tell(
+        self,
+        seq: int,
+        reply_to: str,
+        request_id: str,
+        position: int,
+        eta_s: float,
+        *,
+        owner: str | None = None,
+        live: bool = True,
+    ) -> None:
         update = QueueUpdate(position=position, eta_s=eta_s)
-        await guarded(publish_reply(self.nc, reply_to, request_id, update), self.log, "queue update", seq)
+        sent = publish_reply(self.nc, reply_to, request_id, update, owner=owner, live=live)
+        await guarded(sent, self.log, "queue update", seq)
 
     async def _reject(self, rejection: Rejection) -> None:
-        """Send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""
+        """Store and send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""
         request = rejection.request
         self.log.info("request rejected", seq=request.stream_seq, code=rejection.code.value, reason=rejection.message)
         self.metrics.rejected(request, rejection.code.value, rejection.message, now_ms())
         error = error_reply(rejection.code, rejection.message, rejection.retry_after_s)
-        await publish_reply(self.nc, request.reply_to, request.request_id, error)
+        await send_final(self.nc, request.reply_to, request.request_id, error, owner=request.owner or None)
         await delete_request(self.nc, request.stream_seq)
         if rejection.delete_record:
             await self.kv.delete(lease_key(request.stream_seq))
@@ -209,9 +244,17 @@ class Term:
             self._round_due = True
             asyncio.get_running_loop().call_soon(self._round)
 
+    def _caught_up(self) -> None:
+        """The feed has read the backlog there was at election (or `CATCH_UP_S` passed: the last of it
+        may be gone): rounds may start."""
+        if self._hold_below_seq:
+            self.log.info("backlog tail read", up_to_seq=self._hold_below_seq)
+            self._hold_below_seq = 0
+            self._schedule(ROUND_DUE)
+
     def _round(self) -> None:
         self._round_due = False
-        if not self.scheduling or not self._leading():
+        if not self.scheduling or not self._leading() or self._hold_below_seq:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         decisions = self.scheduler.dispatch(now_ms())
         if decisions.offers or decisions.tickets or decisions.rejections or decisions.suspends or decisions.resumes:
@@ -237,6 +280,8 @@ class Term:
             await self._index_request(msg)
         except Exception:  # one request must never stop the consumer that feeds every other one
             self.log.exception("request indexing failed", subject=msg.subject)
+        if self._hold_below_seq and msg.metadata.sequence.stream >= self._hold_below_seq:
+            self._caught_up()
 
     async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata

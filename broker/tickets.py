@@ -32,7 +32,7 @@ from runtime.clock import now_ms
 from runtime.exchange import RequestEnvelope, publish_request
 from runtime.stream_ops import delete_request, publish_reply
 from schemas import headers as h
-from schemas.errors import InvalidRequest, IrisError
+from schemas.errors import DuplicateRequest, InvalidRequest, IrisError
 from schemas.messages import (
     AdmitEnd,
     AdmitEnded,
@@ -112,7 +112,7 @@ class TicketService:
             granted_ms=lease.leased_ms,
             expires_ms=lease.cutoff_ms,
         )
-        await publish_reply(self.nc, lease.reply_to, lease.request_id, ticket)
+        await publish_reply(self.nc, lease.reply_to, lease.request_id, ticket, owner=lease.owner or None)
         self.log.info("ticket granted", seq=lease.stream_seq, ticket_id=lease.request_id, model=lease.model)
 
     async def end(self, lease: Lease, why: str) -> None:
@@ -130,7 +130,9 @@ class TicketService:
             self.log.warning("ticket request without a reply subject ignored", subject=req.subject)
             return
         try:
-            await publish_request(self.nc, _ticket_request_envelope(admitted_model(req.subject), req.data, reply_to))
+            envelope = _ticket_request_envelope(admitted_model(req.subject), req.data, reply_to)
+            if await publish_request(self.nc, envelope):
+                raise DuplicateRequest(f"ticket id {envelope.request_id!r} was already used")
         except IrisError as exc:
             await _respond_error(req, exc)
 

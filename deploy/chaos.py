@@ -123,7 +123,7 @@ async def wait_final(tap: Tap, request_id: str) -> None:
 
 
 class Heartbeats:
-    """When each worker id was last heard on `iris.worker.hb.>` (ids are <host>-<pid>; host = compose service)."""
+    """When each worker id was last heard on `iris.worker.hb.>` (ids are <host>-<pid>-<hex>; host = compose service)."""
 
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
@@ -132,7 +132,7 @@ class Heartbeats:
         self.last[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
 
     def heard_since(self, service: str, since: float) -> bool:
-        return any(id_.rsplit("-", 1)[0] == service and at > since for id_, at in self.last.items())
+        return any(id_.rsplit("-", 2)[0] == service and at > since for id_, at in self.last.items())
 
 
 @dataclass

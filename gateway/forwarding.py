@@ -3,7 +3,8 @@
 Every edge (HTTP Ollama/OpenAI, the NATS micro service) ends here, so all of them publish the same
 envelope and read replies the same way (`runtime.exchange`). `answer_events` yields the text deltas a
 stream may forward (re-runs de-duplicated by `AnswerText`), queue updates when asked for, and then the
-final `Result`.
+final `Result`. A call that reuses an idempotency key joins the first (`runtime.exchange`): it streams the
+rest of that answer, or the whole stored one at once when it has ended.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ class Forwarder:
                 if delta:  # a re-run catching up forwards part of a chunk: its logprobs no longer line up
                     yield Delta(delta, chunk.logprobs if delta == chunk.text else None)
             assert exchange.result is not None
-            tail = text.finish(exchange.result.text)
+            # A retry that joined mid-answer streamed only the rest: its text cannot line up with the whole.
+            joined_late = exchange.joined and bool(text.sent)
+            tail = "" if joined_late else text.finish(exchange.result.text)
             if tail:
                 yield Delta(tail)
             yield exchange.result

@@ -13,13 +13,16 @@ anonymous flow the same way.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gateway.config import ApiKey, GatewayConfig, hash_key
 from gateway.rate_limits import RateLimit
 from schemas.errors import Forbidden, InvalidRequest, Unauthorized
 from schemas.subjects import MAX_TOKEN_CHARS, is_token, to_token
+
+T = TypeVar("T")
 
 WORKLOAD_HEADER = "x-iris-workload"
 PRIORITY_HEADER = "x-iris-priority"
@@ -80,10 +83,7 @@ class KeyRing:
     def _deadline_s(self, raw: str | None) -> float:
         if raw is None:
             return self.default_deadline_s
-        try:
-            value = float(raw)
-        except ValueError:
-            raise InvalidRequest(f"header X-Iris-Deadline must be seconds from now, got {raw[:40]!r}") from None
+        value = _parsed(raw, float, "header X-Iris-Deadline must be seconds from now")
         if not 0 < value <= self.max_deadline_s:
             raise InvalidRequest(f"header X-Iris-Deadline must be in (0, {self.max_deadline_s:g}] s, got {raw[:40]}")
         return value
@@ -92,12 +92,17 @@ class KeyRing:
 def _priority(raw: str | None, grant: ApiKey) -> int:
     if raw is None:
         return grant.default_priority
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"header X-Iris-Priority must be an integer, got {raw[:40]!r}") from None
+    value = _parsed(raw, int, "header X-Iris-Priority must be an integer")
     if not 1 <= value <= 100:
         raise InvalidRequest(f"header X-Iris-Priority must be in [1, 100], got {value}")
     if value > grant.max_priority:
         raise Forbidden(f"priority {value} is above this key's maximum {grant.max_priority}")
     return value
+
+
+def _parsed(raw: str, parse: Callable[[str], T], rule: str) -> T:
+    """`raw` as a number, or `InvalidRequest` saying the rule and what came (cut short)."""
+    try:
+        return parse(raw)
+    except ValueError:
+        raise InvalidRequest(f"{rule}, got {raw[:40]!r}") from None

@@ -1,15 +1,38 @@
-"""Prometheus metrics of the gateway. Labels are bounded: API family, route template, model, workload,
-status and error code; never a user or key."""
+"""Prometheus metrics of the gateway, and the last refusals it answered (for the status page). Labels are
+bounded: API family, route template, model, workload, status and error code; never a user or key."""
 
 from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+class Refusal(NamedTuple):
+    at_ms: int
+    api: str
+    route: str
+    status: int
+    code: str
+    message: str
+
+
+class Refusals:
+    """The last `max_kept` error answers, newest last: what the status page lists as the gateway's rejections."""
+
+    def __init__(self, max_kept: int = 20) -> None:
+        self.kept: deque[Refusal] = deque(maxlen=max_kept)
+
+    def note(self, at_ms: int, api: str, route: str, status: int, code: str, message: str) -> None:
+        self.kept.append(Refusal(at_ms, api, route, status, code, message[:200]))
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
+        self.refusals = Refusals()
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "iris_gateway_requests",

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import msgspec
 from msgspec import Meta
 
-from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyPrefixes
-from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES, parse_reply_prefixes
+from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, MetricsPort, NatsUrl, ReplyingService
 from schemas.subjects import TOKEN_PATTERN
 
 TENSOR_SPLIT_PATTERN = r"^$|^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)*$"
 TokenOrEmpty = Annotated[str, Meta(pattern=f"^$|{TOKEN_PATTERN}", max_length=128)]  # "" = derived
 
 
-class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class WorkerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     nats_url: NatsUrl = DEFAULT_NATS_URL
     engine: Annotated[
         Literal["llama", "fake", "http"], Meta(description="llama: a GGUF file; fake: FakeEngine; http: --upstream.")
     ] = "llama"
     model: Annotated[str, Meta(description="GGUF file (default: the embedded Gemma 3 270M).")] = ""
     model_name: Annotated[TokenOrEmpty, Meta(description="Model name clients use (default: from the file name).")] = ""
-    worker_id: Annotated[TokenOrEmpty, Meta(description="Worker name (default: <host>-<pid>).")] = ""
+    worker_id: Annotated[TokenOrEmpty, Meta(description="Worker name (default: <host>-<pid>-<4 random hex>).")] = ""
     slots: Annotated[
         int, Meta(ge=1, le=256, description="Sequences decoded together in one batch (http: requests at once).")
     ] = 1
@@ -76,13 +74,3 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_host: MetricsHost = "127.0.0.1"
     metrics_port: MetricsPort = 0
     log_level: LogLevel = "info"
-    # Owned requests reply only under `_INBOX.<owner>.`: a lease for any other reply subject is
-    # dead-lettered, never answered.
-    reply_prefixes: ReplyPrefixes = ",".join(DEFAULT_REPLY_PREFIXES)
-
-    @property
-    def reply_prefix_list(self) -> tuple[str, ...]:
-        return parse_reply_prefixes(self.reply_prefixes)
-
-    def __post_init__(self) -> None:
-        parse_reply_prefixes(self.reply_prefixes)

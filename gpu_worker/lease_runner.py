@@ -1,10 +1,12 @@
 """Run one lease: fetch the body by sequence, stream the answer, then let the request go.
 
-Order is the whole point: the final `Result` (or `Error`) is published first, then the request is
-deleted from the stream, then its lease record, and then the broker hears that the lease ended
-(`LeaseEnds`, one `LeasesDone` per event-loop turn however many ended in it). A worker killed anywhere
+Order is the whole point: the final `Result` (or `Error`) is stored and published first
+(`runtime.answers.send_final`), then the request is deleted from the stream, then its lease record, and
+then the broker hears that the lease ended (`LeaseEnds`, one `LeasesDone` per event-loop turn however many
+ended in it). A worker killed anywhere
 before the delete leaves the request in the stream for the broker to re-queue; one killed after it has
-already answered. A body that is no longer in the stream means another attempt finished it: nothing runs.
+already answered. A body that is no longer in the stream means another attempt finished it: nothing runs;
+nor does a re-run (attempt > 1) whose request has a stored final: that final is sent again instead.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from structlog.stdlib import BoundLogger
 from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, Resumed, StopSignal, Suspended
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
+from runtime.answers import fetch_final, redeliver, send_final
 from runtime.clock import now_ms
 from runtime.dead_letters import move_to_dlq
 from runtime.stream_ops import (
@@ -53,12 +56,12 @@ from schemas.messages import (
 from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
 from schemas.subjects import done_subject, lease_record_subject, request_owner
 
-_DELETE_RECORD = {KV_OP: KV_DEL}
+_DELETE_RECORD = {KV_OP: KV_DEL}  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
 PauseHook = Callable[[Suspended | Resumed], None]
 
 
 def _no_pause(_event: Suspended | Resumed) -> None:
-    return None  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
+    return None
 
 
 @dataclass
@@ -139,6 +142,11 @@ class LeaseRunner:
         if refused is not None:  # never answered there: the error names the header, in the dead letter only
             await self._dead_letter(answered, lease, stored, refused, log, reply_to="")
             return
+        owner = request_owner(stored.subject)
+        if lease.attempt > 1 and await self._answered_before(lease, owner, log):
+            answered()
+            await self._release(lease, delete_body=True)
+            return
         try:
             request = request_decoder.decode(stored.body)
         except msgspec.ValidationError as exc:
@@ -149,14 +157,23 @@ class LeaseRunner:
             return
         if stop.reason == "cancelled":
             error = error_reply(ErrorCode.CANCELLED, "cancelled by the client before it started")
-            await self._fail(answered, lease, error, log)
+            await self._fail(answered, lease, owner, error, log)
             return
         if now_ms() >= lease.deadline_ms:
-            await self._fail(
-                answered, lease, error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start"), log
-            )
+            error = error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start")
+            await self._fail(answered, lease, owner, error, log)
             return
-        await self._generate(lease, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered, paused)
+        await self._generate(lease, owner, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered, paused)
+
+    async def _answered_before(self, lease: Lease, owner: str | None, log: BoundLogger) -> bool:
+        """A re-run whose earlier attempt stored its final (and was lost before deleting the request):
+        send that final again rather than run the prompt twice."""
+        final = await fetch_final(self.nc, lease.request_id, owner)
+        if final is None:
+            return False
+        log.info("request already answered by an earlier attempt, final sent again", kind=final.kind)
+        await redeliver(self.nc, lease.reply_to, lease.request_id, owner, final)
+        return True
 
     def _reply_refused(self, lease: Lease, stored: StoredRequest) -> str | None:
         """Why this worker will not publish to the lease's reply subject (None: it will). Checked against the
@@ -172,6 +189,7 @@ class LeaseRunner:
     async def _generate(
         self,
         lease: Lease,
+        owner: str | None,
         request: GenerateRequest,
         stop: StopSignal,
         enqueued_ms: int,
@@ -184,23 +202,24 @@ class LeaseRunner:
         parts: list[str] = []
         logprobs: list[TokenLogprob] | None = [] if request.logprobs else None
         try:
-            finished = await self._stream(lease, request, stop, started_ms, parts, logprobs, paused)
+            finished = await self._stream(lease, owner, request, stop, started_ms, parts, logprobs, paused)
         except EngineInputError as exc:
-            await self._fail(answered, lease, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
+            await self._fail(answered, lease, owner, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
             return
         except Exception as exc:
             log.exception("engine failed")
-            await self._fail(answered, lease, error_reply(ErrorCode.WORKER_FAILED, f"engine failed: {exc}"), log)
+            error = error_reply(ErrorCode.WORKER_FAILED, f"engine failed: {exc}")
+            await self._fail(answered, lease, owner, error, log)
             return
         finally:
             for timer in timers:
                 timer.cancel()
         if finished.finish_reason == "cancelled":
-            await self._fail(answered, lease, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
+            await self._fail(answered, lease, owner, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
             return
         if finished.finish_reason == "shutdown":
             error = error_reply(ErrorCode.WORKER_FAILED, "the worker shut down before the answer finished", 1.0)
-            await self._fail(answered, lease, error, log)
+            await self._fail(answered, lease, owner, error, log)
             return
         run_ms = now_ms() - started_ms
         self.stats.record(finished.completion_tokens, run_ms / 1000)
@@ -214,7 +233,7 @@ class LeaseRunner:
             attempt=lease.attempt,
             logprobs=logprobs,
         )
-        await publish_reply(self.nc, lease.reply_to, lease.request_id, result)
+        await send_final(self.nc, lease.reply_to, lease.request_id, result, owner=owner)
         answered()
         usage = (finished.prompt_tokens, finished.completion_tokens)
         await self._release(lease, delete_body=True, usage=usage, run_ms=run_ms)
@@ -223,6 +242,7 @@ class LeaseRunner:
     async def _stream(
         self,
         lease: Lease,
+        owner: str | None,
         request: GenerateRequest,
         stop: StopSignal,
         started_ms: int,
@@ -240,7 +260,7 @@ class LeaseRunner:
                 chunk_logprobs = list(event.logprobs) if logprobs is not None else None
                 if request.stream:
                     chunk = Chunk(len(parts), event.text, lease.attempt, chunk_logprobs)
-                    await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk)
+                    await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk, owner=owner)
                 parts.append(event.text)
                 if logprobs is not None:
                     logprobs.extend(event.logprobs)
@@ -252,11 +272,11 @@ class LeaseRunner:
         return finished
 
     async def _fail(
-        self, answered: Callable[[], None], lease: Lease, error: Error, log: structlog.stdlib.BoundLogger
+        self, answered: Callable[[], None], lease: Lease, owner: str | None, error: Error, log: BoundLogger
     ) -> None:
         log.warning("request failed", code=error.code, reason=error.message)
         self.stats.metrics.failed(lease, error.code)
-        await publish_reply(self.nc, lease.reply_to, lease.request_id, error)
+        await send_final(self.nc, lease.reply_to, lease.request_id, error, owner=owner)
         answered()
         await self._release(lease, delete_body=True)
 
@@ -279,8 +299,8 @@ class LeaseRunner:
             await move_to_dlq(self.nc, stored, code, reason, lease.attempt, (reply_to, lease.request_id), now_ms())
         except DeadLetterError as exc:
             log.error("dead letter not stored; the request stays until its TTL", error=exc.message)
-            if reply_to:
-                await publish_reply(self.nc, reply_to, lease.request_id, error_reply(code, reason))
+            owner = request_owner(stored.subject)
+            await send_final(self.nc, reply_to, lease.request_id, error_reply(code, reason), owner=owner)
         answered()
         await self._release(lease, delete_body=False)
 

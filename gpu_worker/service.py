@@ -27,6 +27,7 @@ from gpu_worker.suspension import Suspensions
 from runtime.cancels import CancelFeed
 from runtime.clock import node_id, now_ms
 from runtime.connection import connect
+from runtime.lifecycle import Service
 from schemas.cancels import CancelBook
 from schemas.messages import (
     Heartbeat,
@@ -50,7 +51,7 @@ from schemas.subjects import (
 SHUTDOWN_REPLY_S = 1.0  # after the drain timeout: time for stopped answers to send their error and leave
 
 
-class WorkerService:
+class WorkerService(Service):
     def __init__(self, config: WorkerConfig, engine: Engine, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.engine = engine
@@ -230,10 +231,3 @@ class WorkerService:
         await self.engine.close()
         self.stats.metrics.close()
         self.log.info("worker stopped")
-
-    async def __aenter__(self) -> WorkerService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import secrets
 import socket
 import time
 
@@ -12,6 +14,9 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@functools.cache
 def node_id() -> str:
-    """`<host>-<pid>` as one subject token: the default broker and worker id."""
-    return f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+    """`<host>-<pid>-<4 random hex>` as one subject token: the default broker and worker id. The random
+    part tells incarnations apart where host and pid repeat (a restarted container is PID 1 again);
+    one id per process."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}".replace(".", "-")

@@ -1,23 +1,23 @@
 """Moving a request to the dead letters (`IRIS_DLQ`) in the order that loses nothing: store the dead letter
-(`schemas.dead_letters` says what it holds), send the client its typed error, then delete the request."""
+(`schemas.dead_letters` says what it holds), store and send the client its typed error, then delete the request."""
 
 from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
+from runtime.answers import send_final
 from runtime.stream_ops import (
     PUBLISH_SLACK_BYTES,
     delete_request,
     error_reply,
     headers_bytes,
-    publish_reply,
     while_unavailable,
 )
 from schemas import headers as h
 from schemas.dead_letters import DeadLetterError, dead_letter_headers, header_value
 from schemas.errors import ErrorCode
 from schemas.messages import StoredRequest
-from schemas.subjects import DLQ_STREAM, dead_letter_subject
+from schemas.subjects import DLQ_STREAM, dead_letter_subject, request_owner
 
 
 async def store_dead_letter(
@@ -50,11 +50,11 @@ async def move_to_dlq(
 ) -> int:
     """Store the dead letter, send the client (`reply`: reply_to, request id) its typed error, then remove
     the request; returns the dead letter's sequence. Raises `DeadLetterError` with the request untouched.
-    The caller vets `reply_to` (`schemas.reply_subjects`); "" sends no error to anyone."""
+    The caller vets `reply_to` (`schemas.reply_subjects`); "" sends no error to anyone (it is stored all
+    the same, for a retry with the same key)."""
     dlq_seq = await store_dead_letter(nc, stored, code, reason, attempts, now_ms)
     reply_to, request_id = reply
-    if reply_to:
-        error = error_reply(code, f"{reason} (dead letter {dlq_seq} in {DLQ_STREAM})")
-        await publish_reply(nc, reply_to, request_id, error)
+    error = error_reply(code, f"{reason} (dead letter {dlq_seq} in {DLQ_STREAM})")
+    await send_final(nc, reply_to, request_id, error, owner=request_owner(stored.subject))
     await delete_request(nc, stored.stream_seq)
     return dlq_seq

@@ -4,6 +4,11 @@ Shared by the Python SDK (`iris.sdk.client`) and the gateway, which are both cli
 `RequestEnvelope` is what goes on the stream; `Exchange` runs it. Delivery is at-least-once: chunks of a
 re-run arrive with a higher `attempt` (late chunks of an older attempt are dropped) and only the first
 final reply counts, since the exchange unsubscribes on it.
+
+Answers are durable (`schemas.answers`): a request whose idempotency key was used already *joins* that
+request (`Exchange.joined`): it reads the rest of its replies on its live subject, or its stored final at
+once when it has ended. And a connection that was down for a moment reads the stored finals of its open
+exchanges when it is back, so a final sent meanwhile is not waited for until the deadline.
 """
 
 from __future__ import annotations
@@ -14,19 +19,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import msgspec
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 from nats.nuid import NUID
 
+from runtime.answers import fetch_final
 from runtime.clock import now_ms
 from runtime.connection import connection_owner
 from runtime.stream_ops import PUBLISH_SLACK_BYTES, headers_bytes, while_unavailable
 from schemas import headers as h
 from schemas.errors import (
-    DuplicateRequest,
     ErrorCode,
     InvalidRequest,
     IrisError,
@@ -46,11 +53,13 @@ from schemas.messages import (
     request_decoder,
     result_decoder,
 )
-from schemas.subjects import MAX_TOKEN_CHARS, cancel_subject, is_token, request_subject
+from schemas.subjects import MAX_TOKEN_CHARS, cancel_subject, is_token, live_subject, request_subject
 
 REPLY_GRACE_S = 5.0
 PUBLISH_GIVE_UP_S = 10.0
+RECOVER_PAUSES_S = (0.0, 1.0)  # after a reconnect: read the stored finals now, and once more a moment later
 _NUID = NUID()
+_log = structlog.get_logger("iris.exchange")
 
 
 @dataclass(frozen=True)
@@ -116,37 +125,94 @@ def build_envelope(
 
 class ReplyRouter:
     """Every exchange's replies on one wildcard subscription per connection (as nats-py muxes `request`):
-    a request costs a dict entry instead of a SUB/UNSUB round and a reader task."""
+    a request costs a dict entry instead of a SUB/UNSUB round and a reader task. A retry that joined a
+    request already under way subscribes to that request's live subject as well. After a reconnect, every
+    open exchange looks up its stored final: one sent while the connection was down is read from there."""
 
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self.prefix = nc.new_inbox()
-        self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._open: dict[str, _Open] = {}
         self._subscribed: asyncio.Future[None] | None = None
+        self._recovering: set[asyncio.Task[None]] = set()
+        chained = nc._reconnected_cb  # nats-py keeps one callback; ours runs after the application's
+
+        async def reconnected() -> None:
+            if chained is not None:
+                await chained()
+            self._recover_soon()
+
+        nc._reconnected_cb = reconnected
 
     def new_inbox(self) -> str:
         return f"{self.prefix}.{_NUID.next().decode()}"
 
-    async def listen(self, inbox: str) -> asyncio.Queue[Msg]:
+    async def listen(self, inbox: str, request_id: str, owner: str | None) -> asyncio.Queue[Reply]:
         """A queue of the replies to `inbox`, from now until `release`."""
         failed = self._subscribed is not None and self._subscribed.done() and not _succeeded(self._subscribed)
         if self._subscribed is None or failed:
             self._subscribed = asyncio.ensure_future(self._subscribe())
         await asyncio.shield(self._subscribed)
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._queues[inbox] = queue  # before the request is published, so no reply can be missed
-        return queue
+        entry = _Open(request_id, owner)
+        self._open[inbox] = entry  # before the request is published, so no reply can be missed
+        return entry.replies
+
+    async def join(self, inbox: str) -> None:
+        """Also read the live subject of the open request on `inbox` (a retry of one already sent), then
+        its stored final, in that order: a final is either stored already or not yet published live."""
+        entry = self._open[inbox]
+
+        async def route(msg: Msg) -> None:
+            entry.replies.put_nowait((msg.headers or {}, msg.data))
+
+        entry.live = await self.nc.subscribe(live_subject(entry.request_id, entry.owner), cb=route)
+        await self.nc.flush()  # the server has the interest before the store is read
+        await self._look_up(entry)
 
     async def _subscribe(self) -> None:
         await self.nc.subscribe(f"{self.prefix}.*", cb=self._route)
 
-    def release(self, inbox: str) -> None:
-        self._queues.pop(inbox, None)
+    async def release(self, inbox: str) -> None:
+        entry = self._open.pop(inbox, None)
+        if entry is not None and entry.live is not None and not self.nc.is_closed:
+            await entry.live.unsubscribe()
 
     async def _route(self, msg: Msg) -> None:
-        queue = self._queues.get(msg.subject)
-        if queue is not None:  # None: a late reply for an exchange that already ended
-            queue.put_nowait(msg)
+        entry = self._open.get(msg.subject)
+        if entry is not None:  # None: a late reply for an exchange that already ended
+            entry.replies.put_nowait((msg.headers or {}, msg.data))
+
+    async def _look_up(self, entry: _Open) -> None:
+        final = await fetch_final(self.nc, entry.request_id, entry.owner)
+        if final is not None:
+            entry.replies.put_nowait(({h.KIND: final.kind, h.REQUEST_ID: entry.request_id}, final.data))
+
+    def _recover_soon(self) -> None:
+        task = asyncio.ensure_future(self._recover())
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
+
+    async def _recover(self) -> None:
+        """Finals sent while the connection was down are in the store. Read again a moment later: on a
+        cluster, the other nodes learn of our re-sent subscription a little after we are back."""
+        for pause_s in RECOVER_PAUSES_S:
+            await asyncio.sleep(pause_s)
+            for entry in list(self._open.values()):
+                try:
+                    await self._look_up(entry)
+                except Exception as exc:  # the next reconnect, or the deadline, ends this one
+                    _log.warning("stored final not read after a reconnect", request_id=entry.request_id, error=str(exc))
+
+
+Reply = tuple[dict[str, str], bytes]  # headers and body of one reply
+
+
+@dataclass
+class _Open:
+    request_id: str
+    owner: str | None
+    replies: asyncio.Queue[Reply] = field(default_factory=asyncio.Queue)
+    live: Subscription | None = None
 
 
 def _succeeded(future: asyncio.Future[None]) -> bool:
@@ -172,6 +238,7 @@ class Exchange:
     result: Result | None = None
     queue_updates: list[QueueUpdate] = field(default_factory=list)
     attempt: int = 0
+    joined: bool = False  # its idempotency key was already used: it follows that request's replies
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._run()  # type: ignore[return-value]  # without queue updates: chunks only
@@ -183,15 +250,18 @@ class Exchange:
     async def _run(self, queue_updates: bool = False) -> AsyncIterator[Chunk | QueueUpdate]:
         env = self.envelope
         router = reply_router(self.nc)
-        replies = await router.listen(env.headers[h.REPLY_TO])
+        inbox = env.headers[h.REPLY_TO]
+        replies = await router.listen(inbox, env.request_id, env.owner)
         published = answered = False
         try:
-            await publish_request(self.nc, env)
+            if await publish_request(self.nc, env):
+                self.joined = True  # the key was seen: follow that request instead (its rest, or its final)
+                await router.join(inbox)
             published = True
             while self.result is None:
-                msg = await _next_reply(replies, env.deadline_ms)
+                headers, data = await _next_reply(replies, env.deadline_ms)
                 try:
-                    chunk = self._handle(msg.headers or {}, msg.data)
+                    chunk = self._handle(headers, data)
                 except IrisError:
                     answered = True  # the final reply was an error
                     raise
@@ -199,7 +269,7 @@ class Exchange:
                     yield chunk
             answered = True
         finally:
-            router.release(env.headers[h.REPLY_TO])
+            await router.release(inbox)
             if published and not answered and not self.nc.is_closed:
                 await self.cancel()  # abandoned (break, task cancelled, timeout): free the slot
 
@@ -234,7 +304,7 @@ class Exchange:
         return self.result
 
 
-async def _next_reply(replies: asyncio.Queue[Msg], deadline_ms: int) -> Msg:
+async def _next_reply(replies: asyncio.Queue[Reply], deadline_ms: int) -> Reply:
     """The next reply; a burst of chunks is read without a timer per message."""
     try:
         return replies.get_nowait()
@@ -247,9 +317,10 @@ async def _next_reply(replies: asyncio.Queue[Msg], deadline_ms: int) -> Msg:
         raise IrisError.from_wire(ErrorCode.DEADLINE_EXCEEDED, "no final reply before the deadline") from None
 
 
-async def publish_request(nc: NATS, env: RequestEnvelope, give_up_s: float = PUBLISH_GIVE_UP_S) -> None:
+async def publish_request(nc: NATS, env: RequestEnvelope, give_up_s: float = PUBLISH_GIVE_UP_S) -> bool:
     """Publish to JetStream; retries reuse the same `Nats-Msg-Id`, so they can never enqueue twice. A
-    cluster electing a stream leader is waited out for up to `give_up_s`."""
+    cluster electing a stream leader is waited out for up to `give_up_s`. True when the key had been used
+    already (inside the dedupe window): nothing new was enqueued."""
     size = len(env.body) + headers_bytes(env.headers) + PUBLISH_SLACK_BYTES
     if size > nc.max_payload:  # the server would close the connection, and every answer on it with it
         raise PayloadTooLarge(
@@ -272,5 +343,4 @@ async def publish_request(nc: NATS, env: RequestEnvelope, give_up_s: float = PUB
         raise NoCapacity("no Iris request stream: is the broker running?", retry_after_s=1.0) from None
     except APIError as exc:
         raise QueueFull(f"request stream refused the request: {exc.description}", retry_after_s=1.0) from None
-    if ack.duplicate and attempts == 1:  # a retry may find its own first try, which did get through
-        raise DuplicateRequest(f"request id {env.request_id!r} was already submitted")
+    return bool(ack.duplicate) and attempts == 1  # a retry may find its own first try, which did get through

@@ -6,11 +6,30 @@ operator must always be able to get a stuck service out of the way.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Self
+
+
+class Service(abc.ABC):
+    """A service object: `start()`, `stop()`, and `async with` doing both."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 async def run_until_signal(

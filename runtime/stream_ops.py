@@ -1,8 +1,8 @@
 """The few raw JetStream calls every part makes on the request stream, and typed reply publishing.
 
 nats-py's `js.delete_msg` erases bytes (5.7 ms here) and its direct get is twice the raw API's cost, so
-these call the JetStream API subjects themselves. Replies are published through `publish_reply` only,
-so every reply carries `Iris-Kind` and `Iris-Request-Id`.
+these call the JetStream API subjects themselves. Replies are published through `publish_reply` (and the
+final one through `runtime.answers.send_final`) only, so every reply carries `Iris-Kind` and `Iris-Request-Id`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from schemas import headers as h
+from schemas.answers import storable
 from schemas.errors import ErrorCode
-from schemas.messages import Chunk, Error, QueueUpdate, Result, StoredRequest, Ticket, encoder
-from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE
+from schemas.messages import Chunk, Error, QueueUpdate, StoredRequest, Ticket, encoder
+from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE, live_subject
 
 T = TypeVar("T")
 UNAVAILABLE_GIVE_UP_S = 60.0
@@ -32,8 +33,6 @@ PUBLISH_SLACK_BYTES = 128  # headers a JetStream publish may add (Nats-Expected-
 _KIND_OF: dict[type, str] = {
     QueueUpdate: h.KIND_QUEUED,
     Chunk: h.KIND_CHUNK,
-    Result: h.KIND_RESULT,
-    Error: h.KIND_ERROR,
     Ticket: h.KIND_TICKET,
 }
 
@@ -59,7 +58,7 @@ async def get_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> Stor
         reply = await nc.request(JS_DIRECT_GET, b'{"seq":%d}' % stream_seq, timeout=timeout_s)
         status = (reply.headers or {}).get("Status")
         if status is not None and status != "404":
-            raise _Unavailable(f"direct get answered status {status}")
+            raise Unavailable(f"direct get answered status {status}")
         return reply
 
     reply = await while_unavailable(attempt)
@@ -79,13 +78,13 @@ async def delete_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> b
         reply = await nc.request(JS_MSG_DELETE, b'{"seq":%d,"no_erase":true}' % stream_seq, timeout=timeout_s)
         answer = _delete_decoder.decode(reply.data)
         if answer.error is not None and answer.error.code == 503:  # 500 "stream store EOF" = already gone
-            raise _Unavailable(answer.error.description)
+            raise Unavailable(answer.error.description)
         return answer.success
 
     return await while_unavailable(attempt)
 
 
-class _Unavailable(Exception):
+class Unavailable(Exception):
     """JetStream answered, but cannot serve the call right now (a stream leader is being elected)."""
 
 
@@ -96,7 +95,7 @@ async def while_unavailable(call: Callable[[], Awaitable[T]], give_up_s: float =
     while True:
         try:
             return await call()
-        except (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError, _Unavailable):
+        except (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError, Unavailable):
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(pause_s)
@@ -104,10 +103,22 @@ async def while_unavailable(call: Callable[[], Awaitable[T]], give_up_s: float =
 
 
 async def publish_reply(
-    nc: NATS, reply_to: str, request_id: str, message: QueueUpdate | Chunk | Result | Error | Ticket
+    nc: NATS,
+    reply_to: str,
+    request_id: str,
+    message: QueueUpdate | Chunk | Ticket,
+    *,
+    owner: str | None,
+    live: bool = True,
 ) -> None:
+    """A reply before the final one; the final goes through `runtime.answers.send_final`, which stores it.
+    Updates and chunks go to the request's live subject too (`owner`'s; not when `live` is False), for a
+    retry that joined it (core NATS: a publish nobody listens to costs the server nothing)."""
     headers = {h.KIND: _KIND_OF[type(message)], h.REQUEST_ID: request_id}
-    await nc.publish(reply_to, encoder.encode(message), headers=headers)
+    data = encoder.encode(message)
+    await nc.publish(reply_to, data, headers=headers)
+    if live and not isinstance(message, Ticket) and storable(request_id, owner):
+        await nc.publish(live_subject(request_id, owner), data, headers=headers)
 
 
 def headers_bytes(headers: dict[str, str]) -> int:

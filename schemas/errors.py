@@ -73,7 +73,8 @@ class InvalidRequest(IrisError):
 
 
 class DuplicateRequest(InvalidRequest):
-    """The idempotency key was already used inside the stream's dedupe window: it will not run again."""
+    """An admission ticket id was already used inside the dedupe window (a request that reuses its key
+    joins the first one instead: `runtime.exchange`)."""
 
 
 class Unauthorized(IrisError):

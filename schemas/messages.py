@@ -145,6 +145,7 @@ class Lease(msgspec.Struct, frozen=True):
     cutoff_ms: int = 0  # max_inflight: the worker stops the answer here (0 = no cut-off)
     ticket: bool = False  # an admission ticket: held by the app that asked (worker_id ""), not a worker
     end_user: str = ""  # Iris-End-User: who the user asked for (splits its share)
+    owner: str = ""  # the owner token of the request's subject ("" = none): where its answer is stored
 
 
 class LeaseDone(msgspec.Struct, frozen=True):

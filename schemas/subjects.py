@@ -18,6 +18,7 @@ MODEL_BUCKET = "IRIS_MODELS"  # one ModelCard per served model (schemas.model_ca
 LEADER_KEY = "leader"
 DLQ_STREAM = "IRIS_DLQ"  # dead letters: requests Iris gave up on, with their reason
 CANCEL_STREAM = "IRIS_CANCELS"  # every cancel, kept as long as a request may live (schemas.cancels)
+ANSWER_STREAM = "IRIS_ANSWERS"  # every final reply, kept for the dedupe window (schemas.answers)
 
 REQUEST_PREFIX = "iris.req"
 REQUEST_FILTER = "iris.req.>"
@@ -29,6 +30,9 @@ DLQ_PREFIX = "iris.dlq"
 DLQ_FILTER = "iris.dlq.>"
 CANCEL_PREFIX = "iris.cancel"
 CANCEL_FILTER = "iris.cancel.>"  # iris.cancel.<id> and iris.cancel.<owner>.<id>
+ANSWER_PREFIX = "iris.answer"  # iris.answer[.<owner>].<id>: a request's stored final reply
+ANSWER_FILTER = "iris.answer.>"
+LIVE_PREFIX = "iris.live"  # iris.live[.<owner>].<id>: every reply of a request, core NATS, for joiners
 HEARTBEAT_FILTER = "iris.worker.hb.>"
 DONE_FILTER = "iris.worker.done.>"
 API_PREFIX = "iris.api"
@@ -40,6 +44,8 @@ ADMIT_END = "iris.admit.end"  # so `end` is no model name for admission
 # JetStream API subjects Iris calls directly because nats-py's helpers are slower or erase bytes.
 JS_DIRECT_GET = "$JS.API.DIRECT.GET." + REQUEST_STREAM
 JS_MSG_DELETE = "$JS.API.STREAM.MSG.DELETE." + REQUEST_STREAM
+JS_ANSWER_GET = "$JS.API.DIRECT.GET." + ANSWER_STREAM  # + "." + an answer subject: its last message
+JS_STREAM_INFO = "$JS.API.STREAM.INFO." + REQUEST_STREAM  # with deleted_details, which nats-py cannot ask for
 
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]+$"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
@@ -98,6 +104,30 @@ def parse_cancel_subject(subject: str) -> tuple[str | None, str] | None:
 def cancelled_request_id(subject: str) -> str:
     """The request id of a cancel subject (its last token); who may cancel is `parse_cancel_subject`'s owner."""
     return subject.rsplit(".", 1)[-1]
+
+
+def answer_subject(request_id: str, owner: str | None = None) -> str:
+    """Where a request's final reply is stored (stream `IRIS_ANSWERS`), under its owner like its cancels."""
+    return f"{ANSWER_PREFIX}.{request_id}" if owner is None else f"{ANSWER_PREFIX}.{owner}.{request_id}"
+
+
+def parse_answer_subject(subject: str) -> tuple[str | None, str] | None:
+    """(owner or None, request id) of `iris.answer[.<owner>].<id>`; None for another shape."""
+    parts = subject.split(".")
+    if len(parts) not in (3, 4) or f"{parts[0]}.{parts[1]}" != ANSWER_PREFIX:
+        return None
+    return (parts[2] if len(parts) == 4 else None), parts[-1]
+
+
+def answer_get_subject(request_id: str, owner: str | None = None) -> str:
+    """The direct get of a stored final by subject: what a client (and its account's permissions) names."""
+    return f"{JS_ANSWER_GET}.{answer_subject(request_id, owner)}"
+
+
+def live_subject(request_id: str, owner: str | None = None) -> str:
+    """Every reply of a request is also published here (core NATS: free without subscribers), so a retry
+    with the same idempotency key can join a request still queued or running."""
+    return f"{LIVE_PREFIX}.{request_id}" if owner is None else f"{LIVE_PREFIX}.{owner}.{request_id}"
 
 
 def lease_offer_subject(worker_id: str) -> str:

@@ -103,3 +103,8 @@ ROUND_DUE = Decisions(round_due=True)
 
 def cancelled(request: WaitingRequest, when: str, *, delete_record: bool = True) -> Rejection:
     return Rejection(request, ErrorCode.CANCELLED, f"cancelled by the client {when}", delete_record=delete_record)
+
+
+def rejected(rejection: Rejection) -> Decisions:
+    """The decisions of an event whose only outcome is one rejection."""
+    return Decisions(rejections=(rejection,))

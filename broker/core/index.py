@@ -12,9 +12,10 @@ import heapq
 from functools import partial
 
 from broker.core.limits import SchedulerLimits
-from broker.core.pool import SHARED_FIELDS, ModelPool, WorkerState, estimate
+from broker.core.pool import SHARED_FIELDS, ModelPool, estimate
 from broker.core.queue import FifoQueue, WaitingRequest, make_queue
 from broker.core.tickets import TICKET_MAX_HOLD_MS, TicketBook
+from broker.core.workers import WorkerState
 from schemas.messages import Lease, LeaseDone
 
 
@@ -61,7 +62,7 @@ class RequestIndex:
     def _adopt(self, pool: ModelPool, request: WaitingRequest, worker: WorkerState, now_ms: int) -> None:
         self._by_request_id.pop(request.request_id, None)
         pool.leases[request.stream_seq] = self._lease_for(request, worker.worker_id, now_ms)
-        worker.leases.add(request.stream_seq)
+        pool.workers.lease(worker, request.stream_seq)
         self._model_of[request.stream_seq] = request.model
 
     def _lease_for(self, request: WaitingRequest, worker_id: str, now_ms: int) -> Lease:
@@ -86,7 +87,7 @@ class RequestIndex:
             pool = self._pool(lease.model)
             worker = pool.workers.get(lease.worker_id)
             if worker is not None:  # its last heartbeat may still list the lease: it ran, it must not be adopted
-                worker.reported = worker.reported - {stream_seq}
+                pool.workers.unlist(worker, stream_seq)
             service_ms = max(1, now_ms - lease.leased_ms)
             pool.service_ms_ema = service_ms if not pool.completed else 0.8 * pool.service_ms_ema + 0.2 * service_ms
             pool.completed += 1
@@ -103,7 +104,7 @@ class RequestIndex:
         if lease is not None:
             worker = pool.workers.get(lease.worker_id)
             if worker is not None:
-                worker.leases.discard(stream_seq)
+                pool.workers.release(worker, stream_seq)
             if lease.ticket:
                 self.tickets.forget(lease.request_id)
         return lease
@@ -122,8 +123,8 @@ class RequestIndex:
         worker = pool.workers.get(lease.worker_id)
         if worker is None:
             # Unknown until it beats; slots=0 keeps new offers away, the timeout reclaims its leases.
-            worker = pool.workers[lease.worker_id] = WorkerState(lease.worker_id, lease.model, 0, now_ms)
-        worker.leases.add(lease.stream_seq)
+            worker = pool.workers.add(lease.worker_id, lease.model, 0, now_ms)
+        pool.workers.lease(worker, lease.stream_seq)
 
     def _expire(self, now_ms: int) -> list[WaitingRequest]:
         expired = []

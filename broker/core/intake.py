@@ -4,6 +4,7 @@ read here; the prompt's size comes from the `Nats-Msg-Size` header."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from broker.core.queue import WaitingRequest
@@ -54,6 +55,7 @@ def waiting_request(
         cost_tokens=labels.cost_tokens,
         prompt_tokens_est=estimate_prompt_tokens(body_bytes(headers)),
         ticket=headers.get(h.ADMISSION) == "1",
+        owner=sys.intern(owner) if owner else "",  # one string per owner, not per request
     )
 
 

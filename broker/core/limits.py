@@ -16,6 +16,7 @@ preempted; they return when they end, and from then on waiters within their cap 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -70,18 +71,7 @@ class SchedulerLimits:
     @functools.cached_property
     def flat(self) -> ModelLimits:
         """The flat defaults, built once (a hot path asks for them on every decision)."""
-        return ModelLimits(
-            max_concurrency=self.max_concurrency,
-            max_queue=self.max_queue,
-            max_inflight_ms=self.max_inflight_ms,
-            limit_by=self.limit_by,
-            limit_per_value=self.limit_per_value,
-            min_share=self.min_share,
-            priority_mode=self.priority_mode,
-            preempt_ratio=self.preempt_ratio,
-            preempt_min_run_ms=self.preempt_min_run_ms,
-            preempt_max_per_request=self.preempt_max_per_request,
-        )
+        return ModelLimits(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelLimits)})
 
 
 def label_value(request: WaitingRequest | Lease, label: LimitLabel) -> str:

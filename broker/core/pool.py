@@ -1,4 +1,5 @@
-"""What the scheduler knows about one model: its workers, leases, waiting queue and learned costs.
+"""What the scheduler knows about one model: its workers (indexed, `broker.core.workers`), leases, waiting
+queue and learned costs.
 
 Plain state, no decisions; `broker.core.scheduler` changes it.
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from broker.core.queue import DEFAULT_COST_TOKENS, RequestQueue, WaitingRequest
 from broker.core.queue_updates import QueueUpdatePlan
 from broker.core.service_time import ServiceTime
+from broker.core.workers import WorkerBook
 from schemas.messages import Lease
 
 # Workloads whose completion length a model remembers: workload names come from request subjects, which any
@@ -41,30 +43,10 @@ class CompletionLengths:
 
 
 @dataclass
-class WorkerState:
-    worker_id: str
-    model: str
-    slots: int
-    last_seen_ms: int
-    leases: set[int] = field(default_factory=set)
-    refusing: bool = False  # refused an offer; no more offers until its next heartbeat
-    draining: bool = False
-    reported: frozenset[int] = frozenset()  # what its last heartbeat listed as running
-    suspended: set[int] = field(default_factory=set)  # its leases held suspended: they hold no slot
-    max_suspended: int = 0  # how many it may hold (its heartbeat says)
-
-    @property
-    def free_slots(self) -> int:
-        if self.refusing or self.draining:
-            return 0
-        return max(0, self.slots - len(self.leases) + len(self.suspended))
-
-
-@dataclass
 class ModelPool:
     model: str
     queue: RequestQueue
-    workers: dict[str, WorkerState] = field(default_factory=dict)
+    workers: WorkerBook = field(default_factory=WorkerBook)  # indexed: no decision walks them
     leases: dict[int, Lease] = field(default_factory=dict)
     service_ms_ema: float = 2_000.0
     completed: int = 0  # leases ended: until one has, service time is a guess and no deadline is judged
@@ -77,7 +59,7 @@ class ModelPool:
     suspended: dict[int, int] = field(default_factory=dict)  # leases suspended (no slot) → since, ms
 
     def live_slots(self) -> int:
-        return sum(w.slots for w in self.workers.values() if not w.draining)
+        return self.workers.live_slots
 
     def parallelism(self, max_concurrency: int) -> int:
         """How many of the model's requests run at once: its cap, or its worker slots when fewer."""
@@ -88,9 +70,10 @@ class ModelPool:
 
     def capacity(self, max_concurrency: int) -> int:
         """Leases and tickets the model may still grant. A draining worker's slots and leases leave the
-        count together: while it finishes long answers, the model's other workers fill up."""
-        draining = sum(len(w.leases) for w in self.workers.values() if w.draining)
-        return (max_concurrency or self.live_slots()) - (len(self.leases) - draining - len(self.suspended))
+        count together: while it finishes long answers, the model's other workers fill up. A suspended lease
+        holds no slot."""
+        held = len(self.leases) - self.workers.draining_leases - len(self.suspended)
+        return (max_concurrency or self.workers.live_slots) - held
 
 
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:

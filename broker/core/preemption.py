@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from broker.core.limits import ModelLimits
-from broker.core.pool import ModelPool, WorkerState
+from broker.core.pool import ModelPool
+from broker.core.workers import WorkerState
 from schemas.messages import Heartbeat, Lease
 
 
@@ -45,7 +46,7 @@ class PreemptionBook:
         pool.suspended.pop(seq, None)
         worker = pool.workers.get(lease.worker_id)
         if worker is not None:
-            worker.suspended.discard(seq)
+            pool.workers.unsuspend(worker, seq)
         self.suspending.discard(seq)
         self.resuming.pop(seq, None)
         self.resumed_ms.pop(seq, None)
@@ -53,7 +54,7 @@ class PreemptionBook:
 
 
 def _no_slot(pool: ModelPool, limits: ModelLimits) -> bool:
-    return pool.capacity(limits.max_concurrency) <= 0 or all(w.free_slots <= 0 for w in pool.workers.values())
+    return pool.capacity(limits.max_concurrency) <= 0 or pool.workers.free_slots <= 0
 
 
 def victim(
@@ -112,7 +113,7 @@ def resumes_due(
         if len(pool.queue) and top_waiting >= limits.preempt_ratio * rank_of(lease.workload, lease.priority) > 0:
             continue  # it would be suspended again at once
         del pool.suspended[seq]
-        worker.suspended.discard(seq)
+        pool.workers.unsuspend(worker, seq)
         book.resuming[seq] = since_ms
         resumed.append(lease)
     return resumed
@@ -129,7 +130,7 @@ def suspend_answered(
         worker = pool.workers.get(lease.worker_id) if lease is not None else None
         if seq in done and worker is not None:
             pool.suspended[seq] = now_ms
-            worker.suspended.add(seq)
+            pool.workers.suspend(worker, seq)
             book.times[seq] += 1
 
 
@@ -145,7 +146,7 @@ def resume_answered(
         worker = pool.workers.get(lease.worker_id) if lease is not None else None
         if since_ms is not None and worker is not None:
             pool.suspended[seq] = since_ms
-            worker.suspended.add(seq)
+            pool.workers.suspend(worker, seq)
 
 
 def reconcile(
@@ -166,10 +167,10 @@ def reconcile(
     for seq in settled:
         if seq in listed and seq not in pool.suspended:
             pool.suspended[seq] = now_ms
-            worker.suspended.add(seq)
+            pool.workers.suspend(worker, seq)
         elif seq not in listed and seq in pool.suspended:
             del pool.suspended[seq]
-            worker.suspended.discard(seq)
+            pool.workers.unsuspend(worker, seq)
 
 
 class Preemption:

@@ -38,6 +38,7 @@ class WaitingRequest(msgspec.Struct, gc=False):
     prompt_tokens_est: int = 0  # from the body size; the base of the estimate
     ticket: bool = False  # a ticket request: granted a ticket, run by the app, needs no worker
     end_user: str = ""  # Iris-End-User: splits the user's share, never adds to it
+    owner: str = ""  # the subject's owner token ("" = none): its answer is stored under it
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,21 @@ class Tally:
         return bool(eligible.label) and sum(per_value[value] for value in eligible.at_cap) >= total
 
 
+class TalliedQueue:
+    """What every queue answers from its `Tally` (the counts limits and shortcuts ask for)."""
+
+    _tally: Tally
+
+    def count(self, workload: str) -> int:
+        return self._tally.per_workload[workload]
+
+    def count_user(self, user: str) -> int:
+        return self._tally.per_user[user]
+
+    def tickets(self) -> int:
+        return self._tally.tickets
+
+
 def _count(counter: Counter[str], key: str, delta: int) -> None:
     """Counts that drop to zero leave the map: its size follows what waits, not every value ever seen."""
     counter[key] += delta
@@ -180,7 +196,7 @@ class Lanes:
                 self.push(request)
 
 
-class FifoQueue:
+class FifoQueue(TalliedQueue):
     """First come, first served by stream sequence; a re-queued request keeps its original place."""
 
     def __init__(self, estimate: Callable[[WaitingRequest], int] | None = None) -> None:
@@ -252,17 +268,8 @@ class FifoQueue:
             return self._cost_total - own
         return sum(cost for seq, cost in self._costs.items() if seq < stream_seq)
 
-    def count(self, workload: str) -> int:
-        return self._tally.per_workload[workload]
-
     def top_priority(self, workload: str) -> int:
         return 1  # arrival order does not weigh priority
-
-    def count_user(self, user: str) -> int:
-        return self._tally.per_user[user]
-
-    def tickets(self) -> int:
-        return self._tally.tickets
 
     def charge_back(self, labels: Any, delta_tokens: int) -> None:
         return None  # arrival order does not depend on cost

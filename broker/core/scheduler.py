@@ -25,16 +25,16 @@ from broker.core.decisions import (
     QueueNotice,
     Rejection,
     Requeued,
-    TicketEnded,
     cancelled,
+    rejected,
 )
-from broker.core.index import RequestIndex
 from broker.core.limits import SchedulerLimits, next_request
-from broker.core.pool import ModelPool, WorkerState, waiting_from
-from broker.core.preemption import Preemption
+from broker.core.pool import ModelPool, waiting_from
+from broker.core.preempting import PreemptingIndex
 from broker.core.queue import WaitingRequest
 from broker.core.start_estimate import eta_s, start_delay_ms, tokens_ahead
 from broker.core.strict import StrictQueue
+from broker.core.ticketing import TicketingIndex
 from broker.core.wfq import WfqQueue
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, Lease, LeaseDone
@@ -49,7 +49,7 @@ def _never_cancelled(request_id: str, reply_to: str) -> bool:
     return False
 
 
-class Scheduler(RequestIndex):
+class Scheduler(PreemptingIndex, TicketingIndex):
     def __init__(
         self,
         limits: SchedulerLimits,
@@ -64,7 +64,6 @@ class Scheduler(RequestIndex):
         self.started_ms = now_ms
         self.adopt_before_ms = adopt_before_ms
         self.cancelled = cancelled
-        self.preemption = Preemption()
 
     def update_limits(self, limits: SchedulerLimits) -> Decisions:
         """Live reload: new limits and weights apply from the next round. The policy and a model's
@@ -91,23 +90,43 @@ class Scheduler(RequestIndex):
         if self.knows(request.stream_seq):
             return NOTHING
         known_pool = self.pools.get(request.model)
-        workers = known_pool.workers.values() if known_pool is not None else ()
-        runner = next((w for w in workers if request.stream_seq in w.reported), None)
+        runner = known_pool.workers.runner_of(request.stream_seq) if known_pool is not None else None
         if known_pool is not None and runner is not None:  # a worker runs it (its lease record was lost): adopt
             self._adopt(known_pool, request, runner, now_ms)
             return NOTHING
         if request.deadline_ms <= now_ms:
             message = "deadline passed before the request was queued"
-            return _rejected(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, message, delete_record=False))
+            return rejected(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, message, delete_record=False))
         judged = request.enqueued_ms >= self.adopt_before_ms  # not queued by an earlier term already
         refused = self._refuse_at_once(request, now_ms) if judged else None
         if refused is not None:
-            return _rejected(refused)
+            return rejected(refused)
         decision = self._queue(self._pool(request.model), request, now_ms, judged)
         if decision.queued and self.cancelled(request.request_id, request.reply_to):
             self._forget_waiting(request.stream_seq)  # cancelled before the feed reached it
-            return _rejected(cancelled(request, "before it was queued", delete_record=False))
+            return rejected(cancelled(request, "before it was queued", delete_record=False))
         return decision
+
+    def rebuild(self, requests: Iterable[WaitingRequest], now_ms: int) -> Decisions:
+        """A backlog an earlier term queued, read ahead by this broker while it stood by
+        (`broker.core.warm`): indexed at once, adopted where a worker runs it, past deadlines and cancelled
+        ones rejected. Their clients heard their place from that term: no `QueueUpdate` again."""
+        rejected: list[Rejection] = []
+        for request in requests:
+            if self.knows(request.stream_seq):
+                continue
+            pool = self._pool(request.model)
+            runner = pool.workers.runner_of(request.stream_seq)
+            if runner is not None:
+                self._adopt(pool, request, runner, now_ms)
+            elif request.deadline_ms <= now_ms:
+                message = "deadline passed while queued"
+                rejected.append(Rejection(request, ErrorCode.DEADLINE_EXCEEDED, message, delete_record=False))
+            elif self.cancelled(request.request_id, request.reply_to):
+                rejected.append(cancelled(request, "while queued", delete_record=False))
+            else:
+                self._enqueue(pool, request)
+        return Decisions(rejections=tuple(rejected), round_due=True)
 
     def _refuse_at_once(self, request: WaitingRequest, now_ms: int) -> Rejection | None:
         """no_capacity (decided before any state exists for its model: it leaves nothing behind), then
@@ -136,7 +155,7 @@ class Scheduler(RequestIndex):
             wait_s = (start_ms - now_ms) / 1000
             message = f"estimated start in {wait_s:.1f} s (queue position {position}) is past the deadline"
             unmeetable = ErrorCode.DEADLINE_UNMEETABLE
-            return _rejected(Rejection(request, unmeetable, message, round(wait_s, 3), delete_record=False))
+            return rejected(Rejection(request, unmeetable, message, round(wait_s, 3), delete_record=False))
         if not request.ticket:  # a ticket request waits on one request/reply: its only answer is the ticket
             pool.updates.plan(
                 request.stream_seq, position, request.reply_to, request.request_id, pool.dispatched, now_ms
@@ -187,7 +206,10 @@ class Scheduler(RequestIndex):
         notices = []
         for pool in self.pools.values():
             for seq, position, reply_to, request_id in pool.updates.take_due(pool.queue, pool.dispatched, now_ms):
-                eta = self._eta_s(pool, position, seq, tokens_ahead(pool, seq))
+                # The work ahead priced at its own cost per request: walking its flow for every notice costs
+                # O(depth) each, and a deep backlog is due thousands of notices a second.
+                ahead = position * pool.queue.cost_of(seq) if pool.service_time.known else None
+                eta = self._eta_s(pool, position, seq, ahead)
                 notices.append(QueueNotice(seq, reply_to, request_id, position, eta))
                 pool.updates.plan(seq, position, reply_to, request_id, pool.dispatched, now_ms)
         return tuple(notices)
@@ -203,12 +225,12 @@ class Scheduler(RequestIndex):
         resumes: list[Lease] = []
         suspends: list[Lease] = []
         for pool in self.pools.values():
-            limits = self.limits.for_model(pool.model)
-            resumes += self.preemption.resumes(pool, limits, self.limits.workload_weights) if pool.suspended else ()
+            resumes += self._resumes_due(pool)
             leases += self._dispatch_pool(pool, now_ms)
-            suspends += self.preemption.suspends(pool, limits, self.limits.workload_weights, now_ms)
+            suspends += self._suspends_due(pool, now_ms)
+        control = Decisions(suspends=tuple(suspends), resumes=tuple(resumes)) if suspends or resumes else NOTHING
         if not leases:
-            return Decisions(suspends=tuple(suspends), resumes=tuple(resumes)) if suspends or resumes else NOTHING
+            return control
         offers: list[Lease] = []
         tickets: list[Lease] = []
         rejections: list[Rejection] = []
@@ -217,20 +239,14 @@ class Scheduler(RequestIndex):
                 rejections.append(cancelled(waiting_from(lease, lease.attempt), "before it started"))
             else:
                 (tickets if lease.ticket else offers).append(lease)
-        return Decisions(
-            offers=tuple(offers),
-            tickets=tuple(tickets),
-            rejections=tuple(rejections),
-            suspends=tuple(suspends),
-            resumes=tuple(resumes),
-        )
+        return Decisions(offers=tuple(offers), tickets=tuple(tickets), rejections=tuple(rejections)) + control
 
     def _dispatch_pool(self, pool: ModelPool, now_ms: int) -> list[Lease]:
         limits = self.limits.for_model(pool.model)
         leases: list[Lease] = []
         while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
-            worker = max(pool.workers.values(), key=lambda w: w.free_slots, default=None)
-            worker_free = worker is not None and worker.free_slots > 0
+            worker = pool.workers.most_free()
+            worker_free = worker is not None
             request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
             if request is None:
                 break
@@ -242,58 +258,12 @@ class Scheduler(RequestIndex):
             else:
                 assert worker is not None
                 lease = self._lease_for(request, worker.worker_id, now_ms)
-                worker.leases.add(request.stream_seq)
+                pool.workers.lease(worker, request.stream_seq)
             pool.leases[request.stream_seq] = lease
             leases.append(lease)
         return leases
 
-    # --- preemption (broker.core.preemption) -----------------------------------------------------
-
-    def suspend_answered(self, model: str, asked: Sequence[int], suspended: Sequence[int], now_ms: int) -> Decisions:
-        """A worker's answer to a suspend order (`suspended` empty: none came): each suspended lease's slot
-        is free for the next round."""
-        if model in self.pools:
-            self.preemption.suspend_answered(self.pools[model], asked, suspended, now_ms)
-        return ROUND_DUE
-
-    def resume_answered(self, model: str, resumed: Sequence[int], refused: Sequence[int], now_ms: int) -> Decisions:
-        """A worker's answer to a resume order: refused ones wait suspended again (their slot is free)."""
-        if model in self.pools:
-            self.preemption.resume_answered(self.pools[model], resumed, refused, now_ms)
-        return ROUND_DUE
-
-    def _drop_lease(self, stream_seq: int) -> Lease | None:
-        model = self._model_of.get(stream_seq)
-        lease = super()._drop_lease(stream_seq)
-        if lease is not None and model is not None:
-            self.preemption.book.forget(self.pools[model], lease)
-        return lease
-
-    # --- tickets ---------------------------------------------------------------------------------
-
-    def _expire_tickets(self, now_ms: int) -> tuple[TicketEnded, ...]:
-        """Tickets held past their cut-off: their slots are free."""
-        expired = []
-        for cutoff_ms, seq in self.tickets.past_cutoff(now_ms):
-            model = self._model_of.get(seq)
-            lease = None if model is None else self.pools[model].leases.get(seq)
-            if lease is not None and lease.ticket and lease.cutoff_ms == cutoff_ms:
-                self._lease_ended(seq, now_ms)
-                expired.append(TicketEnded(lease, "expired at max_inflight"))
-        return tuple(expired)
-
-    def release_ticket(self, ticket_id: str, now_ms: int, owner: str | None = None) -> Decisions:
-        """An app is done with its ticket (found by id, released by `owner`, see `may_cancel`): the slot is
-        free at once."""
-        seq = self.tickets.seq_of(ticket_id)
-        if seq is None:
-            return NOTHING
-        lease = self.pools[self._model_of[seq]].leases.get(seq)
-        if lease is not None and not may_cancel(owner, lease.reply_to):
-            return NOTHING
-        self._lease_ended(seq, now_ms)
-        ended = () if lease is None else (TicketEnded(lease, "released by id"),)
-        return Decisions(tickets_ended=ended, round_due=True)
+    # --- cancels --------------------------------------------------------------------------------
 
     def cancel(self, request_id: str, now_ms: int, owner: str | None = None) -> Decisions:
         """A cancel by `owner` (`may_cancel`): a waiting request leaves at once, a ticket is released; a
@@ -303,7 +273,7 @@ class Scheduler(RequestIndex):
         request = self.pools[model].queue.get(seq) if seq is not None and model is not None else None
         if request is not None and may_cancel(owner, request.reply_to):
             self._forget_waiting(request.stream_seq)
-            return _rejected(cancelled(request, "while queued"))
+            return rejected(cancelled(request, "while queued"))
         return self.release_ticket(request_id, now_ms, owner)
 
     # --- workers and leases ----------------------------------------------------------------------
@@ -318,20 +288,22 @@ class Scheduler(RequestIndex):
         lease = self._drop_lease(stream_seq)
         if lease is None:
             return
-        worker = self._pool(lease.model).workers.get(lease.worker_id)
+        pool = self._pool(lease.model)
+        worker = pool.workers.get(lease.worker_id)
         if worker is not None:
-            worker.refusing = True
-        self._enqueue(self._pool(lease.model), waiting_from(lease, lease.attempt))
+            pool.workers.refuse(worker)
+        self._enqueue(pool, waiting_from(lease, lease.attempt))
 
     def worker_gone(self, worker_id: str, now_ms: int, offered: Collection[int] = ()) -> Decisions:
         """No one answers on the worker's subject: forget it and re-queue its leases. The leases whose offer
         found it gone (`offered`) never ran there, so they keep their attempt (no step towards a dead letter)."""
         for pool in self.pools.values():
-            worker = pool.workers.pop(worker_id, None)
+            worker = pool.workers.get(worker_id)
             if worker is not None:
                 for seq in offered:
                     if seq in worker.leases:
                         self._offer_refused(seq)
+                pool.workers.remove(worker_id)
                 return self._requeue_lost(pool, worker_id, sorted(worker.leases), "worker gone") + ROUND_DUE
         return ROUND_DUE
 
@@ -358,17 +330,15 @@ class Scheduler(RequestIndex):
         pool = self._pool(beat.model)
         worker = pool.workers.get(beat.worker_id)
         if worker is None:
-            worker = pool.workers[beat.worker_id] = WorkerState(beat.worker_id, beat.model, beat.slots, now_ms)
-        worker.slots, worker.last_seen_ms = beat.slots, now_ms
+            worker = pool.workers.add(beat.worker_id, beat.model, beat.slots, now_ms)
+        running = frozenset(beat.running)
+        pool.workers.beat(worker, beat.slots, beat.draining, running, now_ms)
         pool.ever_served = True
-        worker.refusing, worker.draining = False, beat.draining
-        running = worker.reported = frozenset(beat.running)
         for seq in running - worker.leases:
             request = pool.queue.remove(seq)
             if request is not None:
                 self._adopt(pool, request, worker, now_ms)
-        if beat.max_suspended or worker.suspended:
-            self.preemption.reconcile(pool, worker, beat, now_ms, self.limits.lease_confirm_ms)
+        self._reconcile_suspended(pool, worker, beat, now_ms)
         lost = [
             seq
             for seq in worker.leases
@@ -401,9 +371,7 @@ class Scheduler(RequestIndex):
         clients due a `QueueUpdate` told."""
         decisions = NOTHING
         for pool in self.pools.values():
-            dead = [w for w in pool.workers.values() if now_ms - w.last_seen_ms > self.limits.worker_timeout_ms]
-            for worker in dead:
-                del pool.workers[worker.worker_id]
+            for worker in pool.workers.remove_silent(now_ms - self.limits.worker_timeout_ms):
                 decisions += self._requeue_lost(pool, worker.worker_id, sorted(worker.leases), "worker timed out")
         expired = tuple(
             Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
@@ -413,7 +381,3 @@ class Scheduler(RequestIndex):
         ended = self._expire_tickets(now_ms)
         tail = Decisions(rejections=rejections, tickets_ended=ended, notices=self._queue_notices(now_ms))
         return decisions + tail + ROUND_DUE
-
-
-def _rejected(rejection: Rejection) -> Decisions:
-    return Decisions(rejections=(rejection,))

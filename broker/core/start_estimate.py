@@ -20,7 +20,7 @@ def tokens_ahead(pool: ModelPool, stream_seq: int) -> float | None:
 
 
 def start_delay_ms(pool: ModelPool, limits: ModelLimits, position: int, ahead: float | None) -> float:
-    free_slots = sum(w.free_slots for w in pool.workers.values()) if pool.workers else 1 << 30
+    free_slots = pool.workers.free_slots if pool.workers else 1 << 30
     free_now = max(0, min(pool.capacity(limits.max_concurrency), free_slots))
     if position < free_now:
         return 0.0

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from broker.core.queue import Eligible, Tally, WaitingRequest
+from broker.core.queue import Eligible, TalliedQueue, Tally, WaitingRequest
 from broker.core.stride import StrideLevel
 from broker.core.wfq import Labels, WfqQueue
 
 
-class StrictQueue:
+class StrictQueue(TalliedQueue):
     def __init__(
         self,
         weights: Mapping[str, float] | None = None,
@@ -117,17 +117,8 @@ class StrictQueue:
     def remembered(self) -> int:
         return len(self._level) + sum(band.remembered() for band in self._bands.values())
 
-    def count(self, workload: str) -> int:
-        return self._tally.per_workload[workload]
-
     def top_priority(self, workload: str) -> int:
         return max((p for p, band in self._bands.items() if band.count(workload)), default=1)
-
-    def count_user(self, user: str) -> int:
-        return self._tally.per_user[user]
-
-    def tickets(self) -> int:
-        return self._tally.tickets
 
     def top_rank(self) -> float:
         return float(max((p for p, band in self._bands.items() if len(band)), default=0))

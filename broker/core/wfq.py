@@ -25,7 +25,7 @@ import heapq
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from broker.core.queue import Eligible, Tally, WaitingRequest, default_estimate
+from broker.core.queue import Eligible, TalliedQueue, Tally, WaitingRequest, default_estimate
 from broker.core.stride import StrideLevel
 
 BYTES_PER_PROMPT_TOKEN = 4
@@ -83,7 +83,7 @@ class _Node:
             del self.priorities[priority]
 
 
-class WfqQueue:
+class WfqQueue(TalliedQueue):
     def __init__(
         self,
         weights: Mapping[str, float] | None = None,
@@ -296,18 +296,9 @@ class WfqQueue:
 
         return count(self._root)
 
-    def count(self, workload: str) -> int:
-        return self._tally.per_workload[workload]
-
     def top_priority(self, workload: str) -> int:
         node = self._root.children.get(workload)
         return 1 if node is None else node.top_priority()
-
-    def count_user(self, user: str) -> int:
-        return self._tally.per_user[user]
-
-    def tickets(self) -> int:
-        return self._tally.tickets
 
     def top_rank(self) -> float:
         children = self._root.children.items()

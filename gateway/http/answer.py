@@ -30,6 +30,7 @@ from gateway.identity import Identity, KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.model_cards import ModelCards
 from gateway.model_directory import ModelDirectory
+from runtime.clock import now_ms
 from schemas.errors import Cancelled, IrisError
 from schemas.messages import QueueUpdate, Result
 
@@ -63,10 +64,10 @@ def endpoint(ctx: HttpContext, family: ApiFamily, route: str) -> Callable[[Handl
             try:
                 response = await handler(request)
             except IrisError as exc:
-                response = error_response(family, exc)
+                response = _refused(ctx, family, route, exc)
             except Exception as exc:
                 ctx.log.exception("http handler failed", route=route)
-                response = error_response(family, ensure_error(exc))
+                response = _refused(ctx, family, route, ensure_error(exc))
             code = response.headers.get("x-iris-error", "")
             ctx.metrics.requests.labels(family.value, route, str(response.status_code), code).inc()
             return response
@@ -74,6 +75,11 @@ def endpoint(ctx: HttpContext, family: ApiFamily, route: str) -> Callable[[Handl
         return run
 
     return wrap
+
+
+def _refused(ctx: HttpContext, family: ApiFamily, route: str, exc: IrisError) -> Response:
+    ctx.metrics.refusals.note(now_ms(), family.value, route, exc.http_status, exc.code.value, exc.message)
+    return error_response(family, exc)
 
 
 async def respond(

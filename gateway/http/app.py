@@ -1,5 +1,5 @@
-"""The HTTP gateway: Starlette routes for the Ollama and OpenAI dialects, health, readiness and metrics,
-served by uvicorn inside the gateway's own event loop.
+"""The HTTP gateway: Starlette routes for the Ollama and OpenAI dialects, health, readiness, metrics and
+the status page, served by uvicorn inside the gateway's own event loop.
 
 Starlette + uvicorn: a small, well-kept ASGI stack with streaming responses and no framework magic in
 the hot path; uvicorn with httptools parses HTTP in C. The gateway owns signals (`runtime.lifecycle`),
@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.config import LOOPBACK_HOSTS
@@ -29,6 +29,8 @@ from gateway.http.io import ERROR_HEADER, ApiFamily, error_body, json_response
 from gateway.http.ollama import ollama_routes
 from gateway.http.openai import openai_routes
 from gateway.http.show import show_routes
+from gateway.http.status.hub import StatusHub
+from gateway.http.status.routes import status_routes
 from schemas.errors import ErrorCode, IrisError
 
 GRACEFUL_STOP_S = 30
@@ -38,9 +40,12 @@ def build_app(
     ctx: HttpContext,
     nats_connected: Callable[[], bool],
     broker_leader: Callable[[], Awaitable[str | None]] | None = None,
+    status: StatusHub | None = None,
 ) -> Starlette:
     async def root(request: Request) -> Response:
-        return PlainTextResponse("Iris is running (Ollama- and OpenAI-compatible API)")
+        if status is not None and request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/status", 307)  # a browser: the status page; API clients probe `/`
+        return PlainTextResponse("Iris is running (Ollama- and OpenAI-compatible API; status page at /status)")
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok", "nats_connected": nats_connected()})
@@ -75,6 +80,7 @@ def build_app(
         *ollama_routes(ctx),
         *show_routes(ctx),
         *openai_routes(ctx),
+        *(status_routes(ctx, status) if status is not None else []),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, middleware=guards(ctx))
 

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.http.io import ApiFamily, error_response
 from gateway.identity import KeyRing
 from gateway.metrics import GatewayMetrics
+from runtime.clock import now_ms
 from schemas.errors import Forbidden, IrisError, PayloadTooLarge, UnsupportedMediaType
 
 ENVELOPE_HEADER_ROOM_BYTES = 4096  # Iris-* and Nats-* headers of the request envelope, with slack
@@ -90,6 +91,9 @@ class HttpGuard:
         except IrisError as exc:
             family = ApiFamily.OPENAI if scope["path"].startswith("/v1/") else ApiFamily.OLLAMA
             self.metrics.requests.labels(family.value, "(refused)", str(exc.http_status), exc.code.value).inc()
+            self.metrics.refusals.note(
+                now_ms(), family.value, "(refused)", exc.http_status, exc.code.value, exc.message
+            )
             await error_response(family, exc)(scope, receive, body.closing(send))
             return
         await self.app(scope, self._bounded(receive, body), body.closing(send))

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from gateway.forwarding import Delta
 from gateway.http.answer import HttpContext, endpoint, respond
+from gateway.http.idempotency import idempotency_key
 from gateway.http.io import ApiFamily, error_body, json_response, read_json
 from gateway.http.sampling_options import OllamaOptions, ollama_fields, ollama_format, ollama_logprobs
 from schemas.errors import InvalidRequest, IrisError
@@ -200,7 +201,9 @@ def _answer_routes(ctx: HttpContext) -> list[Route]:
             turns = ([ChatMessage("system", call.system)] if call.system else []) + [ChatMessage("user", call.prompt)]
             body = _generate_request(call, default_max_tokens, messages=turns)
         model = ctx.models.resolve(call.model)
-        events = ctx.forwarder.open(body, model, identity, queue_updates=call.stream)
+        events = ctx.forwarder.open(
+            body, model, identity, idempotency_key(request.headers, identity), queue_updates=call.stream
+        )
         return await respond(ctx, request, family, events, fmt, stream=call.stream, model=model, identity=identity)
 
     @endpoint(ctx, family, "/api/chat")
@@ -213,7 +216,9 @@ def _answer_routes(ctx: HttpContext) -> list[Route]:
         turns = [ChatMessage(m.role, m.content) for m in call.messages]
         body = _generate_request(call, default_max_tokens, messages=turns)
         model = ctx.models.resolve(call.model)
-        events = ctx.forwarder.open(body, model, identity, queue_updates=call.stream)
+        events = ctx.forwarder.open(
+            body, model, identity, idempotency_key(request.headers, identity), queue_updates=call.stream
+        )
         fmt = _NdjsonFormat(call.model, "message")
         return await respond(ctx, request, family, events, fmt, stream=call.stream, model=model, identity=identity)
 

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.http.answer import HttpContext, endpoint, respond
+from gateway.http.idempotency import idempotency_key
 from gateway.http.io import ApiFamily, json_response, read_json
 from gateway.http.openai_stream import SseFormat
 from gateway.http.sampling_options import (
@@ -223,7 +224,9 @@ async def _answer(
 ) -> Response:
     identity = ctx.keys.identify(request.headers, end_user=call.user)
     model = ctx.models.resolve(call.model)
-    events = ctx.forwarder.open(body, model, identity, queue_updates=call.stream)
+    events = ctx.forwarder.open(
+        body, model, identity, idempotency_key(request.headers, identity), queue_updates=call.stream
+    )
     include_usage = call.stream_options is not None and call.stream_options.include_usage
     fmt = SseFormat(call.model, chat, include_usage)
     return await respond(

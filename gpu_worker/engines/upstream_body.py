@@ -31,17 +31,17 @@ def upstream_body(api: UpstreamApi, model: str, request: GenerateRequest) -> dic
     return _openai(body, request)
 
 
+def _ends(request: GenerateRequest, max_tokens_key: str) -> dict[str, Any]:
+    """Where the answer ends and how it is seeded, given: the same in both dialects but the token cap's name."""
+    given = {max_tokens_key: request.max_tokens, "stop": list(request.stop) or None, "seed": request.seed}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _ollama(body: dict[str, Any], request: GenerateRequest) -> dict[str, Any]:
     if request.logit_bias:
         raise EngineInputError("logit_bias is not supported by an Ollama upstream - at $.logit_bias")
     options: dict[str, Any] = {"temperature": request.temperature, "top_p": request.top_p}
-    if request.max_tokens is not None:
-        options["num_predict"] = request.max_tokens
-    if request.stop:
-        options["stop"] = list(request.stop)
-    if request.seed is not None:
-        options["seed"] = request.seed
-    options.update(_set_fields(request, _OLLAMA_OPTIONS))
+    options.update(_ends(request, max_tokens_key="num_predict"), **_set_fields(request, _OLLAMA_OPTIONS))
     body["options"] = options
     if request.prompt is not None:
         body["raw"] = True
@@ -56,12 +56,7 @@ def _openai(body: dict[str, Any], request: GenerateRequest) -> dict[str, Any]:
     body.update(temperature=request.temperature, top_p=request.top_p)
     if request.stream:
         body["stream_options"] = {"include_usage": True}
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.stop:
-        body["stop"] = list(request.stop)
-    if request.seed is not None:
-        body["seed"] = request.seed
+    body.update(_ends(request, max_tokens_key="max_tokens"))
     if request.logit_bias:
         body["logit_bias"] = {str(token): bias for token, bias in request.logit_bias.items()}
     body.update(_set_fields(request, _OPENAI_EXTRAS))

@@ -24,6 +24,7 @@ import aiohttp
 import httpx
 
 from iris.bench.harness import percentiles, save_report, time_calls, wait_http
+from iris.bench.status_page import print_status_cost, status_cost
 from iris.launch.nats_server import NatsServer, free_port
 from iris.launch.processes import spawn, stop_all, wait_for_model
 from iris.sdk.client import Client
@@ -101,7 +102,7 @@ def _start_stack(workdir: Path, workers: int, slots: int) -> tuple[NatsServer, l
 
 
 async def run_gateway_bench(
-    n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path
+    n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path, status_viewers: int = 0
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="iris-bench-gw-") as tmp:
         server, procs, base_url = _start_stack(Path(tmp), workers, slots)
@@ -112,6 +113,11 @@ async def run_gateway_bench(
                 async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
                     latency = await _latency(client, http, n_latency)
             throughput = await _throughput(base_url, clients, seconds)
+            status = (
+                await status_cost(base_url, procs[-1].pid, _throughput, clients, seconds, status_viewers)
+                if status_viewers
+                else None
+            )
         finally:
             stop_all(procs, server)
     report = {
@@ -127,6 +133,7 @@ async def run_gateway_bench(
         "targets": {"added_p50_ms": TARGET_ADDED_P50_MS, "requests_per_s": TARGET_REQUESTS_PER_S},
         "latency": latency,
         "throughput": throughput,
+        **({"status_page": status} if status else {}),
     }
     _print(report)
     return save_report(report, out)
@@ -150,3 +157,5 @@ def _print(report: dict[str, Any]) -> None:
     )
     if p:
         print(f"  latency under load p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms")
+    if "status_page" in report:
+        print_status_cost(report["status_page"])

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def out_option(name: str) -> Callable[[F], F]:
+    """`--out`: where a bench saves its JSON, `bench-results/<name>.json` unless told."""
+    return click.option(
+        "--out", type=click.Path(path_type=Path), default=Path(f"bench-results/{name}.json"), show_default=True
+    )
 
 
 @click.group()
@@ -19,7 +29,7 @@ def bench() -> None:
 @click.option(
     "--real-requests", type=int, default=100, show_default=True, help="Requests for the real-model TTFT part."
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/overhead.json"), show_default=True)
+@out_option("overhead")
 @click.option("--skip-real", is_flag=True, help="Only the FakeEngine part.")
 def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bool) -> None:
     """Latency Iris adds over calling the same engine in-process (FakeEngine, and TTFT on the real model)."""
@@ -34,12 +44,21 @@ def bench_overhead(n_requests: int, real_requests: int, out: Path, skip_real: bo
 @click.option("--seconds", type=float, default=15.0, show_default=True, help="Length of the throughput part.")
 @click.option("--workers", type=int, default=1, show_default=True, help="FakeEngine worker processes.")
 @click.option("--slots", type=int, default=256, show_default=True, help="Slots per worker.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/gateway.json"), show_default=True)
-def bench_gateway(n_latency: int, clients: int, seconds: float, workers: int, slots: int, out: Path) -> None:
+@click.option(
+    "--status-viewers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also measure the status page's cost: throughput with N /status/events readers vs none (ABBA).",
+)
+@out_option("gateway")
+def bench_gateway(
+    n_latency: int, clients: int, seconds: float, workers: int, slots: int, status_viewers: int, out: Path
+) -> None:
     """HTTP latency added over NATS (p50/p99) and sustained requests/s at N concurrent clients."""
     from iris.bench.gateway import run_gateway_bench
 
-    asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out))
+    asyncio.run(run_gateway_bench(n_latency, clients, seconds, workers, slots, out, status_viewers))
 
 
 @bench.command("upstream")
@@ -86,11 +105,16 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
     help="The Iris arm without priority preemption, with it (arm iris-preempt), or both arms side by side.",
 )
 @click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="The preemption arm's broker ratio.")
+@click.option(
+    "--prompt-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Your own prompts: a JSON list of strings (.json) or one prompt a line; default: the shipped set.",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("bench-results/seed"), show_default=True)
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
     fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float,
-    preemption: str, preempt_ratio: float, out_dir: Path,
+    preemption: str, preempt_ratio: float, prompt_file: str | None, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
     from iris.bench.seed.run import SeedOptions, run_seed_bench
@@ -105,12 +129,24 @@ def bench_seed(
 
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
-    options = SeedOptions(labels, mode, priority_mode, model_call_s, preemption, preempt_ratio)
+    options = SeedOptions(
+        labels, mode, priority_mode, model_call_s, prompt_file or "", preemption=preemption, preempt_ratio=preempt_ratio
+    )
     try:
         options.arms()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
+
+
+@bench.command("retry")
+@click.option("--requests", "n", type=int, default=1000, show_default=True, help="Requests, then as many retries.")
+@out_option("retry")
+def bench_retry(n: int, out: Path) -> None:
+    """Retry of a finished request (same idempotency key): the stored answer's latency; and the store's cost."""
+    from iris.bench.retry import run_retry_bench
+
+    asyncio.run(run_retry_bench(n, out))
 
 
 @bench.command("fairness")
@@ -127,7 +163,7 @@ def bench_seed(
     show_default=True,
     help="weights: workloads weighted 1:2:4; priorities: workloads at priorities 1/2/4, no weights.",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/fairness.json"), show_default=True)
+@out_option("fairness")
 def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str, scenario: str, out: Path) -> None:
     """Token share per flow vs its target under saturation (weights 1:2:4, or priorities 1/2/4; a greedy user)."""
     from iris.bench.fairness import SCENARIOS, run_fairness_bench
@@ -139,7 +175,7 @@ def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str,
 @bench.command("scheduler")
 @click.option("--requests", "n_dispatch", type=int, default=10_000, show_default=True, help="Requests to dispatch.")
 @click.option("--waiting", "n_waiting", type=int, default=100_000, show_default=True, help="Requests left waiting.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scheduler.json"), show_default=True)
+@out_option("scheduler")
 def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
     from iris.bench.scheduler import run_scheduler_bench
@@ -147,11 +183,46 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
     asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
 
 
+@bench.command("scale")
+@click.option("--fleets", default="1000,10000", show_default=True, help="Simulated fleet sizes, comma-separated.")
+@click.option("--slots", type=int, default=8, show_default=True, help="Slots per simulated worker.")
+@click.option("--single-slots", type=int, default=64, show_default=True, help="Slots of the single worker.")
+@click.option("--backlog", type=int, default=20_000, show_default=True, help="Requests waiting per phase.")
+@click.option("--waiting", type=int, default=100_000, show_default=True, help="Waiting with the largest fleet (RSS).")
+@click.option("--idle", "idle_s", type=float, default=5.0, show_default=True, help="Seconds of idle heartbeats.")
+@click.option("--takeover/--no-takeover", default=False, show_default=True, help="Measure a takeover at depth instead.")
+@click.option("--core/--no-core", default=False, show_default=True, help="The pure scheduler only (no NATS).")
+@click.option("--takeover-workers", type=int, default=100, show_default=True, help="Fleet size for --takeover.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scale.json"), show_default=True)
+def bench_scale(
+    fleets: str,
+    slots: int,
+    single_slots: int,
+    backlog: int,
+    waiting: int,
+    idle_s: float,
+    takeover: bool,
+    core: bool,
+    takeover_workers: int,
+    out: Path,
+) -> None:
+    """Dispatch rate, broker CPU per request and RSS with 1 vs 1,000 vs 10,000 workers; or a takeover at depth."""
+    from iris.bench.scale import run_core_bench, run_scale_bench, run_takeover_bench
+
+    sizes = [int(n) for n in fleets.split(",") if n.strip()]
+    if takeover:
+        asyncio.run(run_takeover_bench(waiting, takeover_workers, slots, out))
+    elif core:
+        run_core_bench(sizes, slots, single_slots, backlog, out)
+    else:
+        asyncio.run(run_scale_bench(sizes, slots, single_slots, backlog, waiting, idle_s, out))
+
+
 @bench.command("hostile")
 @click.option("--requests", "n_requests", type=int, default=100_000, show_default=True, help="Requests to send.")
 @click.option("--served-every", type=int, default=10, show_default=True, help="Every K-th to `fake` (0: none).")
 @click.option("--rounds", type=int, default=2, show_default=True, help="Rounds of --requests each.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/hostile.json"), show_default=True)
+@out_option("hostile")
 def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) -> None:
     """Broker RSS and /metrics size before and after requests to random model/workload names."""
     from iris.bench.hostile import run_hostile_bench
@@ -161,7 +232,7 @@ def bench_hostile(n_requests: int, served_every: int, rounds: int, out: Path) ->
 
 @bench.command("failover")
 @click.option("--rounds", type=int, default=3, show_default=True, help="Leaders killed, one after the other.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/failover.json"), show_default=True)
+@out_option("failover")
 def bench_failover(rounds: int, out: Path) -> None:
     """kill -9 of the leading broker under load: seconds until the standby leads and serves again."""
     from iris.bench.failover import run_failover_bench
@@ -173,7 +244,7 @@ def bench_failover(rounds: int, out: Path) -> None:
 @click.option("--duration", "duration_s", type=float, default=300.0, show_default=True, help="Seconds of overload.")
 @click.option("--slots", type=int, default=4, show_default=True, help="Slots of the FakeEngine worker.")
 @click.option("--fake-tps", type=float, default=200.0, show_default=True, help="Tokens/s per FakeEngine sequence.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/soak.json"), show_default=True)
+@out_option("soak")
 def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> None:
     """2x capacity through the HTTP gateway: bounded queues, 429 + Retry-After, RSS, fairness under overload."""
     from iris.bench.soak import run_soak_bench
@@ -186,7 +257,7 @@ def bench_soak(duration_s: float, slots: int, fake_tps: float, out: Path) -> Non
 @click.option("--decisions", type=int, default=5_000, show_default=True, help="Dispatch decisions timed.")
 @click.option("--round-trips", type=int, default=500, show_default=True, help="Sequential admissions timed.")
 @click.option("--apps", type=int, default=32, show_default=True, help="Concurrent apps for tickets/s.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/limits.json"), show_default=True)
+@out_option("limits")
 def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, out: Path) -> None:
     """Dispatch cost of limit_by with a deep backlog, and admission ticket latency and rate."""
     from iris.bench.limits import run_limits_bench
@@ -202,7 +273,7 @@ def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, ou
 @click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
 @click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/worker.json"), show_default=True)
+@out_option("worker")
 def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
     """Tokens/s with N concurrent sequences: Iris (broker + one N-slot worker) vs raw batched llama_decode."""
     from iris.bench.worker import bench_command
@@ -230,3 +301,27 @@ def bench_make_model(out: Path, shape: str) -> None:
     from iris.bench.random_gguf import SHAPES, write_llama_gguf
 
     click.echo(f"wrote {write_llama_gguf(out, SHAPES[shape])}")
+
+
+@bench.command("llama-server")
+@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--concurrency", default="1,8,32", show_default=True, help="Requests at once (= Iris slots).")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds per arm; figures are medians.")
+@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
+@click.option("--flash-attn/--no-flash-attn", default=False, show_default=True, help="Both arms.")
+@click.option("--ttft-requests", type=int, default=10, show_default=True, help="Requests for time to first token.")
+@out_option("llama-server")
+def bench_llama_server(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
+    """Tokens/s at N concurrent requests and time to first token: Iris vs `python -m llama_cpp.server`."""
+    from gpu_worker.embedded_model import embedded_model_path
+    from iris.bench.llama_server import ServerBenchSettings, run_llama_server_bench
+
+    levels = [int(part) for part in concurrency.split(",") if part.strip()]
+    if not levels or min(levels) < 1:
+        raise click.BadParameter(
+            f"{concurrency!r}: expected positive integers such as 1,8,32", param_hint="--concurrency"
+        )
+    path = str(Path(model).expanduser()) if model else str(embedded_model_path())
+    asyncio.run(run_llama_server_bench(ServerBenchSettings(path, levels, **options), out))

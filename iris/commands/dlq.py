@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from iris.commands.options import nats_option
-
-if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
-
-T = TypeVar("T")
+from iris.commands.options import echo_rows, nats_option, with_nats
 
 
 @click.group()
@@ -30,11 +22,8 @@ def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
     """List dead letters: sequence, time, model, workload, code, attempts, request id, reason (never the prompt)."""
     from iris.ops import dead_letters
 
-    letters = _with_nats(nats_url, lambda nc: dead_letters.list_dead_letters(nc, limit))
-    if json_out:
-        click.echo(dead_letters.as_json(letters))
-    else:
-        click.echo(dead_letters.as_table(letters) if letters else "no dead letters")
+    letters = with_nats(nats_url, lambda nc: dead_letters.list_dead_letters(nc, limit))
+    echo_rows(letters, json_out, dead_letters.as_json, dead_letters.as_table, "no dead letters")
 
 
 @dlq.command("replay")
@@ -50,7 +39,7 @@ def dlq_replay(seqs: tuple[int, ...], every: bool, deadline_s: float | None, wai
 
     if bool(seqs) == every:
         raise click.UsageError("give dead-letter sequences or --all, not both")
-    lines, failed = _with_nats(nats_url, lambda nc: dead_letters.replay_many(nc, list(seqs), deadline_s, wait))
+    lines, failed = with_nats(nats_url, lambda nc: dead_letters.replay_many(nc, list(seqs), deadline_s, wait))
     click.echo("\n".join(lines) if lines else "no dead letters")
     sys.exit(1 if failed else 0)
 
@@ -65,23 +54,5 @@ def dlq_rm(seqs: tuple[int, ...], every: bool, nats_url: str) -> None:
 
     if bool(seqs) == every:
         raise click.UsageError("give dead-letter sequences or --all, not both")
-    removed = _with_nats(nats_url, lambda nc: dead_letters.remove(nc, list(seqs)))
+    removed = with_nats(nats_url, lambda nc: dead_letters.remove(nc, list(seqs)))
     click.echo(f"removed {removed} dead letter(s)")
-
-
-def _with_nats(nats_url: str, action: Callable[[NATS], Awaitable[T]]) -> T:
-    """Run `action` on a fresh connection; exit 1 with a plain message when NATS cannot be reached."""
-    import nats
-
-    async def run() -> T:
-        nc = await nats.connect(nats_url, max_reconnect_attempts=2, connect_timeout=3)
-        try:
-            return await action(nc)
-        finally:
-            await nc.close()
-
-    try:
-        return asyncio.run(run())
-    except (OSError, nats.errors.NoServersError) as exc:
-        click.echo(f"iris: cannot reach NATS at {nats_url}: {exc}", err=True)
-        sys.exit(1)

@@ -224,11 +224,13 @@ class Launcher:
         capacity = f"{self.config.workers} worker(s) x {worker.slots} slot(s), engine {worker.engine}"
         http = f"http://{gateway.http_host}:{gateway.http_port}" if gateway.http_port else "off"
         metrics = f"{http}/metrics (gateway)" if gateway.http_port else "off"
+        status = f"{http}/status" if gateway.http_port else "off"
         for name, port in self.metrics_ports.items():
             metrics += f"\n              http://{METRICS_HOST}:{port}/metrics ({name})"
         print(
             f"\nIris is up.\n"
             f"  HTTP API    {http}  (Ollama: /api/*, OpenAI: /v1/*)\n"
+            f"  status      {status}  (live queues, workers, rejections; open it in a browser)\n"
             f"  NATS        {self.nats.url}  (JetStream data in {self.nats.store_dir})\n"
             f"  model       {model}  ({capacity})\n"
             f"  metrics     {metrics}\n"

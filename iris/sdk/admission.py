@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TypedDict
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -118,6 +119,17 @@ class Admission:
             await asyncio.shield(self.release())
         except (NatsTimeout, NoRespondersError) as error:  # the ticket still ends, at its cut-off
             log.warning("ticket %s not released (%r); it expires at its cut-off", self.ticket_id, error)
+
+
+class AdmissionLabels(TypedDict, total=False):
+    """The labels `admission` takes besides the model (what `Client.admit` passes on)."""
+
+    workload: str
+    priority: int
+    user: str | None
+    tokens: int | None
+    deadline_s: float
+    ticket_id: str | None
 
 
 def admission(

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 
-from iris.sdk.admission import Admission, admission
+from iris.sdk.admission import Admission, AdmissionLabels, admission
 from runtime.connection import connect
 from runtime.exchange import Exchange, RequestEnvelope, build_envelope
 from schemas import headers as h
 from schemas.errors import DuplicateRequest, InvalidRequest, NoCapacity
 from schemas.messages import ChatMessage, Chunk, GenerateRequest, QueueUpdate, Result, heartbeat_decoder
 from schemas.subjects import HEARTBEAT_FILTER, to_token
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.12
 
 __all__ = ["Admission", "Client", "DuplicateRequest", "Generation"]
 
@@ -179,29 +182,10 @@ class Client:
         options.setdefault("stream", False)
         return await self.generate(prompt, **options).finish()
 
-    def admit(
-        self,
-        *,
-        model: str,
-        workload: str = "default",
-        priority: int = 1,
-        user: str | None = None,
-        tokens: int | None = None,
-        deadline_s: float = h.DEFAULT_DEADLINE_S,
-        ticket_id: str | None = None,
-    ) -> Admission:
+    def admit(self, *, model: str, **labels: Unpack[AdmissionLabels]) -> Admission:
         """A slot for a model you call yourself: `async with client.admit(...) as ticket:` waits in the fair
-        queue for it and releases it on exit (see `iris.sdk.admission`)."""
-        return admission(
-            self.nc,
-            model=model,
-            workload=workload,
-            priority=priority,
-            user=user,
-            tokens=tokens,
-            deadline_s=deadline_s,
-            ticket_id=ticket_id,
-        )
+        queue for it and releases it on exit (labels as `iris.sdk.admission.admission` takes them)."""
+        return admission(self.nc, model=model, **labels)
 
 
 def _chat(messages: Sequence[ChatMessage | dict[str, str]] | None) -> list[ChatMessage] | None:

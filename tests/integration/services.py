@@ -67,8 +67,11 @@ class SteadyLoad:
     """`total` requests, at most `in_flight` at a time, each ending as `outcomes[i]`: "result:<completion
     tokens>:attempt<n>" or "error:<code>". What fault tests put a system under while they break it."""
 
-    def __init__(self, client: Client, total: int, in_flight: int, max_tokens: int, key_prefix: str) -> None:
+    def __init__(
+        self, client: Client, total: int, in_flight: int, max_tokens: int, key_prefix: str, deadline_s: float = 120.0
+    ) -> None:
         self.client, self.total, self.max_tokens, self.key_prefix = client, total, max_tokens, key_prefix
+        self.deadline_s = deadline_s
         self.outcomes: dict[int, str] = {}
         self._slots = asyncio.Semaphore(in_flight)
         self._tasks = [asyncio.ensure_future(self._one(i)) for i in range(total)]
@@ -78,7 +81,11 @@ class SteadyLoad:
             key = f"{self.key_prefix}-{i}"
             try:
                 result = await self.client.complete(
-                    f"request {i}", model="fake", max_tokens=self.max_tokens, idempotency_key=key
+                    f"request {i}",
+                    model="fake",
+                    max_tokens=self.max_tokens,
+                    idempotency_key=key,
+                    deadline_s=self.deadline_s,
                 )
                 self.outcomes[i] = f"result:{result.usage.completion_tokens}:attempt{result.attempt}"
             except IrisError as exc:

@@ -1,17 +1,25 @@
-"""The seed experiment's outputs: a Markdown report, the JSON behind it, and two PNG plots per user
-behaviour (per-request latency over time by tier and arm; latency CDF by tier and arm). matplotlib draws
-headless (Agg)."""
+"""The seed experiment's outputs: a Markdown report, the JSON behind it, two PNG plots per user behaviour
+(per-request latency over time by tier and arm; latency CDF by tier and arm), and `report.html`: the
+latency-over-time plots of the arms side by side ("before/after"), drawn in the browser by the status
+page's own chart code, inlined so the file opens from disk with nothing else. matplotlib draws headless (Agg);
+where it is not installed (the GPU carry leaves it out to fit in 64 MiB) the plots are left out, and
+`redraw_plots` draws them later from seed.json."""
 
 from __future__ import annotations
 
+import html
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (the backend must be chosen before pyplot loads)
+except ImportError:
+    plt = None  # type: ignore[assignment]
 
 ARM_TITLES = {
     "fifo": "FIFO",
@@ -140,11 +148,84 @@ def write_report(setup: dict[str, Any], results: dict[str, Any], out_dir: Path) 
     ]
     for behaviour, block in results.items():
         lines += _tables(behaviour, block)
-        plot_over_time(block["samples"], out_dir / f"{behaviour}-latency-over-time.png", behaviour)
-        plot_cdf(block["samples"], out_dir / f"{behaviour}-latency-cdf.png", behaviour)
     report = {"setup": setup, "results": results}
+    plots = redraw_plots(report, out_dir)
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "seed.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "report.html").write_text(html_report(lines[2], results))
     print("\n".join(line for line in lines if not line.startswith("![")))
-    print(f"saved {out_dir / 'report.md'}, seed.json and PNG plots")
+    plotted = " and PNG plots" if plots else "; no plots: no matplotlib"
+    print(f"saved {out_dir / 'report.md'}, report.html, seed.json{plotted}")
     return report
+
+
+_HTML_SCRIPT = """
+var data = JSON.parse(document.getElementById("seed-data").textContent);
+var colors = {"paid": "#3b7dd8", "open-source": "#e07a1f"};
+Object.keys(data.behaviours).forEach(function (behaviour) {
+  var block = data.behaviours[behaviour], row = document.getElementById("row-" + behaviour);
+  Object.keys(block.arms).forEach(function (arm) {
+    var tiers = block.arms[arm], box = document.createElement("div"), title = document.createElement("h3");
+    title.textContent = data.titles[arm] || arm;
+    box.appendChild(title);
+    var svg = IrisCharts.svg("svg", {role: "img", "aria-label": title.textContent});
+    box.appendChild(svg);
+    row.appendChild(box);
+    var series = Object.keys(tiers).map(function (tier) {
+      return {label: tier, color: colors[tier], dots: true, points: tiers[tier]};
+    });
+    IrisCharts.draw(svg, {series: series, xMin: 0, xMax: IrisCharts.niceMax(block.x_max), yMax: block.y_max,
+                          width: 380, height: 240, yUnit: " s",
+                          xTicks: function (v) { return IrisCharts.number(v) + " s"; }});
+  });
+});
+"""
+_HTML_STYLE = (
+    "body{font:14px system-ui,sans-serif;margin:24px;color:#1d1d28}.row{display:flex;gap:16px;flex-wrap:wrap}"
+    ".row>div{flex:1;min-width:320px}h3{font-size:13px;margin:0}svg{width:100%;height:auto}"
+    "svg text{font-size:10px;fill:#6b6b7b}svg .grid{stroke:#e3e3ea}svg .axis{stroke:#b9b9c6}"
+)
+
+
+def html_data(results: dict[str, Any]) -> dict[str, Any]:
+    """Per behaviour and arm, each tier's answered requests as [submitted s, latency s]; one y scale per
+    behaviour so the arms compare at a glance. No prompt or user name is part of it."""
+    behaviours = {}
+    for behaviour, block in results.items():
+        ok = [s for s in block["samples"] if s["outcome"] == "ok"]
+        arms: dict[str, dict[str, list[list[float]]]] = {}
+        for s in ok:
+            points = arms.setdefault(s["arm"], {}).setdefault(s["tier"], [])
+            points.append([round(s["submitted_s"], 3), round(s["latency_s"], 3)])
+        y_max = max((s["latency_s"] for s in ok), default=1.0)
+        x_max = max((s["submitted_s"] for s in ok), default=1.0)
+        ordered = {arm: {t: arms[arm][t] for t in TIER_COLORS if t in arms[arm]} for arm in ARM_TITLES if arm in arms}
+        behaviours[behaviour] = {"arms": ordered, "y_max": y_max, "x_max": x_max}
+    return {"titles": ARM_TITLES, "behaviours": behaviours}
+
+
+def html_report(intro: str, results: dict[str, Any]) -> str:
+    charts_js = (resources.files("gateway.http.status") / "static" / "charts.js").read_text()
+    data = json.dumps(html_data(results)).replace("</", "<\\/")
+    rows = "".join(
+        f"<h2>Per-request latency over time ({html.escape(b)}), submit → answer</h2>"
+        f'<div class="row" id="row-{html.escape(b)}"></div>'
+        for b in results
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Iris seed experiment</title>'
+        f"<style>{_HTML_STYLE}</style></head><body><h1>Iris seed experiment: before / after</h1>"
+        f"<p>{html.escape(intro)}</p>{rows}"
+        f'<script type="application/json" id="seed-data">{data}</script>'
+        f"<script>{charts_js}</script><script>{_HTML_SCRIPT}</script></body></html>"
+    )
+
+
+def redraw_plots(report: dict[str, Any], out_dir: Path) -> bool:
+    """Draw each behaviour's two plots from a report (as saved in seed.json); False without matplotlib."""
+    if plt is None:
+        return False
+    for behaviour, block in report["results"].items():
+        plot_over_time(block["samples"], out_dir / f"{behaviour}-latency-over-time.png", behaviour)
+        plot_cdf(block["samples"], out_dir / f"{behaviour}-latency-cdf.png", behaviour)
+    return True

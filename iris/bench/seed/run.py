@@ -59,6 +59,7 @@ class SeedOptions:
     mode: str = "requests"  # or "admission": tickets from Iris, the model called by the app
     priority_mode: str = "share"  # the broker's `priority_mode` in the Iris arm
     model_call_s: float = 0.3  # admission mode: one call to the app's own model server
+    prompt_file: str = ""  # prompts of one's own (JSON list of strings, or one per line); "" = the shipped set
     preemption: str = "off"  # the Iris arm without preemption, with it, or both arms
     preempt_ratio: float = 2.0  # the broker's `preempt_ratio` in the preemption arm
 
@@ -93,14 +94,21 @@ class User:
     prompts: tuple[str, ...]
 
 
-def seed_prompts() -> list[str]:
-    text = resources.files("iris.bench.seed").joinpath("prompts.json").read_text()
-    prompts: list[str] = json.loads(text)
+def seed_prompts(prompt_file: str = "") -> list[str]:
+    """The shipped prompt set, or `prompt_file`'s: a JSON list of strings (`.json`), else one prompt a line."""
+    if not prompt_file:
+        return list(json.loads(resources.files("iris.bench.seed").joinpath("prompts.json").read_text()))
+    text = Path(prompt_file).read_text()
+    prompts = json.loads(text) if prompt_file.endswith(".json") else [line.strip() for line in text.splitlines()]
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{prompt_file}: a JSON prompt file holds a list of strings")
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise ValueError(f"{prompt_file}: no prompts in it")
     return prompts
 
 
-def make_users(per_user: int) -> list[User]:
-    prompts = seed_prompts()
+def make_users(per_user: int, prompts: list[str]) -> list[User]:
     users = []
     for t, (tier, priority) in enumerate(TIERS):
         for i in range(USERS_PER_TIER):
@@ -358,7 +366,7 @@ async def run_seed_bench(
 ) -> dict[str, Any]:
     from iris.bench.seed.report import write_report
 
-    users = make_users(per_user)
+    users = make_users(per_user, seed_prompts(options.prompt_file))
     results: dict[str, Any] = {}
     for behaviour in behaviours:
         samples: list[Sample] = []
@@ -386,6 +394,7 @@ async def run_seed_bench(
         "preempt_ratio": options.preempt_ratio if options.preemption != "off" else None,
         "model_call_s": options.model_call_s if options.mode == "admission" else None,
         "prompts_per_user": per_user,
+        "prompt_file": options.prompt_file or "shipped (iris/bench/seed/prompts.json)",
         "max_tokens": max_tokens,
         "max_concurrency": MAX_CONCURRENCY,
         "queue_timeout_s": QUEUE_TIMEOUT_S,

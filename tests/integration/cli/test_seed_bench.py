@@ -1,17 +1,22 @@
 """`iris bench seed` end to end in smoke mode (FakeEngine): three arms on real stacks, one outcome per
-request, the report, JSON and both plots written."""
+request, the report, JSON, both plots and the HTML page written; the first through the command line as a
+user types it (its defaults included)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from iris.bench.seed.run import USERS_PER_TIER, SeedOptions, run_seed_bench, seed_prompts
 
 
-async def test_seed_bench_smoke(tmp_path: Path) -> None:
-    worker = ["--engine", "fake", "--model-name", "fake", "--fake-tps", "200"]
-    report = await run_seed_bench(["closed", "burst"], 2, 10, worker, "fake", tmp_path)
+def test_seed_bench_smoke(tmp_path: Path) -> None:
+    command = ["bench", "seed", "--engine", "fake", "--fake-tps", "200", "--prompts", "2", "--max-tokens", "10"]
+    iris = [sys.executable, "-c", "from iris.cli import main; main()"]
+    subprocess.run([*iris, *command, "--out-dir", str(tmp_path)], check=True, timeout=600)
+    report = json.loads((tmp_path / "seed.json").read_text())
     for behaviour in ("closed", "burst"):
         block = report["results"][behaviour]
         samples = block["samples"]
@@ -26,7 +31,10 @@ async def test_seed_bench_smoke(tmp_path: Path) -> None:
     text = (tmp_path / "report.md").read_text()
     assert "paid p50, Iris (WFQ) / FIFO" in text and "| Iris (WFQ) | paid |" in text
     assert report["setup"]["labels"] == "reference" and "a workload per tier" in text
-    assert json.loads((tmp_path / "seed.json").read_text())["setup"]["max_concurrency"] == 2
+    assert report["setup"]["max_concurrency"] == 2
+    page = (tmp_path / "report.html").read_text()  # before/after side by side, drawn by the status page's charts
+    assert "IrisCharts.draw" in page and 'id="row-closed"' in page and 'id="row-burst"' in page
+    assert '"fifo"' in page and '"iris"' in page and "paid-1" not in page and "http" not in page.split("<script")[0]
     assert len(seed_prompts()) >= 250 and len(set(seed_prompts())) == len(seed_prompts())
 
 

@@ -1,5 +1,5 @@
 """The least-privilege NATS users of deploy/: Iris works through them, and a client can neither read
-another client's replies nor consume the request stream or its bodies directly."""
+another client's replies (live or stored) nor consume the request stream or its bodies directly."""
 
 from __future__ import annotations
 
@@ -21,17 +21,22 @@ from gpu_worker.engines.fake import FakeEngine
 from iris.launch.nats_server import NatsServer
 from iris.ops.dead_letters import list_dead_letters
 from iris.sdk.client import Client
+from runtime.answers import fetch_final
 from runtime.connection import connect
 from schemas import headers as h
 from schemas.errors import Cancelled, ErrorCode
 from schemas.messages import error_decoder
 from schemas.subjects import (
     BROKER_BUCKET,
+    JS_ANSWER_GET,
     JS_DIRECT_GET,
     LEADER_KEY,
     LEASE_BUCKET,
     REQUEST_STREAM,
+    answer_get_subject,
+    answer_subject,
     cancel_subject,
+    live_subject,
     request_subject,
 )
 from tests.integration.services import broker, eventually, wait_for_models, wait_stream_empty, worker
@@ -240,3 +245,45 @@ async def _drained(service: object) -> bool:
 
     await eventually(idle, timeout_s=10, what="the cancelled lease to end")
     return True
+
+
+async def test_a_user_reads_only_its_own_stored_answers(secured: tuple[NatsServer, dict[str, str]]) -> None:
+    """Alice's retry gets her stored answer; Bob can neither direct-get it nor listen to her live replies
+    (the server refuses both), and his own answers work the same way for him."""
+    _, url = secured
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc))
+
+    engine = FakeEngine("fake")
+    async with (
+        broker(url["broker"]),
+        worker(url["worker"], engine, "w1"),
+        await Client.connect(url["alice"]) as alice,
+        await Client.connect(url["bob"], error_cb=on_error) as bob,
+    ):
+        await wait_for_models(alice, "fake")
+        first = await alice.complete("alice's secret", model="fake", max_tokens=4, idempotency_key="alice-answer")
+        again = await alice.complete("alice's secret", model="fake", max_tokens=4, idempotency_key="alice-answer")
+        assert again == first and engine.generations == 1
+        assert await fetch_final(alice.nc, "alice-answer", "alice") is not None  # her own, by direct get
+
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await bob.nc.request(answer_get_subject("alice-answer", "alice"), b"", timeout=1)
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await bob.nc.request(f"{JS_ANSWER_GET}.{answer_subject('alice-answer')}", b"", timeout=1)
+        overheard = await bob.nc.subscribe(live_subject("alice-live", "alice"))
+        running = alice.generate("streamed to alice", model="fake", max_tokens=5, idempotency_key="alice-live")
+        assert len([chunk async for chunk in running]) == 5
+        await bob.nc.flush()
+        assert overheard.pending_msgs == 0
+
+        mine = await bob.complete("bob's own", model="fake", max_tokens=2, idempotency_key="bob-answer")
+        assert await bob.complete("bob's own", model="fake", max_tokens=2, idempotency_key="bob-answer") == mine
+
+        async def refused() -> bool:
+            publishes = sum("permissions violation for publish" in v for v in violations)
+            return publishes >= 2 and any("permissions violation for subscription" in v for v in violations)
+
+        await eventually(refused, what="the server to refuse bob's reads of alice's answers")

@@ -63,9 +63,9 @@ async def final_error(sub: Any) -> str:
 async def test_tick_and_stats_loops_survive_failing_io(
     nats_server: NatsServer, nc: NATS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    publish = FailsOnce(broker.term.publish_reply)
+    publish = FailsOnce(broker.term.send_final)
     delete = FailsOnce(broker.term.delete_request)
-    monkeypatch.setattr(broker.term, "publish_reply", publish)
+    monkeypatch.setattr(broker.term, "send_final", publish)
     monkeypatch.setattr(broker.term, "delete_request", delete)
     engine = FakeEngine("fake", tokens_per_s=10)
     async with run_broker(nats_server.url) as service, worker(nats_server.url, engine, "w1"):

@@ -3,10 +3,16 @@ final result, the ones it was running are re-run on the other worker, and no req
 
 from __future__ import annotations
 
+import asyncio
+
+import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
+from schemas.messages import Heartbeat
+from schemas.subjects import heartbeat_subject
 from tests.conftest import Processes
 from tests.integration.services import SteadyLoad, eventually, wait_for_models, wait_stream_empty
 
@@ -17,7 +23,7 @@ IN_FLIGHT = 16
 async def test_worker_killed_under_load(nats_server: NatsServer, nc: NATS, processes: Processes) -> None:
     url = nats_server.url
     processes.start("broker", "broker", "--nats", url, "--worker-timeout", "1")
-    victim = processes.start_fake_worker(url, "w1", tokens_per_s=200)
+    victim = processes.start_fake_worker(url, "w1", tokens_per_s=40)  # slower: it always holds a lease
     processes.start_fake_worker(url, "w2", tokens_per_s=200)
     client = Client(nc)
     await wait_for_models(client, "fake")
@@ -27,7 +33,17 @@ async def test_worker_killed_under_load(nats_server: NatsServer, nc: NATS, proce
         return len(load.outcomes) >= REQUESTS // 3 and '"request done"' in processes.log("w1")
 
     await eventually(under_way, what="both workers serving the load")
+    running: asyncio.Queue[Heartbeat] = asyncio.Queue()
+
+    async def on_beat(msg: Msg) -> None:
+        beat = msgspec.json.decode(msg.data, type=Heartbeat)
+        if beat.running:
+            running.put_nowait(beat)
+
+    beats = await nc.subscribe(heartbeat_subject("fake", "w1"), cb=on_beat)
+    await asyncio.wait_for(running.get(), timeout=30)  # kill w1 while it reports leases it is running
     victim.kill()
+    await beats.unsubscribe()
     outcomes = await load.finished()
 
     assert len(outcomes) == REQUESTS

@@ -43,20 +43,39 @@ async def whole(engine: LlamaCppEngine, req: GenerateRequest) -> tuple[str, list
     return "".join(text), tokens, finished
 
 
+class SuspendAtStep(StopSignal):
+    """Wants the suspension from the engine's `step`-th look at it on: the batch loop looks once a decode
+    step, in its own thread, so the answer is suspended after the same token on every run however late
+    the event loop reads the pieces (asked from there, a fast engine may have finished already)."""
+
+    def __init__(self, step: int) -> None:
+        self._wanted, self._looks, self._step = False, 0, step
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def suspend_wanted(self) -> bool:
+        self._looks += 1
+        if self._looks == self._step:
+            self._wanted = self.reason is None
+        return self._wanted
+
+    @suspend_wanted.setter
+    def suspend_wanted(self, wanted: bool) -> None:
+        self._wanted = wanted
+
+
 async def suspended_once(
-    engine: LlamaCppEngine, req: GenerateRequest, meanwhile: GenerateRequest, after_tokens: int = 6
+    engine: LlamaCppEngine, req: GenerateRequest, meanwhile: GenerateRequest, at_step: int = 6
 ) -> tuple[str, list[int], Finished, str]:
-    """Suspend after `after_tokens`, run `meanwhile` to its end in the freed slot, resume; the resume mode."""
-    stop = StopSignal()
+    """Suspend at decode step `at_step`, run `meanwhile` to its end in the freed slot, resume; the resume
+    mode ("" when it was never suspended)."""
+    stop = SuspendAtStep(at_step)
     text, tokens, finished, mode = [], [], None, ""
     events: AsyncIterator[object] = engine.generate(req, stop)
     async for event in events:
         if isinstance(event, Piece):
             text.append(event.text)
             tokens.extend(event.tokens)
-            if len(tokens) >= after_tokens and not mode:
-                mode = "asked"
-                stop.suspend()
         elif isinstance(event, Suspended):
             assert engine.cells_in_use() or not engine.suspend.keep_cells or True
             await whole(engine, meanwhile)
@@ -93,13 +112,14 @@ async def test_a_suspended_answer_resumes_token_identical(
 
 
 async def test_kept_cells_make_room_when_a_running_sequence_needs_them(tiny_mistral_model: str) -> None:
-    """One slot of 256 cells: the suspended answer keeps ~70 of them until a 190-token prompt needs the
-    cache; then its state goes to host memory and comes back on resume."""
+    """One slot of 256 cells: the answer suspended late (step 18 of 24) keeps its cells until a 190-token
+    prompt needs the cache; then its state goes to host memory and comes back on resume. (Suspended by
+    step 10 it holds too few for the prompt to need them: it stays kept.)"""
     engine = await load(tiny_mistral_model, SuspendPolicy(max_suspended=1), ctx_per_slot=256)
     try:
         long_prompt = " ".join(["ships and lighthouses"] * 11)  # ~190 tokens
         uninterrupted = await whole(engine, request())
-        text, tokens, finished, mode = await suspended_once(engine, request(), request(long_prompt, 8))
+        text, tokens, finished, mode = await suspended_once(engine, request(), request(long_prompt, 8), at_step=18)
         assert mode == "restored"
         assert (text, tokens, finished) == uninterrupted
     finally:
