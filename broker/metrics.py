@@ -73,6 +73,10 @@ class BrokerMetrics:
         self.target_share = Gauge(
             "iris_broker_target_share", "Weight x priority share among busy workloads", FLOW, registry=r
         )
+        self.suspensions = Counter(
+            "iris_broker_suspensions", "Running leases suspended for a higher-ranked waiting request", FLOW, registry=r
+        )
+        self.resumes = Counter("iris_broker_resumes", "Suspended leases resumed on their worker", ["model"], registry=r)
         self.endpoint = MetricsEndpoint(r)
         self._shown: set[Flow] = set()
         self.labels = FlowLabels()
@@ -114,6 +118,13 @@ class BrokerMetrics:
         self._child(self.actual_tokens, model, workload).inc(tokens)
         self._child(self.served_tokens, model, workload, str(priority)).inc(tokens)
         self.window.served(model, workload, tokens, now_ms)
+
+    def suspended(self, lease: Lease) -> None:
+        self.suspensions.labels(*self.labels.flow(lease.model, lease.workload)).inc()
+
+    def resumed(self, model: str, count: int) -> None:
+        if count:
+            self.resumes.labels(self.labels.model(model)).inc(count)
 
     def reclaimed(self, request: WaitingRequest) -> None:
         self.reclaims.labels(self.labels.model(request.model)).inc()

@@ -135,6 +135,11 @@ def lease_offer_subject(worker_id: str) -> str:
     return f"iris.worker.{worker_id}.lease"
 
 
+def lease_control_subject(worker_id: str) -> str:
+    """Suspend / resume orders for one worker's leases (`LeaseControl` → `LeaseControlAnswer`)."""
+    return f"iris.worker.{worker_id}.control"
+
+
 def heartbeat_subject(model: str, worker_id: str) -> str:
     return f"iris.worker.hb.{model}.{worker_id}"
 
