@@ -120,7 +120,7 @@ class BrokerMetrics:
         self.window.served(model, workload, tokens, now_ms)
 
     def suspended(self, lease: Lease) -> None:
-        self.suspensions.labels(*self.labels.flow(lease.model, lease.workload)).inc()
+        self._child(self.suspensions, *self.labels.flow(lease.model, lease.workload)).inc()
 
     def resumed(self, model: str, count: int) -> None:
         if count:
