@@ -17,6 +17,9 @@ from runtime.config_fields import DEFAULT_NATS_URL, LogLevel, MetricsHost, Metri
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")]
 LimitBy = Literal["", "user", "workload"]
 MinShare = Annotated[float, Meta(ge=0, le=1)]
+PreemptRatio = Annotated[float, Meta(ge=0, le=10_000)]
+PreemptMinRun = Annotated[float, Meta(ge=0, le=3600)]
+PreemptMaxPerRequest = Annotated[int, Meta(ge=0, le=100)]
 
 
 class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -29,6 +32,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limit_per_value: Annotated[int, Meta(ge=0)] | None = None
     min_share: MinShare | None = None
     priority_mode: PriorityMode | None = None
+    preempt_ratio: PreemptRatio | None = None
+    preempt_min_run_s: PreemptMinRun | None = None
+    preempt_max_per_request: PreemptMaxPerRequest | None = None
 
 
 class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
@@ -59,6 +65,16 @@ class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
         PriorityMode,
         Meta(description="WFQ: priority multiplies shares across workloads (share), or higher bands first (strict)."),
     ] = "share"
+    preempt_ratio: Annotated[
+        PreemptRatio,
+        Meta(description="Suspend a running lease for a waiting one ranked this many times higher (0 = never)."),
+    ] = 0.0
+    preempt_min_run_s: Annotated[
+        PreemptMinRun, Meta(description="Seconds a lease runs (since start or resume) before it may be suspended.")
+    ] = 1.0
+    preempt_max_per_request: Annotated[
+        PreemptMaxPerRequest, Meta(description="Times one request may be suspended; then it runs to the end.")
+    ] = 1
     models: Annotated[
         dict[Token, ModelConfig],
         Meta(description='Per-model limits overriding the flat ones, e.g. {"m": {"max_queue": 5}}.'),
@@ -112,6 +128,10 @@ class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     stats_s: Annotated[
         float, Meta(gt=0, le=60, description="Seconds between BrokerStats on iris.broker.stats (what iris top reads).")
     ] = 1.0
+    metrics_idle_s: Annotated[
+        float,
+        Meta(gt=0, le=86400, description="Seconds a flow stays idle before its series leave /metrics."),
+    ] = 600.0
     log_level: LogLevel = "info"
 
     def __post_init__(self) -> None:

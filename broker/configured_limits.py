@@ -23,6 +23,9 @@ def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
         limit_per_value=config.limit_per_value,
         min_share=config.min_share,
         priority_mode=config.priority_mode,
+        preempt_ratio=config.preempt_ratio,
+        preempt_min_run_ms=int(config.preempt_min_run_s * 1000),
+        preempt_max_per_request=config.preempt_max_per_request,
     )
     models = {name: _merged(flat, own) for name, own in config.models.items()}
     return SchedulerLimits(
@@ -37,6 +40,7 @@ def scheduler_limits(config: BrokerConfig) -> SchedulerLimits:
 
 def _merged(flat: ModelLimits, own: ModelConfig) -> ModelLimits:
     inflight_ms = None if own.max_inflight_s is None else int(own.max_inflight_s * 1000)
+    min_run_ms = None if own.preempt_min_run_s is None else int(own.preempt_min_run_s * 1000)
     return ModelLimits(
         max_concurrency=_given(own.max_concurrency, flat.max_concurrency),
         max_queue=_given(own.max_queue, flat.max_queue),
@@ -45,6 +49,9 @@ def _merged(flat: ModelLimits, own: ModelConfig) -> ModelLimits:
         limit_per_value=_given(own.limit_per_value, flat.limit_per_value),
         min_share=_given(own.min_share, flat.min_share),
         priority_mode=_given(own.priority_mode, flat.priority_mode),
+        preempt_ratio=_given(own.preempt_ratio, flat.preempt_ratio),
+        preempt_min_run_ms=_given(min_run_ms, flat.preempt_min_run_ms),
+        preempt_max_per_request=_given(own.preempt_max_per_request, flat.preempt_max_per_request),
     )
 
 

@@ -2,18 +2,23 @@
 
 Labels are bounded: model, workload, priority (1-100), outcome and error code; never a user or request id.
 Models and workloads come from request subjects, so they pass through `FlowLabels` (`schemas.metric_labels`):
-a model no worker serves is `_unserved`, workloads past a cap per model are `_other`.
+a model no worker serves is `_unserved`, workloads past a cap per model are `_other`. A flow idle for
+`idle_s` (nothing queued or running, no event) leaves `/metrics` and frees its label: a burst of invented
+workload names leaves no series behind once it is over (Prometheus reads a counter that comes back as a reset).
 `/metrics` is served on `metrics_host:metrics_port` by prometheus_client's own HTTP server thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from broker.core.queue import WaitingRequest
 from broker.core.stats import Flow, FlowLoad, StatsWindow
+from runtime.clock import now_ms
 from runtime.metrics_http import MetricsEndpoint
 from schemas.messages import BrokerStats, Lease, LeaseDone
 from schemas.metric_labels import FlowLabels
@@ -24,8 +29,9 @@ FLOW_PRIORITY = ["model", "workload", "priority"]
 
 
 class BrokerMetrics:
-    def __init__(self, window_s: float = 60.0) -> None:
+    def __init__(self, window_s: float = 60.0, idle_s: float = 600.0) -> None:
         self.registry = r = CollectorRegistry()
+        self.idle_ms = int(idle_s * 1000)
         self.window = StatsWindow(window_s)
         self.requests = Counter(
             "iris_broker_requests",
@@ -67,9 +73,15 @@ class BrokerMetrics:
         self.target_share = Gauge(
             "iris_broker_target_share", "Weight x priority share among busy workloads", FLOW, registry=r
         )
+        self.suspensions = Counter(
+            "iris_broker_suspensions", "Running leases suspended for a higher-ranked waiting request", FLOW, registry=r
+        )
+        self.resumes = Counter("iris_broker_resumes", "Suspended leases resumed on their worker", ["model"], registry=r)
         self.endpoint = MetricsEndpoint(r)
         self._shown: set[Flow] = set()
         self.labels = FlowLabels()
+        self._children: dict[Flow, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
+        self._last_event_ms: dict[Flow, int] = {}
 
     def leading(self, leads: bool) -> None:
         self.leader.set(1 if leads else 0)
@@ -89,23 +101,30 @@ class BrokerMetrics:
         self.window.rejected(model, workload, code, message, now_ms)
         if code in ("deadline_exceeded", "deadline_unmeetable"):
             when = "queued" if code == "deadline_exceeded" else "unmeetable"
-            self.deadline_drops.labels(model, workload, when).inc()
+            self._child(self.deadline_drops, model, workload, when).inc()
 
     def started(self, lease: Lease, now_ms: int) -> None:
         model, workload = self.labels.flow(lease.model, lease.workload)
         self._count(model, workload, lease.priority, "started")
         waited_ms = lease.leased_ms - lease.enqueued_ms
-        self.queue_wait_s.labels(model, workload, str(lease.priority)).observe(max(0, waited_ms) / 1000)
-        self.estimated_tokens.labels(model, workload).inc(lease.cost_tokens)
+        self._child(self.queue_wait_s, model, workload, str(lease.priority)).observe(max(0, waited_ms) / 1000)
+        self._child(self.estimated_tokens, model, workload).inc(lease.cost_tokens)
         self.window.started(model, workload, waited_ms, now_ms)
 
     def finished(self, done: LeaseDone, priority: int, now_ms: int) -> None:
         model, workload = self.labels.flow(done.model, done.workload)
         tokens = done.prompt_tokens + done.completion_tokens
         self._count(model, workload, priority, "completed")
-        self.actual_tokens.labels(model, workload).inc(tokens)
-        self.served_tokens.labels(model, workload, str(priority)).inc(tokens)
+        self._child(self.actual_tokens, model, workload).inc(tokens)
+        self._child(self.served_tokens, model, workload, str(priority)).inc(tokens)
         self.window.served(model, workload, tokens, now_ms)
+
+    def suspended(self, lease: Lease) -> None:
+        self._child(self.suspensions, *self.labels.flow(lease.model, lease.workload)).inc()
+
+    def resumed(self, model: str, count: int) -> None:
+        if count:
+            self.resumes.labels(self.labels.model(model)).inc(count)
 
     def reclaimed(self, request: WaitingRequest) -> None:
         self.reclaims.labels(self.labels.model(request.model)).inc()
@@ -122,15 +141,35 @@ class BrokerMetrics:
         shown = set()
         for row in stats.workloads:
             shown.add((row.model, row.workload))
-            self.queue_depth.labels(row.model, row.workload).set(row.queued)
-            self.running.labels(row.model, row.workload).set(row.running)
-            self.share.labels(row.model, row.workload).set(row.share)
-            self.target_share.labels(row.model, row.workload).set(row.target_share)
+            self._child(self.queue_depth, row.model, row.workload).set(row.queued)
+            self._child(self.running, row.model, row.workload).set(row.running)
+            self._child(self.share, row.model, row.workload).set(row.share)
+            self._child(self.target_share, row.model, row.workload).set(row.target_share)
         for flow in self._shown - shown:  # gone idle for a whole window: back to zero, not a stale value
             for gauge in (self.queue_depth, self.running, self.share, self.target_share):
-                gauge.labels(*flow).set(0)
+                self._child(gauge, *flow).set(0)
         self._shown = shown
+        self._forget_idle(now_ms, busy={flow for flow, (queued, running, _) in labelled.items() if queued + running})
         return stats
 
+    def _child(self, metric: MetricWrapperBase, model: str, workload: str, *rest: str) -> Any:
+        """`metric.labels(model, workload, *rest)`, remembered under its flow so that it can be removed."""
+        values = (model, workload, *rest)
+        self._children.setdefault((model, workload), set()).add((metric, values))
+        return metric.labels(*values)
+
+    def _forget_idle(self, now_ms: int, busy: set[Flow]) -> None:
+        for flow, children in list(self._children.items()):
+            if flow in busy or now_ms - self._last_event_ms.get(flow, 0) < self.idle_ms:
+                continue
+            for metric, values in children:
+                metric.remove(*values)
+            del self._children[flow]
+            self._last_event_ms.pop(flow, None)
+            self._shown.discard(flow)
+            self.labels.forget(*flow)
+
     def _count(self, model: str, workload: str, priority: int, outcome: str, code: str = "") -> None:
-        self.requests.labels(model, workload, str(priority), outcome, code).inc()
+        """Every flow event counts here first: the flow was active now."""
+        self._last_event_ms[(model, workload)] = now_ms()
+        self._child(self.requests, model, workload, str(priority), outcome, code).inc()

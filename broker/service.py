@@ -42,7 +42,7 @@ class BrokerService(Service):
     def __init__(self, config: BrokerConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
         self.config = config
         self.log = log or structlog.get_logger().bind(service="broker")
-        self.metrics = BrokerMetrics()
+        self.metrics = BrokerMetrics(idle_s=config.metrics_idle_s)
         self.broker_id = config.broker_id or node_id()
         self.term: Term | None = None  # while this broker leads
         self._idle = Scheduler(scheduler_limits(config), now_ms())  # what `scheduler` shows between terms

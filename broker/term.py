@@ -29,6 +29,7 @@ from broker.core.intake import waiting_request
 from broker.core.scheduler import Scheduler
 from broker.core.stats import flow_load
 from broker.dead_letters import DeadLetters
+from broker.lease_control import send_lease_control
 from broker.lease_records import LeaseRecords
 from broker.loops import TaskGroup, every, guarded
 from broker.metrics import BrokerMetrics
@@ -44,7 +45,7 @@ from runtime.stream_ops import delete_request, error_reply, publish_reply
 from schemas.cancels import CancelBook
 from schemas.errors import IrisError
 from schemas.headers import MAX_DEADLINE_S
-from schemas.messages import Heartbeat, Lease, QueueUpdate, encoder, leases_done_decoder
+from schemas.messages import Heartbeat, Lease, LeaseControl, QueueUpdate, encoder, leases_done_decoder
 from schemas.subjects import BROKER_STATS_SUBJECT, DONE_FILTER, lease_key
 
 CATCH_UP_S = 5.0  # a new term's first round waits at most this long for the backlog's tail (see `start`)
@@ -157,6 +158,7 @@ class Term:
             )
             self.metrics.reclaimed(request)
         self._start_leases(decisions.offers, decisions.tickets, now)
+        self._control_leases(decisions.suspends, decisions.resumes)
         for rejection in decisions.rejections:
             await guarded(self._reject(rejection), self.log, "rejection reply", rejection.request.stream_seq)
         if decisions.dead_letters:
@@ -191,6 +193,31 @@ class Term:
             self._tasks.spawn(self._tickets.grant(lease))
         for worker_id, leases in by_worker.items():
             self._tasks.spawn(self._offer(worker_id, leases))
+
+    def _control_leases(self, suspends: tuple[Lease, ...], resumes: tuple[Lease, ...]) -> None:
+        """One `LeaseControl` per worker: suspend these (preemption), resume those."""
+        orders: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        for lease in suspends:
+            orders.setdefault((lease.worker_id, lease.model), ([], []))[0].append(lease.stream_seq)
+            self.metrics.suspended(lease)
+        for lease in resumes:
+            orders.setdefault((lease.worker_id, lease.model), ([], []))[1].append(lease.stream_seq)
+        for (worker_id, model), (suspend, resume) in orders.items():
+            self._tasks.spawn(self._control(worker_id, model, LeaseControl(suspend=suspend, resume=resume)))
+
+    async def _control(self, worker_id: str, model: str, order: LeaseControl) -> None:
+        answer = await send_lease_control(self.nc, worker_id, order, self.config.offer_timeout_s, self.log)
+        now = now_ms()
+        suspended = answer.suspended if answer is not None else []
+        decisions = self.scheduler.suspend_answered(model, order.suspend, suspended, now)
+        if order.resume:
+            resumed = answer.resumed if answer is not None else []
+            refused = [seq for seq in order.resume if seq not in resumed]
+            decisions += self.scheduler.resume_answered(model, resumed, refused, now)
+            self.metrics.resumed(model, len(resumed))
+        if suspended:
+            self.log.info("leases suspended", worker=worker_id, leases=suspended)
+        await self.apply(decisions)
 
     async def _tell(
         self,
@@ -242,7 +269,7 @@ class Term:
         if not self.scheduling or not self._leading() or self._hold_below_seq:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
         decisions = self.scheduler.dispatch(now_ms())
-        if decisions.offers or decisions.tickets or decisions.rejections:
+        if decisions.offers or decisions.tickets or decisions.rejections or decisions.suspends or decisions.resumes:
             self._tasks.spawn(self.apply(decisions))
 
     async def _offer(self, worker_id: str, leases: list[Lease]) -> None:

@@ -14,6 +14,7 @@ from gpu_worker.engines.fake import FakeEngine
 from gpu_worker.engines.http import HttpEngine, UpstreamError
 from gpu_worker.engines.llama.engine import LlamaCppEngine
 from gpu_worker.engines.llama.offload import Offload, OffloadError, parse_tensor_split
+from gpu_worker.engines.llama.parking import SuspendPolicy
 from gpu_worker.engines.protocol import Engine
 from gpu_worker.service import WorkerService
 from runtime.config_loading import ConfigSource, service_options
@@ -25,7 +26,8 @@ from schemas.subjects import to_token
 def make_engine(config: WorkerConfig) -> Engine:
     """The engine the config names; a contradictory config raises `ValueError` naming the option."""
     if config.engine == "fake":
-        return FakeEngine(config.model_name or "fake", config.slots, config.fake_tps, config.fake_crash_on)
+        name = config.model_name or "fake"
+        return FakeEngine(name, config.slots, config.fake_tps, config.fake_crash_on, config.max_suspended)
     if config.engine == "http":
         name = config.model_name or to_token(config.upstream_model.removesuffix(":latest").lower())
         return HttpEngine(
@@ -54,6 +56,7 @@ def make_engine(config: WorkerConfig) -> Engine:
             flash_attn=config.flash_attn,
         ),
         kv_unified=config.kv_unified,
+        suspend=SuspendPolicy(config.max_suspended, config.suspend_keep_cells, config.suspend_host_mb << 20),
     )
 
 

@@ -39,6 +39,21 @@ class WorkerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
         bool,
         Meta(description="One KV buffer for all slots, or one per slot.", extra={"flag": "--kv-unified/--kv-per-slot"}),
     ] = True
+    max_suspended: Annotated[
+        int,
+        Meta(ge=0, le=64, description="Leases held suspended at once (preempted for a higher priority); 0 = none."),
+    ] = 2
+    suspend_keep_cells: Annotated[
+        bool,
+        Meta(
+            description="Leave a suspended lease's KV cells in the cache while there is room (free resume).",
+            extra={"flag": "--suspend-keep-cells/--suspend-evict-cells"},
+        ),
+    ] = True
+    suspend_host_mb: Annotated[
+        int,
+        Meta(ge=0, le=1_048_576, description="Host memory (MiB) for evicted suspended states; past it, re-prefill."),
+    ] = 1024
     threads: Annotated[int, Meta(ge=0, le=1024, description="llama.cpp threads (0 = all cores).")] = 0
     fake_tps: Annotated[float, Meta(ge=0, description="FakeEngine tokens/s per sequence (0 = no delay).")] = 0.0
     fake_crash_on: Annotated[

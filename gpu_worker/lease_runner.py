@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_OP
 from structlog.stdlib import BoundLogger
 
-from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, Resumed, StopSignal, Suspended
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
 from runtime.answers import fetch_final, redeliver, send_final
@@ -57,6 +57,11 @@ from schemas.reply_subjects import DEFAULT_REPLY_PREFIXES
 from schemas.subjects import done_subject, lease_record_subject, request_owner
 
 _DELETE_RECORD = {KV_OP: KV_DEL}  # what nats-py's `KeyValue.delete` sends, without awaiting an ack
+PauseHook = Callable[[Suspended | Resumed], None]
+
+
+def _no_pause(_event: Suspended | Resumed) -> None:
+    return None
 
 
 @dataclass
@@ -120,9 +125,12 @@ class LeaseRunner:
         self.log = log
         self.ends = LeaseEnds(nc, engine.model_name, log)
 
-    async def run(self, lease: Lease, stop: StopSignal, answered: Callable[[], None]) -> None:
+    async def run(
+        self, lease: Lease, stop: StopSignal, answered: Callable[[], None], paused: PauseHook = _no_pause
+    ) -> None:
         """`answered` is called once the final reply is out: the engine slot is free from then on, while
-        the request still has to leave the stream and its lease still has to end."""
+        the request still has to leave the stream and its lease still has to end. `paused` hears the
+        engine's `Suspended` and `Resumed`."""
         log = self.log.bind(seq=lease.stream_seq, request_id=lease.request_id, attempt=lease.attempt)
         stored = await get_request(self.nc, lease.stream_seq)
         if stored is None:
@@ -155,7 +163,7 @@ class LeaseRunner:
             error = error_reply(ErrorCode.DEADLINE_EXCEEDED, "deadline passed before start")
             await self._fail(answered, lease, owner, error, log)
             return
-        await self._generate(lease, owner, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered)
+        await self._generate(lease, owner, request, stop, stored.stored_ms or lease.enqueued_ms, log, answered, paused)
 
     async def _answered_before(self, lease: Lease, owner: str | None, log: BoundLogger) -> bool:
         """A re-run whose earlier attempt stored its final (and was lost before deleting the request):
@@ -187,13 +195,14 @@ class LeaseRunner:
         enqueued_ms: int,
         log: structlog.stdlib.BoundLogger,
         answered: Callable[[], None],
+        paused: PauseHook,
     ) -> None:
         started_ms = now_ms()
         timers = _stop_timers(lease, stop, started_ms)
         parts: list[str] = []
         logprobs: list[TokenLogprob] | None = [] if request.logprobs else None
         try:
-            finished = await self._stream(lease, owner, request, stop, started_ms, parts, logprobs)
+            finished = await self._stream(lease, owner, request, stop, started_ms, parts, logprobs, paused)
         except EngineInputError as exc:
             await self._fail(answered, lease, owner, error_reply(ErrorCode.INVALID_REQUEST, str(exc)), log)
             return
@@ -239,6 +248,7 @@ class LeaseRunner:
         started_ms: int,
         parts: list[str],
         logprobs: list[TokenLogprob] | None,
+        paused: PauseHook,
     ) -> Finished:
         """Run the engine, streaming each piece as a `Chunk` when asked; the text and logprobs so far are
         collected into `parts` and `logprobs` (None: not asked for)."""
@@ -254,6 +264,8 @@ class LeaseRunner:
                 parts.append(event.text)
                 if logprobs is not None:
                     logprobs.extend(event.logprobs)
+            elif isinstance(event, (Suspended, Resumed)):
+                paused(event)
             else:
                 finished = event
         assert finished is not None, "engine ended without Finished"

@@ -1,4 +1,5 @@
-"""The worker's Prometheus metrics: time to first token, run time, tokens, outcomes, slot use, tokens/s.
+"""The worker's Prometheus metrics: time to first token, run time, tokens, outcomes, slot use, tokens/s,
+suspensions and resumes (by how the work was kept) with their latency, suspended leases.
 
 Labels are bounded (model, workload, finish reason or error code); workloads come from request subjects,
 so past a cap they count as `_other` (`schemas.metric_labels`). `/metrics` is served on
@@ -42,6 +43,21 @@ class WorkerMetrics:
         )
         self.slots = Gauge("iris_worker_slots", "Model slots", ["model", "worker"], registry=r)
         self.busy_slots = Gauge("iris_worker_busy_slots", "Slots running a lease", ["model", "worker"], registry=r)
+        self.suspensions = Counter("iris_worker_suspensions", "Leases suspended (slot given up)", flow, registry=r)
+        self.resumes = Counter(
+            "iris_worker_resumes",
+            "Suspended leases resumed, by mode: kept, restored, reprefilled",
+            [*flow, "mode"],
+            registry=r,
+        )
+        self.resume_s = Histogram(
+            "iris_worker_resume_seconds",
+            "Resume order to decoding again (restoring a saved state included)",
+            ["model", "mode"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.suspended_now = Gauge("iris_worker_suspended", "Leases held suspended", ["model", "worker"], registry=r)
         self.endpoint = MetricsEndpoint(r)
         self._workloads = BoundedLabels(MAX_WORKLOADS_PER_MODEL)
 
@@ -63,7 +79,15 @@ class WorkerMetrics:
     def failed(self, lease: Lease, code: str) -> None:
         self.requests.labels(lease.model, self._workloads(lease.workload), code).inc()
 
-    def beat(self, model: str, worker_id: str, slots: int, busy: int, tokens_per_s: float) -> None:
+    def suspended(self, lease: Lease) -> None:
+        self.suspensions.labels(lease.model, self._workloads(lease.workload)).inc()
+
+    def resumed(self, lease: Lease, mode: str, seconds: float) -> None:
+        self.resumes.labels(lease.model, self._workloads(lease.workload), mode).inc()
+        self.resume_s.labels(lease.model, mode).observe(seconds)
+
+    def beat(self, model: str, worker_id: str, slots: int, busy: int, tokens_per_s: float, suspended: int = 0) -> None:
+        self.suspended_now.labels(model, worker_id).set(suspended)
         self.slots.labels(model, worker_id).set(slots)
         self.busy_slots.labels(model, worker_id).set(busy)
         self.tokens_per_s.labels(model, worker_id).set(tokens_per_s)

@@ -5,8 +5,9 @@ refused otherwise, and each accepted one then runs in its own task. The heartbea
 lease, which is how the broker tells a lease that is running from one that was lost. At start it writes
 its engine's `ModelCard` to KV bucket `IRIS_MODELS` (for the gateway's `/api/show`). Cancels come from
 stream `IRIS_CANCELS` (`schemas.cancels`): a lease for a request cancelled before its offer arrived is
-accepted and ends `cancelled` without running, a running one stops within a token. SIGTERM drains:
-no new leases, running ones finish, then it exits.
+accepted and ends `cancelled` without running, a running one stops within a token. Suspend and resume
+orders (`suspension.Suspensions`) free a running lease's slot and take it back. SIGTERM drains:
+no new leases, running ones finish (suspended ones are resumed first), then it exits.
 """
 
 from __future__ import annotations
@@ -22,14 +23,30 @@ from nats.js.kv import KeyValue
 from gpu_worker.config import WorkerConfig
 from gpu_worker.engines.protocol import Engine, StopSignal
 from gpu_worker.lease_runner import LeaseRunner, RunStats
+from gpu_worker.suspension import Suspensions
 from runtime.cancels import CancelFeed
 from runtime.clock import node_id, now_ms
 from runtime.connection import connect
 from runtime.lifecycle import Service
 from schemas.cancels import CancelBook
-from schemas.messages import Heartbeat, Lease, LeaseAnswer, encoder, lease_offer_decoder
+from schemas.messages import (
+    Heartbeat,
+    Lease,
+    LeaseAnswer,
+    LeaseControlAnswer,
+    encoder,
+    lease_control_decoder,
+    lease_offer_decoder,
+)
 from schemas.reply_subjects import may_cancel
-from schemas.subjects import CANCEL_STREAM, LEASE_BUCKET, MODEL_BUCKET, heartbeat_subject, lease_offer_subject
+from schemas.subjects import (
+    CANCEL_STREAM,
+    LEASE_BUCKET,
+    MODEL_BUCKET,
+    heartbeat_subject,
+    lease_control_subject,
+    lease_offer_subject,
+)
 
 SHUTDOWN_REPLY_S = 1.0  # after the drain timeout: time for stopped answers to send their error and leave
 
@@ -45,6 +62,8 @@ class WorkerService(Service):
         # Listed in heartbeats until the lease ends: seq → (task, stop signal, lease).
         self.running: dict[int, tuple[asyncio.Task[None], StopSignal, Lease]] = {}
         self.busy: set[int] = set()  # leases holding an engine slot: until their final reply is out
+        max_suspended = getattr(engine, "max_suspended", 0)
+        self.suspensions = Suspensions(engine.slots, max_suspended, self.busy, self.stats.metrics)
         self.draining = False
         self.cancels = CancelBook()
         self._nc: NATS | None = None
@@ -66,6 +85,7 @@ class WorkerService(Service):
         prefixes = self.config.reply_prefix_list
         self._runner = LeaseRunner(self.nc, self.engine, self.worker_id, self.stats, self.log, prefixes)
         await self.nc.subscribe(lease_offer_subject(self.worker_id), cb=self._on_offer)
+        await self.nc.subscribe(lease_control_subject(self.worker_id), cb=self._on_control)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
         if self.config.metrics_port:
             self.stats.metrics.serve(self.config.metrics_host, self.config.metrics_port)
@@ -118,6 +138,20 @@ class WorkerService(Service):
         reason = ("draining" if self.draining else "no free slot") if refused else ""
         await msg.respond(encoder.encode(LeaseAnswer(accepted=accepted, refused=refused, reason=reason)))
 
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            order = lease_control_decoder.decode(msg.data)
+        except Exception as exc:
+            self.log.warning("bad lease control order", error=str(exc))
+            await msg.respond(encoder.encode(LeaseControlAnswer(reason=f"malformed lease control order: {exc}")))
+            return
+        if self.draining:
+            order = type(order)(resume=order.resume)  # a draining worker suspends nothing more
+        answer = await self.suspensions.apply(order)
+        if answer.suspended or answer.resumed:
+            self.log.info("leases suspended or resumed", suspended=answer.suspended, resumed=answer.resumed)
+        await msg.respond(encoder.encode(answer))
+
     async def _on_cancel(self, owner: str | None, request_id: str) -> None:
         """Stop a running request, if its owner asks (`may_cancel`)."""
         for _, stop, lease in self.running.values():
@@ -127,17 +161,23 @@ class WorkerService(Service):
     async def _run(self, seq: int, lease: Lease, stop: StopSignal) -> None:
         assert self._runner is not None
         try:
-            await self._runner.run(lease, stop, answered=lambda: self.busy.discard(seq))
+            paused = self.suspensions.track(lease, stop)
+            await self._runner.run(lease, stop, answered=lambda: self.busy.discard(seq), paused=paused)
         except Exception:
             # The request stays in the stream; the broker re-queues it when our heartbeat stops listing it.
             self.log.exception("lease failed", seq=seq)
         finally:
             self.busy.discard(seq)
+            self.suspensions.forget(seq)
             self.running.pop(seq, None)
 
     def heartbeat(self) -> Heartbeat:
         tokens_per_s = round(self.stats.tokens_per_s, 2)
-        self.stats.metrics.beat(self.engine.model_name, self.worker_id, self.engine.slots, len(self.busy), tokens_per_s)
+        suspended = self.suspensions.suspended
+        metrics = self.stats.metrics
+        metrics.beat(
+            self.engine.model_name, self.worker_id, self.engine.slots, len(self.busy), tokens_per_s, len(suspended)
+        )
         return Heartbeat(
             worker_id=self.worker_id,
             model=self.engine.model_name,
@@ -148,6 +188,11 @@ class WorkerService(Service):
             sent_ms=now_ms(),
             gpu=self.engine.on_gpu,
             draining=self.draining,
+            suspended=sorted(suspended),
+            max_suspended=self.suspensions.max_suspended,
+            suspensions=self.suspensions.suspensions,
+            resumes=dict(self.suspensions.resumes),
+            resume_ms=self.suspensions.resume_ms,
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -166,6 +211,7 @@ class WorkerService(Service):
             return
         self._closing = True
         self.draining = True
+        self.suspensions.resume_all()  # they finish too; the engine runs them as its slots free up
         tasks = [task for task, _, _ in self.running.values()]
         if tasks:
             self.log.info("draining", running=len(tasks))

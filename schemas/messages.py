@@ -181,16 +181,40 @@ class LeaseAnswer(msgspec.Struct, frozen=True):
     reason: str = ""  # why it refused (no free slot, draining, malformed offer)
 
 
+class LeaseControl(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Leader → `iris.worker.<worker id>.control`: suspend running leases (their slots go to others) and
+    resume suspended ones, by stream sequence."""
+
+    suspend: Annotated[list[int], Meta(max_length=1024)] = []
+    resume: Annotated[list[int], Meta(max_length=1024)] = []
+
+
+class LeaseControlAnswer(msgspec.Struct, frozen=True):
+    """Sent once every lease in `suspended` has left the decode batch (its slot is free) and every one in
+    `resumed` holds a slot again; `refused`: the rest (not running here, at the suspended bound, no free
+    slot to resume into, or ended meanwhile)."""
+
+    suspended: list[int] = []
+    resumed: list[int] = []
+    refused: list[int] = []
+    reason: str = ""
+
+
 class Heartbeat(msgspec.Struct, frozen=True):
     worker_id: str
     model: str
     slots: int
     free_slots: int
-    running: list[int]
+    running: list[int]  # every lease it holds, suspended ones included
     tokens_per_s: float
     sent_ms: int
     gpu: bool = False
     draining: bool = False
+    suspended: list[int] = []  # leases it holds suspended (no slot), a subset of `running`
+    max_suspended: int = 0  # how many it can hold suspended at once (0: it cannot suspend)
+    suspensions: int = 0  # leases it suspended since it started
+    resumes: dict[str, int] = {}  # leases it resumed since it started, by mode: kept, restored, reprefilled
+    resume_ms: float = 0.0  # mean resume order → decoding again over those
 
 
 class WorkloadStats(msgspec.Struct, frozen=True):
@@ -236,6 +260,8 @@ error_decoder = msgspec.json.Decoder(Error)
 lease_decoder = msgspec.json.Decoder(Lease)
 lease_offer_decoder = msgspec.json.Decoder(LeaseOffer)
 lease_answer_decoder = msgspec.json.Decoder(LeaseAnswer)
+lease_control_decoder = msgspec.json.Decoder(LeaseControl)
+lease_control_answer_decoder = msgspec.json.Decoder(LeaseControlAnswer)
 leases_done_decoder = msgspec.json.Decoder(LeasesDone)
 heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 broker_stats_decoder = msgspec.json.Decoder(BrokerStats)

@@ -3,7 +3,8 @@
 Model and workload names come from request subjects, which anyone may publish: every distinct value would
 be a new time series on `/metrics`, kept for the life of the process. So only models a worker serves get
 their own label (others count as `_unserved`), and each model's workloads are capped: past the cap they
-count together as `_other`. Configured and early workloads keep their names.
+count together as `_other`. Configured and early workloads keep their names; a workload whose series went
+idle and were removed frees its place (`forget`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class BoundedLabels:
         self._seen.add(value)
         return value
 
+    def discard(self, value: str) -> None:
+        """`value` has left `/metrics`: its place is free for another."""
+        self._seen.discard(value)
+
 
 class FlowLabels:
     """(model, workload) label values: served models only, a bounded set of workloads each."""
@@ -45,6 +50,12 @@ class FlowLabels:
 
     def model(self, model: str) -> str:
         return model if model in self._workloads else UNSERVED
+
+    def forget(self, model: str, workload: str) -> None:
+        """The flow's series were removed (idle): its workload name no longer holds a place under the cap."""
+        workloads = self._workloads.get(model)
+        if workloads is not None:
+            workloads.discard(workload)
 
     def flow(self, model: str, workload: str) -> tuple[str, str]:
         workloads = self._workloads.get(model)

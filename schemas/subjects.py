@@ -46,6 +46,7 @@ JS_DIRECT_GET = "$JS.API.DIRECT.GET." + REQUEST_STREAM
 JS_MSG_DELETE = "$JS.API.STREAM.MSG.DELETE." + REQUEST_STREAM
 JS_ANSWER_GET = "$JS.API.DIRECT.GET." + ANSWER_STREAM  # + "." + an answer subject: its last message
 JS_STREAM_INFO = "$JS.API.STREAM.INFO." + REQUEST_STREAM  # with deleted_details, which nats-py cannot ask for
+JS_PULL_NEXT = "$JS.API.CONSUMER.MSG.NEXT." + REQUEST_STREAM  # + "." + a consumer: a pull request
 
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]+$"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
@@ -132,6 +133,11 @@ def live_subject(request_id: str, owner: str | None = None) -> str:
 
 def lease_offer_subject(worker_id: str) -> str:
     return f"iris.worker.{worker_id}.lease"
+
+
+def lease_control_subject(worker_id: str) -> str:
+    """Suspend / resume orders for one worker's leases (`LeaseControl` → `LeaseControlAnswer`)."""
+    return f"iris.worker.{worker_id}.control"
 
 
 def heartbeat_subject(model: str, worker_id: str) -> str:

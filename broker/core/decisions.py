@@ -76,6 +76,8 @@ class Decisions(msgspec.Struct, frozen=True):
     tickets_ended: tuple[TicketEnded, ...] = ()
     notices: tuple[QueueNotice, ...] = ()
     finished: tuple[Finished, ...] = ()
+    suspends: tuple[Lease, ...] = ()  # running leases their workers are to suspend (preemption)
+    resumes: tuple[Lease, ...] = ()  # suspended leases their workers are to resume
     round_due: bool = False  # capacity or the queue changed: a scheduling round is due
 
     def __add__(self, other: Decisions) -> Decisions:
@@ -89,6 +91,8 @@ class Decisions(msgspec.Struct, frozen=True):
             self.tickets_ended + other.tickets_ended,
             self.notices + other.notices,
             self.finished + other.finished,
+            self.suspends + other.suspends,
+            self.resumes + other.resumes,
             self.round_due or other.round_due,
         )
 

@@ -38,6 +38,9 @@ class ModelLimits:
     limit_per_value: int = 0  # leases per value of `limit_by` before borrowing
     min_share: float = 0.0  # WFQ: weights floored at this fraction of the heaviest active one
     priority_mode: PriorityMode = "share"  # WFQ: priority multiplies shares, or "strict" bands
+    preempt_ratio: float = 0.0  # a waiting request this many times a running one's rank suspends it; 0 = off
+    preempt_min_run_ms: int = 1_000  # a lease runs this long (since start or resume) before it may be suspended
+    preempt_max_per_request: int = 1  # suspensions one request may take
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class SchedulerLimits:
     limit_per_value: int = 0
     min_share: float = 0.0
     priority_mode: PriorityMode = "share"
+    preempt_ratio: float = 0.0
+    preempt_min_run_ms: int = 1_000
+    preempt_max_per_request: int = 1
     models: Mapping[str, ModelLimits] = field(default_factory=dict)  # complete limits of configured models
 
     def for_model(self, model: str) -> ModelLimits:

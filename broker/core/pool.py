@@ -56,6 +56,7 @@ class ModelPool:
     # Engine time of answers as their workers measured it: what the start estimate prices the work ahead at.
     service_time: ServiceTime = field(default_factory=ServiceTime)
     ever_served: bool = False  # a worker of this model has beaten: its waiting requests wait for workers
+    suspended: dict[int, int] = field(default_factory=dict)  # leases suspended (no slot) → since, ms
 
     def live_slots(self) -> int:
         return self.workers.live_slots
@@ -69,8 +70,10 @@ class ModelPool:
 
     def capacity(self, max_concurrency: int) -> int:
         """Leases and tickets the model may still grant. A draining worker's slots and leases leave the
-        count together: while it finishes long answers, the model's other workers fill up."""
-        return (max_concurrency or self.workers.live_slots) - (len(self.leases) - self.workers.draining_leases)
+        count together: while it finishes long answers, the model's other workers fill up. A suspended lease
+        holds no slot."""
+        held = len(self.leases) - self.workers.draining_leases - len(self.suspended)
+        return (max_concurrency or self.workers.live_slots) - held
 
 
 def estimate(pool: ModelPool, request: WaitingRequest) -> int:

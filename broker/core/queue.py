@@ -101,6 +101,11 @@ class RequestQueue(Protocol):
         """A finished request (its `Lease`) cost `delta_tokens` more (or less) than it was charged."""
         ...
 
+    def top_rank(self) -> float:
+        """The highest rank waiting (preemption): weight x priority of the heaviest workload under
+        shares, the top band under strict; 0 when nothing ranks (FIFO)."""
+        ...
+
     def __len__(self) -> int: ...
 
     def __contains__(self, stream_seq: object) -> bool: ...
@@ -268,6 +273,9 @@ class FifoQueue(TalliedQueue):
 
     def charge_back(self, labels: Any, delta_tokens: int) -> None:
         return None  # arrival order does not depend on cost
+
+    def top_rank(self) -> float:
+        return 0.0  # first come, first served: nobody outranks anybody
 
     def __len__(self) -> int:
         return len(self._by_seq)

@@ -25,16 +25,16 @@ from broker.core.decisions import (
     QueueNotice,
     Rejection,
     Requeued,
-    TicketEnded,
     cancelled,
     rejected,
 )
-from broker.core.index import RequestIndex
 from broker.core.limits import SchedulerLimits, next_request
 from broker.core.pool import ModelPool, waiting_from
+from broker.core.preempting import PreemptingIndex
 from broker.core.queue import WaitingRequest
 from broker.core.start_estimate import eta_s, start_delay_ms, tokens_ahead
 from broker.core.strict import StrictQueue
+from broker.core.ticketing import TicketingIndex
 from broker.core.wfq import WfqQueue
 from schemas.errors import ErrorCode
 from schemas.messages import Heartbeat, Lease, LeaseDone
@@ -49,7 +49,7 @@ def _never_cancelled(request_id: str, reply_to: str) -> bool:
     return False
 
 
-class Scheduler(RequestIndex):
+class Scheduler(PreemptingIndex, TicketingIndex):
     def __init__(
         self,
         limits: SchedulerLimits,
@@ -222,10 +222,15 @@ class Scheduler(RequestIndex):
         if now_ms - self.started_ms < self.limits.startup_grace_ms:
             return NOTHING
         leases: list[Lease] = []
+        resumes: list[Lease] = []
+        suspends: list[Lease] = []
         for pool in self.pools.values():
+            resumes += self._resumes_due(pool)
             leases += self._dispatch_pool(pool, now_ms)
+            suspends += self._suspends_due(pool, now_ms)
+        control = Decisions(suspends=tuple(suspends), resumes=tuple(resumes)) if suspends or resumes else NOTHING
         if not leases:
-            return NOTHING
+            return control
         offers: list[Lease] = []
         tickets: list[Lease] = []
         rejections: list[Rejection] = []
@@ -234,7 +239,7 @@ class Scheduler(RequestIndex):
                 rejections.append(cancelled(waiting_from(lease, lease.attempt), "before it started"))
             else:
                 (tickets if lease.ticket else offers).append(lease)
-        return Decisions(offers=tuple(offers), tickets=tuple(tickets), rejections=tuple(rejections))
+        return Decisions(offers=tuple(offers), tickets=tuple(tickets), rejections=tuple(rejections)) + control
 
     def _dispatch_pool(self, pool: ModelPool, now_ms: int) -> list[Lease]:
         limits = self.limits.for_model(pool.model)
@@ -258,31 +263,7 @@ class Scheduler(RequestIndex):
             leases.append(lease)
         return leases
 
-    # --- tickets ---------------------------------------------------------------------------------
-
-    def _expire_tickets(self, now_ms: int) -> tuple[TicketEnded, ...]:
-        """Tickets held past their cut-off: their slots are free."""
-        expired = []
-        for cutoff_ms, seq in self.tickets.past_cutoff(now_ms):
-            model = self._model_of.get(seq)
-            lease = None if model is None else self.pools[model].leases.get(seq)
-            if lease is not None and lease.ticket and lease.cutoff_ms == cutoff_ms:
-                self._lease_ended(seq, now_ms)
-                expired.append(TicketEnded(lease, "expired at max_inflight"))
-        return tuple(expired)
-
-    def release_ticket(self, ticket_id: str, now_ms: int, owner: str | None = None) -> Decisions:
-        """An app is done with its ticket (found by id, released by `owner`, see `may_cancel`): the slot is
-        free at once."""
-        seq = self.tickets.seq_of(ticket_id)
-        if seq is None:
-            return NOTHING
-        lease = self.pools[self._model_of[seq]].leases.get(seq)
-        if lease is not None and not may_cancel(owner, lease.reply_to):
-            return NOTHING
-        self._lease_ended(seq, now_ms)
-        ended = () if lease is None else (TicketEnded(lease, "released by id"),)
-        return Decisions(tickets_ended=ended, round_due=True)
+    # --- cancels --------------------------------------------------------------------------------
 
     def cancel(self, request_id: str, now_ms: int, owner: str | None = None) -> Decisions:
         """A cancel by `owner` (`may_cancel`): a waiting request leaves at once, a ticket is released; a
@@ -360,6 +341,7 @@ class Scheduler(RequestIndex):
             request = pool.queue.remove(seq)
             if request is not None:
                 self._adopt(pool, request, worker, now_ms)
+        self._reconcile_suspended(pool, worker, beat, now_ms)
         lost = [
             seq
             for seq in worker.leases

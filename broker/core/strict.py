@@ -120,6 +120,9 @@ class StrictQueue(TalliedQueue):
     def top_priority(self, workload: str) -> int:
         return max((p for p, band in self._bands.items() if band.count(workload)), default=1)
 
+    def top_rank(self) -> float:
+        return float(max((p for p, band in self._bands.items() if len(band)), default=0))
+
     def __len__(self) -> int:
         return len(self._band_of)
 

@@ -300,6 +300,10 @@ class WfqQueue(TalliedQueue):
         node = self._root.children.get(workload)
         return 1 if node is None else node.top_priority()
 
+    def top_rank(self) -> float:
+        children = self._root.children.items()
+        return max((self.weight(k) * c.top_priority() for k, c in children if c.waiting), default=0.0)
+
     def __len__(self) -> int:
         return len(self._requests)
 

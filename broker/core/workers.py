@@ -5,8 +5,9 @@ Kept current on each heartbeat, lease, lease end, refusal and removal: the worke
 per count, first come first served inside one, so a round spreads its leases over the emptiest workers), by
 when they were last heard (a lazy heap: the silent ones come out first), the stream sequences their last
 heartbeats list as running (what a request found in the stream is looked up in), and the slot totals the
-limits ask for (live slots, free slots, leases on draining workers). Only the moves below change a worker,
-so the indexes always agree with a recount (`tests/unit/broker/test_worker_index.py`).
+limits ask for (live slots, free slots, leases on draining workers; a suspended lease holds no slot). Only
+the moves below change a worker, so the indexes always agree with a recount
+(`tests/unit/broker/test_worker_index.py`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ class WorkerState:
     refusing: bool = False  # refused an offer; no more offers until its next heartbeat
     draining: bool = False
     reported: frozenset[int] = frozenset()  # what its last heartbeat listed as running
+    suspended: set[int] = field(default_factory=set)  # those of its leases held suspended: they hold no slot
+    max_suspended: int = 0  # how many it may hold (its heartbeat says)
 
     @property
     def free_slots(self) -> int:
         if self.refusing or self.draining:
             return 0
-        return max(0, self.slots - len(self.leases))
+        return max(0, self.slots - len(self.leases) + len(self.suspended))
+
+    @property
+    def active_leases(self) -> int:
+        """Leases that hold one of its slots (not suspended)."""
+        return len(self.leases) - len(self.suspended)
 
 
 class WorkerBook(Mapping[str, WorkerState]):
@@ -47,7 +55,7 @@ class WorkerBook(Mapping[str, WorkerState]):
         self._other_runners: dict[int, set[str]] = {}  # the rare sequence more than one worker lists
         self.live_slots = 0  # slots of the workers that are not draining
         self.free_slots = 0  # free slots over all workers
-        self.draining_leases = 0  # leases held by draining workers
+        self.draining_leases = 0  # leases held by draining workers, suspended ones aside
 
     # --- read --------------------------------------------------------------------------------------
 
@@ -127,7 +135,21 @@ class WorkerBook(Mapping[str, WorkerState]):
     def release(self, worker: WorkerState, stream_seq: int) -> None:
         self._detach(worker)
         worker.leases.discard(stream_seq)
+        worker.suspended.discard(stream_seq)
         self._attach(worker)
+
+    def suspend(self, worker: WorkerState, stream_seq: int) -> None:
+        """Its lease is held suspended: its slot is free."""
+        self._detach(worker)
+        worker.suspended.add(stream_seq)
+        self._attach(worker)
+
+    def unsuspend(self, worker: WorkerState, stream_seq: int) -> None:
+        """Its suspended lease runs again (or ended): it holds a slot again (or none)."""
+        if stream_seq in worker.suspended:
+            self._detach(worker)
+            worker.suspended.discard(stream_seq)
+            self._attach(worker)
 
     def refuse(self, worker: WorkerState) -> None:
         """It refused an offer: no more until its next heartbeat."""
@@ -148,7 +170,7 @@ class WorkerBook(Mapping[str, WorkerState]):
             self._by_free[free].pop(worker.worker_id)
             self.free_slots -= free
         if worker.draining:
-            self.draining_leases -= len(worker.leases)
+            self.draining_leases -= worker.active_leases
         else:
             self.live_slots -= worker.slots
 
@@ -162,7 +184,7 @@ class WorkerBook(Mapping[str, WorkerState]):
             self.free_slots += free
             self._most_free = max(self._most_free, free)
         if worker.draining:
-            self.draining_leases += len(worker.leases)
+            self.draining_leases += worker.active_leases
         else:
             self.live_slots += worker.slots
 

@@ -5,7 +5,9 @@ limit is given) at `tokens_per_s` per sequence (0 = as fast as possible). Asked 
 answers a JSON document valid for the schema (`fake_json`); asked for logprobs, a uniform model's.
 Text depends only on the prompt and the token index, so two runs of one request give the same
 answer, which is what duplicate- and redelivery-tests compare. `crash_on` makes it a model with a
-poison prompt: a prompt that contains it kills the whole process at once, as a segfault would.
+poison prompt: a prompt that contains it kills the whole process at once, as a segfault would. It
+suspends between tokens (`max_suspended` at once, its "cells" always kept) and continues an earlier
+attempt from its token count, so broker tests of preemption and continuation run fast.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import zlib
 from collections.abc import AsyncIterator
 
 from gpu_worker.engines.fake_json import example_document
-from gpu_worker.engines.protocol import EngineEvent, Finished, Piece, StopSignal
+from gpu_worker.engines.protocol import Continuation, EngineEvent, Finished, Piece, Resumed, StopSignal, Suspended
 from schemas.messages import GenerateRequest, TokenLogprob, TopLogprob
 from schemas.model_cards import ModelCard
 
@@ -38,9 +40,18 @@ def prompt_text(request: GenerateRequest) -> str:
 
 class FakeEngine:
     on_gpu = False
+    continues = True
 
-    def __init__(self, model_name: str = "fake", slots: int = 1, tokens_per_s: float = 0.0, crash_on: str = "") -> None:
+    def __init__(
+        self,
+        model_name: str = "fake",
+        slots: int = 1,
+        tokens_per_s: float = 0.0,
+        crash_on: str = "",
+        max_suspended: int = 0,
+    ) -> None:
         self.model_name = model_name
+        self.max_suspended = max_suspended
         self.crash_on = crash_on
         self.slots = slots
         self.tokens_per_s = tokens_per_s
@@ -71,7 +82,9 @@ class FakeEngine:
             metadata=metadata,
         )
 
-    async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
+    async def generate(
+        self, request: GenerateRequest, stop: StopSignal, continuation: Continuation | None = None
+    ) -> AsyncIterator[EngineEvent]:
         self.generations += 1
         self.last_request = request
         text = prompt_text(request)
@@ -79,20 +92,37 @@ class FakeEngine:
             os._exit(CRASH_EXIT_CODE)  # no reply, no cleanup: the broker only sees the heartbeats stop
         words = _answer_words(request, zlib.crc32(text.encode()))
         delay_s = 1.0 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
-        produced = 0
+        produced = len(continuation.tokens) if continuation is not None else 0
         limit = request.max_tokens if request.max_tokens is not None else len(words)
-        for index in range(min(limit, len(words))):
+        for index in range(produced, min(limit, len(words))):
+            if stop.suspend_wanted and stop.reason is None:
+                yield Suspended()
+                await _resumed(stop)
+                if stop.reason is None:
+                    yield Resumed("kept")
             if stop.reason is not None:
                 break
             if delay_s:
                 await asyncio.sleep(delay_s)
             elif index % 64 == 63:
                 await asyncio.sleep(0)  # stay fair to the event loop on long zero-time answers
-            yield Piece(words[index], (_token_logprob(words[index], request),) if request.logprobs else ())
+            logprobs = (_token_logprob(words[index], request),) if request.logprobs else ()
+            yield Piece(words[index], logprobs, (index,))  # its "token id": its place in the answer
             produced += 1
         ended_by_itself = request.max_tokens is None or request.response_format is not None
         reason = stop.reason or ("stop" if produced == len(words) and ended_by_itself else "length")
         yield Finished(reason, prompt_tokens=len(text.split()), completion_tokens=produced)
+
+
+async def _resumed(stop: StopSignal) -> None:
+    """Wait until the signal is resumed or stopped (its waker may be called from any thread)."""
+    loop = asyncio.get_running_loop()
+    woken = asyncio.Event()
+    stop.waker = lambda: loop.call_soon_threadsafe(woken.set)
+    while stop.suspend_wanted and stop.reason is None:
+        await woken.wait()
+        woken.clear()
+    stop.waker = None
 
 
 def _answer_words(request: GenerateRequest, seed: int) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from gpu_worker.engines.protocol import EngineEvent, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.engines.protocol import Continuation, EngineEvent, EngineInputError, Finished, Piece, StopSignal
 from gpu_worker.engines.upstream_body import UpstreamApi, upstream_body
 from schemas.messages import FinishReason, GenerateRequest
 from schemas.model_cards import ModelCard
@@ -41,6 +41,8 @@ class UpstreamError(RuntimeError):
 
 class HttpEngine:
     on_gpu = False
+    max_suspended = 0  # the upstream owns its sequences: nothing to suspend here
+    continues = False  # nor can it be handed the tokens of an earlier attempt
 
     def __init__(
         self,
@@ -103,8 +105,11 @@ class HttpEngine:
         kind = "prompt" if request.prompt is not None else "chat"
         return _PATHS[(self.api, kind)], upstream_body(self.api, self.upstream_model, request)
 
-    async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
+    async def generate(
+        self, request: GenerateRequest, stop: StopSignal, continuation: Continuation | None = None
+    ) -> AsyncIterator[EngineEvent]:
         assert self._client is not None, "engine not loaded"
+        assert continuation is None, "an upstream cannot continue an earlier attempt"
         path, body = self.request_body(request)
         tally = _Tally()
         try:

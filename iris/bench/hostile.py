@@ -5,7 +5,8 @@ random `iris.req.<model>.<workload>` names: to models no worker serves, and (`--
 to `fake` under a random workload. Every one must get its final reply (`no_capacity`, or a one-token
 result); after each round the broker's RSS and its `/metrics` (bytes, series) are read again. Requests that
 can never run, and names a client invents, must leave no state behind: rounds after the first must not grow
-either (the first round's growth is the allocator keeping the buffers of the burst, not state).
+either, and once the flows have been idle for the broker's `--metrics-idle` (`IDLE_S` here) their series
+leave `/metrics` (`after_idle`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from schemas import headers as h
 from schemas.subjects import request_subject
 
 BODY = b'{"prompt": "hi", "max_tokens": 1, "stream": false}'
+IDLE_S = 5.0
+STATS_S = 1.0  # the broker's default --stats-s: idle flows are dropped on its stats turn
 
 
 def metrics_size(port: int) -> tuple[int, int]:
@@ -89,7 +92,8 @@ async def run_hostile_bench(n_requests: int, served_every: int, rounds: int, out
         workdir = Path(tmp)
         server = NatsServer(workdir / "nats").start()
         port = free_port()
-        procs = [spawn("broker", server.url, ["--metrics-port", str(port)], workdir / "broker.log")]
+        broker_args = ["--metrics-port", str(port), "--metrics-idle", str(IDLE_S)]
+        procs = [spawn("broker", server.url, broker_args, workdir / "broker.log")]
         worker_args = ["--engine", "fake", "--model-name", "fake", "--slots", "8", "--worker-id", "w1"]
         procs.append(spawn("gpu_worker", server.url, worker_args, workdir / "worker.log"))
         try:
@@ -101,6 +105,8 @@ async def run_hostile_bench(n_requests: int, served_every: int, rounds: int, out
                     seconds = await one_round(client, n_requests, served_every, seed=i)
                     measure(report, f"after_round_{i}", procs[0].pid, port)
                     report[f"after_round_{i}"]["answered_s"] = seconds
+                await asyncio.sleep(IDLE_S + 2 * STATS_S)  # a benchmark's pause: the flows go idle
+                measure(report, "after_idle", procs[0].pid, port)
         finally:
             for proc in procs:
                 proc.kill()
@@ -108,7 +114,7 @@ async def run_hostile_bench(n_requests: int, served_every: int, rounds: int, out
             server.stop()
     share = f", every {served_every}th to the served model" if served_every else ""
     print(f"{rounds} x {n_requests} requests to random model/workload names{share}")
-    for name in ["before", *(f"after_round_{i}" for i in range(1, rounds + 1))]:
+    for name in ["before", *(f"after_round_{i}" for i in range(1, rounds + 1)), "after_idle"]:
         row = report[name]
         took = f", answered in {row['answered_s']} s" if "answered_s" in row else ""
         print(

@@ -98,6 +98,14 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 @click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
 @click.option("--model-call-s", type=float, default=0.3, show_default=True, help="Admission mode: one model call.")
 @click.option(
+    "--preemption",
+    type=click.Choice(["off", "on", "both"]),
+    default="off",
+    show_default=True,
+    help="The Iris arm without priority preemption, with it (arm iris-preempt), or both arms side by side.",
+)
+@click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="The preemption arm's broker ratio.")
+@click.option(
     "--prompt-file",
     type=click.Path(exists=True, dir_okay=False),
     help="Your own prompts: a JSON list of strings (.json) or one prompt a line; default: the shipped set.",
@@ -106,7 +114,7 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
     fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float,
-    prompt_file: str | None, out_dir: Path,
+    preemption: str, preempt_ratio: float, prompt_file: str | None, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
     from iris.bench.seed.run import SeedOptions, run_seed_bench
@@ -121,7 +129,13 @@ def bench_seed(
 
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
-    options = SeedOptions(labels, mode, priority_mode, model_call_s, prompt_file or "")
+    options = SeedOptions(
+        labels, mode, priority_mode, model_call_s, prompt_file or "", preemption=preemption, preempt_ratio=preempt_ratio
+    )
+    try:
+        options.arms()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
 
 
@@ -272,6 +286,18 @@ def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any)
     from iris.bench.worker import bench_command
 
     asyncio.run(bench_command(model, concurrency, out, **options))
+
+
+@bench.command("suspend")
+@click.option("--model", help="GGUF file (default: a random-weight F16 tiny Mistral-shaped model).")
+@click.option("--contexts", default="1024,4096", show_default=True, help="Prompt lengths in tokens, comma-separated.")
+@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/suspend.json"), show_default=True)
+def bench_suspend(model: str | None, contexts: str, n_gpu_layers: int, out: Path) -> None:
+    """Suspend/resume cost per mode (cells kept, state restored, re-prefilled) at each context length."""
+    from iris.bench.suspend import main
+
+    main(model, [int(c) for c in contexts.split(",") if c], n_gpu_layers, out)
 
 
 @bench.command("make-model")

@@ -2,7 +2,8 @@
 
 It listens to the broker's `BrokerStats` (`iris.broker.stats`: per workload queued, running, share of
 tokens vs target share, p50/p95 queue wait, recent rejections) and to worker heartbeats (slots, busy
-slots, tokens/s). Rendering is a pure function of what was heard and the time, so it is testable.
+slots, tokens/s, suspended leases of its bound, suspensions and resumes kept/restored/re-prefilled with
+their mean latency). Rendering is a pure function of what was heard and the time, so it is testable.
 """
 
 from __future__ import annotations
@@ -99,6 +100,25 @@ def workers_table(workers: dict[str, tuple[float, Heartbeat]], now_s: float) -> 
     return table
 
 
+def suspensions_table(workers: dict[str, tuple[float, Heartbeat]], now_s: float) -> Table | None:
+    """Per worker that can suspend: suspended now of its bound, suspensions so far, resumes by mode
+    (KV cells kept, state restored from host memory, re-prefilled) and their mean latency."""
+    beats = [(w, b) for w, (seen_s, b) in sorted(workers.items()) if now_s - seen_s <= WORKER_FORGET_S]
+    beats = [(w, b) for w, b in beats if b.max_suspended or b.suspensions]
+    if not beats:
+        return None
+    table = Table(title="Suspensions (priority preemption)", title_justify="left")
+    for name in ("worker", "now", "total", "kept", "restored", "reprefilled", "resume"):
+        table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=True)
+    for worker_id, beat in beats:
+        resumes = [str(beat.resumes.get(mode, 0)) for mode in ("kept", "restored", "reprefilled")]
+        latency = f"{beat.resume_ms:.1f}ms" if beat.resumes else "-"
+        table.add_row(
+            worker_id, f"{len(beat.suspended)}/{beat.max_suspended}", str(beat.suspensions), *resumes, latency
+        )
+    return table
+
+
 def rejections_table(stats: BrokerStats | None) -> Table:
     table = Table(title="Recent rejections", title_justify="left")
     for name in ("time", "model", "workload", "code", "why"):
@@ -116,7 +136,9 @@ def render(state: TopState, url: str, now_s: float) -> Group:
     else:
         age = now_s - state.stats_at_s
         header = Text(f"iris top · {url} · policy {stats.policy} · stats {age:.1f} s old", style="bold")
-    return Group(header, workloads_table(stats), workers_table(state.workers, now_s), rejections_table(stats))
+    suspensions = suspensions_table(state.workers, now_s)
+    tables = [workloads_table(stats), workers_table(state.workers, now_s), *([suspensions] if suspensions else [])]
+    return Group(header, *tables, rejections_table(stats))
 
 
 async def run_top(url: str, refresh_s: float, once: bool) -> None:

@@ -8,6 +8,11 @@ with its own sampler chain: grammar, penalties and seed are per sequence), with 
 A sequence that finishes has its cells removed and its id freed before its `Finished` is emitted, so
 whoever reads `Finished` can rely on the cache no longer holding it. Nothing else touches the context;
 `cells_in_use` waits for the step lock.
+
+Suspension (`parking.Parking`): a running sequence whose `StopSignal` asks to suspend leaves the batch at
+the start of a step and its reader gets `Suspended`; its signal's waker (a resume, or a stop) brings it
+back into the step, where it rejoins once fewer than `slots` run (`Resumed`), or ends. The context has
+`slots + max_suspended` sequence ids, so a suspended sequence can keep its cells while `slots` run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from collections import deque
 from typing import Any
 
 from gpu_worker.engines.llama.logprobs import token_logprob
+from gpu_worker.engines.llama.parking import Parking, SuspendPolicy
 from gpu_worker.engines.llama.sequence import Sequence, token_piece
+from gpu_worker.engines.protocol import Resumed, Suspended
 from schemas.messages import FinishReason
 
 
@@ -27,7 +34,15 @@ class DecodeError(RuntimeError):
 
 
 class BatchLoop:
-    def __init__(self, ctx: Any, vocab: Any, slots: int, batch_tokens: int) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        vocab: Any,
+        slots: int,
+        batch_tokens: int,
+        suspend: SuspendPolicy | None = None,
+        kv_unified: bool = True,
+    ) -> None:
         import llama_cpp.llama_cpp as llama
 
         self._llama = llama
@@ -41,10 +56,14 @@ class BatchLoop:
         self._n_vocab = llama.llama_vocab_n_tokens(vocab)
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
-        self._free_ids = list(range(slots - 1, -1, -1))
+        self.parking = Parking(ctx, suspend or SuspendPolicy(), kv_unified)
+        self.n_ids = slots + self.parking.policy.max_suspended
+        self._free_ids = list(range(self.n_ids - 1, -1, -1))
         self._running: dict[int, Sequence] = {}
+        self._woken: list[Sequence] = []  # suspended ones whose signal was resumed or stopped
+        self._resuming: deque[Sequence] = deque()  # resumed, waiting for fewer than `slots` to run
         self._closed = False
-        self._step_lock = threading.Lock()
+        self._step_lock = threading.RLock()  # held across a step; parking re-enters it
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
 
     def start(self) -> None:
@@ -54,7 +73,14 @@ class BatchLoop:
         with self._cond:
             if self._closed:
                 raise RuntimeError("engine is closed")
+            sequence.stop.waker = lambda: self._wake(sequence)
             self._waiting.append(sequence)
+            self._cond.notify()
+
+    def _wake(self, sequence: Sequence) -> None:
+        """From any thread: a suspended sequence's signal changed (resume or stop)."""
+        with self._cond:
+            self._woken.append(sequence)
             self._cond.notify()
 
     def close(self) -> None:
@@ -70,7 +96,7 @@ class BatchLoop:
         """seq id → KV cells it holds, for every sequence id that holds any."""
         with self._step_lock:
             used = {}
-            for seq_id in range(self.slots):
+            for seq_id in range(self.n_ids):
                 pos_max = self._llama.llama_memory_seq_pos_max(self._memory, seq_id)
                 if pos_max >= 0:
                     used[seq_id] = pos_max + 1
@@ -86,26 +112,84 @@ class BatchLoop:
                         self._end(sequence, error=exc)
         with self._step_lock:
             closed = RuntimeError("engine closed")
-            for sequence in [*self._running.values(), *self._waiting]:
+            for sequence in [*self._running.values(), *self._waiting, *self.parking.parked]:
                 self._end(sequence, error=closed)
 
     def _admit(self) -> bool:
         """Wait for work; move waiting sequences into free ids. False once closed."""
         with self._cond:
-            while not self._closed and not self._waiting and not self._running:
+            while not self._closed and not self._waiting and not self._running and not self._woken:
                 self._cond.wait()
             if self._closed:
                 return False
-            while self._waiting and self._free_ids:
+            woken, self._woken = self._woken, []
+        self._take_woken(woken)
+        while self._resuming and len(self._running) < self.slots:
+            self._unpark(self._resuming.popleft())
+        while self._waiting and len(self._running) < self.slots:
+            with self._cond:
                 sequence = self._waiting.popleft()
-                sequence.seq_id = self._free_ids.pop()
-                self._running[sequence.seq_id] = sequence
-            return True
+            sequence.seq_id = self._take_id()
+            self._running[sequence.seq_id] = sequence
+        return True
+
+    def _take_woken(self, woken: list[Sequence]) -> None:
+        for sequence in woken:
+            if sequence not in self.parking or any(s is sequence for s in self._resuming):
+                continue
+            if sequence.stop.reason is not None:
+                with self._step_lock:
+                    self._end(sequence, reason=sequence.stop.reason)
+            elif not sequence.stop.suspend_wanted:
+                self._resuming.append(sequence)
+
+    def _take_id(self) -> int:
+        """A free sequence id; the oldest suspended sequence that kept its cells gives its id up if none is."""
+        with self._cond:
+            if self._free_ids:
+                return self._free_ids.pop()
+        kept = self.parking.oldest_kept()
+        assert kept is not None, "more sequences than sequence ids"
+        with self._step_lock:
+            return self.parking.evict(kept)
+
+    def _unpark(self, sequence: Sequence) -> None:
+        with self._step_lock:
+            if sequence.stop.reason is not None:  # stopped again after its resume
+                self._end(sequence, reason=sequence.stop.reason)
+                return
+            free_id = -1 if sequence.seq_id >= 0 else self._take_id()
+            mode = self.parking.unpark(sequence, free_id)
+            self._running[sequence.seq_id] = sequence
+        sequence.emit(Resumed(mode))
+
+    def _park(self, sequence: Sequence) -> None:
+        self._running.pop(sequence.seq_id, None)
+        given_back = self.parking.park(sequence)
+        if given_back >= 0:
+            with self._cond:
+                self._free_ids.append(given_back)
+        sequence.emit(Suspended())
+        if not sequence.stop.suspend_wanted or sequence.stop.reason is not None:
+            self._wake(sequence)  # resumed or stopped before it was parked: its waker found it running
+
+    def _make_room(self) -> None:
+        """Evict kept sequences, oldest first, until this step's batch surely finds free cells."""
+        running = list(self._running.values())
+        while self.parking.room_short(running, self.batch_tokens):
+            kept = self.parking.oldest_kept()
+            assert kept is not None
+            given_back = self.parking.evict(kept)
+            with self._cond:
+                self._free_ids.append(given_back)
 
     def _step(self) -> None:
         for sequence in list(self._running.values()):
             if sequence.stop.reason is not None:
                 self._end(sequence, reason=sequence.stop.reason)
+            elif sequence.stop.suspend_wanted:
+                self._park(sequence)
+        self._make_room()
         fed = self._fill_batch()
         if not fed:
             return
@@ -162,6 +246,7 @@ class BatchLoop:
 
     def _end(self, sequence: Sequence, reason: FinishReason = "stop", error: BaseException | None = None) -> None:
         """Free the sequence's cells and id first, then tell its reader."""
+        self.parking.release(sequence)
         if sequence.seq_id >= 0:
             self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
             self._running.pop(sequence.seq_id, None)

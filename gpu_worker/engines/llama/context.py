@@ -70,13 +70,22 @@ def batch_tokens(slots: int) -> int:
 
 
 def new_context(
-    loaded: LoadedModel, slots: int, ctx_per_slot: int, n_threads: int, offload: Offload, kv_unified: bool
+    loaded: LoadedModel,
+    slots: int,
+    ctx_per_slot: int,
+    n_threads: int,
+    offload: Offload,
+    kv_unified: bool,
+    max_suspended: int = 0,
 ) -> Any:
+    """Suspended sequences take sequence ids beyond `slots`; in one unified cache they share the running
+    ones' cells (kept while there is room), with a cache per sequence each gets its own."""
     import llama_cpp.llama_cpp as llama
 
     params = llama.llama_context_default_params()
-    params.n_ctx = ctx_per_slot * slots
-    params.n_seq_max = slots
+    n_seq = slots + max_suspended
+    params.n_ctx = ctx_per_slot * (slots if kv_unified else n_seq)
+    params.n_seq_max = n_seq
     params.kv_unified = kv_unified
     params.n_batch = params.n_ubatch = batch_tokens(slots)
     params.n_threads = params.n_threads_batch = n_threads
@@ -84,5 +93,7 @@ def new_context(
     params.no_perf = True
     ctx = llama.llama_init_from_model(loaded.model, params)
     if not ctx:
-        raise RuntimeError(f"llama.cpp could not create a context of {slots} x {ctx_per_slot} tokens")
+        raise RuntimeError(
+            f"llama.cpp could not create a context of {slots} x {ctx_per_slot} tokens for {n_seq} sequences"
+        )
     return ctx

@@ -1,19 +1,21 @@
 """`LlamaCppEngine`: a GGUF model through llama-cpp-python's low-level API, with continuous batching.
 
-One model, one context with `n_seq_max = slots`: every running request is a sequence in one KV cache
-(split by sequence id, `ctx_per_slot` cells each), and one `llama_decode` per step advances them all
-(`BatchLoop`, in its own thread). Requests join between steps and leave at once when they finish or are
-stopped. Per request: its own sampler chain (`llama_sampler`: sampling options, penalties, logit bias, a grammar
-for structured output), exact token counts, stop strings across tokens, UTF-8 boundaries, logprobs
-(`Sequence`). No `max_tokens` means until a stop or the slot's context is full; a larger one is clipped
-to it. Chat requests use the model's own chat template from its GGUF metadata; a model without one gets
-a plain "Role: text" prompt that stops where the model starts the next turn. GPU options are checked against the build
-before the model loads (`offload.check_offload`).
+One model, one context with `n_seq_max = slots + max_suspended`: every running request is a sequence in one KV cache
+(split by sequence id, `ctx_per_slot` cells each), and one `llama_decode` per step advances them all (`BatchLoop`, in
+its own thread). Requests join between steps and leave at once when they finish or are stopped. Per request: its own
+sampler chain (`llama_sampler`: sampling options, penalties, logit bias, a grammar for structured output), exact token
+counts, stop strings across tokens, UTF-8 boundaries, logprobs (`Sequence`). A sequence can be suspended and resumed
+(`parking`: its cells kept, its state saved to host memory, or re-prefilled), and a generation can continue an earlier
+attempt's tokens. No `max_tokens` means until a stop or the slot's context is full; a larger one is clipped to it.
+Chat requests use the model's own chat template from its GGUF metadata; a model without one gets a plain "Role: text"
+prompt that stops where the model starts the next turn. GPU options are checked against the build before the model
+loads (`offload.check_offload`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,9 +26,19 @@ from gpu_worker.engines.llama.batch import BatchLoop
 from gpu_worker.engines.llama.context import LoadedModel, batch_tokens, load_model, new_context
 from gpu_worker.engines.llama.model_card import llama_model_card
 from gpu_worker.engines.llama.offload import Offload
+from gpu_worker.engines.llama.parking import SuspendPolicy
 from gpu_worker.engines.llama.sampler import make_sampler
-from gpu_worker.engines.llama.sequence import DONE, Sequence
-from gpu_worker.engines.protocol import EngineEvent, EngineInputError, Finished, Piece, StopSignal
+from gpu_worker.engines.llama.sequence import DONE, Sequence, token_piece
+from gpu_worker.engines.protocol import (
+    Continuation,
+    EngineEvent,
+    EngineInputError,
+    Finished,
+    Piece,
+    Resumed,
+    StopSignal,
+    Suspended,
+)
 from schemas.messages import GenerateRequest
 from schemas.model_cards import ModelCard
 
@@ -36,6 +48,8 @@ FALLBACK_TURN_STOPS = ("\nUser:", "\nAssistant:", "\nSystem:", "\nTool:", "User:
 
 
 class LlamaCppEngine:
+    continues = True
+
     def __init__(
         self,
         model_path: str,
@@ -45,6 +59,7 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         offload: Offload | None = None,
         kv_unified: bool = True,
+        suspend: SuspendPolicy | None = None,
     ) -> None:
         self.model_path = model_path
         self.model_name = model_name
@@ -53,6 +68,8 @@ class LlamaCppEngine:
         self.offload = offload or Offload()
         self.n_threads = n_threads or os.cpu_count() or 1
         self.kv_unified = kv_unified
+        self.suspend = suspend or SuspendPolicy()
+        self.max_suspended = self.suspend.max_suspended
         self.on_gpu = False
         self.last_prompt = ""  # the exact text the model saw last (templates are tested through it)
         self._loaded: LoadedModel | None = None
@@ -72,12 +89,19 @@ class LlamaCppEngine:
         self._loaded = load_model(self.model_path, self.offload)
         self._vocab = self._loaded.vocab
         self._ctx = new_context(
-            self._loaded, self.slots, self.ctx_per_slot, self.n_threads, self.offload, self.kv_unified
+            self._loaded,
+            self.slots,
+            self.ctx_per_slot,
+            self.n_threads,
+            self.offload,
+            self.kv_unified,
+            self.max_suspended,
         )
         self.on_gpu = self._loaded.on_gpu
         self._load_template()
         self._card = self._model_card()
-        self._loop = BatchLoop(self._ctx, self._vocab, self.slots, batch_tokens(self.slots))
+        tokens = batch_tokens(self.slots)
+        self._loop = BatchLoop(self._ctx, self._vocab, self.slots, tokens, self.suspend, self.kv_unified)
         self._loop.start()
 
     def _load_template(self) -> None:
@@ -151,29 +175,48 @@ class LlamaCppEngine:
             raise EngineInputError(f"prompt could not be tokenized ({n})")
         return list(tokens[:n])
 
-    async def generate(self, request: GenerateRequest, stop: StopSignal) -> AsyncIterator[EngineEvent]:
+    async def generate(
+        self, request: GenerateRequest, stop: StopSignal, continuation: Continuation | None = None
+    ) -> AsyncIterator[EngineEvent]:
         assert self._loop is not None, "engine not loaded"
         prompt, format_stops = self.format_prompt(request)
         self.last_prompt = prompt
         prompt_tokens = await asyncio.to_thread(self.tokenize, prompt)  # long prompts: not on the loop
         max_tokens = self.answer_budget(len(prompt_tokens), request.max_tokens)
+        earlier = list(continuation.tokens) if continuation is not None else []
+        if len(earlier) >= max_tokens:  # the earlier attempt had produced it all
+            yield Finished("length", prompt_tokens=len(prompt_tokens), completion_tokens=len(earlier))
+            return
         sampler = await asyncio.to_thread(make_sampler, request, self._vocab, self.ctx_per_slot)  # grammars parse
         events = SequenceEvents(asyncio.get_running_loop())
         top_logprobs = request.top_logprobs if request.logprobs else None
         if request.response_format is not None:
             format_stops = []  # the grammar ends the answer; a turn marker inside a JSON string is just text
         stops = [*request.stop, *format_stops]
-        self._loop.submit(Sequence(prompt_tokens, max_tokens, sampler, stops, stop, events.emit, top_logprobs))
+        sequence = Sequence(prompt_tokens, max_tokens, sampler, stops, stop, events.emit, top_logprobs)
+        if earlier:
+            sequence.continue_from(earlier, self._pieces(earlier))
+        self._loop.submit(sequence)
         try:
             while (item := await events.next()) is not DONE:
                 if isinstance(item, BaseException):
                     raise item
-                assert isinstance(item, (Piece, Finished))
+                assert isinstance(item, (Piece, Finished, Suspended, Resumed))
                 yield item
         finally:
             stop.stop("cancelled")  # no-op when it already finished; ends the sequence if we were abandoned
             while not events.done:  # the slot is free only once the batch loop let the sequence go
                 await events.next()
+
+    def _pieces(self, tokens: list[int]) -> list[bytes]:
+        """The text of an earlier attempt's tokens; ids this vocabulary lacks are the caller's fault."""
+        import llama_cpp.llama_cpp as llama
+
+        n_vocab = llama.llama_vocab_n_tokens(self._vocab)
+        if any(not 0 <= token < n_vocab for token in tokens):
+            raise EngineInputError(f"the continuation holds token ids outside this model's vocabulary of {n_vocab}")
+        buffer = ctypes.create_string_buffer(64)
+        return [token_piece(self._vocab, token, buffer) for token in tokens]
 
     def answer_budget(self, n_prompt_tokens: int, max_tokens: int | None) -> int:
         """Tokens the answer may take: `max_tokens`, clipped (as llama.cpp's server does) to what the slot's
@@ -218,7 +261,11 @@ class SequenceEvents:
                     self._held = following
                     break
                 pieces.append(following)
-            item = Piece("".join(p.text for p in pieces), tuple(lp for p in pieces for lp in p.logprobs))
+            item = Piece(
+                "".join(p.text for p in pieces),
+                tuple(lp for p in pieces for lp in p.logprobs),
+                tuple(t for p in pieces for t in p.tokens),
+            )
         self.done = item is DONE
         return item
 

@@ -92,6 +92,14 @@ class SequenceSampler:
             raise RuntimeError("the sampler chain selected no token")
         return int(array.data[array.selected].id)  # stages sort and shrink in place: read through the array
 
+    def accept(self, token: int) -> None:
+        """A token sampled elsewhere (an earlier attempt): the grammar and penalty history take it in."""
+        import llama_cpp.llama_cpp as llama
+
+        if self.grammar:
+            llama.llama_sampler_accept(self.grammar, token)
+        llama.llama_sampler_accept(self.chain, token)
+
     def free(self) -> None:
         import llama_cpp.llama_cpp as llama
 

@@ -6,8 +6,12 @@ token, text (UTF-8 split across tokens is held back, stop strings split across t
 `max_tokens` (clipped by the engine to what the slot's context leaves). Token counts are exact: an
 end-of-generation token is not counted, a token whose text completes a stop string is. Logprobs, when
 asked for, travel with the next piece of text after their token (one per counted token, held-back
-tokens included). Everything a sequence emits goes through `emit`, which the engine wires to its
-request's event queue on the event loop.
+tokens included), and so do the token ids. Everything a sequence emits goes through `emit`, which the
+engine wires to its request's event queue on the event loop.
+
+Its KV cells always hold `feed[:n_cached]`: the prompt, then (once it generates) every sampled token but
+the last, which is fed on the next step. So a sequence whose cells were dropped (suspended without room)
+or that continues another attempt's answer prefills `feed` again and goes on exactly where it was.
 """
 
 from __future__ import annotations
@@ -44,21 +48,42 @@ class Sequence:
         self._logprobs: list[TokenLogprob] = []  # sampled, not yet sent with a piece
         self.seq_id = -1  # set when it joins the context
         self.n_cached = 0  # tokens of this sequence in the KV cache = the next position
+        self.feed = prompt_tokens  # what the cache must hold before the last sampled token is fed
+        self.generated: list[int] = []  # every counted token sampled so far
+        self._piece_tokens: list[int] = []  # counted, not yet sent with a piece
         self.last_token = -1
         self.completion_tokens = 0
+        self.saved_state: Any = None  # suspended to host memory: its KV state (llama_state_seq_get_data)
         self._text = StopTextBuffer(stops)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     @property
     def prefilling(self) -> bool:
-        return self.n_cached < len(self.prompt_tokens)
+        return self.n_cached < len(self.feed)
 
     def next_tokens(self, budget: int) -> tuple[list[int], bool]:
         """Tokens to feed this step (at most `budget`) and whether the last one needs logits."""
         if not self.prefilling:
             return [self.last_token], True
-        end = min(len(self.prompt_tokens), self.n_cached + budget)
-        return self.prompt_tokens[self.n_cached : end], end == len(self.prompt_tokens)
+        end = min(len(self.feed), self.n_cached + budget)
+        return self.feed[self.n_cached : end], end == len(self.feed) and not self.generated
+
+    def cells_dropped(self) -> None:
+        """Its KV cells are gone: prefill prompt + answer so far (but the last token) again."""
+        self.n_cached = 0
+        self.feed = self.prompt_tokens + self.generated[:-1]
+
+    def continue_from(self, tokens: list[int], pieces: list[bytes]) -> None:
+        """Take in an earlier attempt's tokens (their `pieces` of text) as if sampled here, emitting nothing:
+        the text buffers hold back what they held back then, and the sampler has seen them."""
+        for token, piece in zip(tokens, pieces, strict=True):
+            self.completion_tokens += 1
+            self.generated.append(token)
+            self._text.feed(self._decoder.decode(piece))
+            if self.sampler is not None:
+                self.sampler.accept(token)
+        self.last_token = tokens[-1]
+        self.feed = self.prompt_tokens + self.generated[:-1]
 
     def accept(
         self, token: int, is_eog: bool, piece: bytes, logprob: TokenLogprob | None = None
@@ -68,6 +93,8 @@ class Sequence:
             return "stop"
         self.completion_tokens += 1
         self.last_token = token
+        self.generated.append(token)
+        self._piece_tokens.append(token)
         if logprob is not None:
             self._logprobs.append(logprob)
         ready, hit_stop = self._text.feed(self._decoder.decode(piece))
@@ -80,8 +107,9 @@ class Sequence:
         return None
 
     def _emit_piece(self, text: str) -> None:
-        self.emit(Piece(text, tuple(self._logprobs)))
+        self.emit(Piece(text, tuple(self._logprobs), tuple(self._piece_tokens)))
         self._logprobs = []
+        self._piece_tokens = []
 
     def finish(self, reason: FinishReason) -> None:
         tail = self._text.flush(self._decoder.decode(b"", final=True))

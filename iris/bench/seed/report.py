@@ -21,9 +21,14 @@ try:
 except ImportError:
     plt = None  # type: ignore[assignment]
 
-ARM_TITLES = {"fifo": "FIFO", "iris": "Iris (WFQ)", "paid-alone": "paid tier alone"}
+ARM_TITLES = {
+    "fifo": "FIFO",
+    "iris": "Iris (WFQ)",
+    "iris-preempt": "Iris (WFQ + preemption)",
+    "paid-alone": "paid tier alone",
+}
 TIER_COLORS = {"paid": "tab:blue", "open-source": "tab:orange"}
-ARM_STYLES = {"fifo": ":", "iris": "-", "paid-alone": "--"}
+ARM_STYLES = {"fifo": ":", "iris": "-", "iris-preempt": "-.", "paid-alone": "--"}
 
 
 def _tables(behaviour: str, block: dict[str, Any]) -> list[str]:
@@ -39,25 +44,32 @@ def _tables(behaviour: str, block: dict[str, Any]) -> list[str]:
         per_run = ", ".join(str(r["requests_per_s"]) for r in s.get("runs", []))
         cells = [ARM_TITLES[arm], s["requests_per_s"], s["tokens_per_s"], s["makespan_s"], per_run]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    v = block["verdict"]
-    t = v["targets"]
-    ideal = v.get("closed_loop_ideal", {}) if behaviour == "closed" else {}
-    fifo_ideal = f", fluid ideal {ideal['paid_p50_vs_fifo']}" if ideal else ""
-    alone_ideal = f", fluid ideal {ideal['paid_p50_vs_alone']}" if ideal else ""
+    for v in block.get("verdicts", {"iris": block["verdict"]}).values():
+        lines += ["", *_verdict_lines(behaviour, v)]
     lines += [
-        "",
-        f"- paid p50, Iris / FIFO: **{v['paid_p50_vs_fifo']}** (target ≤ {t['paid_p50_vs_fifo']}{fifo_ideal})",
-        f"- paid p50, Iris / paid alone: **{v['paid_p50_vs_alone']}** (target ≤ {t['paid_p50_vs_alone']}{alone_ideal})",
-        f"- throughput, Iris / FIFO: **{v['throughput_vs_fifo']}** requests/s, {v['tokens_per_s_vs_fifo']} tokens/s "
-        f"(target ≥ {t['throughput_vs_fifo']})",
-        f"- open-source requests starved (neither answered nor given a typed deadline error in time): "
-        f"**{v['open_source_starved']}**",
         "",
         f"![latency over time]({behaviour}-latency-over-time.png)",
         f"![latency CDF]({behaviour}-latency-cdf.png)",
         "",
     ]
     return lines
+
+
+def _verdict_lines(behaviour: str, v: dict[str, Any]) -> list[str]:
+    t = v["targets"]
+    name = ARM_TITLES[v.get("arm", "iris")]
+    ideal = v.get("closed_loop_ideal", {}) if behaviour == "closed" else {}
+    fifo_ideal = f", fluid ideal {ideal['paid_p50_vs_fifo']}" if ideal else ""
+    alone_ideal = f", fluid ideal {ideal['paid_p50_vs_alone']}" if ideal else ""
+    return [
+        f"- paid p50, {name} / FIFO: **{v['paid_p50_vs_fifo']}** (target ≤ {t['paid_p50_vs_fifo']}{fifo_ideal})",
+        f"- paid p50, {name} / paid alone: **{v['paid_p50_vs_alone']}** "
+        f"(target ≤ {t['paid_p50_vs_alone']}{alone_ideal})",
+        f"- throughput, {name} / FIFO: **{v['throughput_vs_fifo']}** requests/s, {v['tokens_per_s_vs_fifo']} "
+        f"tokens/s (target ≥ {t['throughput_vs_fifo']})",
+        f"- open-source requests starved in {name} (neither answered nor given a typed deadline error in "
+        f"time): **{v['open_source_starved']}**",
+    ]
 
 
 def plot_over_time(samples: list[dict[str, Any]], path: Path, behaviour: str) -> None:

@@ -10,7 +10,9 @@ calls the model itself (a model server taking `--model-call-s` per call) and rel
 Three arms on the same model and prompts, each on a fresh stack (nats-server, broker, one 2-slot worker):
   * `fifo`        — `--policy fifo`, all 10 users: what a plain queue gives;
   * `iris`        — weighted-fair queuing, all 10 users;
-  * `paid-alone`  — only the 5 paid users: the ideal a prioritizing scheduler can approach.
+  * `paid-alone`  — only the 5 paid users: the ideal a prioritizing scheduler can approach;
+  * `iris-preempt` — the `iris` arm with priority preemption on (`--preemption on|both`): a paid request
+    that finds both slots busy suspends an open-source answer (`--preempt-ratio`), which resumes after.
 Users behave `closed` (next prompt when the last answer arrives) or `burst` (all prompts at once).
 Aperture's queue timeout (120 s) and max in-flight (60 s) map to the request deadline (queue timeout +
 max in-flight = 180 s: a request must be answered within that, or it gets a typed deadline error) and the
@@ -42,7 +44,10 @@ USERS_PER_TIER = 5
 MAX_CONCURRENCY = 2
 QUEUE_TIMEOUT_S = 120.0
 MAX_INFLIGHT_S = 60.0
-ARMS = ("fifo", "iris", "paid-alone")
+ARMS = ("fifo", "iris", "iris-preempt", "paid-alone")
+IRIS_ARMS = ("iris", "iris-preempt")
+PREEMPTION = ("off", "on", "both")
+PREEMPT_MIN_RUN_S = 0.5
 LABELS = ("reference", "one-workload")
 MODES = ("requests", "admission")
 ADMISSION_MODEL = "seed-app"
@@ -55,6 +60,14 @@ class SeedOptions:
     priority_mode: str = "share"  # the broker's `priority_mode` in the Iris arm
     model_call_s: float = 0.3  # admission mode: one call to the app's own model server
     prompt_file: str = ""  # prompts of one's own (JSON list of strings, or one per line); "" = the shipped set
+    preemption: str = "off"  # the Iris arm without preemption, with it, or both arms
+    preempt_ratio: float = 2.0  # the broker's `preempt_ratio` in the preemption arm
+
+    def arms(self) -> tuple[str, ...]:
+        if self.preemption != "off" and self.mode == "admission":
+            raise ValueError("preemption suspends worker leases; admission mode has none (tickets)")
+        iris = {"off": ("iris",), "on": ("iris-preempt",), "both": IRIS_ARMS}[self.preemption]
+        return tuple(arm for arm in ARMS if arm in ("fifo", "paid-alone") or arm in iris)
 
     def workload(self, tier: str) -> str:
         return tier if self.labels == "reference" else "default"
@@ -207,11 +220,13 @@ async def run_arm(
 ) -> list[Sample]:
     policy = "fifo" if arm == "fifo" else "wfq"
     admission = options.mode == "admission"
+    preempt = ["--preempt-ratio", str(options.preempt_ratio), "--preempt-min-run", str(PREEMPT_MIN_RUN_S)]
     with tempfile.TemporaryDirectory(prefix=f"iris-seed-{arm}-") as tmp:
         workdir = Path(tmp)
         server = NatsServer(workdir / "nats").start()
         broker_args = ["--policy", policy, "--max-concurrency", str(MAX_CONCURRENCY)]
         broker_args += ["--max-inflight", str(MAX_INFLIGHT_S), "--priority-mode", options.priority_mode]
+        broker_args += preempt if arm == "iris-preempt" else []
         procs = [spawn("broker", server.url, broker_args, workdir / "broker.log")]
         if not admission:
             worker = ["--slots", str(MAX_CONCURRENCY), *worker_args]
@@ -308,31 +323,35 @@ IDEALS = {
 }
 
 
-def verdict(summary: dict[str, Any], samples: list[Sample], priority_mode: str = "share") -> dict[str, Any]:
-    """The acceptance figures: paid p50 vs FIFO and vs alone, throughput vs FIFO, starvation."""
+def verdict(
+    summary: dict[str, Any], samples: list[Sample], priority_mode: str = "share", iris: str = "iris"
+) -> dict[str, Any]:
+    """The acceptance figures of Iris arm `iris`: paid p50 vs FIFO and vs alone, throughput vs FIFO,
+    starvation."""
     paid = {arm: summary[arm]["tiers"]["paid"]["p50_s"] for arm in ARMS if arm in summary}
     deadline_s = QUEUE_TIMEOUT_S + MAX_INFLIGHT_S
     starved = [
         s for s in samples
-        if s.arm == "iris" and s.tier == "open-source"
+        if s.arm == iris and s.tier == "open-source"
         and not (s.outcome == "ok" or (s.outcome.startswith("deadline") and s.latency_s <= deadline_s + 5))
     ]  # fmt: skip
     return {
-        "paid_p50_vs_fifo": round(paid["iris"] / paid["fifo"], 3),
-        "paid_p50_vs_alone": round(paid["iris"] / paid["paid-alone"], 3),
-        "throughput_vs_fifo": round(summary["iris"]["requests_per_s"] / summary["fifo"]["requests_per_s"], 3),
-        "tokens_per_s_vs_fifo": round(summary["iris"]["tokens_per_s"] / max(summary["fifo"]["tokens_per_s"], 1e-9), 3),
+        "arm": iris,
+        "paid_p50_vs_fifo": round(paid[iris] / paid["fifo"], 3),
+        "paid_p50_vs_alone": round(paid[iris] / paid["paid-alone"], 3),
+        "throughput_vs_fifo": round(summary[iris]["requests_per_s"] / summary["fifo"]["requests_per_s"], 3),
+        "tokens_per_s_vs_fifo": round(summary[iris]["tokens_per_s"] / max(summary["fifo"]["tokens_per_s"], 1e-9), 3),
         "open_source_starved": len(starved),
-        "open_source_answered": sum(s.arm == "iris" and s.tier == "open-source" and s.outcome == "ok" for s in samples),
+        "open_source_answered": sum(s.arm == iris and s.tier == "open-source" and s.outcome == "ok" for s in samples),
         "targets": TARGETS[priority_mode],
         "closed_loop_ideal": IDEALS[priority_mode],
     }
 
 
-def arm_order(repeat: int) -> tuple[str, ...]:
+def arm_order(repeat: int, arms: tuple[str, ...] = ARMS) -> tuple[str, ...]:
     """Every other repeat runs the arms in reverse, so a drift of the machine's speed during the bench
     (other load, thermal) does not favour whichever arm runs first."""
-    return ARMS if repeat % 2 == 0 else ARMS[::-1]
+    return arms if repeat % 2 == 0 else arms[::-1]
 
 
 async def run_seed_bench(
@@ -352,14 +371,16 @@ async def run_seed_bench(
     for behaviour in behaviours:
         samples: list[Sample] = []
         for repeat in range(repeats):
-            for arm in arm_order(repeat):
+            for arm in arm_order(repeat, options.arms()):
                 print(f"seed: {behaviour} / {arm} (run {repeat + 1} of {repeats}) ...", flush=True)
                 arm_samples = await run_arm(arm, users, behaviour, worker_args, model, max_tokens, options)
                 samples += [replace(s, run=repeat) for s in arm_samples]
         summary = summarize(samples)
+        verdicts = {arm: verdict(summary, samples, options.priority_mode, arm) for arm in IRIS_ARMS if arm in summary}
         results[behaviour] = {
             "summary": summary,
-            "verdict": verdict(summary, samples, options.priority_mode),
+            "verdict": next(iter(verdicts.values())),  # the Iris arm without preemption when it ran
+            "verdicts": verdicts,
             "samples": [asdict(s) for s in samples],
         }
     setup = {
@@ -369,6 +390,8 @@ async def run_seed_bench(
         "workloads": {tier: options.workload(tier) for tier, _ in TIERS},
         "mode": options.mode,
         "priority_mode": options.priority_mode,
+        "preemption": options.preemption,
+        "preempt_ratio": options.preempt_ratio if options.preemption != "off" else None,
         "model_call_s": options.model_call_s if options.mode == "admission" else None,
         "prompts_per_user": per_user,
         "prompt_file": options.prompt_file or "shipped (iris/bench/seed/prompts.json)",

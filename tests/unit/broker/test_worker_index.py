@@ -1,9 +1,12 @@
 """The worker index (`broker.core.workers.WorkerBook`) agrees with a from-scratch recount of the workers
-after any sequence of heartbeats, leases, lease ends, refusals, departures and silent workers timing out:
+after any sequence of heartbeats, leases, lease ends, refusals, departures, silent workers timing out, and
+leases suspended and resumed (a suspended lease holds no slot):
 free and live slot totals, leases on draining workers, the worker with the most free slots, who runs a
 request found in the stream, and which workers are past their timeout."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +29,8 @@ events = st.lists(
         st.tuples(st.just("refuse"), st.sampled_from(SEQS)),
         st.tuples(st.just("gone"), st.sampled_from(WORKERS)),
         st.tuples(st.just("time"), st.integers(1, 2_500)),
+        st.tuples(st.just("suspended"), st.sampled_from(SEQS)),
+        st.tuples(st.just("resume_refused"), st.sampled_from(SEQS)),
     ),
     max_size=150,
 )
@@ -35,8 +40,10 @@ def assert_agrees_with_recount(book: WorkerBook, pool: ModelPool, max_concurrenc
     workers = list(book.values())
     assert book.free_slots == sum(w.free_slots for w in workers)
     assert book.live_slots == sum(w.slots for w in workers if not w.draining)
-    draining_leases = sum(len(w.leases) for w in workers if w.draining)
+    draining_leases = sum(len(w.leases - w.suspended) for w in workers if w.draining)
     assert book.draining_leases == draining_leases
+    assert all(w.suspended <= w.leases for w in workers)
+    assert set(pool.suspended) == {seq for w in workers for seq in w.suspended}
     most = max((w.free_slots for w in workers), default=0)
     chosen = book.most_free()
     assert (chosen.free_slots if chosen is not None else 0) == most
@@ -45,7 +52,8 @@ def assert_agrees_with_recount(book: WorkerBook, pool: ModelPool, max_concurrenc
         runner = book.runner_of(seq)
         assert (runner.worker_id if runner is not None else None) in (runners or {None})
     live = sum(w.slots for w in workers if not w.draining)
-    assert pool.capacity(max_concurrency) == (max_concurrency or live) - (len(pool.leases) - draining_leases)
+    held = len(pool.leases) - draining_leases - len(pool.suspended)  # a suspended lease holds no slot
+    assert pool.capacity(max_concurrency) == (max_concurrency or live) - held
 
 
 def beat_of(scheduler: Scheduler, worker: str, slots: int, draining: bool, mode: int, now: int) -> Heartbeat:
@@ -60,13 +68,25 @@ def beat_of(scheduler: Scheduler, worker: str, slots: int, draining: bool, mode:
         running += [seq for seq in SEQS if seq in pool.queue][:1]
     elif mode == 3 and pool is not None:
         running += [seq for seq in pool.leases if seq not in own][:1]
-    return Heartbeat(worker, "m", slots, max(0, slots - len(running)), running, 0.0, now, draining=draining)
+    suspended = sorted(pool.workers[worker].suspended) if pool is not None and worker in pool.workers else []
+    free = max(0, slots - len(running) + len(suspended))
+    return Heartbeat(
+        worker, "m", slots, free, running, 0.0, now, draining=draining, suspended=suspended, max_suspended=2
+    )
+
+
+def pick(seqs: Iterable[int], index: int) -> int:
+    """One of `seqs` (0 when there is none): the events name running leases, not random numbers."""
+    known = sorted(seqs)
+    return known[index % len(known)] if known else 0
 
 
 @settings(max_examples=300, deadline=None)
-@given(events=events, max_concurrency=st.integers(0, 5))
-def test_worker_index_agrees_with_a_recount(events: list[tuple[object, ...]], max_concurrency: int) -> None:
-    limits = SchedulerLimits(max_concurrency=max_concurrency, lease_confirm_ms=0)
+@given(events=events, max_concurrency=st.integers(0, 5), preempt_ratio=st.sampled_from([0.0, 1.0]))
+def test_worker_index_agrees_with_a_recount(
+    events: list[tuple[object, ...]], max_concurrency: int, preempt_ratio: float
+) -> None:
+    limits = SchedulerLimits(max_concurrency=max_concurrency, lease_confirm_ms=0, preempt_ratio=preempt_ratio)
     scheduler = Scheduler(limits, T0)
     now = T0 + GRACE
     for worker in WORKERS:
@@ -82,6 +102,12 @@ def test_worker_index_agrees_with_a_recount(events: list[tuple[object, ...]], ma
             scheduler.leases_done([LeaseDone(int(args[0]), "m", "default", 1, 1, completed=True)], now)  # type: ignore[call-overload]
         elif kind == "refuse":
             scheduler.offers_refused([int(args[0])])  # type: ignore[call-overload]
+        elif kind == "suspended":  # the worker of one running lease answered a suspend order
+            seq = pick(scheduler.pools["m"].leases if "m" in scheduler.pools else [], int(args[0]))  # type: ignore[call-overload]
+            scheduler.suspend_answered("m", [seq], [seq], now)
+        elif kind == "resume_refused":  # a resume the round ordered was refused: suspended again
+            seq = pick(scheduler.preemption.book.resuming, int(args[0]))  # type: ignore[call-overload]
+            scheduler.resume_answered("m", [], [seq], now)
         elif kind == "gone":
             scheduler.worker_gone(str(args[0]), now)
         else:
