@@ -140,7 +140,8 @@ class Term:
         """Carry out what the scheduler decided: counts and logs, offers and grants (each its own task),
         then in order each rejection, dead letter and ended ticket, the new requests' places, the next
         round, and the queue notices. One request's I/O failing skips no other."""
-        if decisions is NOTHING:  # most heartbeats
+        if decisions is ROUND_DUE or decisions is NOTHING:  # most heartbeats
+            self._schedule(decisions)
             return
         now = now_ms()
         for queued in decisions.queued:

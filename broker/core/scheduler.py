@@ -326,12 +326,10 @@ class Scheduler(PreemptingIndex, TicketingIndex):
         return Decisions(finished=tuple(finished), round_due=True)
 
     def heartbeat(self, beat: Heartbeat, now_ms: int) -> Decisions:
-        """A worker is alive; leases it should be running but does not list go back to the queue. A round
-        is due only when it has more free slots than before (most beats change nothing: a fleet of 1,000
-        beats 1,000 times a second, and the tick asks for a round every `tick_s` anyway)."""
+        """A worker is alive; leases it should be running but does not list go back to the queue. Most
+        beats change nothing (a fleet of 1,000 beats 1,000 times a second): those build no decisions."""
         pool = self._pool(beat.model)
         worker = pool.workers.get(beat.worker_id)
-        free_before = 0 if worker is None else worker.free_slots
         if worker is None:
             worker = pool.workers.add(beat.worker_id, beat.model, beat.slots, now_ms)
         running = frozenset(beat.running)
@@ -349,7 +347,7 @@ class Scheduler(PreemptingIndex, TicketingIndex):
         ]
         if lost:
             return self._requeue_lost(pool, beat.worker_id, lost, "not listed by its worker's heartbeat") + ROUND_DUE
-        return ROUND_DUE if worker.free_slots > free_before else NOTHING
+        return ROUND_DUE
 
     def _requeue_lost(self, pool: ModelPool, worker_id: str, seqs: list[int], why: str) -> Decisions:
         """Lost leases go back to the queue with `attempt + 1`, unless that was the `max_attempts`-th worker
