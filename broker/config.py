@@ -116,6 +116,10 @@ class BrokerConfig(ReplyingService, frozen=True, forbid_unknown_fields=True):
     leader_ttl_s: Annotated[
         float, Meta(ge=0.5, le=60, description="Seconds a silent leader keeps the lead (then a standby takes over).")
     ] = 2.0
+    read_ahead: Annotated[
+        bool,
+        Meta(description="Standby: index the backlog as it comes, so a takeover serves it in fair order at once."),
+    ] = True
     replicas: Annotated[
         int, Meta(ge=1, le=5, description="Stream and lease bucket replicas (3 on a 3-node cluster).")
     ] = 1

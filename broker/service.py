@@ -35,6 +35,8 @@ from schemas.subjects import HEARTBEAT_FILTER
 
 __all__ = ["BrokerService"]
 
+READ_AHEAD_RETRY_S = 1.0
+
 
 class BrokerService(Service):
     def __init__(self, config: BrokerConfig, log: structlog.stdlib.BoundLogger | None = None) -> None:
@@ -119,15 +121,31 @@ class BrokerService(Service):
                 await asyncio.sleep(0.5)
 
     async def _read_ahead(self) -> None:
-        """Stand by with the backlog indexed as it comes, for a term to start from at once."""
+        """Stand by with the backlog indexed as it comes, for a term to start from at once (unless
+        `read_ahead` is off: a term replays the stream, holding its first round until it has). One that
+        cannot start (JetStream busy or unavailable for now) is tried again every second while standing by."""
+        if self.config.read_ahead and not await self._start_read_ahead():
+            self._owners.spawn(self._read_ahead_later())
+
+    async def _start_read_ahead(self) -> bool:
         max_deadline_s = min(MAX_DEADLINE_S, self.config.duplicate_window_s)
         warm = WarmFeed(self.nc, self.log, self.config.reply_prefix_list, max_deadline_s)
         try:
             await warm.start()
-        except Exception:  # JetStream unavailable for now: the next term replays the stream instead
-            self.log.exception("read-ahead not started")
-            return
-        self._warm = warm
+        except Exception as exc:  # until it starts, a term replays the stream instead
+            self.log.warning("read-ahead not started", error=repr(exc))
+            return False
+        if self.term is not None or self._closing or self._warm is not None:  # elected or stopped meanwhile
+            await warm.stop()
+        else:
+            self._warm = warm
+        return True
+
+    async def _read_ahead_later(self) -> None:
+        while self.term is None and not self._closing and self._warm is None:
+            await asyncio.sleep(READ_AHEAD_RETRY_S)
+            if self.term is None and not self._closing and self._warm is None and await self._start_read_ahead():
+                return
 
     async def _start_term(self) -> None:
         assert self._kv is not None

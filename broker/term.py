@@ -35,6 +35,7 @@ from broker.loops import TaskGroup, every, guarded
 from broker.metrics import BrokerMetrics
 from broker.offers import offer_leases
 from broker.request_feed import RequestFeed
+from broker.stream_state import read_stream_state
 from broker.tickets import TicketService
 from broker.warm_feed import WarmHandover
 from runtime.answers import send_final
@@ -81,7 +82,9 @@ class Term:
 
     async def start(self, beats: Beats, warm: WarmHandover | None = None) -> None:
         """Rebuild from `IRIS_LEASES`, the heartbeats heard and the stream (as after a restart), or from the
-        backlog this broker read ahead while it stood by (`warm`) and the stream after it; schedule."""
+        backlog this broker read ahead while it stood by (`warm`) and the stream after it; schedule. Either
+        way the first round waits until the backlog there was at election is indexed (at most `CATCH_UP_S`),
+        so that it hands out its first leases in fair order, not in the order the stream is read."""
         self._subs.append(await self.nc.subscribe(DONE_FILTER, cb=self._on_leases_done))  # before the read
         for lease in (leases := await LeaseRecords(self.kv).read_all()):
             self.scheduler.restore_lease(lease, now_ms())
@@ -97,12 +100,14 @@ class Term:
         await cancels.start()  # every cancel sent so far is known before the first request is indexed
         feed = RequestFeed(self.nc, self._on_request, self.log)
         self._subs.append(feed)
-        if warm is None:
+        if warm is None:  # a replay: the first round waits for the backlog there is now, however it ranks
+            state = await read_stream_state(self.nc, self.log)
+            if state is not None and state.last_seq >= max(1, state.first_seq):
+                self._hold_until(state.last_seq)
             await feed.subscribe()
         else:  # the whole backlog at once: the first round already serves it in fair order
             if warm.last_seq >= warm.next_seq:  # the rest of the backlog first, however it ranks
-                self._hold_below_seq = warm.last_seq
-                asyncio.get_running_loop().call_later(CATCH_UP_S, self._caught_up)
+                self._hold_until(warm.last_seq)
             await self.apply(self.scheduler.rebuild(warm.requests, now_ms()))
             self.log.info(
                 "warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq, last_seq=warm.last_seq
@@ -135,6 +140,9 @@ class Term:
         """Carry out what the scheduler decided: counts and logs, offers and grants (each its own task),
         then in order each rejection, dead letter and ended ticket, the new requests' places, the next
         round, and the queue notices. One request's I/O failing skips no other."""
+        if decisions is ROUND_DUE or decisions is NOTHING:  # most heartbeats
+            self._schedule(decisions)
+            return
         now = now_ms()
         for queued in decisions.queued:
             self.metrics.queued(queued.request)
@@ -244,6 +252,11 @@ class Term:
             self._round_due = True
             asyncio.get_running_loop().call_soon(self._round)
 
+    def _hold_until(self, seq: int) -> None:
+        """No round before the feed has read up to `seq` (or read all there is), at most `CATCH_UP_S`."""
+        self._hold_below_seq = seq
+        asyncio.get_running_loop().call_later(CATCH_UP_S, self._caught_up)
+
     def _caught_up(self) -> None:
         """The feed has read the backlog there was at election (or `CATCH_UP_S` passed: the last of it
         may be gone): rounds may start."""
@@ -280,8 +293,9 @@ class Term:
             await self._index_request(msg)
         except Exception:  # one request must never stop the consumer that feeds every other one
             self.log.exception("request indexing failed", subject=msg.subject)
-        if self._hold_below_seq and msg.metadata.sequence.stream >= self._hold_below_seq:
-            self._caught_up()
+        meta = msg.metadata
+        if self._hold_below_seq and (meta.sequence.stream >= self._hold_below_seq or meta.num_pending == 0):
+            self._caught_up()  # the last one may have left the stream meanwhile: nothing pending is as good
 
     async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -5,7 +5,8 @@ ends the leader hears, and drops expired requests every second. Elected, the bro
 it holds to the new term (`hand_over`): whatever the stream still holds, checked against the stream's
 first sequence and its deleted ones, and the sequence the term's own feed starts from. So the new leader
 indexes 100,000 waiting requests in about a second and serves them in fair order from its first lease. If
-the check fails, the term replays the whole stream instead, as after a restart.
+the check fails (the stream state unreadable, after retries), the term replays the whole stream instead, as
+after a restart, and holds its first round until it has.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -24,26 +24,13 @@ from broker.core.queue import WaitingRequest
 from broker.core.warm import WarmBacklog
 from broker.loops import TaskGroup, every
 from broker.request_feed import RequestFeed
+from broker.stream_state import read_stream_state
 from runtime.clock import now_ms
 from schemas.errors import IrisError
 from schemas.messages import leases_done_decoder
-from schemas.subjects import DONE_FILTER, JS_STREAM_INFO
+from schemas.subjects import DONE_FILTER
 
 EXPIRE_EVERY_S = 1.0
-STREAM_INFO_TIMEOUT_S = 5.0
-
-
-class _StreamState(msgspec.Struct):
-    first_seq: int = 0
-    last_seq: int = 0
-    deleted: list[int] | None = None
-
-
-class _StreamInfo(msgspec.Struct):
-    state: _StreamState | None = None
-
-
-_info_decoder = msgspec.json.Decoder(_StreamInfo)
 
 
 @dataclass(frozen=True)
@@ -93,14 +80,9 @@ class WarmFeed:
     async def hand_over(self) -> WarmHandover | None:
         """Stop reading and give what is still in the stream; None if the stream cannot be checked."""
         await self.stop()
-        try:
-            reply = await self.nc.request(JS_STREAM_INFO, b'{"deleted_details":true}', timeout=STREAM_INFO_TIMEOUT_S)
-            state = _info_decoder.decode(reply.data).state
-        except Exception as exc:
-            self.log.warning("warm backlog not checked against the stream: replaying it", error=repr(exc))
-            return None
+        state = await read_stream_state(self.nc, self.log, deleted=True)
         if state is None:
-            self.log.warning("warm backlog not checked against the stream: replaying it", answer=reply.data[:200])
+            self.log.warning("warm backlog not checked against the stream: replaying it", held=len(self.backlog))
             return None
         requests = self.backlog.hand_over(state.first_seq, frozenset(state.deleted or ()))
         return WarmHandover(requests, self.backlog.last_seq + 1, state.last_seq)

@@ -44,8 +44,8 @@ def waiting_request(
     return WaitingRequest(
         stream_seq=seq,
         request_id=labels.request_id,
-        model=parts[0],
-        workload=parts[1],
+        model=sys.intern(parts[0]),  # one string per model and workload, not one per waiting request
+        workload=sys.intern(parts[1]),
         reply_to=labels.reply_to,
         deadline_ms=labels.deadline_ms,
         enqueued_ms=stored_ms,

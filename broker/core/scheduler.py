@@ -326,7 +326,8 @@ class Scheduler(PreemptingIndex, TicketingIndex):
         return Decisions(finished=tuple(finished), round_due=True)
 
     def heartbeat(self, beat: Heartbeat, now_ms: int) -> Decisions:
-        """A worker is alive; leases it should be running but does not list go back to the queue."""
+        """A worker is alive; leases it should be running but does not list go back to the queue. Most
+        beats change nothing (a fleet of 1,000 beats 1,000 times a second): those build no decisions."""
         pool = self._pool(beat.model)
         worker = pool.workers.get(beat.worker_id)
         if worker is None:
@@ -344,7 +345,9 @@ class Scheduler(PreemptingIndex, TicketingIndex):
             for seq in worker.leases
             if seq not in running and now_ms - pool.leases[seq].leased_ms > self.limits.lease_confirm_ms
         ]
-        return self._requeue_lost(pool, beat.worker_id, lost, "not listed by its worker's heartbeat") + ROUND_DUE
+        if lost:
+            return self._requeue_lost(pool, beat.worker_id, lost, "not listed by its worker's heartbeat") + ROUND_DUE
+        return ROUND_DUE
 
     def _requeue_lost(self, pool: ModelPool, worker_id: str, seqs: list[int], why: str) -> Decisions:
         """Lost leases go back to the queue with `attempt + 1`, unless that was the `max_attempts`-th worker

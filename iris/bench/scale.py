@@ -225,11 +225,11 @@ def _judge(report: dict[str, Any]) -> None:
     report["checks"] = checks
 
 
-async def run_takeover_bench(waiting: int, workers: int, slots: int, out: Path) -> dict[str, Any]:
+async def run_takeover_bench(waiting: int, workers: int, slots: int, read_ahead: bool, out: Path) -> dict[str, Any]:
     from iris.bench.scale_takeover import print_takeover, run_takeover
 
     with tempfile.TemporaryDirectory(prefix="iris-takeover-") as tmp:
-        figures = await run_takeover(Path(tmp), waiting, workers, slots)
+        figures = await run_takeover(Path(tmp), waiting, workers, slots, read_ahead)
     report = {"bench": "scale-takeover", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **figures}
     print_takeover(report)
     return save_report(report, out)

@@ -18,7 +18,7 @@ from typing import Any
 
 import nats
 
-from iris.bench.scale import MODEL, wait_leading
+from iris.bench.scale import LEADER_TTL_S, MODEL, WORKER_TIMEOUT_S, wait_leading
 from iris.bench.scale_fleet import SimFleet, publish_backlog
 from iris.bench.scheduler import wait_indexed
 from iris.launch.nats_server import NatsServer
@@ -82,18 +82,25 @@ async def _publish_by_workload(nc: nats.NATS, n: int) -> None:
         await publish_backlog(nc, MODEL, n // len(WEIGHTS), workload, COST_TOKENS)
 
 
-async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) -> dict[str, Any]:
+async def run_takeover(
+    workdir: Path, waiting: int, workers: int, slots: int, read_ahead: bool = True
+) -> dict[str, Any]:
+    """`read_ahead` off: the standby holds no index and replays the stream once elected."""
     server = NatsServer(workdir / "nats-takeover").start()
     config = workdir / "takeover.toml"
     weights = ", ".join(f"{k} = {w}" for k, w in WEIGHTS.items())
     config.write_text(f"[broker]\nworkload_weights = {{ {weights} }}\nmax_msgs = {2 * waiting + 10_000}\n")
+    # As in `iris bench scale`: at the lowest priority on a loaded machine, late renewals must not move the
+    # lead while the backlog builds, nor late heartbeats lose workers.
+    args = ["--config", str(config), "--leader-ttl", str(LEADER_TTL_S), "--worker-timeout", str(WORKER_TIMEOUT_S)]
+    args += ["--offer-timeout", str(WORKER_TIMEOUT_S), "--read-ahead" if read_ahead else "--no-read-ahead"]
     procs: list[Process] = []
     fleet = SimFleet(server.url, MODEL, workers, slots, record_first=FIRST)
     try:
         nc = await nats.connect(server.url, name="iris-bench-takeover")
-        procs.append(spawn("broker", server.url, ["--config", str(config), "--broker-id", "a"], workdir / "a.log"))
+        procs.append(spawn("broker", server.url, [*args, "--broker-id", "a"], workdir / "a.log"))
         await wait_leading(nc, procs[0])
-        procs.append(spawn("broker", server.url, ["--config", str(config), "--broker-id", "b"], workdir / "b.log"))
+        procs.append(spawn("broker", server.url, [*args, "--broker-id", "b"], workdir / "b.log"))
         await fleet.start()
         await asyncio.sleep(3.0)  # the fleet heard, the standby reading along
         await _publish_by_workload(nc, waiting)
@@ -111,7 +118,7 @@ async def run_takeover(workdir: Path, waiting: int, workers: int, slots: int) ->
         await fleet.stop()
         kill_all(procs)
         server.stop()
-    return _figures(waiting, fleet.first_workloads, elected - killed, indexed - elected)
+    return {"read_ahead": read_ahead, **_figures(waiting, fleet.first_workloads, elected - killed, indexed - elected)}
 
 
 async def _until_recorded(fleet: SimFleet, timeout_s: float = 120.0) -> None:
@@ -156,7 +163,8 @@ def print_takeover(figures: dict[str, Any]) -> None:
         for w, s in figures["shares_of_first_leases"].items()
     )
     print(
-        f"takeover with {figures['waiting']} waiting: elected {figures['kill_to_election_s']:.2f} s after the kill, "
+        f"takeover ({'read ahead' if figures['read_ahead'] else 'replay'}) with {figures['waiting']} waiting: "
+        f"elected {figures['kill_to_election_s']:.2f} s after the kill, "
         f"index complete {figures['election_to_index_complete_s']:.2f} s after the election (stats every 1 s); "
         f"first {figures['first_leases']} leases: {shares}; "
         f"worst error {100 * figures['worst_relative_share_error']:.1f}%"

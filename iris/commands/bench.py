@@ -193,6 +193,12 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 @click.option("--takeover/--no-takeover", default=False, show_default=True, help="Measure a takeover at depth instead.")
 @click.option("--core/--no-core", default=False, show_default=True, help="The pure scheduler only (no NATS).")
 @click.option("--takeover-workers", type=int, default=100, show_default=True, help="Fleet size for --takeover.")
+@click.option(
+    "--read-ahead/--no-read-ahead",
+    default=True,
+    show_default=True,
+    help="--takeover: the standby reads ahead, or replays.",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scale.json"), show_default=True)
 def bench_scale(
     fleets: str,
@@ -204,6 +210,7 @@ def bench_scale(
     takeover: bool,
     core: bool,
     takeover_workers: int,
+    read_ahead: bool,
     out: Path,
 ) -> None:
     """Dispatch rate, broker CPU per request and RSS with 1 vs 1,000 vs 10,000 workers; or a takeover at depth."""
@@ -211,7 +218,7 @@ def bench_scale(
 
     sizes = [int(n) for n in fleets.split(",") if n.strip()]
     if takeover:
-        asyncio.run(run_takeover_bench(waiting, takeover_workers, slots, out))
+        asyncio.run(run_takeover_bench(waiting, takeover_workers, slots, read_ahead, out))
     elif core:
         run_core_bench(sizes, slots, single_slots, backlog, out)
     else:

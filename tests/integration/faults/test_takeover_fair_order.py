@@ -2,12 +2,15 @@
 (weights 1:2:3:4 over four workloads), workers that drain while 5,000 requests wait, published one workload
 after the other: an index filling in stream order would hand the first leases to the first workload. The
 leader is killed (SIGKILL), the workers start to serve: the first 1,000 leases the new leader hands out
-follow the weights within 5%."""
+follow the weights within 5%, whether it read the backlog ahead while standing by or replays the stream once
+elected (`read_ahead = false`, or a read-ahead that could not start or be checked: the first round waits
+for the replay)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 
 from iris.bench.scale_fleet import SimFleet, publish_backlog
@@ -26,8 +29,9 @@ WAITING = 5_000
 FIRST = 1_000
 
 
+@pytest.mark.parametrize("read_ahead", [True, False], ids=["warm", "replay"])
 async def test_new_leader_serves_a_deep_backlog_in_fair_order_from_the_start(
-    nats_server: NatsServer, nc: NATS, processes: Processes, tmp_path: Path
+    nats_server: NatsServer, nc: NATS, processes: Processes, tmp_path: Path, read_ahead: bool
 ) -> None:
     url = nats_server.url
     config = tmp_path / "iris.toml"
@@ -38,7 +42,8 @@ async def test_new_leader_serves_a_deep_backlog_in_fair_order_from_the_start(
         return text in processes.log(name)
 
     await eventually(lambda: logged("broker-a", '"leading"'), timeout_s=120, what="broker a leading")
-    processes.start("broker-b", "broker", "--nats", url, "--config", str(config), "--broker-id", "b")
+    warm = "--read-ahead" if read_ahead else "--no-read-ahead"
+    processes.start("broker-b", "broker", "--nats", url, "--config", str(config), "--broker-id", "b", warm)
     await eventually(lambda: logged("broker-b", '"broker started"'), timeout_s=120, what="broker b standing by")
     fleet = await SimFleet(url, MODEL, 4, 16, record_first=FIRST).start()  # draining: nothing runs yet
     try:
