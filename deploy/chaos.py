@@ -32,7 +32,7 @@ import httpx
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from stack import broker_leads, crash, leading_broker, state, stream_cluster, until, wait_back
+from stack import broker_leads, crash, leading_broker, service_of, state, stream_cluster, until, wait_back
 
 from schemas import headers as h
 from schemas.subjects import HEARTBEAT_FILTER, REQUEST_STREAM, request_subject
@@ -61,17 +61,16 @@ class Seen:
 
 
 class Tap:
-    """Every Iris reply on `_INBOX.>`, by request id."""
+    """Every Iris reply on `_INBOX.>` seen through one NATS node, by request id."""
 
     def __init__(self) -> None:
         self.seen: dict[str, Seen] = defaultdict(Seen)
-        self.final = asyncio.Event()
 
     async def on_reply(self, msg: Msg) -> None:
-        request_id = (msg.headers or {}).get(h.REQUEST_ID)
-        kind = (msg.headers or {}).get(h.KIND)
-        if request_id is None or kind is None:
-            return
+        headers = msg.headers or {}
+        request_id, kind = headers.get(h.REQUEST_ID), headers.get(h.KIND)
+        if request_id is None or kind is None or h.NATS_SUBJECT in headers:
+            return  # not Iris's, or a client's direct get of the stored final (IRIS_ANSWERS), not a reply
         seen = self.seen[request_id]
         seen.kinds.append(kind)
         body = json.loads(msg.data) if msg.data else {}
@@ -79,6 +78,42 @@ class Tap:
             seen.attempts.add(int(body.get("attempt", 1)))
         if kind == "error":
             seen.error_codes.append(str(body.get("code")))
+
+
+class Taps:
+    """One tap per NATS node, each connected to that node alone: the node killed takes its tap's view with
+    it for a while, the other two see every reply. A request's replies are those of the tap that saw most,
+    so a reply Iris really sent twice still counts twice."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.taps = [Tap() for _ in urls]
+        self.connections: list[NATS] = []
+
+    async def start(self) -> None:
+        for url, tap in zip(self.urls, self.taps, strict=True):
+            nc = await nats.connect([url], max_reconnect_attempts=-1, reconnect_time_wait=0.5, dont_randomize=True)
+            await nc.subscribe("_INBOX.>", cb=tap.on_reply)
+            await nc.flush()
+            self.connections.append(nc)
+
+    async def close(self) -> None:
+        for nc in self.connections:
+            await nc.close()
+
+    def __getitem__(self, request_id: str) -> Seen:
+        views = [tap.seen[request_id] for tap in self.taps if request_id in tap.seen]
+        if not views:
+            return Seen()
+        most = max(views, key=lambda seen: len(seen.kinds))
+        return Seen(most.kinds, set().union(*(seen.attempts for seen in views)), most.error_codes)
+
+    def ids(self) -> set[str]:
+        return {request_id for tap in self.taps for request_id, seen in tap.seen.items() if seen.kinds}
+
+    def clear(self) -> None:
+        for tap in self.taps:
+            tap.seen.clear()
 
 
 async def http_generate(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> str:
@@ -115,9 +150,9 @@ async def nats_generate(nc: NATS, prompt: str, max_tokens: int, request_id: str)
             await asyncio.sleep(1.0)
 
 
-async def wait_final(tap: Tap, request_id: str) -> None:
+async def wait_final(tap: Taps, request_id: str) -> None:
     async def final() -> bool:
-        return tap.seen[request_id].finals > 0
+        return tap[request_id].finals > 0
 
     await until(final, f"a final reply to {request_id}")
 
@@ -132,14 +167,14 @@ class Heartbeats:
         self.last[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
 
     def heard_since(self, service: str, since: float) -> bool:
-        return any(id_.rsplit("-", 2)[0] == service and at > since for id_, at in self.last.items())
+        return any(service_of(id_) == service and at > since for id_, at in self.last.items())
 
 
 @dataclass
 class Run:
     nc: NATS
     http: httpx.AsyncClient
-    tap: Tap
+    tap: Taps
     beats: Heartbeats
     raw_ids: list[str] = field(default_factory=list)
     http_statuses: list[str] = field(default_factory=list)
@@ -260,9 +295,8 @@ async def chaos(run: Run, requests: int, in_flight: int, max_tokens: int) -> lis
 
 
 def verdict(run: Run, requests: int) -> dict[str, object]:
-    seen = run.tap.seen
-    raw = [seen[request_id] for request_id in run.raw_ids]
-    others = [s for request_id, s in seen.items() if request_id not in set(run.raw_ids) and s.kinds]
+    raw = [run.tap[request_id] for request_id in run.raw_ids]
+    others = [run.tap[request_id] for request_id in run.tap.ids() - set(run.raw_ids)]
     every = raw + others
     finals: defaultdict[int, int] = defaultdict(int)
     for s in every:
@@ -287,10 +321,10 @@ async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
         await nats_generate(run.nc, "Tell a long story about the sea.", max_tokens, request_id)
 
     async def four_streaming() -> bool:  # both workers' two slots
-        return sum("chunk" in run.tap.seen[i].kinds for i in ids) >= 4
+        return sum("chunk" in run.tap[i].kinds for i in ids) >= 4
 
     await until(four_streaming, "four answers streaming")
-    streaming = [i for i in ids if "chunk" in run.tap.seen[i].kinds]
+    streaming = [i for i in ids if "chunk" in run.tap[i].kinds]
     start = time.monotonic()
     await asyncio.to_thread(subprocess.run, [*COMPOSE, "down"], check=True, capture_output=True)
     down_s = time.monotonic() - start
@@ -298,9 +332,9 @@ async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
         "down_s": round(down_s, 1),
         "stop_grace_s": STOP_GRACE_S,
         "streaming_at_down": len(streaming),
-        "left_mid_answer": sum(run.tap.seen[i].finals == 0 for i in streaming),
-        "final_kinds": [next((k for k in run.tap.seen[i].kinds if k in FINAL_KINDS), None) for i in streaming],
-        "error_codes": [c for i in streaming for c in run.tap.seen[i].error_codes],
+        "left_mid_answer": sum(run.tap[i].finals == 0 for i in streaming),
+        "final_kinds": [next((k for k in run.tap[i].kinds if k in FINAL_KINDS), None) for i in streaming],
+        "error_codes": [c for i in streaming for c in run.tap[i].error_codes],
     }
 
 
@@ -317,8 +351,8 @@ async def main() -> int:
     args = parser.parse_args()
 
     nc = await nats.connect(args.nats.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-    tap, beats = Tap(), Heartbeats()
-    await nc.subscribe("_INBOX.>", cb=tap.on_reply)
+    tap, beats = Taps(args.nats.split(",")), Heartbeats()
+    await tap.start()
     await nc.subscribe(HEARTBEAT_FILTER, cb=beats.on_beat)
     auth = {"Authorization": f"Bearer {args.api_key}"}
     async with httpx.AsyncClient(base_url=args.http, headers=auth) as http:
@@ -328,10 +362,10 @@ async def main() -> int:
         await wait_final(tap, smoke_id)
         smoke = {
             "gateway": await http_generate(http, "Why is the sky blue?", 32),
-            "raw_nats": tap.seen[smoke_id].kinds[-1],
+            "raw_nats": tap[smoke_id].kinds[-1],
         }
         print(f"smoke: {smoke}", flush=True)
-        tap.seen.clear()
+        tap.clear()
         started = time.monotonic()
         kills = await chaos(run, args.requests, args.in_flight, args.max_tokens)
         report: dict[str, object] = {
@@ -342,6 +376,7 @@ async def main() -> int:
         }
         if not args.no_down:
             report["down"] = await compose_down(run, 200)
+    await tap.close()
     await nc.close()
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -68,8 +68,12 @@ async def leading_broker(nc: NATS) -> str:
         entry = await kv.get(LEADER_KEY)
     except (KeyNotFoundError, nats.errors.TimeoutError):  # between terms, or while NATS elects
         return ""
-    broker_id = (entry.value or b"").decode()
-    return broker_id.rsplit("-", 1)[0]  # broker-a-<pid>: the host name is the compose service
+    return service_of((entry.value or b"").decode())
+
+
+def service_of(process_id: str) -> str:
+    """The compose service of a broker or worker id `<host>-<pid>-<hex>` (the host name is the service)."""
+    return process_id.rsplit("-", 2)[0]
 
 
 async def stream_cluster(nc: NATS) -> dict[str, Any]:
