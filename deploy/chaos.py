@@ -32,7 +32,8 @@ import httpx
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from stack import broker_leads, crash, leading_broker, service_of, state, stream_cluster, until, wait_back
+from nats.js.errors import NoStreamResponseError
+from stack import broker_leads, crash, leader_id, leading_broker, service_of, state, stream_cluster, until, wait_back
 
 from schemas import headers as h
 from schemas.subjects import HEARTBEAT_FILTER, REQUEST_STREAM, request_subject
@@ -142,7 +143,7 @@ async def nats_generate(nc: NATS, prompt: str, max_tokens: int, request_id: str)
         try:
             await nc.jetstream().publish(request_subject(MODEL, "default"), body, headers=headers)
             return
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError):
             # No ack while the stream elects a new leader after a node loss: publish again with the same
             # Nats-Msg-Id, as a NATS client does; the dedupe window keeps it one request.
             if attempt == PUBLISH_ATTEMPTS - 1:
@@ -239,18 +240,22 @@ async def kill_worker(run: Run) -> dict[str, object]:
 
 
 async def kill_leading_broker(run: Run) -> dict[str, object]:
-    service = await leading_broker(run.nc)
+    """Crash the leader; a new term must begin: the standby, or the killed one back first (whichever takes
+    the key once its TTL ran out), as a process other than the one killed."""
+    killed_id = await leader_id(run.nc)
+    service = service_of(killed_id)
     restarts = int(state(service)["restarts"])
     crash(service)
 
-    async def other_leads() -> bool:
-        return await leading_broker(run.nc) not in ("", service)
+    async def new_term() -> bool:
+        return await leader_id(run.nc) not in ("", killed_id)
 
-    takeover_s = await until(other_leads, "the standby broker leads")
+    takeover_s = await until(new_term, "a broker leads in a new term")
     back_s = await wait_back(service, restarts)
     return {
         "killed": service,
-        "standby_leads_after_s": round(takeover_s, 1),
+        "new_term_after_s": round(takeover_s, 1),
+        "leads_now": await leading_broker(run.nc),
         "back_s": round(back_s, 1),
         "rejoined_as": "leader" if await broker_leads(service) else "standby",
     }
