@@ -118,14 +118,16 @@ class Taps:
 
 
 async def http_generate(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> str:
+    """One call with an `Idempotency-Key`, sent again with the same key when the connection failed under it
+    (a pooled keep-alive connection the server closed as the request went out, uvicorn's 5 s idle timeout):
+    the retry is the same Iris request, so it joins the first or reads its stored answer."""
     body = {"model": OLLAMA_MODEL, "prompt": prompt, "stream": False, "options": {"num_predict": max_tokens}}
+    headers = {"Idempotency-Key": f"chaos-{uuid.uuid4().hex}"}
     try:
-        response = await http.post("/api/generate", json=body, timeout=180)
-    except httpx.RemoteProtocolError:
-        # A pooled keep-alive connection the server closed just as this request went out (uvicorn's 5 s idle
-        # timeout): nothing was admitted, the gateway saw the body cut off; any HTTP client retries this.
-        response = await http.post("/api/generate", json=body, timeout=180)
-        return f"http {response.status_code} (after a closed keep-alive connection)"
+        response = await http.post("/api/generate", json=body, headers=headers, timeout=180)
+    except httpx.TransportError as exc:
+        response = await http.post("/api/generate", json=body, headers=headers, timeout=180)
+        return f"http {response.status_code} (sent again after {type(exc).__name__})"
     return f"http {response.status_code}"
 
 
@@ -398,6 +400,11 @@ def checks(report: dict[str, object], requests: int) -> list[str]:
         failures.append(f"smoke requests not answered: {report['smoke']}")
     if report["final_replies_per_request"] != {1: requests}:
         failures.append(f"final replies per request: {report['final_replies_per_request']} (want {{1: {requests}}})")
+    statuses = report["gateway_statuses"]
+    assert isinstance(statuses, dict)
+    failed_calls = {status: n for status, n in statuses.items() if not status.startswith("http 200")}
+    if failed_calls:
+        failures.append(f"gateway calls not answered 200: {failed_calls}")
     if report["results_twice"]:
         failures.append(f"{report['results_twice']} requests got two results")
     down = report.get("down")
