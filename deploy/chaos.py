@@ -33,7 +33,19 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NoStreamResponseError
-from stack import broker_leads, crash, leader_id, leading_broker, service_of, state, stream_cluster, until, wait_back
+from stack import (
+    broker_leads,
+    crash,
+    docker,
+    leader_id,
+    leading_broker,
+    service_of,
+    state,
+    stream_cluster,
+    until,
+    wait_back,
+)
+from taps import FINAL_KINDS, Taps
 
 from schemas import headers as h
 from schemas.subjects import HEARTBEAT_FILTER, REQUEST_STREAM, request_subject
@@ -45,76 +57,6 @@ OLLAMA_MODEL = "gemma3:270m"
 # compose stops dependents first: the Iris services (workers' stop_grace_period 30 s), then NATS (15 s)
 STOP_GRACE_S = 30.0 + 15.0
 PUBLISH_ATTEMPTS = 10
-FINAL_KINDS = ("result", "error")
-
-
-@dataclass
-class Seen:
-    """What the tap saw for one request id."""
-
-    kinds: list[str] = field(default_factory=list)
-    attempts: set[int] = field(default_factory=set)
-    error_codes: list[str] = field(default_factory=list)
-
-    @property
-    def finals(self) -> int:
-        return sum(kind in FINAL_KINDS for kind in self.kinds)
-
-
-class Tap:
-    """Every Iris reply on `_INBOX.>` seen through one NATS node, by request id."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, Seen] = defaultdict(Seen)
-
-    async def on_reply(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        request_id, kind = headers.get(h.REQUEST_ID), headers.get(h.KIND)
-        if request_id is None or kind is None or h.NATS_SUBJECT in headers:
-            return  # not Iris's, or a client's direct get of the stored final (IRIS_ANSWERS), not a reply
-        seen = self.seen[request_id]
-        seen.kinds.append(kind)
-        body = json.loads(msg.data) if msg.data else {}
-        if kind == "chunk":
-            seen.attempts.add(int(body.get("attempt", 1)))
-        if kind == "error":
-            seen.error_codes.append(str(body.get("code")))
-
-
-class Taps:
-    """One tap per NATS node, each connected to that node alone: the node killed takes its tap's view with
-    it for a while, the other two see every reply. A request's replies are those of the tap that saw most,
-    so a reply Iris really sent twice still counts twice."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
-        self.taps = [Tap() for _ in urls]
-        self.connections: list[NATS] = []
-
-    async def start(self) -> None:
-        for url, tap in zip(self.urls, self.taps, strict=True):
-            nc = await nats.connect([url], max_reconnect_attempts=-1, reconnect_time_wait=0.5, dont_randomize=True)
-            await nc.subscribe("_INBOX.>", cb=tap.on_reply)
-            await nc.flush()
-            self.connections.append(nc)
-
-    async def close(self) -> None:
-        for nc in self.connections:
-            await nc.close()
-
-    def __getitem__(self, request_id: str) -> Seen:
-        views = [tap.seen[request_id] for tap in self.taps if request_id in tap.seen]
-        if not views:
-            return Seen()
-        most = max(views, key=lambda seen: len(seen.kinds))
-        return Seen(most.kinds, set().union(*(seen.attempts for seen in views)), most.error_codes)
-
-    def ids(self) -> set[str]:
-        return {request_id for tap in self.taps for request_id, seen in tap.seen.items() if seen.kinds}
-
-    def clear(self) -> None:
-        for tap in self.taps:
-            tap.seen.clear()
 
 
 async def http_generate(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> str:
@@ -321,27 +263,61 @@ def verdict(run: Run, requests: int) -> dict[str, object]:
     }
 
 
-async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
-    """Stop the stack while answers stream; every answer that began must end with its final reply."""
-    ids = [f"down-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
-    for request_id in ids:
-        await nats_generate(run.nc, "Tell a long story about the sea.", max_tokens, request_id)
+@dataclass
+class HttpStream:
+    """One streamed gateway call (Ollama NDJSON): whether it began and whether it ended with `done`."""
 
-    async def four_streaming() -> bool:  # both workers' two slots
-        return sum("chunk" in run.tap[i].kinds for i in ids) >= 4
+    began: bool = False
+    done: bool = False
+    status: int = 0
+
+    async def run(self, http: httpx.AsyncClient, prompt: str, max_tokens: int) -> None:
+        body = {"model": OLLAMA_MODEL, "prompt": prompt, "options": {"num_predict": max_tokens}}
+        async with http.stream("POST", "/api/generate", json=body, timeout=180) as response:
+            self.status = response.status_code
+            async for line in response.aiter_lines():
+                if line.strip():
+                    self.began = True
+                    self.done = bool(json.loads(line).get("done"))
+
+
+def exit_codes(since: float) -> dict[str, int]:
+    """How each container of the stack ended since `since` (Unix time): 137 is a SIGKILL past its grace."""
+    lines = docker(
+        "events", "--since", f"{since:.0f}", "--until", f"{time.time():.0f}", "--filter", "event=die",
+        "--filter", "label=com.docker.compose.project=iris",
+        "--format", "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+    ).splitlines()  # fmt: skip
+    return dict(sorted((name, int(code)) for name, code in (line.split() for line in lines)))
+
+
+async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
+    """Stop the stack while answers stream, two raw and two through the gateway (both workers' two slots):
+    every answer that began must end with its final reply, and no container may need a SIGKILL."""
+    prompt = "Tell a long story about the sea."
+    ids = [f"down-{i}-{uuid.uuid4().hex[:8]}" for i in range(2)]
+    for request_id in ids:
+        await nats_generate(run.nc, prompt, max_tokens, request_id)
+    streams = [HttpStream() for _ in range(2)]
+    calls = [asyncio.create_task(stream.run(run.http, prompt, max_tokens)) for stream in streams]
+
+    async def four_streaming() -> bool:
+        return sum("chunk" in run.tap[i].kinds for i in ids) + sum(stream.began for stream in streams) >= 4
 
     await until(four_streaming, "four answers streaming")
-    streaming = [i for i in ids if "chunk" in run.tap[i].kinds]
-    start = time.monotonic()
+    since, start = time.time(), time.monotonic()
     await asyncio.to_thread(subprocess.run, [*COMPOSE, "down"], check=True, capture_output=True)
     down_s = time.monotonic() - start
+    await asyncio.gather(*calls, return_exceptions=True)
     return {
         "down_s": round(down_s, 1),
         "stop_grace_s": STOP_GRACE_S,
-        "streaming_at_down": len(streaming),
-        "left_mid_answer": sum(run.tap[i].finals == 0 for i in streaming),
-        "final_kinds": [next((k for k in run.tap[i].kinds if k in FINAL_KINDS), None) for i in streaming],
-        "error_codes": [c for i in streaming for c in run.tap[i].error_codes],
+        "streaming_at_down": {"raw_nats": len(ids), "gateway": len(streams)},
+        "left_mid_answer": sum(run.tap[i].finals == 0 for i in ids) + sum(not stream.done for stream in streams),
+        "raw_final_kinds": [next((k for k in run.tap[i].kinds if k in FINAL_KINDS), None) for i in ids],
+        "gateway_ended": [f"http {stream.status}, done={stream.done}" for stream in streams],
+        "error_codes": [c for i in ids for c in run.tap[i].error_codes],
+        "exit_codes": exit_codes(since - 1),
     }
 
 
@@ -411,6 +387,9 @@ def checks(report: dict[str, object], requests: int) -> list[str]:
     if isinstance(down, dict):
         if down["left_mid_answer"]:
             failures.append(f"{down['left_mid_answer']} answers left mid-way by compose down")
+        killed = {name: code for name, code in down["exit_codes"].items() if code == 137}
+        if killed:
+            failures.append(f"SIGKILLed past their stop grace period: {killed}")
         if down["down_s"] > STOP_GRACE_S:
             failures.append(f"compose down took {down['down_s']} s (stop timeout {STOP_GRACE_S} s)")
     return failures

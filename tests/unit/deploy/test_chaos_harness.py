@@ -16,8 +16,8 @@ from runtime import clock
 from schemas import headers as h
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "deploy"))
-import chaos  # noqa: E402
 import stack  # noqa: E402
+import taps  # noqa: E402
 
 
 @pytest.mark.parametrize("service", ["broker-a", "worker-1", "gateway"])
@@ -33,7 +33,7 @@ def reply(request_id: str, kind: str, body: dict[str, object], **extra: str) -> 
 
 
 def test_a_clients_direct_get_of_the_stored_final_is_not_a_second_reply() -> None:
-    tap = chaos.Tap()
+    tap = taps.Tap()
     asyncio.run(tap.on_reply(reply("r1", h.KIND_RESULT, {"text": "blue"})))
     stored_copy = reply("r1", h.KIND_RESULT, {"text": "blue"}, **{h.NATS_SUBJECT: "iris.answer.r1"})
     asyncio.run(tap.on_reply(stored_copy))
@@ -41,14 +41,14 @@ def test_a_clients_direct_get_of_the_stored_final_is_not_a_second_reply() -> Non
 
 
 def test_taps_count_a_reply_once_across_nodes_but_a_real_second_reply_twice() -> None:
-    taps = chaos.Taps(["nats://a", "nats://b", "nats://c"])
-    first, second, down = taps.taps
+    tapped = taps.Taps(["nats://a", "nats://b", "nats://c"])
+    first, second, down = tapped.taps
     for tap in (first, second):  # the third node was down while r1 was answered
         asyncio.run(tap.on_reply(reply("r1", "chunk", {"index": 0, "text": "b", "attempt": 1})))
         asyncio.run(tap.on_reply(reply("r1", h.KIND_RESULT, {"text": "b"})))
     for _ in range(2):  # r2 got its result twice: every tap that was up saw both
         asyncio.run(second.on_reply(reply("r2", h.KIND_RESULT, {"text": "c"})))
     asyncio.run(down.on_reply(reply("r2", h.KIND_RESULT, {"text": "c"})))
-    assert (taps["r1"].finals, taps["r2"].finals) == (1, 2)
-    assert taps.ids() == {"r1", "r2"}
-    assert taps["r3"].kinds == []  # never seen: no final
+    assert (tapped["r1"].finals, tapped["r2"].finals) == (1, 2)
+    assert tapped.ids() == {"r1", "r2"}
+    assert tapped["r3"].kinds == []  # never seen: no final
