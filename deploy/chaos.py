@@ -3,15 +3,18 @@
     deploy/up.sh && .venv/bin/python deploy/chaos.py [--requests 200] [--out bench-results/chaos.json]
 
 1. One request through the gateway (Ollama API) and one through raw NATS must be answered.
-2. `--requests` requests, half through the gateway and half published raw to JetStream, at most `--in-flight`
-   at a time; meanwhile `docker kill` of a worker, then of the leading broker, then of the NATS node leading
-   stream IRIS_REQUESTS, each once the part before came back. A tap on `_INBOX.>` sees every reply Iris sends
-   (each carries `Iris-Request-Id`), so it counts final replies per request whichever way it came in.
+2. `--requests` requests, half through the gateway (each with an `Idempotency-Key`) and half published raw to
+   JetStream, at most `--in-flight` at a time; meanwhile a crash (`kill -9` of the container's process:
+   Docker 20.10 takes `docker kill` for an operator's stop and restarts nothing) of a worker, then of the
+   leading broker, then of the NATS node leading stream IRIS_REQUESTS, each once the part before came back.
+   A tap per NATS node on `_INBOX.>` sees every reply Iris sends (each carries `Iris-Request-Id`), so it
+   counts final replies per request whichever way it came in (deploy/taps.py).
    Checked: every request ends with exactly one final reply and at most one result; the killed containers are
-   restarted by their restart policy and rejoin (a worker heart-beats again, the broker stands by or leads,
-   the NATS node is a current replica again) with no manual step.
-3. `docker compose down` while answers are streaming: it must return within the stop timeouts in stop order
-   and leave no answer half-sent (every request that streamed a chunk got its final reply).
+   restarted by their restart policy and rejoin (a worker heart-beats again, a broker leads or stands by in a
+   new term, the NATS node is a current replica again) with no manual step.
+3. `docker compose down` while four answers stream (two raw, two streamed through the gateway): it must
+   return within the stop timeouts in stop order, leave no answer half-sent (each raw one got its final
+   reply, each gateway stream ended with `done`) and need no SIGKILL (no container exited 137).
 Prints the figures and writes them as JSON; exits 1 when a check fails.
 """
 
