@@ -48,7 +48,7 @@ from stack import (
     until,
     wait_back,
 )
-from taps import FINAL_KINDS, Taps
+from taps import FINAL_KINDS, Taps, expected
 
 from schemas import headers as h
 from schemas.subjects import HEARTBEAT_FILTER, REQUEST_STREAM, request_subject
@@ -336,7 +336,7 @@ async def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
     args = parser.parse_args()
 
-    nc = await nats.connect(args.nats.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    nc = await nats.connect(args.nats.split(","), error_cb=expected, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     tap, beats = Taps(args.nats.split(",")), Heartbeats()
     await tap.start()
     await nc.subscribe(HEARTBEAT_FILTER, cb=beats.on_beat)
