@@ -248,8 +248,9 @@ async def chaos(run: Run, requests: int, in_flight: int, max_tokens: int) -> lis
 
 def verdict(run: Run, requests: int) -> dict[str, object]:
     raw = [run.tap[request_id] for request_id in run.raw_ids]
-    others = [run.tap[request_id] for request_id in run.tap.ids() - set(run.raw_ids)]
-    every = raw + others
+    other_ids = run.tap.ids() - set(run.raw_ids)
+    every = raw + [run.tap[request_id] for request_id in other_ids]
+    strays = {i: run.tap[i].kinds for i in sorted(other_ids) if not i.startswith("idem-")}  # neither way in
     finals: defaultdict[int, int] = defaultdict(int)
     for s in every:
         finals[s.finals] += 1
@@ -259,6 +260,7 @@ def verdict(run: Run, requests: int) -> dict[str, object]:
         "gateway": len(run.http_statuses),
         "gateway_statuses": {status: run.http_statuses.count(status) for status in sorted(set(run.http_statuses))},
         "request_ids_seen": len(every),
+        "ids_not_sent_by_the_run": strays,
         "final_replies_per_request": dict(sorted(finals.items())),
         "results_twice": sum(s.kinds.count("result") > 1 for s in every),
         "rerun_after_lost_lease": sum(len(s.attempts) > 1 for s in every),
