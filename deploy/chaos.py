@@ -289,7 +289,7 @@ class HttpStream:
 def exit_codes(since: float) -> dict[str, int]:
     """How each container of the stack ended since `since` (Unix time): 137 is a SIGKILL past its grace."""
     lines = docker(
-        "events", "--since", f"{since:.0f}", "--until", f"{time.time():.0f}", "--filter", "event=die",
+        "events", "--since", f"{since:.0f}", "--until", f"{time.time() + 1:.0f}", "--filter", "event=die",
         "--filter", "label=com.docker.compose.project=iris",
         "--format", "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
     ).splitlines()  # fmt: skip
@@ -353,6 +353,11 @@ async def main() -> int:
             "raw_nats": tap[smoke_id].kinds[-1],
         }
         print(f"smoke: {smoke}", flush=True)
+
+        async def smoke_tapped() -> bool:  # a tap may get a final after its client: clear only once it has
+            return all(sum(seen.finals > 0 for seen in one.seen.values()) >= 2 for one in tap.taps)
+
+        await until(smoke_tapped, "both smoke answers at every tap")
         tap.clear()
         started = time.monotonic()
         kills = await chaos(run, args.requests, args.in_flight, args.max_tokens)
@@ -392,6 +397,8 @@ def checks(report: dict[str, object], requests: int) -> list[str]:
     if isinstance(down, dict):
         if down["left_mid_answer"]:
             failures.append(f"{down['left_mid_answer']} answers left mid-way by compose down")
+        if not down["exit_codes"]:
+            failures.append("no container's exit code seen in docker events: SIGKILLs unknown")
         killed = {name: code for name, code in down["exit_codes"].items() if code == 137}
         if killed:
             failures.append(f"SIGKILLed past their stop grace period: {killed}")
