@@ -25,6 +25,7 @@ from schemas.model_cards import model_bucket_config
 from schemas.subjects import DLQ_FILTER, DLQ_STREAM, LEASE_BUCKET, MODEL_BUCKET, REQUEST_FILTER, REQUEST_STREAM
 
 T = TypeVar("T")
+NO_SUITABLE_PEERS = 10005  # JetStream's err_code (400) when it cannot place a stream's replicas
 
 
 def request_stream_config(config: BrokerConfig) -> StreamConfig:
@@ -67,12 +68,15 @@ def _file_stream(config: BrokerConfig, name: str, subject: str, **limits: Any) -
 
 
 async def until_available(action: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
-    """Retry while JetStream is still electing its leaders (a cluster just started or lost a node)."""
+    """Retry while JetStream is still electing its leaders (a cluster just started or lost a node), or
+    cannot place the replicas yet (a fresh cluster's meta leader has not heard from every peer)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
             return await action()
-        except (ServiceUnavailableError, ServerError, NatsTimeout, NoRespondersError):
+        except (ServiceUnavailableError, ServerError, NatsTimeout, NoRespondersError, BadRequestError) as exc:
+            if isinstance(exc, BadRequestError) and exc.err_code != NO_SUITABLE_PEERS:
+                raise
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
@@ -114,8 +118,10 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
         try:
             await js.add_stream(wanted)
             return
-        except BadRequestError:
-            pass  # another broker created it between our two calls
+        except BadRequestError as exc:
+            if exc.err_code == NO_SUITABLE_PEERS:
+                raise  # not created: until_available tries again
+            # else another broker created it between our two calls
     await js.update_stream(wanted)
 
 

@@ -3,15 +3,18 @@
     deploy/up.sh && .venv/bin/python deploy/chaos.py [--requests 200] [--out bench-results/chaos.json]
 
 1. One request through the gateway (Ollama API) and one through raw NATS must be answered.
-2. `--requests` requests, half through the gateway and half published raw to JetStream, at most `--in-flight`
-   at a time; meanwhile `docker kill` of a worker, then of the leading broker, then of the NATS node leading
-   stream IRIS_REQUESTS, each once the part before came back. A tap on `_INBOX.>` sees every reply Iris sends
-   (each carries `Iris-Request-Id`), so it counts final replies per request whichever way it came in.
+2. `--requests` requests, half through the gateway (each with an `Idempotency-Key`) and half published raw to
+   JetStream, at most `--in-flight` at a time; meanwhile a crash (`kill -9` of the container's process:
+   Docker 20.10 takes `docker kill` for an operator's stop and restarts nothing) of a worker, then of the
+   leading broker, then of the NATS node leading stream IRIS_REQUESTS, each once the part before came back.
+   A tap per NATS node on `_INBOX.>` sees every reply Iris sends (each carries `Iris-Request-Id`), so it
+   counts final replies per request whichever way it came in (deploy/taps.py).
    Checked: every request ends with exactly one final reply and at most one result; the killed containers are
-   restarted by their restart policy and rejoin (a worker heart-beats again, the broker stands by or leads,
-   the NATS node is a current replica again) with no manual step.
-3. `docker compose down` while answers are streaming: it must return within the stop timeouts in stop order
-   and leave no answer half-sent (every request that streamed a chunk got its final reply).
+   restarted by their restart policy and rejoin (a worker heart-beats again, a broker leads or stands by in a
+   new term, the NATS node is a current replica again) with no manual step.
+3. `docker compose down` while four answers stream (two raw, two streamed through the gateway): it must
+   return within the stop timeouts in stop order, leave no answer half-sent (each raw one got its final
+   reply, each gateway stream ended with `done`) and need no SIGKILL (no container exited 137).
 Prints the figures and writes them as JSON; exits 1 when a check fails.
 """
 
@@ -32,7 +35,20 @@ import httpx
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from stack import broker_leads, crash, leading_broker, state, stream_cluster, until, wait_back
+from nats.js.errors import NoStreamResponseError
+from stack import (
+    broker_leads,
+    crash,
+    docker,
+    leader_id,
+    leading_broker,
+    service_of,
+    state,
+    stream_cluster,
+    until,
+    wait_back,
+)
+from taps import FINAL_KINDS, Taps, expected
 
 from schemas import headers as h
 from schemas.subjects import HEARTBEAT_FILTER, REQUEST_STREAM, request_subject
@@ -44,52 +60,19 @@ OLLAMA_MODEL = "gemma3:270m"
 # compose stops dependents first: the Iris services (workers' stop_grace_period 30 s), then NATS (15 s)
 STOP_GRACE_S = 30.0 + 15.0
 PUBLISH_ATTEMPTS = 10
-FINAL_KINDS = ("result", "error")
-
-
-@dataclass
-class Seen:
-    """What the tap saw for one request id."""
-
-    kinds: list[str] = field(default_factory=list)
-    attempts: set[int] = field(default_factory=set)
-    error_codes: list[str] = field(default_factory=list)
-
-    @property
-    def finals(self) -> int:
-        return sum(kind in FINAL_KINDS for kind in self.kinds)
-
-
-class Tap:
-    """Every Iris reply on `_INBOX.>`, by request id."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, Seen] = defaultdict(Seen)
-        self.final = asyncio.Event()
-
-    async def on_reply(self, msg: Msg) -> None:
-        request_id = (msg.headers or {}).get(h.REQUEST_ID)
-        kind = (msg.headers or {}).get(h.KIND)
-        if request_id is None or kind is None:
-            return
-        seen = self.seen[request_id]
-        seen.kinds.append(kind)
-        body = json.loads(msg.data) if msg.data else {}
-        if kind == "chunk":
-            seen.attempts.add(int(body.get("attempt", 1)))
-        if kind == "error":
-            seen.error_codes.append(str(body.get("code")))
 
 
 async def http_generate(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> str:
+    """One call with an `Idempotency-Key`, sent again with the same key when the connection failed under it
+    (a pooled keep-alive connection the server closed as the request went out, uvicorn's 5 s idle timeout):
+    the retry is the same Iris request, so it joins the first or reads its stored answer."""
     body = {"model": OLLAMA_MODEL, "prompt": prompt, "stream": False, "options": {"num_predict": max_tokens}}
+    headers = {"Idempotency-Key": f"chaos-{uuid.uuid4().hex}"}
     try:
-        response = await http.post("/api/generate", json=body, timeout=180)
-    except httpx.RemoteProtocolError:
-        # A pooled keep-alive connection the server closed just as this request went out (uvicorn's 5 s idle
-        # timeout): nothing was admitted, the gateway saw the body cut off; any HTTP client retries this.
-        response = await http.post("/api/generate", json=body, timeout=180)
-        return f"http {response.status_code} (after a closed keep-alive connection)"
+        response = await http.post("/api/generate", json=body, headers=headers, timeout=180)
+    except httpx.TransportError as exc:
+        response = await http.post("/api/generate", json=body, headers=headers, timeout=180)
+        return f"http {response.status_code} (sent again after {type(exc).__name__})"
     return f"http {response.status_code}"
 
 
@@ -107,7 +90,7 @@ async def nats_generate(nc: NATS, prompt: str, max_tokens: int, request_id: str)
         try:
             await nc.jetstream().publish(request_subject(MODEL, "default"), body, headers=headers)
             return
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError):
             # No ack while the stream elects a new leader after a node loss: publish again with the same
             # Nats-Msg-Id, as a NATS client does; the dedupe window keeps it one request.
             if attempt == PUBLISH_ATTEMPTS - 1:
@@ -115,9 +98,9 @@ async def nats_generate(nc: NATS, prompt: str, max_tokens: int, request_id: str)
             await asyncio.sleep(1.0)
 
 
-async def wait_final(tap: Tap, request_id: str) -> None:
+async def wait_final(tap: Taps, request_id: str) -> None:
     async def final() -> bool:
-        return tap.seen[request_id].finals > 0
+        return tap[request_id].finals > 0
 
     await until(final, f"a final reply to {request_id}")
 
@@ -132,14 +115,14 @@ class Heartbeats:
         self.last[msg.subject.rsplit(".", 1)[-1]] = time.monotonic()
 
     def heard_since(self, service: str, since: float) -> bool:
-        return any(id_.rsplit("-", 2)[0] == service and at > since for id_, at in self.last.items())
+        return any(service_of(id_) == service and at > since for id_, at in self.last.items())
 
 
 @dataclass
 class Run:
     nc: NATS
     http: httpx.AsyncClient
-    tap: Tap
+    tap: Taps
     beats: Heartbeats
     raw_ids: list[str] = field(default_factory=list)
     http_statuses: list[str] = field(default_factory=list)
@@ -204,18 +187,22 @@ async def kill_worker(run: Run) -> dict[str, object]:
 
 
 async def kill_leading_broker(run: Run) -> dict[str, object]:
-    service = await leading_broker(run.nc)
+    """Crash the leader; a new term must begin: the standby, or the killed one back first (whichever takes
+    the key once its TTL ran out), as a process other than the one killed."""
+    killed_id = await leader_id(run.nc)
+    service = service_of(killed_id)
     restarts = int(state(service)["restarts"])
     crash(service)
 
-    async def other_leads() -> bool:
-        return await leading_broker(run.nc) not in ("", service)
+    async def new_term() -> bool:
+        return await leader_id(run.nc) not in ("", killed_id)
 
-    takeover_s = await until(other_leads, "the standby broker leads")
+    takeover_s = await until(new_term, "a broker leads in a new term")
     back_s = await wait_back(service, restarts)
     return {
         "killed": service,
-        "standby_leads_after_s": round(takeover_s, 1),
+        "new_term_after_s": round(takeover_s, 1),
+        "leads_now": await leading_broker(run.nc),
         "back_s": round(back_s, 1),
         "rejoined_as": "leader" if await broker_leads(service) else "standby",
     }
@@ -260,10 +247,10 @@ async def chaos(run: Run, requests: int, in_flight: int, max_tokens: int) -> lis
 
 
 def verdict(run: Run, requests: int) -> dict[str, object]:
-    seen = run.tap.seen
-    raw = [seen[request_id] for request_id in run.raw_ids]
-    others = [s for request_id, s in seen.items() if request_id not in set(run.raw_ids) and s.kinds]
-    every = raw + others
+    raw = [run.tap[request_id] for request_id in run.raw_ids]
+    other_ids = run.tap.ids() - set(run.raw_ids)
+    every = raw + [run.tap[request_id] for request_id in other_ids]
+    strays = {i: run.tap[i].kinds for i in sorted(other_ids) if not i.startswith("idem-")}  # neither way in
     finals: defaultdict[int, int] = defaultdict(int)
     for s in every:
         finals[s.finals] += 1
@@ -273,6 +260,7 @@ def verdict(run: Run, requests: int) -> dict[str, object]:
         "gateway": len(run.http_statuses),
         "gateway_statuses": {status: run.http_statuses.count(status) for status in sorted(set(run.http_statuses))},
         "request_ids_seen": len(every),
+        "ids_not_sent_by_the_run": strays,
         "final_replies_per_request": dict(sorted(finals.items())),
         "results_twice": sum(s.kinds.count("result") > 1 for s in every),
         "rerun_after_lost_lease": sum(len(s.attempts) > 1 for s in every),
@@ -280,27 +268,61 @@ def verdict(run: Run, requests: int) -> dict[str, object]:
     }
 
 
-async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
-    """Stop the stack while answers stream; every answer that began must end with its final reply."""
-    ids = [f"down-{i}-{uuid.uuid4().hex[:8]}" for i in range(6)]
-    for request_id in ids:
-        await nats_generate(run.nc, "Tell a long story about the sea.", max_tokens, request_id)
+@dataclass
+class HttpStream:
+    """One streamed gateway call (Ollama NDJSON): whether it began and whether it ended with `done`."""
 
-    async def four_streaming() -> bool:  # both workers' two slots
-        return sum("chunk" in run.tap.seen[i].kinds for i in ids) >= 4
+    began: bool = False
+    done: bool = False
+    status: int = 0
+
+    async def run(self, http: httpx.AsyncClient, prompt: str, max_tokens: int) -> None:
+        body = {"model": OLLAMA_MODEL, "prompt": prompt, "options": {"num_predict": max_tokens}}
+        async with http.stream("POST", "/api/generate", json=body, timeout=180) as response:
+            self.status = response.status_code
+            async for line in response.aiter_lines():
+                if line.strip():
+                    self.began = True
+                    self.done = bool(json.loads(line).get("done"))
+
+
+def exit_codes(since: float) -> dict[str, int]:
+    """How each container of the stack ended since `since` (Unix time): 137 is a SIGKILL past its grace."""
+    lines = docker(
+        "events", "--since", f"{since:.0f}", "--until", f"{time.time() + 1:.0f}", "--filter", "event=die",
+        "--filter", "label=com.docker.compose.project=iris",
+        "--format", "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+    ).splitlines()  # fmt: skip
+    return dict(sorted((name, int(code)) for name, code in (line.split() for line in lines)))
+
+
+async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
+    """Stop the stack while answers stream, two raw and two through the gateway (both workers' two slots):
+    every answer that began must end with its final reply, and no container may need a SIGKILL."""
+    prompt = "Tell a long story about the sea."
+    ids = [f"down-{i}-{uuid.uuid4().hex[:8]}" for i in range(2)]
+    for request_id in ids:
+        await nats_generate(run.nc, prompt, max_tokens, request_id)
+    streams = [HttpStream() for _ in range(2)]
+    calls = [asyncio.create_task(stream.run(run.http, prompt, max_tokens)) for stream in streams]
+
+    async def four_streaming() -> bool:
+        return sum("chunk" in run.tap[i].kinds for i in ids) + sum(stream.began for stream in streams) >= 4
 
     await until(four_streaming, "four answers streaming")
-    streaming = [i for i in ids if "chunk" in run.tap.seen[i].kinds]
-    start = time.monotonic()
+    since, start = time.time(), time.monotonic()
     await asyncio.to_thread(subprocess.run, [*COMPOSE, "down"], check=True, capture_output=True)
     down_s = time.monotonic() - start
+    await asyncio.gather(*calls, return_exceptions=True)
     return {
         "down_s": round(down_s, 1),
         "stop_grace_s": STOP_GRACE_S,
-        "streaming_at_down": len(streaming),
-        "left_mid_answer": sum(run.tap.seen[i].finals == 0 for i in streaming),
-        "final_kinds": [next((k for k in run.tap.seen[i].kinds if k in FINAL_KINDS), None) for i in streaming],
-        "error_codes": [c for i in streaming for c in run.tap.seen[i].error_codes],
+        "streaming_at_down": {"raw_nats": len(ids), "gateway": len(streams)},
+        "left_mid_answer": sum(run.tap[i].finals == 0 for i in ids) + sum(not stream.done for stream in streams),
+        "raw_final_kinds": [next((k for k in run.tap[i].kinds if k in FINAL_KINDS), None) for i in ids],
+        "gateway_ended": [f"http {stream.status}, done={stream.done}" for stream in streams],
+        "error_codes": [c for i in ids for c in run.tap[i].error_codes],
+        "exit_codes": exit_codes(since - 1),
     }
 
 
@@ -316,9 +338,9 @@ async def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
     args = parser.parse_args()
 
-    nc = await nats.connect(args.nats.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-    tap, beats = Tap(), Heartbeats()
-    await nc.subscribe("_INBOX.>", cb=tap.on_reply)
+    nc = await nats.connect(args.nats.split(","), error_cb=expected, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    tap, beats = Taps(args.nats.split(",")), Heartbeats()
+    await tap.start()
     await nc.subscribe(HEARTBEAT_FILTER, cb=beats.on_beat)
     auth = {"Authorization": f"Bearer {args.api_key}"}
     async with httpx.AsyncClient(base_url=args.http, headers=auth) as http:
@@ -328,10 +350,15 @@ async def main() -> int:
         await wait_final(tap, smoke_id)
         smoke = {
             "gateway": await http_generate(http, "Why is the sky blue?", 32),
-            "raw_nats": tap.seen[smoke_id].kinds[-1],
+            "raw_nats": tap[smoke_id].kinds[-1],
         }
         print(f"smoke: {smoke}", flush=True)
-        tap.seen.clear()
+
+        async def smoke_tapped() -> bool:  # a tap may get a final after its client: clear only once it has
+            return all(sum(seen.finals > 0 for seen in one.seen.values()) >= 2 for one in tap.taps)
+
+        await until(smoke_tapped, "both smoke answers at every tap")
+        tap.clear()
         started = time.monotonic()
         kills = await chaos(run, args.requests, args.in_flight, args.max_tokens)
         report: dict[str, object] = {
@@ -342,6 +369,7 @@ async def main() -> int:
         }
         if not args.no_down:
             report["down"] = await compose_down(run, 200)
+    await tap.close()
     await nc.close()
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -358,12 +386,22 @@ def checks(report: dict[str, object], requests: int) -> list[str]:
         failures.append(f"smoke requests not answered: {report['smoke']}")
     if report["final_replies_per_request"] != {1: requests}:
         failures.append(f"final replies per request: {report['final_replies_per_request']} (want {{1: {requests}}})")
+    statuses = report["gateway_statuses"]
+    assert isinstance(statuses, dict)
+    failed_calls = {status: n for status, n in statuses.items() if not status.startswith("http 200")}
+    if failed_calls:
+        failures.append(f"gateway calls not answered 200: {failed_calls}")
     if report["results_twice"]:
         failures.append(f"{report['results_twice']} requests got two results")
     down = report.get("down")
     if isinstance(down, dict):
         if down["left_mid_answer"]:
             failures.append(f"{down['left_mid_answer']} answers left mid-way by compose down")
+        if not down["exit_codes"]:
+            failures.append("no container's exit code seen in docker events: SIGKILLs unknown")
+        killed = {name: code for name, code in down["exit_codes"].items() if code == 137}
+        if killed:
+            failures.append(f"SIGKILLed past their stop grace period: {killed}")
         if down["down_s"] > STOP_GRACE_S:
             failures.append(f"compose down took {down['down_s']} s (stop timeout {STOP_GRACE_S} s)")
     return failures

@@ -62,14 +62,25 @@ async def wait_back(service: str, restarts_before: int) -> float:
     return await until(back, f"{service} restarted and healthy")
 
 
-async def leading_broker(nc: NATS) -> str:
+async def leader_id(nc: NATS) -> str:
+    """The id of the broker holding the leader key ("" between terms or while NATS elects)."""
     kv = await nc.jetstream().key_value(BROKER_BUCKET)
     try:
         entry = await kv.get(LEADER_KEY)
-    except (KeyNotFoundError, nats.errors.TimeoutError):  # between terms, or while NATS elects
+    except (KeyNotFoundError, nats.errors.TimeoutError):
         return ""
-    broker_id = (entry.value or b"").decode()
-    return broker_id.rsplit("-", 1)[0]  # broker-a-<pid>: the host name is the compose service
+    return (entry.value or b"").decode()
+
+
+async def leading_broker(nc: NATS) -> str:
+    """The compose service of the leading broker ("" between terms)."""
+    broker_id = await leader_id(nc)
+    return service_of(broker_id) if broker_id else ""
+
+
+def service_of(process_id: str) -> str:
+    """The compose service of a broker or worker id `<host>-<pid>-<hex>` (the host name is the service)."""
+    return process_id.rsplit("-", 2)[0]
 
 
 async def stream_cluster(nc: NATS) -> dict[str, Any]:

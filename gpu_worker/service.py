@@ -17,7 +17,9 @@ import asyncio
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from gpu_worker.config import WorkerConfig
@@ -28,6 +30,7 @@ from runtime.cancels import CancelFeed
 from runtime.clock import node_id, now_ms
 from runtime.connection import connect
 from runtime.lifecycle import Service
+from runtime.stream_ops import while_unavailable
 from schemas.cancels import CancelBook
 from schemas.messages import (
     Heartbeat,
@@ -49,6 +52,7 @@ from schemas.subjects import (
 )
 
 SHUTDOWN_REPLY_S = 1.0  # after the drain timeout: time for stopped answers to send their error and leave
+CARD_GIVE_UP_S = 30.0
 
 
 class WorkerService(Service):
@@ -92,7 +96,8 @@ class WorkerService(Service):
         self.log.info("worker started", slots=self.engine.slots, gpu=self.engine.on_gpu)
 
     async def _lease_bucket(self) -> KeyValue:
-        """The broker creates the bucket and the cancel stream; a worker started first waits for them."""
+        """The broker creates the bucket and the cancel stream; a worker started first waits for them, and
+        for JetStream itself (a fresh cluster answers nothing until it has elected its meta leader)."""
         js = self.nc.jetstream()
         for attempt in range(1_000_000):
             try:
@@ -101,15 +106,21 @@ class WorkerService(Service):
             except NotFoundError:
                 if attempt % 20 == 0:
                     self.log.info("waiting for the broker to create the lease bucket", bucket=LEASE_BUCKET)
-                await asyncio.sleep(0.25)
+            except (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError) as exc:
+                self.log.info("waiting for JetStream", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(0.25)
         raise RuntimeError("unreachable")
 
     async def _publish_card(self) -> None:
         """The model's card, for `/api/show`. Serving does not depend on it: a failure is logged, not fatal."""
         card = self.engine.model_card()
-        try:
+
+        async def put() -> None:
             bucket = await self.nc.jetstream().key_value(MODEL_BUCKET)
             await bucket.put(card.model, encoder.encode(card))
+
+        try:  # through the bucket stream's leader election (it may be seconds old on a fresh cluster)
+            await while_unavailable(put, CARD_GIVE_UP_S)
         except Exception as exc:
             self.log.warning("could not publish the model card", bucket=MODEL_BUCKET, error=str(exc))
 

@@ -24,7 +24,7 @@ from schemas import headers as h
 from schemas.answers import storable
 from schemas.errors import ErrorCode
 from schemas.messages import Chunk, Error, QueueUpdate, StoredRequest, Ticket, encoder
-from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE, live_subject
+from schemas.subjects import JS_DIRECT_GET, JS_MSG_DELETE, JS_MSG_GET, live_subject
 
 T = TypeVar("T")
 UNAVAILABLE_GIVE_UP_S = 60.0
@@ -48,17 +48,27 @@ class _DeleteResponse(msgspec.Struct):
     error: _ApiError | None = None
 
 
+class _MsgGetResponse(msgspec.Struct):
+    error: _ApiError | None = None
+
+
 _delete_decoder = msgspec.json.Decoder(_DeleteResponse)
+_msg_get_decoder = msgspec.json.Decoder(_MsgGetResponse)
+NO_MESSAGE_FOUND = 10037  # JetStream's err_code for a sequence the stream does not hold
 
 
 async def get_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> StoredRequest | None:
-    """Direct-get one request by sequence; None when it is no longer in the stream."""
+    """Direct-get one request by sequence; None when it is no longer in the stream. Any replica serves
+    direct gets, and one that has not stored the newest requests yet answers 404 for them: a 404 counts
+    only once the stream's leader confirms it, else the direct get is tried again."""
 
     async def attempt() -> Msg:
         reply = await nc.request(JS_DIRECT_GET, b'{"seq":%d}' % stream_seq, timeout=timeout_s)
         status = (reply.headers or {}).get("Status")
         if status is not None and status != "404":
             raise Unavailable(f"direct get answered status {status}")
+        if status == "404" and await _leader_holds(nc, stream_seq, timeout_s):
+            raise Unavailable(f"a replica without request {stream_seq} answered its direct get")
         return reply
 
     reply = await while_unavailable(attempt)
@@ -68,6 +78,16 @@ async def get_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> Stor
     stamp = headers.get(h.NATS_TIMESTAMP, "")
     stored_ms = int(datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp() * 1000) if stamp else 0
     return StoredRequest(stream_seq, headers.get(h.NATS_SUBJECT, ""), dict(headers), reply.data, stored_ms)
+
+
+async def _leader_holds(nc: NATS, stream_seq: int, timeout_s: float) -> bool:
+    reply = await nc.request(JS_MSG_GET, b'{"seq":%d}' % stream_seq, timeout=timeout_s)
+    answer = _msg_get_decoder.decode(reply.data)
+    if answer.error is None:
+        return True
+    if answer.error.err_code == NO_MESSAGE_FOUND:
+        return False
+    raise Unavailable(answer.error.description)
 
 
 async def delete_request(nc: NATS, stream_seq: int, timeout_s: float = 2.0) -> bool:

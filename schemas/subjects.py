@@ -44,6 +44,7 @@ ADMIT_END = "iris.admit.end"  # so `end` is no model name for admission
 # JetStream API subjects Iris calls directly because nats-py's helpers are slower or erase bytes.
 JS_DIRECT_GET = "$JS.API.DIRECT.GET." + REQUEST_STREAM
 JS_MSG_DELETE = "$JS.API.STREAM.MSG.DELETE." + REQUEST_STREAM
+JS_MSG_GET = "$JS.API.STREAM.MSG.GET." + REQUEST_STREAM  # served by the stream leader: a consistent read
 JS_ANSWER_GET = "$JS.API.DIRECT.GET." + ANSWER_STREAM  # + "." + an answer subject: its last message
 JS_STREAM_INFO = "$JS.API.STREAM.INFO." + REQUEST_STREAM  # with deleted_details, which nats-py cannot ask for
 JS_PULL_NEXT = "$JS.API.CONSUMER.MSG.NEXT." + REQUEST_STREAM  # + "." + a consumer: a pull request

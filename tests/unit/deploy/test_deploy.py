@@ -103,10 +103,17 @@ def test_kubernetes_containers_have_probes_and_requests_and_brokers_a_budget() -
 
 def test_compose_health_checks_probe_each_services_own_endpoint() -> None:
     services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
-    probes = {name: " ".join(s["healthcheck"]["test"]) for name, s in services.items() if "healthcheck" in s}
+    probes = {name: endpoint(s["healthcheck"]["test"]) for name, s in services.items() if "healthcheck" in s}
     assert "/readyz" in probes["gateway"]
     assert all(":9101/metrics" in probes[b] for b in ("broker-a", "broker-b"))
     assert all(":9102/metrics" in probes[w] for w in ("worker-1", "worker-2"))
     assert all("8222/healthz" in probes[n] for n in ("nats-1", "nats-2", "nats-3"))
     for name in probes:
         assert services[name]["restart"] == "always", name
+
+
+def endpoint(probe: list[str]) -> str:
+    """`:<port><path>` a compose health probe (bash's /dev/tcp, see compose.yaml) asks for."""
+    found = re.search(r"/dev/tcp/127\.0\.0\.1/(\d+) .*GET (\S+) ", probe[-1])
+    assert found is not None, probe
+    return f":{found[1]}{found[2]}"
