@@ -79,7 +79,8 @@ class AnswerStore:
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         """Store one message, acknowledged; the errors `while_unavailable` retries when JetStream cannot take it now."""
-        if self._subscribed is None or (self._subscribed.done() and self._subscribed.exception() is not None):
+        subscribed = self._subscribed
+        if subscribed is None or (subscribed.done() and (subscribed.cancelled() or subscribed.exception())):
             self._subscribed = asyncio.ensure_future(self._subscribe())
         await asyncio.shield(self._subscribed)
         reply = f"{self.prefix}.{next(self._tokens)}"
