@@ -81,8 +81,8 @@ class AnswerStore:
         """Store one message, acknowledged; the errors `while_unavailable` retries when JetStream cannot take it now."""
         subscribed = self._subscribed
         if subscribed is None or (subscribed.done() and (subscribed.cancelled() or subscribed.exception())):
-            self._subscribed = asyncio.ensure_future(self._subscribe())
-        await asyncio.shield(self._subscribed)
+            subscribed = self._subscribed = asyncio.ensure_future(self._subscribe())
+        await asyncio.shield(subscribed)
         reply = f"{self.prefix}.{next(self._tokens)}"
         ack = self._waiting[reply] = asyncio.get_running_loop().create_future()
         self._join_turn(reply)
