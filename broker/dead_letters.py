@@ -71,8 +71,9 @@ class DeadLetters:
         """A request the broker cannot index (bad subject or header): dead-letter it with the parse error,
         which its client gets only where replies may go (never to a reply subject that was the error)."""
         self.log.warning("request rejected, dead-lettered", seq=seq, reason=error.message)
-        reply_to = allowed_reply(headers.get(h.REPLY_TO, ""), request_owner(subject), self.reply_prefixes)
-        reply = (reply_to, headers.get(h.MSG_ID, str(seq)))
+        owner = request_owner(subject)
+        reply_to = allowed_reply(headers.get(h.REPLY_TO, ""), owner, self.reply_prefixes)
+        reply = (reply_to, h.request_id_of(headers.get(h.MSG_ID, str(seq)), owner))
         await self._move(seq, error.code, error.message, 0, reply)
 
     async def _move(self, seq: int, code: ErrorCode, reason: str, attempts: int, reply: tuple[str, str]) -> None:

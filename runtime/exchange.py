@@ -73,7 +73,7 @@ class RequestEnvelope:
 
     @property
     def request_id(self) -> str:
-        return self.headers[h.MSG_ID]
+        return h.request_id_of(self.headers[h.MSG_ID], self.owner)
 
 
 def build_envelope(
@@ -107,11 +107,12 @@ def build_envelope(
         raise InvalidRequest(f"tokens must be in [1, {h.MAX_COST_TOKENS}], got {tokens}")
     now = now_ms()
     deadline_ms = now + int(deadline_s * 1000)
+    owner = connection_owner(nc)
     headers = {
         h.REPLY_TO: reply_router(nc).new_inbox(),
         h.DEADLINE: str(deadline_ms),
         h.PRIORITY: str(priority),
-        h.MSG_ID: idempotency_key or _NUID.next().decode(),
+        h.MSG_ID: h.scoped_msg_id(idempotency_key or _NUID.next().decode(), owner),  # a key is its owner's
         h.MSG_TTL: h.ttl_header(deadline_ms, now),
     }
     if user:
@@ -120,7 +121,7 @@ def build_envelope(
         headers[h.END_USER] = end_user
     if tokens:
         headers[h.TOKENS] = str(tokens)
-    return RequestEnvelope(model, workload, body, headers, deadline_ms, connection_owner(nc))
+    return RequestEnvelope(model, workload, body, headers, deadline_ms, owner)
 
 
 class ReplyRouter:

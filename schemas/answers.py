@@ -7,8 +7,9 @@ final with a JetStream acknowledgement, then sends it to the client's inbox, the
 `IRIS_REQUESTS` (`runtime.answers.send_final`). So a request that left the stream always has its final
 stored, and a client that missed the reply (a reconnect, a retry after a network error) reads it with a
 direct get by subject (`$JS.API.DIRECT.GET.IRIS_ANSWERS.iris.answer[.<owner>].<id>`), which the accounts
-grant each user for its own answers only. One message per request: the stored copy's `Nats-Msg-Id` is its
-subject, so a second final (an at-least-once re-run) is dropped by the stream's dedupe and the first stays.
+grant each user for its own answers only. One message per request: a final is stored only while its subject
+holds nothing (`Nats-Expected-Last-Subject-Sequence: 0`), so a second final (an at-least-once re-run) is
+refused and the first stays; unlike a `Nats-Msg-Id` this costs the server no dedupe entry per answer.
 No prompt text is stored beyond what the answer holds.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from schemas import headers as h
-from schemas.subjects import ANSWER_FILTER, ANSWER_STREAM, answer_subject, is_token
+from schemas.subjects import ANSWER_FILTER, ANSWER_STREAM, is_token
 
 
 def answer_stream_config(replicas: int, max_age_s: float, max_bytes: int) -> StreamConfig:
@@ -43,7 +44,12 @@ def storable(request_id: str, owner: str | None) -> bool:
     return is_token(request_id) and (owner is None or is_token(owner))
 
 
-def answer_headers(kind: str, request_id: str, owner: str | None) -> dict[str, str]:
+def answer_headers(kind: str, request_id: str) -> dict[str, str]:
     """The headers of a stored final: those its client got (`Iris-Kind`, `Iris-Request-Id`), and the
-    `Nats-Msg-Id` that keeps one final per request."""
-    return {h.KIND: kind, h.REQUEST_ID: request_id, h.MSG_ID: answer_subject(request_id, owner)}
+    expectations that keep one final per request, in this stream only."""
+    return {
+        h.KIND: kind,
+        h.REQUEST_ID: request_id,
+        h.EXPECTED_STREAM: ANSWER_STREAM,
+        h.EXPECTED_LAST_SUBJECT_SEQ: "0",
+    }

@@ -18,7 +18,7 @@ from schemas import headers as h
 from schemas.errors import ErrorCode, IrisError
 from schemas.headers import MAX_DEADLINE_S, ttl_header
 from schemas.messages import StoredRequest
-from schemas.subjects import MAX_TOKEN_CHARS, parse_request_subject, to_token
+from schemas.subjects import MAX_TOKEN_CHARS, parse_request_subject, request_owner, to_token
 
 MAX_REASON_CHARS = 500
 _JETSTREAM_PREFIX = "nats-"  # headers JetStream sets or acts on: never copied into or out of a dead letter
@@ -82,7 +82,7 @@ def read_dead_letter(dlq_seq: int, headers: dict[str, str]) -> DeadLetter:
     model, workload = parse_request_subject(subject) or ("", "")
     return DeadLetter(
         dlq_seq=dlq_seq,
-        request_id=headers.get(h.DEAD_MSG_ID, headers.get(h.DEAD_SEQ, "")),
+        request_id=h.request_id_of(headers.get(h.DEAD_MSG_ID, headers.get(h.DEAD_SEQ, "")), request_owner(subject)),
         subject=subject,
         code=headers.get(h.DEAD_CODE, ""),
         reason=headers.get(h.DEAD_REASON, ""),
@@ -108,7 +108,8 @@ def replay_headers(
         if not k.startswith("Iris-Dead-") and not k.lower().startswith(_JETSTREAM_PREFIX)
     }
     suffix = f"-replay-{dlq_seq}"
-    out[h.MSG_ID] = to_token(dead.request_id)[: MAX_TOKEN_CHARS - len(suffix)] + suffix
+    replay_id = to_token(dead.request_id)[: MAX_TOKEN_CHARS - len(suffix)] + suffix
+    out[h.MSG_ID] = h.scoped_msg_id(replay_id, request_owner(dead.subject))
     budget_ms = _deadline_budget_ms(out, dead.stored_ms, deadline_s)
     if budget_ms is not None:
         out[h.DEADLINE] = str(now_ms + budget_ms)

@@ -28,6 +28,8 @@ REQUEST_ID = "Iris-Request-Id"
 ADMISSION = "Iris-Admission"  # "1": an admission request; the broker answers with a Ticket, no worker runs it
 MSG_ID = "Nats-Msg-Id"
 MSG_TTL = "Nats-TTL"
+EXPECTED_STREAM = "Nats-Expected-Stream"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"  # "0": only if the subject holds nothing yet
 # On a dead letter in IRIS_DLQ, next to the original request's own headers (see schemas.dead_letters).
 DEAD_CODE = "Iris-Dead-Code"  # the error code its client got
 DEAD_REASON = "Iris-Dead-Reason"
@@ -87,6 +89,20 @@ def check_reply_to(reply_to: str, owner: str | None, prefixes: Sequence[str] = D
         raise InvalidRequest(f"header {REPLY_TO} {problem}, got {reply_to[:80]!r}")
 
 
+def request_id_of(msg_id: str, owner: str | None) -> str:
+    """The request id a `Nats-Msg-Id` names. JetStream's dedupe is stream-wide, so on an owned subject the
+    id goes as `<owner>.<id>` (`scoped_msg_id`): two users who pick the same key are two requests. A plain
+    `<id>` there is taken as it is (it shares the dedupe with every user's plain ids)."""
+    if owner and msg_id.startswith(owner + "."):
+        return msg_id[len(owner) + 1 :]
+    return msg_id
+
+
+def scoped_msg_id(request_id: str, owner: str | None) -> str:
+    """The `Nats-Msg-Id` of request `request_id` published by `owner` (None: unowned, the id itself)."""
+    return f"{owner}.{request_id}" if owner else request_id
+
+
 def parse_request_headers(
     headers: dict[str, str],
     now_ms: int,
@@ -99,7 +115,7 @@ def parse_request_headers(
     the owner token of its subject (None: none) and `reply_prefixes` where an unowned one may reply."""
     reply_to = headers.get(REPLY_TO, "")
     check_reply_to(reply_to, owner, reply_prefixes)
-    request_id = headers.get(MSG_ID, fallback_id)
+    request_id = request_id_of(headers.get(MSG_ID, fallback_id), owner)
     if not is_token(request_id):
         raise InvalidRequest(f"header {MSG_ID} must match [A-Za-z0-9_-]{{1,{MAX_TOKEN_CHARS}}}")
     deadline_ms = _int_header(headers, DEADLINE, 0, 2**53)

@@ -27,7 +27,7 @@ from schemas.dead_letters import DeadLetter, read_dead_letter, replay_headers
 from schemas.errors import InvalidRequest
 from schemas.headers import DEFAULT_DEADLINE_S
 from schemas.messages import error_decoder, result_decoder
-from schemas.subjects import DLQ_FILTER, DLQ_STREAM, parse_request_subject
+from schemas.subjects import DLQ_FILTER, DLQ_STREAM, parse_request_subject, request_owner
 
 READ_TIMEOUT_S = 5.0
 ANSWER_GRACE_S = 5.0
@@ -88,7 +88,8 @@ async def replay(nc: NATS, dlq_seq: int, deadline_s: float | None = None, reply_
     await js.delete_msg(DLQ_STREAM, dlq_seq)
     deadline = republished.get(h.DEADLINE, "")
     deadline_ms = int(deadline) if deadline.isdigit() else 0
-    return Replayed(dead, republished[h.MSG_ID], int(ack.seq), republished.get(h.REPLY_TO, ""), deadline_ms)
+    request_id = h.request_id_of(republished[h.MSG_ID], request_owner(dead.subject))
+    return Replayed(dead, request_id, int(ack.seq), republished.get(h.REPLY_TO, ""), deadline_ms)
 
 
 async def replay_many(

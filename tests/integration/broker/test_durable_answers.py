@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from gpu_worker.engines.fake import FakeEngine
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
-from runtime.answers import fetch_final
+from runtime.answers import fetch_final, store_final
 from schemas import headers as h
 from schemas.errors import DeadlineExceeded
 from schemas.messages import Chunk, result_decoder
@@ -98,6 +98,19 @@ async def test_answers_leave_with_the_window(nats_server: NatsServer, nc: NATS) 
         info = await nc.jetstream().stream_info(ANSWER_STREAM)
     assert info.config.max_age == 3600 and info.config.duplicate_window == 3600
     assert info.config.subjects == ["iris.answer.>"] and info.config.allow_direct
+
+
+async def test_one_final_per_request_the_first_stays(nats_server: NatsServer, nc: NATS) -> None:
+    """A second final (an at-least-once re-run) counts as stored but is refused: the first is what a retry
+    reads. Many finals of one event-loop turn are stored together, each acknowledged."""
+    async with broker(nats_server.url):
+        finals = [store_final(nc, f"many-{i}", None, h.KIND_RESULT, b'{"n": %d}' % i) for i in range(300)]
+        assert all(await asyncio.gather(*finals))
+        assert await store_final(nc, "many-7", None, h.KIND_ERROR, b'{"second": true}')
+        stored = await fetch_final(nc, "many-7", None)
+        info = await nc.jetstream().stream_info(ANSWER_STREAM)
+    assert stored is not None and (stored.kind, stored.data) == (h.KIND_RESULT, b'{"n": 7}')
+    assert info.state.messages == 300
 
 
 async def test_a_final_sent_while_disconnected_is_read_after_the_reconnect(nats_server: NatsServer, nc: NATS) -> None:

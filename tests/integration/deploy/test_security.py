@@ -25,7 +25,7 @@ from runtime.answers import fetch_final
 from runtime.connection import connect
 from schemas import headers as h
 from schemas.errors import Cancelled, ErrorCode
-from schemas.messages import error_decoder
+from schemas.messages import error_decoder, result_decoder
 from schemas.subjects import (
     BROKER_BUCKET,
     JS_ANSWER_GET,
@@ -287,3 +287,27 @@ async def test_a_user_reads_only_its_own_stored_answers(secured: tuple[NatsServe
             return publishes >= 2 and any("permissions violation for subscription" in v for v in violations)
 
         await eventually(refused, what="the server to refuse bob's reads of alice's answers")
+
+
+async def test_two_users_with_the_same_idempotency_key_get_their_own_answers(
+    secured: tuple[NatsServer, dict[str, str]],
+) -> None:
+    """A key is the caller's own: Bob picking the key Alice used neither joins her request nor waits for an
+    answer that is not his; his request runs and his retry gets his answer, hers gets hers."""
+    _, url = secured
+    engine = FakeEngine("fake")
+    async with (
+        broker(url["broker"]),
+        worker(url["worker"], engine, "w1"),
+        await Client.connect(url["alice"]) as alice,
+        await Client.connect(url["bob"]) as bob,
+    ):
+        await wait_for_models(alice, "fake")
+        hers = await alice.complete("alice asks", model="fake", max_tokens=3, idempotency_key="order-1")
+        his = await bob.complete("bob asks", model="fake", max_tokens=3, idempotency_key="order-1", deadline_s=10)
+        assert his.text != hers.text and engine.generations == 2
+        assert await bob.complete("bob asks", model="fake", max_tokens=3, idempotency_key="order-1") == his
+        assert await alice.complete("alice asks", model="fake", max_tokens=3, idempotency_key="order-1") == hers
+        assert engine.generations == 2
+        stored = await fetch_final(bob.nc, "order-1", "bob")
+        assert stored is not None and result_decoder.decode(stored.data) == his

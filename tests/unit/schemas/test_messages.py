@@ -105,3 +105,17 @@ def test_every_error_code_has_one_http_status_and_class() -> None:
         error = IrisError.from_wire(code, "m", 1.0)
         assert error.code is code and error.http_status == HTTP_STATUS[code]
     assert isinstance(IrisError.from_wire(ErrorCode.DEADLINE_EXCEEDED, "late"), DeadlineExceeded)
+
+
+def test_an_owned_request_id_is_scoped_by_its_owner_in_the_dedupe() -> None:
+    """The stream's dedupe is stream-wide: Alice's and Bob's key `k` are two message ids, one request id."""
+    assert h.scoped_msg_id("k", "alice") != h.scoped_msg_id("k", "bob")
+    assert h.scoped_msg_id("k", None) == "k"
+    for owner in ("alice", "bob"):
+        headers = {h.REPLY_TO: f"_INBOX.{owner}.x", h.MSG_ID: h.scoped_msg_id("k", owner)}
+        assert parse_request_headers(headers, NOW, fallback_id="1", owner=owner).request_id == "k"
+    plain = {h.REPLY_TO: "_INBOX.alice.x", h.MSG_ID: "k"}
+    assert parse_request_headers(plain, NOW, fallback_id="1", owner="alice").request_id == "k"
+    forged = {h.REPLY_TO: "_INBOX.bob.x", h.MSG_ID: h.scoped_msg_id("k", "alice")}
+    with pytest.raises(InvalidRequest, match=h.MSG_ID):  # not a token: Bob cannot name Alice's request
+        parse_request_headers(forged, NOW, fallback_id="1", owner="bob")
