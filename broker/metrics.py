@@ -28,10 +28,43 @@ FLOW = ["model", "workload"]
 FLOW_PRIORITY = ["model", "workload", "priority"]
 
 
+class FlowSeries:
+    """Each flow's series, remembered so that a flow idle for `idle_s` (nothing queued or running, no event)
+    can leave `/metrics` whole and free its label."""
+
+    def __init__(self, labels: FlowLabels, idle_s: float) -> None:
+        self.labels = labels
+        self.idle_ms = int(idle_s * 1000)
+        self._children: dict[Flow, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
+        self._last_event_ms: dict[Flow, int] = {}
+
+    def child(self, metric: MetricWrapperBase, model: str, workload: str, *rest: str) -> Any:
+        """`metric.labels(model, workload, *rest)`, remembered under its flow."""
+        values = (model, workload, *rest)
+        self._children.setdefault((model, workload), set()).add((metric, values))
+        return metric.labels(*values)
+
+    def touch(self, flow: Flow, now_ms: int) -> None:
+        self._last_event_ms[flow] = now_ms
+
+    def forget_idle(self, now_ms: int, busy: set[Flow]) -> set[Flow]:
+        """Remove the series of every idle flow not in `busy`; the flows removed."""
+        idle = {
+            flow
+            for flow in self._children
+            if flow not in busy and now_ms - self._last_event_ms.get(flow, 0) >= self.idle_ms
+        }
+        for flow in idle:
+            for metric, values in self._children.pop(flow):
+                metric.remove(*values)
+            self._last_event_ms.pop(flow, None)
+            self.labels.forget(*flow)
+        return idle
+
+
 class BrokerMetrics:
     def __init__(self, window_s: float = 60.0, idle_s: float = 600.0) -> None:
         self.registry = r = CollectorRegistry()
-        self.idle_ms = int(idle_s * 1000)
         self.window = StatsWindow(window_s)
         self.requests = Counter(
             "iris_broker_requests",
@@ -61,10 +94,7 @@ class BrokerMetrics:
             "iris_broker_estimated_tokens", "Token cost estimated when the lease started", FLOW, registry=r
         )
         self.actual_tokens = Counter(
-            "iris_broker_actual_tokens",
-            "Tokens the finished lease really cost (prompt + completion)",
-            FLOW,
-            registry=r,
+            "iris_broker_actual_tokens", "Tokens the finished lease really cost (prompt + completion)", FLOW, registry=r
         )
         self.served_tokens = Counter(
             "iris_broker_served_tokens", "Tokens served, per flow class", FLOW_PRIORITY, registry=r
@@ -80,8 +110,7 @@ class BrokerMetrics:
         self.endpoint = MetricsEndpoint(r)
         self._shown: set[Flow] = set()
         self.labels = FlowLabels()
-        self._children: dict[Flow, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
-        self._last_event_ms: dict[Flow, int] = {}
+        self._series = FlowSeries(self.labels, idle_s)
 
     def leading(self, leads: bool) -> None:
         self.leader.set(1 if leads else 0)
@@ -149,27 +178,14 @@ class BrokerMetrics:
             for gauge in (self.queue_depth, self.running, self.share, self.target_share):
                 self._child(gauge, *flow).set(0)
         self._shown = shown
-        self._forget_idle(now_ms, busy={flow for flow, (queued, running, _) in labelled.items() if queued + running})
+        busy = {flow for flow, (queued, running, _) in labelled.items() if queued + running}
+        self._shown -= self._series.forget_idle(now_ms, busy)
         return stats
 
     def _child(self, metric: MetricWrapperBase, model: str, workload: str, *rest: str) -> Any:
-        """`metric.labels(model, workload, *rest)`, remembered under its flow so that it can be removed."""
-        values = (model, workload, *rest)
-        self._children.setdefault((model, workload), set()).add((metric, values))
-        return metric.labels(*values)
-
-    def _forget_idle(self, now_ms: int, busy: set[Flow]) -> None:
-        for flow, children in list(self._children.items()):
-            if flow in busy or now_ms - self._last_event_ms.get(flow, 0) < self.idle_ms:
-                continue
-            for metric, values in children:
-                metric.remove(*values)
-            del self._children[flow]
-            self._last_event_ms.pop(flow, None)
-            self._shown.discard(flow)
-            self.labels.forget(*flow)
+        return self._series.child(metric, model, workload, *rest)
 
     def _count(self, model: str, workload: str, priority: int, outcome: str, code: str = "") -> None:
         """Every flow event counts here first: the flow was active now."""
-        self._last_event_ms[(model, workload)] = now_ms()
+        self._series.touch((model, workload), now_ms())
         self._child(self.requests, model, workload, str(priority), outcome, code).inc()

@@ -49,6 +49,7 @@ from stack import (
     wait_back,
 )
 from taps import FINAL_KINDS, Taps, expected
+from verdicts import STOP_GRACE_S, checks
 
 from schemas import headers as h
 from schemas.subjects import HEARTBEAT_FILTER, REQUEST_STREAM, request_subject
@@ -57,8 +58,6 @@ DEPLOY = Path(__file__).resolve().parent
 COMPOSE = ["docker-compose", "-p", "iris", "-f", str(DEPLOY / "compose.yaml")]
 MODEL = "gemma3-270m"
 OLLAMA_MODEL = "gemma3:270m"
-# compose stops dependents first: the Iris services (workers' stop_grace_period 30 s), then NATS (15 s)
-STOP_GRACE_S = 30.0 + 15.0
 PUBLISH_ATTEMPTS = 10
 
 
@@ -326,7 +325,7 @@ async def compose_down(run: Run, max_tokens: int) -> dict[str, object]:
     }
 
 
-async def main() -> int:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=8)
@@ -336,8 +335,30 @@ async def main() -> int:
     parser.add_argument("--api-key", default="example-paid-key", help="a gateway key (iris.example.toml has this one)")
     parser.add_argument("--no-down", action="store_true", help="leave the stack running at the end")
     parser.add_argument("--out", type=Path, default=Path("bench-results/chaos.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+async def smoke_test(run: Run) -> dict[str, str]:
+    """One request through the gateway and one raw; the taps cleared once both reached every one of them."""
+    smoke_id = f"smoke-{uuid.uuid4().hex[:8]}"
+    await nats_generate(run.nc, "Why is the sky blue?", 32, smoke_id)
+    await wait_final(run.tap, smoke_id)
+    smoke = {
+        "gateway": await http_generate(run.http, "Why is the sky blue?", 32),
+        "raw_nats": run.tap[smoke_id].kinds[-1],
+    }
+    print(f"smoke: {smoke}", flush=True)
+
+    async def smoke_tapped() -> bool:  # a tap may get a final after its client: clear only once it has
+        return all(sum(seen.finals > 0 for seen in one.seen.values()) >= 2 for one in run.tap.taps)
+
+    await until(smoke_tapped, "both smoke answers at every tap")
+    run.tap.clear()
+    return smoke
+
+
+async def main() -> int:
+    args = arguments()
     nc = await nats.connect(args.nats.split(","), error_cb=expected, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     tap, beats = Taps(args.nats.split(",")), Heartbeats()
     await tap.start()
@@ -345,20 +366,7 @@ async def main() -> int:
     auth = {"Authorization": f"Bearer {args.api_key}"}
     async with httpx.AsyncClient(base_url=args.http, headers=auth) as http:
         run = Run(nc, http, tap, beats)
-        smoke_id = f"smoke-{uuid.uuid4().hex[:8]}"
-        await nats_generate(nc, "Why is the sky blue?", 32, smoke_id)
-        await wait_final(tap, smoke_id)
-        smoke = {
-            "gateway": await http_generate(http, "Why is the sky blue?", 32),
-            "raw_nats": tap[smoke_id].kinds[-1],
-        }
-        print(f"smoke: {smoke}", flush=True)
-
-        async def smoke_tapped() -> bool:  # a tap may get a final after its client: clear only once it has
-            return all(sum(seen.finals > 0 for seen in one.seen.values()) >= 2 for one in tap.taps)
-
-        await until(smoke_tapped, "both smoke answers at every tap")
-        tap.clear()
+        smoke = await smoke_test(run)
         started = time.monotonic()
         kills = await chaos(run, args.requests, args.in_flight, args.max_tokens)
         report: dict[str, object] = {
@@ -378,33 +386,6 @@ async def main() -> int:
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def checks(report: dict[str, object], requests: int) -> list[str]:
-    failures = []
-    if report["smoke"] != {"gateway": "http 200", "raw_nats": "result"}:
-        failures.append(f"smoke requests not answered: {report['smoke']}")
-    if report["final_replies_per_request"] != {1: requests}:
-        failures.append(f"final replies per request: {report['final_replies_per_request']} (want {{1: {requests}}})")
-    statuses = report["gateway_statuses"]
-    assert isinstance(statuses, dict)
-    failed_calls = {status: n for status, n in statuses.items() if not status.startswith("http 200")}
-    if failed_calls:
-        failures.append(f"gateway calls not answered 200: {failed_calls}")
-    if report["results_twice"]:
-        failures.append(f"{report['results_twice']} requests got two results")
-    down = report.get("down")
-    if isinstance(down, dict):
-        if down["left_mid_answer"]:
-            failures.append(f"{down['left_mid_answer']} answers left mid-way by compose down")
-        if not down["exit_codes"]:
-            failures.append("no container's exit code seen in docker events: SIGKILLs unknown")
-        killed = {name: code for name, code in down["exit_codes"].items() if code == 137}
-        if killed:
-            failures.append(f"SIGKILLed past their stop grace period: {killed}")
-        if down["down_s"] > STOP_GRACE_S:
-            failures.append(f"compose down took {down['down_s']} s (stop timeout {STOP_GRACE_S} s)")
-    return failures
 
 
 if __name__ == "__main__":
