@@ -1,0 +1,210 @@
+"""`iris bench continue`: a worker `kill -9`ed under load, and the answers it was running continued.
+
+Two workers (FakeEngine, or the tiny random-weight GGUF on llama.cpp), one broker, a real nats-server.
+The same prompts run twice at temperature 0, streamed through the SDK: once undisturbed (the reference
+text of each), once with worker `w1` killed while it runs leases. Counted per client: its text (the
+chunks as its reader got them) equal to the reference, restarts seen (a re-run whose chunks started the
+answer over), chunk indexes continuous; over the re-runs: tokens continued from stored progress (the
+survivor's log) and tokens generated again (what a restarted re-run's reader had already had). Also the
+progress records' cost per token (`progress_cost`: one answer streamed through `ProgressLog` against
+plain chunks, on the same server) and records written per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from iris.bench.harness import save_report
+from iris.launch.nats_server import NatsServer
+from iris.launch.processes import Process, spawn, wait_for_model
+from iris.sdk.client import Client
+from runtime.progress import ProgressLog
+from runtime.stream_ops import publish_reply
+from schemas.messages import Chunk, Heartbeat, Progress, heartbeat_decoder
+from schemas.subjects import heartbeat_subject
+
+CONTINUED_EVENT = "continuing an earlier attempt"  # the worker's log line, with `tokens` taken over
+
+
+@dataclass
+class Answer:
+    """One streamed answer as its reader saw it."""
+
+    text: str = ""
+    indexes: list[int] = field(default_factory=list)
+    restarts: int = 0  # times a re-run started the answer over (its reader threw its text away)
+    had_before_restart: int = 0  # chunks the reader had when it restarted: tokens generated again
+    continued: bool = False
+    final: str = ""
+    attempt: int = 1
+
+
+async def stream_one(client: Client, model: str, prompt: str, key: str, max_tokens: int) -> Answer:
+    generation = client.generate(
+        prompt, model=model, max_tokens=max_tokens, temperature=0, seed=0, idempotency_key=key, deadline_s=300
+    )
+    answer, attempt = Answer(), 1
+    async for chunk in generation:
+        if chunk.attempt > attempt:
+            attempt = chunk.attempt
+            if chunk.continued:
+                answer.continued = True
+            elif answer.indexes:  # the reader restarts, as the SDK tells it to
+                answer.restarts += 1
+                answer.had_before_restart += len(answer.indexes)
+                answer.text, answer.indexes = "", []
+        answer.text += chunk.text
+        answer.indexes.append(chunk.index)
+    assert generation.result is not None
+    answer.final, answer.attempt = generation.result.text, generation.result.attempt
+    return answer
+
+
+async def run_load(
+    client: Client, model: str, prompts: Sequence[str], key_prefix: str, max_tokens: int, in_flight: int
+) -> list[asyncio.Task[Answer]]:
+    slots = asyncio.Semaphore(in_flight)
+
+    async def one(i: int) -> Answer:
+        async with slots:
+            return await stream_one(client, model, prompts[i], f"{key_prefix}-{i}", max_tokens)
+
+    return [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
+
+
+async def kill_when_running(nc: NATS, model: str, victim: Process, worker_id: str, done: list[Any], after: int) -> None:
+    """`kill -9` the worker once `after` answers are done and its heartbeat lists leases it runs."""
+    running: asyncio.Queue[Heartbeat] = asyncio.Queue()
+
+    async def on_beat(msg: Any) -> None:
+        beat = heartbeat_decoder.decode(msg.data)
+        if beat.running and sum(1 for t in done if t.done()) >= after:
+            running.put_nowait(beat)
+
+    sub = await nc.subscribe(heartbeat_subject(model, worker_id), cb=on_beat)
+    await asyncio.wait_for(running.get(), timeout=120)
+    victim.kill()
+    await sub.unsubscribe()
+
+
+def continued_tokens(log: str) -> tuple[int, int]:
+    """(re-runs continued, tokens taken over) from a worker's log."""
+    counts = []
+    for line in log.splitlines():
+        if CONTINUED_EVENT in line:
+            try:
+                counts.append(int(json.loads(line)["tokens"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # not one of the JSON lines
+    return len(counts), sum(counts)
+
+
+def judge(reference: list[Answer], answers: list[Answer], max_tokens: int) -> dict[str, Any]:
+    equal = sum(
+        1
+        for ref, got in zip(reference, answers, strict=True)
+        if got.text == ref.text == got.final and got.indexes == list(range(len(got.indexes)))
+    )
+    reruns = [a for a in answers if a.attempt > 1]
+    return {
+        "clients": len(answers),
+        "text_equals_uninterrupted": equal,
+        "restarts_seen": sum(a.restarts for a in answers),
+        "reruns": len(reruns),
+        "reruns_continued": sum(1 for a in reruns if a.continued),
+        "tokens_generated_again": sum(a.had_before_restart for a in answers),
+        "reference_tokens_mean": round(sum(len(a.indexes) for a in reference) / max(1, len(reference)), 1),
+        "max_tokens": max_tokens,
+    }
+
+
+async def progress_cost(nc: NATS, tokens: int, sequences: int) -> dict[str, Any]:
+    """µs per token of streaming an answer's chunks through `ProgressLog` (stored, then sent) against
+    sending them plain, `sequences` answers at once, the engine never waiting (the worst case)."""
+
+    async def plain(i: int) -> int:
+        for index in range(tokens):
+            await publish_reply(nc, f"_INBOX.cost.{i}", f"plain{i}", Chunk(index, "word "), owner=None)
+        return 0
+
+    async def logged(i: int) -> int:
+        base = Progress(1, "cost", [], [])
+
+        async def deliver(index: int, text: str) -> None:
+            await publish_reply(nc, f"_INBOX.cost.{i}", f"cost{i}", Chunk(index, text), owner=None)
+
+        log = ProgressLog(nc, f"cost{i}-{time.monotonic_ns()}", None, base, deliver)
+        for index in range(tokens):
+            log.add("word ", (index,))
+            await asyncio.sleep(0)  # the engine yields to the loop between tokens
+        await log.close()
+        return log.records
+
+    result: dict[str, Any] = {"tokens": tokens, "sequences": sequences}
+    for name, run in (("plain", plain), ("progress", logged)):
+        start = time.perf_counter()
+        records = await asyncio.gather(*(run(i) for i in range(sequences)))
+        elapsed = time.perf_counter() - start
+        result[f"{name}_us_per_token"] = round(elapsed / (tokens * sequences) * 1e6, 2)
+        if name == "progress":
+            result["records_per_token"] = round(sum(records) / (tokens * sequences), 3)
+    result["extra_us_per_token"] = round(result["progress_us_per_token"] - result["plain_us_per_token"], 2)
+    return result
+
+
+def _worker_args(engine: str, model_path: str, slots: int, fake_tps: float) -> tuple[list[str], str]:
+    if engine == "fake":
+        return ["--engine", "fake", "--model-name", "fake", "--fake-tps", str(fake_tps), "--slots", str(slots)], "fake"
+    return ["--model", model_path, "--model-name", "tiny", "--slots", str(slots), "--threads", "1"], "tiny"
+
+
+async def run_continue_bench(
+    engine: str, n: int, max_tokens: int, in_flight: int, slots: int, fake_tps: float, out: Path
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"bench": "continue", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report["machine"] = {"platform": platform.platform()}
+    report["setup"] = {"engine": engine, "requests": n, "max_tokens": max_tokens, "in_flight": in_flight}
+    with tempfile.TemporaryDirectory(prefix="iris-continue-") as tmp:
+        workdir = Path(tmp)
+        model_path = ""
+        if engine == "llama":
+            from iris.bench.random_gguf import TINY, write_llama_gguf
+
+            model_path = str(write_llama_gguf(workdir / "tiny.gguf", TINY))
+        args, model = _worker_args(engine, model_path, slots, fake_tps)
+        server = NatsServer(workdir / "nats").start()
+        broker = spawn("broker", server.url, ["--worker-timeout", "1"], workdir / "broker.log")
+        workers = [
+            spawn("gpu_worker", server.url, [*args, "--worker-id", f"w{i}"], workdir / f"w{i}.log") for i in (1, 2)
+        ]
+        try:
+            async with await Client.connect(server.url) as client:
+                await wait_for_model(client, model, [broker, *workers])
+                prompts = [f"request {i}: tell the story of ship {i}" for i in range(n)]
+                reference = list(
+                    await asyncio.gather(*await run_load(client, model, prompts, "ref", max_tokens, in_flight))
+                )
+                tasks = await run_load(client, model, prompts, "kill", max_tokens, in_flight)
+                await kill_when_running(client.nc, model, workers[0], "w1", tasks, n // 3)
+                answers = list(await asyncio.gather(*tasks))
+                report["result"] = judge(reference, answers, max_tokens)
+                runs, taken_over = continued_tokens((workdir / "w2.log").read_text())
+                report["result"].update(continued_runs_logged=runs, tokens_continued=taken_over)
+                report["progress_cost"] = [await progress_cost(client.nc, 64, k) for k in (1, 32)]
+        finally:
+            for proc in [broker, *workers]:
+                proc.kill()
+                proc.wait()
+            server.stop()
+    print(json.dumps(report, indent=2))
+    return save_report(report, out)
