@@ -17,7 +17,7 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,7 @@ from iris.launch.processes import Process, spawn, wait_for_model
 from iris.sdk.client import Client
 from runtime.progress import ProgressLog
 from runtime.stream_ops import publish_reply
-from schemas.messages import Chunk, Heartbeat, Progress, heartbeat_decoder
-from schemas.subjects import heartbeat_subject
+from schemas.messages import Chunk, Progress
 
 CONTINUED_EVENT = "continuing an earlier attempt"  # the worker's log line, with `tokens` taken over
 
@@ -47,13 +46,15 @@ class Answer:
     continued: bool = False
     final: str = ""
     attempt: int = 1
+    done: bool = False
 
 
-async def stream_one(client: Client, model: str, prompt: str, key: str, max_tokens: int) -> Answer:
+async def stream_one(client: Client, model: str, prompt: str, key: str, max_tokens: int, answer: Answer) -> Answer:
+    """Stream one answer into `answer` (filled as chunks come, so a fault can be timed on it)."""
     generation = client.generate(
         prompt, model=model, max_tokens=max_tokens, temperature=0, seed=0, idempotency_key=key, deadline_s=300
     )
-    answer, attempt = Answer(), 1
+    attempt = 1
     async for chunk in generation:
         if chunk.attempt > attempt:
             attempt = chunk.attempt
@@ -66,35 +67,41 @@ async def stream_one(client: Client, model: str, prompt: str, key: str, max_toke
         answer.text += chunk.text
         answer.indexes.append(chunk.index)
     assert generation.result is not None
-    answer.final, answer.attempt = generation.result.text, generation.result.attempt
+    answer.final, answer.attempt, answer.done = generation.result.text, generation.result.attempt, True
     return answer
 
 
-async def run_load(
-    client: Client, model: str, prompts: Sequence[str], key_prefix: str, max_tokens: int, in_flight: int
-) -> list[asyncio.Task[Answer]]:
-    slots = asyncio.Semaphore(in_flight)
+class Load:
+    """The prompts streamed at most `in_flight` at a time; `answers` fill in as they stream."""
 
-    async def one(i: int) -> Answer:
-        async with slots:
-            return await stream_one(client, model, prompts[i], f"{key_prefix}-{i}", max_tokens)
+    def __init__(
+        self, client: Client, model: str, prompts: Sequence[str], key_prefix: str, max_tokens: int, in_flight: int
+    ) -> None:
+        self.answers = [Answer() for _ in prompts]
+        slots = asyncio.Semaphore(in_flight)
 
-    return [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
+        async def one(i: int) -> Answer:
+            async with slots:
+                return await stream_one(client, model, prompts[i], f"{key_prefix}-{i}", max_tokens, self.answers[i])
+
+        self._tasks = [asyncio.ensure_future(one(i)) for i in range(len(prompts))]
+
+    def mid_way(self, answers: int, chunks: int) -> bool:
+        """At least `answers` unfinished answers have `chunks` chunks each: every worker is mid-answer."""
+        return sum(1 for a in self.answers if not a.done and len(a.indexes) >= chunks) >= answers
+
+    async def finished(self) -> list[Answer]:
+        return list(await asyncio.gather(*self._tasks))
 
 
-async def kill_when_running(nc: NATS, model: str, victim: Process, worker_id: str, done: list[Any], after: int) -> None:
-    """`kill -9` the worker once `after` answers are done and its heartbeat lists leases it runs."""
-    running: asyncio.Queue[Heartbeat] = asyncio.Queue()
-
-    async def on_beat(msg: Any) -> None:
-        beat = heartbeat_decoder.decode(msg.data)
-        if beat.running and sum(1 for t in done if t.done()) >= after:
-            running.put_nowait(beat)
-
-    sub = await nc.subscribe(heartbeat_subject(model, worker_id), cb=on_beat)
-    await asyncio.wait_for(running.get(), timeout=120)
+async def kill_when(victim: Process, ready: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    """`kill -9` the worker as soon as `ready()` says it is mid-answer (polled every 5 ms)."""
+    end = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > end:
+            raise TimeoutError("the load never reached the point to kill the worker at")
+        await asyncio.sleep(0.005)
     victim.kill()
-    await sub.unsubscribe()
 
 
 def continued_tokens(log: str) -> tuple[int, int]:
@@ -191,12 +198,11 @@ async def run_continue_bench(
             async with await Client.connect(server.url) as client:
                 await wait_for_model(client, model, [broker, *workers])
                 prompts = [f"request {i}: tell the story of ship {i}" for i in range(n)]
-                reference = list(
-                    await asyncio.gather(*await run_load(client, model, prompts, "ref", max_tokens, in_flight))
-                )
-                tasks = await run_load(client, model, prompts, "kill", max_tokens, in_flight)
-                await kill_when_running(client.nc, model, workers[0], "w1", tasks, n // 3)
-                answers = list(await asyncio.gather(*tasks))
+                reference = await Load(client, model, prompts, "ref", max_tokens, in_flight).finished()
+                load = Load(client, model, prompts, "kill", max_tokens, in_flight)
+                mid_way = min(in_flight, 2 * slots) - slots // 2  # of the answers running: some are on w1
+                await kill_when(workers[0], lambda: load.mid_way(mid_way, 4))
+                answers = await load.finished()
                 report["result"] = judge(reference, answers, max_tokens)
                 runs, taken_over = continued_tokens((workdir / "w2.log").read_text())
                 report["result"].update(continued_runs_logged=runs, tokens_continued=taken_over)
