@@ -225,12 +225,9 @@ class LeaseRunner:
         finally:
             for timer in timers:
                 timer.cancel()
-        if finished.finish_reason == "cancelled":
-            await self._fail(answered, lease, owner, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
-            return
-        if finished.finish_reason == "shutdown":
-            error = error_reply(ErrorCode.WORKER_FAILED, "the worker shut down before the answer finished", 1.0)
-            await self._fail(answered, lease, owner, error, log)
+        stopped = _STOPPED.get(finished.finish_reason)
+        if stopped is not None:
+            await self._fail(answered, lease, owner, stopped, log)
             return
         run_ms = now_ms() - started_ms
         self.stats.record(finished.completion_tokens, run_ms / 1000)
@@ -374,6 +371,12 @@ class LeaseRunner:
             run_ms=float(run_ms),
         )
         self.ends.add(done)
+
+
+_STOPPED = {  # an answer that ended this way gets this error, not a result
+    "cancelled": error_reply(ErrorCode.CANCELLED, "cancelled by the client"),
+    "shutdown": error_reply(ErrorCode.WORKER_FAILED, "the worker shut down before the answer finished", 1.0),
+}
 
 
 def _stop_timers(lease: Lease, stop: StopSignal, started_ms: int) -> list[asyncio.TimerHandle]:

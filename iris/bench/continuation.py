@@ -24,7 +24,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from iris.bench.harness import save_report
+from iris.bench.harness import percentiles, save_report
 from iris.launch.nats_server import NatsServer
 from iris.launch.processes import Process, spawn, wait_for_model
 from iris.sdk.client import Client
@@ -135,37 +135,41 @@ def judge(reference: list[Answer], answers: list[Answer], max_tokens: int) -> di
     }
 
 
-async def progress_cost(nc: NATS, tokens: int, sequences: int) -> dict[str, Any]:
-    """µs per token of streaming an answer's chunks through `ProgressLog` (stored, then sent) against
-    sending them plain, `sequences` answers at once, the engine never waiting (the worst case)."""
+async def progress_cost(nc: NATS, tokens: int, sequences: int, token_s: float = 0.0) -> dict[str, Any]:
+    """Streaming `sequences` answers at once through `ProgressLog` (stored, then sent) against sending their
+    chunks plain: wall µs per token (token_s = 0: the engine never waits, the worst case), records written
+    per token, and how much later a chunk reaches its client (add to publish)."""
+    delays_s: list[float] = []
 
     async def plain(i: int) -> int:
         for index in range(tokens):
             await publish_reply(nc, f"_INBOX.cost.{i}", f"plain{i}", Chunk(index, "word "), owner=None)
+            await asyncio.sleep(token_s)
         return 0
 
     async def logged(i: int) -> int:
-        base = Progress(1, "cost", [], [])
+        added_s: list[float] = []
 
         async def deliver(index: int, text: str) -> None:
+            delays_s.append(time.perf_counter() - added_s[index])
             await publish_reply(nc, f"_INBOX.cost.{i}", f"cost{i}", Chunk(index, text), owner=None)
 
-        log = ProgressLog(nc, f"cost{i}-{time.monotonic_ns()}", None, base, deliver)
+        log = ProgressLog(nc, f"cost{i}-{time.monotonic_ns()}", None, Progress(1, "cost", [], []), deliver)
         for index in range(tokens):
+            added_s.append(time.perf_counter())
             log.add("word ", (index,))
-            await asyncio.sleep(0)  # the engine yields to the loop between tokens
+            await asyncio.sleep(token_s)  # the engine yields to the loop between tokens
         await log.close()
         return log.records
 
-    result: dict[str, Any] = {"tokens": tokens, "sequences": sequences}
+    result: dict[str, Any] = {"tokens": tokens, "sequences": sequences, "token_ms": token_s * 1000}
     for name, run in (("plain", plain), ("progress", logged)):
         start = time.perf_counter()
         records = await asyncio.gather(*(run(i) for i in range(sequences)))
-        elapsed = time.perf_counter() - start
-        result[f"{name}_us_per_token"] = round(elapsed / (tokens * sequences) * 1e6, 2)
-        if name == "progress":
-            result["records_per_token"] = round(sum(records) / (tokens * sequences), 3)
+        result[f"{name}_us_per_token"] = round((time.perf_counter() - start) / (tokens * sequences) * 1e6, 2)
+    result["records_per_token"] = round(sum(records) / (tokens * sequences), 3)
     result["extra_us_per_token"] = round(result["progress_us_per_token"] - result["plain_us_per_token"], 2)
+    result["chunk_delay"] = percentiles(delays_s)
     return result
 
 
@@ -201,12 +205,13 @@ async def run_continue_bench(
                 reference = await Load(client, model, prompts, "ref", max_tokens, in_flight).finished()
                 load = Load(client, model, prompts, "kill", max_tokens, in_flight)
                 mid_way = min(in_flight, 2 * slots) - slots // 2  # of the answers running: some are on w1
-                await kill_when(workers[0], lambda: load.mid_way(mid_way, 4))
+                await kill_when(workers[0], lambda: load.mid_way(mid_way, max_tokens // 2))
                 answers = await load.finished()
                 report["result"] = judge(reference, answers, max_tokens)
                 runs, taken_over = continued_tokens((workdir / "w2.log").read_text())
                 report["result"].update(continued_runs_logged=runs, tokens_continued=taken_over)
-                report["progress_cost"] = [await progress_cost(client.nc, 64, k) for k in (1, 32)]
+                costs = [(1, 0.0), (32, 0.0), (32, 0.02)]  # the engine never waiting; 50 tokens/s a sequence
+                report["progress_cost"] = [await progress_cost(client.nc, 64, k, token_s) for k, token_s in costs]
         finally:
             for proc in [broker, *workers]:
                 proc.kill()
