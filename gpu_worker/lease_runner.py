@@ -22,12 +22,22 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_OP
 from structlog.stdlib import BoundLogger
 
-from gpu_worker.engines.protocol import Engine, EngineInputError, Finished, Piece, Resumed, StopSignal, Suspended
+from gpu_worker.engines.protocol import (
+    Continuation,
+    Engine,
+    EngineInputError,
+    Finished,
+    Piece,
+    Resumed,
+    StopSignal,
+    Suspended,
+)
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.throughput import ThroughputMeter
 from runtime.answers import fetch_final, redeliver, send_final
 from runtime.clock import now_ms
 from runtime.dead_letters import move_to_dlq
+from runtime.progress import ProgressLog, clear_progress, continuable, fetch_progress
 from runtime.stream_ops import (
     delete_request,
     error_reply,
@@ -45,6 +55,7 @@ from schemas.messages import (
     Lease,
     LeaseDone,
     LeasesDone,
+    Progress,
     Result,
     StoredRequest,
     Timings,
@@ -214,12 +225,9 @@ class LeaseRunner:
         finally:
             for timer in timers:
                 timer.cancel()
-        if finished.finish_reason == "cancelled":
-            await self._fail(answered, lease, owner, error_reply(ErrorCode.CANCELLED, "cancelled by the client"), log)
-            return
-        if finished.finish_reason == "shutdown":
-            error = error_reply(ErrorCode.WORKER_FAILED, "the worker shut down before the answer finished", 1.0)
-            await self._fail(answered, lease, owner, error, log)
+        stopped = _STOPPED.get(finished.finish_reason)
+        if stopped is not None:
+            await self._fail(answered, lease, owner, stopped, log)
             return
         run_ms = now_ms() - started_ms
         self.stats.record(finished.completion_tokens, run_ms / 1000)
@@ -235,6 +243,7 @@ class LeaseRunner:
         )
         await send_final(self.nc, lease.reply_to, lease.request_id, result, owner=owner)
         answered()
+        await clear_progress(self.nc, lease.request_id, owner)
         usage = (finished.prompt_tokens, finished.completion_tokens)
         await self._release(lease, delete_body=True, usage=usage, run_ms=run_ms)
         log.info("request done", finish_reason=finished.finish_reason, tokens=finished.completion_tokens, run_ms=run_ms)
@@ -251,14 +260,21 @@ class LeaseRunner:
         paused: PauseHook,
     ) -> Finished:
         """Run the engine, streaming each piece as a `Chunk` when asked; the text and logprobs so far are
-        collected into `parts` and `logprobs` (None: not asked for)."""
+        collected into `parts` and `logprobs` (None: not asked for). A continuable answer streams through its
+        `ProgressLog` (each chunk only once stored), and a re-run continues the stored progress if any."""
+        progress = await self._progress(lease, owner, request, parts)
+        continuation = Continuation(tuple(progress.tokens)) if progress is not None and progress.tokens else None
         finished: Finished | None = None
-        async for event in self.engine.generate(request, stop):
+        first = True
+        async for event in self.engine.generate(request, stop, continuation):
             if isinstance(event, Piece):
-                if not parts:
+                if first:
                     self.stats.metrics.first_token(lease, (now_ms() - started_ms) / 1000)
-                chunk_logprobs = list(event.logprobs) if logprobs is not None else None
-                if request.stream:
+                    first = False
+                if progress is not None:
+                    progress.add(event.text, event.tokens)
+                elif request.stream:
+                    chunk_logprobs = list(event.logprobs) if logprobs is not None else None
                     chunk = Chunk(len(parts), event.text, lease.attempt, chunk_logprobs)
                     await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk, owner=owner)
                 parts.append(event.text)
@@ -268,8 +284,37 @@ class LeaseRunner:
                 paused(event)
             else:
                 finished = event
+        if progress is not None:
+            await progress.close()  # every chunk is out before the final
         assert finished is not None, "engine ended without Finished"
         return finished
+
+    async def _progress(
+        self, lease: Lease, owner: str | None, request: GenerateRequest, parts: list[str]
+    ) -> ProgressLog | None:
+        """The answer's progress log (None: it is not continuable, so none is kept). A re-run starts from
+        what an earlier attempt stored: its chunks go to the client again (it drops the indexes it has)."""
+        if not (self.engine.continues and continuable(request)):
+            return None
+        base = Progress(lease.attempt, self.engine.model_name, [], [])
+        if lease.attempt > 1:
+            stored = await fetch_progress(self.nc, lease.request_id, owner)
+            if stored is not None and stored.model == self.engine.model_name:
+                base = Progress(lease.attempt, stored.model, stored.tokens, stored.pieces)
+        continued = bool(base.pieces)
+
+        async def deliver(index: int, text: str) -> None:
+            chunk = Chunk(index, text, lease.attempt, continued=continued)
+            await publish_reply(self.nc, lease.reply_to, lease.request_id, chunk, owner=owner)
+
+        if request.stream:
+            for index, text in enumerate(base.pieces):
+                await deliver(index, text)
+        parts.extend(base.pieces)
+        if base.tokens:
+            self.log.info("continuing an earlier attempt", request_id=lease.request_id, tokens=len(base.tokens))
+        self.stats.metrics.continued(lease, len(base.tokens))
+        return ProgressLog(self.nc, lease.request_id, owner, base, deliver if request.stream else None)
 
     async def _fail(
         self, answered: Callable[[], None], lease: Lease, owner: str | None, error: Error, log: BoundLogger
@@ -278,6 +323,7 @@ class LeaseRunner:
         self.stats.metrics.failed(lease, error.code)
         await send_final(self.nc, lease.reply_to, lease.request_id, error, owner=owner)
         answered()
+        await clear_progress(self.nc, lease.request_id, owner)
         await self._release(lease, delete_body=True)
 
     async def _dead_letter(
@@ -325,6 +371,12 @@ class LeaseRunner:
             run_ms=float(run_ms),
         )
         self.ends.add(done)
+
+
+_STOPPED = {  # an answer that ended this way gets this error, not a result
+    "cancelled": error_reply(ErrorCode.CANCELLED, "cancelled by the client"),
+    "shutdown": error_reply(ErrorCode.WORKER_FAILED, "the worker shut down before the answer finished", 1.0),
+}
 
 
 def _stop_timers(lease: Lease, stop: StopSignal, started_ms: int) -> list[asyncio.TimerHandle]:

@@ -57,6 +57,13 @@ class WorkerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.continuations = Counter(
+            "iris_worker_continuations", "Re-runs that continued an earlier attempt's stored progress", flow, registry=r
+        )
+        self.continued_tokens = Counter(
+            "iris_worker_continued_tokens", "Tokens taken over from an earlier attempt, not generated again", flow,
+            registry=r,
+        )  # fmt: skip
         self.suspended_now = Gauge("iris_worker_suspended", "Leases held suspended", ["model", "worker"], registry=r)
         self.endpoint = MetricsEndpoint(r)
         self._workloads = BoundedLabels(MAX_WORKLOADS_PER_MODEL)
@@ -69,6 +76,12 @@ class WorkerMetrics:
 
     def first_token(self, lease: Lease, seconds: float) -> None:
         self.first_token_s.labels(lease.model, self._workloads(lease.workload)).observe(seconds)
+
+    def continued(self, lease: Lease, tokens: int) -> None:
+        if tokens:
+            workload = self._workloads(lease.workload)
+            self.continuations.labels(lease.model, workload).inc()
+            self.continued_tokens.labels(lease.model, workload).inc(tokens)
 
     def finished(self, lease: Lease, outcome: str, seconds: float, completion_tokens: int) -> None:
         workload = self._workloads(lease.workload)

@@ -3,7 +3,9 @@
 Shared by the Python SDK (`iris.sdk.client`) and the gateway, which are both clients of the broker.
 `RequestEnvelope` is what goes on the stream; `Exchange` runs it. Delivery is at-least-once: chunks of a
 re-run arrive with a higher `attempt` (late chunks of an older attempt are dropped) and only the first
-final reply counts, since the exchange unsubscribes on it.
+final reply counts, since the exchange unsubscribes on it. A re-run that continues the earlier attempt's
+stored progress (`runtime.progress`) marks its chunks `continued`: the indexes already yielded are dropped
+and the reader sees one answer.
 
 Answers are durable (`schemas.answers`): a request whose idempotency key was used already *joins* that
 request (`Exchange.joined`): it reads the rest of its replies on its live subject, or its stored final at
@@ -239,6 +241,7 @@ class Exchange:
     result: Result | None = None
     queue_updates: list[QueueUpdate] = field(default_factory=list)
     attempt: int = 0
+    next_index: int = 0  # the chunk index the reader has not had yet
     joined: bool = False  # its idempotency key was already used: it follows that request's replies
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
@@ -281,11 +284,7 @@ class Exchange:
     def _handle(self, headers: dict[str, str], data: bytes) -> Chunk | QueueUpdate | None:
         kind = headers.get(h.KIND)
         if kind == h.KIND_CHUNK:
-            chunk = chunk_decoder.decode(data)
-            if chunk.attempt < self.attempt:
-                return None  # a late chunk from an attempt that was already replaced
-            self.attempt = chunk.attempt
-            return chunk
+            return self._chunk(chunk_decoder.decode(data))
         if kind == h.KIND_RESULT:
             self.result = result_decoder.decode(data)
         elif kind == h.KIND_ERROR:
@@ -296,6 +295,21 @@ class Exchange:
             self.queue_updates.append(update)
             return update
         return None
+
+    def _chunk(self, chunk: Chunk) -> Chunk | None:
+        """A re-run that continues (`Chunk.continued`) sends the chunks it took over again: the indexes this
+        exchange yielded already are dropped, so its reader sees one answer, no restart. A re-run that
+        starts over yields from index 0 with its higher `attempt`: its reader restarts."""
+        if chunk.attempt < self.attempt:
+            return None  # a late chunk from an attempt that was already replaced
+        if chunk.attempt > self.attempt:
+            self.attempt = chunk.attempt
+            if not chunk.continued:
+                self.next_index = 0
+        if chunk.continued and chunk.index < self.next_index:
+            return None
+        self.next_index = chunk.index + 1
+        return chunk
 
     async def finish(self) -> Result:
         """Run to the end and return the final `Result`."""

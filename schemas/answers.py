@@ -11,6 +11,10 @@ grant each user for its own answers only. One message per request: a final is st
 holds nothing (`Nats-Expected-Last-Subject-Sequence: 0`), so a second final (an at-least-once re-run) is
 refused and the first stays; unlike a `Nats-Msg-Id` this costs the server no dedupe entry per answer.
 No prompt text is stored beyond what the answer holds.
+
+The same stream keeps each running answer's progress under `iris.progress[.<owner>].<request id>`
+(`runtime.progress`): one message per subject (the stream keeps the last), leaving with the same window,
+purged once the final is stored.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ from __future__ import annotations
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from schemas import headers as h
-from schemas.subjects import ANSWER_FILTER, ANSWER_STREAM, is_token
+from schemas.subjects import ANSWER_FILTER, ANSWER_STREAM, PROGRESS_FILTER, is_token
 
 
 def answer_stream_config(replicas: int, max_age_s: float, max_bytes: int) -> StreamConfig:
     """Answers leave with the dedupe window (`max_age_s`: a retry after it would run again anyway); at
-    `max_bytes` the oldest go first, so a flood never stops a new final from being stored."""
+    `max_bytes` the oldest go first, so a flood never stops a new final from being stored. One message per
+    subject: a final is one anyway, and a progress record supersedes the one before it."""
     return StreamConfig(
         name=ANSWER_STREAM,
-        subjects=[ANSWER_FILTER],
+        subjects=[ANSWER_FILTER, PROGRESS_FILTER],
+        max_msgs_per_subject=1,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=max_age_s,

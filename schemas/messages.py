@@ -93,6 +93,20 @@ class Chunk(msgspec.Struct, frozen=True):
     text: str
     attempt: int = 1
     logprobs: list[TokenLogprob] | None = None  # one per token of `text`, when the request asked
+    # This attempt continues the text of the earlier ones (`Progress`): indexes go on, and an index already
+    # received is the same text again. False on a re-run that starts over: its reader restarts the answer.
+    continued: bool = False
+
+
+class Progress(msgspec.Struct, frozen=True):
+    """What a running answer has produced so far (stored before any of it reaches the client): another
+    worker of the same model continues from `tokens`, and sends `pieces` (the chunk texts, by index) again
+    first, so its client misses none."""
+
+    attempt: int
+    model: str
+    tokens: list[int]  # the engine's token ids, in order
+    pieces: list[str]  # chunk texts, chunk index = position
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -255,6 +269,7 @@ class BrokerStats(msgspec.Struct, frozen=True):
 request_decoder = msgspec.json.Decoder(GenerateRequest)
 queue_update_decoder = msgspec.json.Decoder(QueueUpdate)
 chunk_decoder = msgspec.json.Decoder(Chunk)
+progress_decoder = msgspec.json.Decoder(Progress)
 result_decoder = msgspec.json.Decoder(Result)
 error_decoder = msgspec.json.Decoder(Error)
 lease_decoder = msgspec.json.Decoder(Lease)

@@ -32,6 +32,8 @@ CANCEL_PREFIX = "iris.cancel"
 CANCEL_FILTER = "iris.cancel.>"  # iris.cancel.<id> and iris.cancel.<owner>.<id>
 ANSWER_PREFIX = "iris.answer"  # iris.answer[.<owner>].<id>: a request's stored final reply
 ANSWER_FILTER = "iris.answer.>"
+PROGRESS_PREFIX = "iris.progress"  # iris.progress[.<owner>].<id>: the tokens a running answer produced so far
+PROGRESS_FILTER = "iris.progress.>"
 LIVE_PREFIX = "iris.live"  # iris.live[.<owner>].<id>: every reply of a request, core NATS, for joiners
 HEARTBEAT_FILTER = "iris.worker.hb.>"
 DONE_FILTER = "iris.worker.done.>"
@@ -46,6 +48,7 @@ JS_DIRECT_GET = "$JS.API.DIRECT.GET." + REQUEST_STREAM
 JS_MSG_DELETE = "$JS.API.STREAM.MSG.DELETE." + REQUEST_STREAM
 JS_MSG_GET = "$JS.API.STREAM.MSG.GET." + REQUEST_STREAM  # served by the stream leader: a consistent read
 JS_ANSWER_GET = "$JS.API.DIRECT.GET." + ANSWER_STREAM  # + "." + an answer subject: its last message
+JS_ANSWER_PURGE = "$JS.API.STREAM.PURGE." + ANSWER_STREAM  # {"filter": subject}: a progress record goes
 JS_STREAM_INFO = "$JS.API.STREAM.INFO." + REQUEST_STREAM  # with deleted_details, which nats-py cannot ask for
 JS_PULL_NEXT = "$JS.API.CONSUMER.MSG.NEXT." + REQUEST_STREAM  # + "." + a consumer: a pull request
 
@@ -124,6 +127,17 @@ def parse_answer_subject(subject: str) -> tuple[str | None, str] | None:
 def answer_get_subject(request_id: str, owner: str | None = None) -> str:
     """The direct get of a stored final by subject: what a client (and its account's permissions) names."""
     return f"{JS_ANSWER_GET}.{answer_subject(request_id, owner)}"
+
+
+def progress_subject(request_id: str, owner: str | None = None) -> str:
+    """Where a running answer's progress is kept (stream `IRIS_ANSWERS`, the last record only), under its
+    owner like its final, so another worker can continue it (`runtime.progress`)."""
+    return f"{PROGRESS_PREFIX}.{request_id}" if owner is None else f"{PROGRESS_PREFIX}.{owner}.{request_id}"
+
+
+def progress_get_subject(request_id: str, owner: str | None = None) -> str:
+    """The direct get of a request's last progress record by subject."""
+    return f"{JS_ANSWER_GET}.{progress_subject(request_id, owner)}"
 
 
 def live_subject(request_id: str, owner: str | None = None) -> str:

@@ -139,6 +139,29 @@ def bench_seed(
     asyncio.run(run_seed_bench(behaviours, per_user, max_tokens, worker_args, name, out_dir, repeats, options))
 
 
+@bench.command("continue")
+@click.option(
+    "--engine",
+    type=click.Choice(["fake", "llama"]),
+    default="fake",
+    show_default=True,
+    help="FakeEngine workers, or llama.cpp on the tiny random-weight GGUF (written on the fly).",
+)
+@click.option("--requests", "n", type=int, default=200, show_default=True)
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--in-flight", type=int, default=32, show_default=True, help="Requests streaming at once.")
+@click.option("--slots", type=int, default=8, show_default=True, help="Slots per worker (two workers).")
+@click.option("--fake-tps", type=float, default=100.0, show_default=True, help="FakeEngine tokens/s per sequence.")
+@out_option("continue")
+def bench_continue(
+    engine: str, n: int, max_tokens: int, in_flight: int, slots: int, fake_tps: float, out: Path
+) -> None:  # fmt: skip
+    """kill -9 of a worker under load: texts equal to an undisturbed run, restarts seen, tokens continued."""
+    from iris.bench.continuation import run_continue_bench
+
+    asyncio.run(run_continue_bench(engine, n, max_tokens, in_flight, slots, fake_tps, out))
+
+
 @bench.command("retry")
 @click.option("--requests", "n", type=int, default=1000, show_default=True, help="Requests, then as many retries.")
 @out_option("retry")

@@ -52,7 +52,8 @@ async def _submit(prompt: str, nats_url: str, chat: bool, options: dict[str, Any
         async for chunk in generation:
             if chunk.attempt != attempt:
                 attempt = chunk.attempt
-                click.echo(f"\n[a worker was lost; the answer restarts, attempt {attempt}]", err=True)
+                goes_on = "goes on" if chunk.continued else "restarts"
+                click.echo(f"\n[a worker was lost; the answer {goes_on}, attempt {attempt}]", err=True)
             click.echo(chunk.text, nl=False)
         result = generation.result
         assert result is not None

@@ -7,9 +7,11 @@
         async with client.admit(model="my-own-llm", workload="chat", user="alice") as ticket:
             ...  # call your own model server: Iris only hands out the slot (`iris.sdk.admission`)
 
-Delivery is at-least-once: when a worker dies mid-answer the broker re-runs the request and chunks
-arrive again with a higher `attempt`. `generate` yields every chunk (a reader that sees `attempt` grow
-restarts its answer); `complete` returns the final `Result`, whose text is one whole answer. Labels that
+Delivery is at-least-once: when a worker dies mid-answer the broker re-runs the request with a higher
+`attempt`. Where the answer's progress was stored (`runtime.progress`) the re-run continues it: its chunks
+say `continued`, their indexes go on, and `generate` yields none twice, so the reader sees one answer.
+Otherwise chunks start again at index 0 (not `continued`): a reader that sees `attempt` grow on such a
+chunk restarts its answer. `complete` returns the final `Result`, whose text is one whole answer. Labels that
 are not valid subject tokens (`model`, `workload`, `user`) are mapped to valid ones.
 """
 

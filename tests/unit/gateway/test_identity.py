@@ -56,3 +56,18 @@ def test_first_attempt_lost_before_anything_was_sent() -> None:
     assert text.feed(Chunk(0, "Hello", 2)) == "Hello"
     assert text.feed(Chunk(1, " world", 2)) == " world"
     assert text.finish("Hello world") == ""
+
+
+def test_a_continued_rerun_forwards_only_what_was_never_sent() -> None:
+    """Attempt 1 sent two chunks, stored three (the third was in flight when its worker died); attempt 2
+    continues: it sends the three stored ones again, then goes on."""
+    text = AnswerText()
+    assert text.feed(Chunk(0, "The ", 1)) + text.feed(Chunk(1, "sky ", 1)) == "The sky "
+    resent = [
+        Chunk(0, "The ", 2, continued=True),
+        Chunk(1, "sky ", 2, continued=True),
+        Chunk(2, "is ", 2, continued=True),
+    ]
+    assert [text.feed(c) for c in resent] == ["", "", "is "]
+    assert text.feed(Chunk(3, "blue", 2, continued=True)) == "blue"
+    assert text.finish("The sky is blue") == "" and text.sent == "The sky is blue"
