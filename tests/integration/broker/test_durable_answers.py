@@ -97,7 +97,7 @@ async def test_answers_leave_with_the_window(nats_server: NatsServer, nc: NATS) 
     async with broker(nats_server.url, duplicate_window_s=3600):
         info = await nc.jetstream().stream_info(ANSWER_STREAM)
     assert info.config.max_age == 3600 and info.config.duplicate_window == 3600
-    assert info.config.subjects == ["iris.answer.>"] and info.config.allow_direct
+    assert info.config.subjects == ["iris.answer.>", "iris.progress.>"] and info.config.allow_direct
 
 
 async def test_one_final_per_request_the_first_stays(nats_server: NatsServer, nc: NATS) -> None:
