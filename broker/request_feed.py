@@ -148,19 +148,38 @@ class RequestFeed:
         await self.subscribe(DeliverPolicy.BY_START_SEQUENCE, self.delivered_seq + 1)
 
     async def watch(self) -> None:
+        """Every `CONSUMER_CHECK_S`: a consumer that is gone, or unreachable while the pull is quiet (its node
+        died: an R1 consumer does not move), is made again; a quiet pull is asked again once, then reset."""
+        asked_again = False
         while True:
             await asyncio.sleep(CONSUMER_CHECK_S)
             if self._resetting is not None and not self._resetting.done():
                 continue
+            quiet = time.monotonic() - self._heard > QUIET_S
             try:
-                await self.nc.jetstream().consumer_info(REQUEST_STREAM, self._consumer)
-                if time.monotonic() - self._heard > QUIET_S:
-                    self.log.info("request pull went quiet, asking again", after_seq=self.delivered_seq)
-                    await self._pull()
-            except NotFoundError:
-                await self._reset("request consumer lost")
-            except Exception as exc:  # unavailable for now (leader election): look again next round
+                why = await self._check(quiet, asked_again)
+                asked_again = quiet and why is None
+                if why:
+                    await self._reset(why)
+            except Exception as exc:  # no JetStream for now (an election): look again next round
                 self.log.info("request consumer not checked", error=str(exc))
+
+    async def _check(self, quiet: bool, asked_again: bool) -> str | None:
+        """Why the feed needs a new consumer, or None (a quiet pull is asked again)."""
+        try:
+            await self.nc.jetstream().consumer_info(REQUEST_STREAM, self._consumer)
+        except NotFoundError:
+            return "request consumer lost"
+        except Exception as exc:
+            if quiet:
+                return f"request consumer unreachable while quiet ({exc})"
+            raise
+        if quiet and asked_again:
+            return "request pull still quiet after asking again"
+        if quiet:
+            self.log.info("request pull went quiet, asking again", after_seq=self.delivered_seq)
+            await self._pull()
+        return None
 
     async def unsubscribe(self) -> None:
         if self._resetting is not None and self._resetting is not asyncio.current_task():
