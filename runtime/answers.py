@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import weakref
 from dataclasses import dataclass
 
 import msgspec
@@ -27,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from runtime.connection import per_connection
 from runtime.stream_ops import Unavailable, while_unavailable
 from schemas import headers as h
 from schemas.answers import answer_headers, storable
@@ -129,14 +129,7 @@ def _check(msg: Msg) -> None:
     raise RuntimeError(f"IRIS_ANSWERS refused the final: {ack.error.description}")
 
 
-_stores: weakref.WeakKeyDictionary[NATS, AnswerStore] = weakref.WeakKeyDictionary()
-
-
-def answer_store(nc: NATS) -> AnswerStore:
-    store = _stores.get(nc)
-    if store is None:
-        store = _stores[nc] = AnswerStore(nc)
-    return store
+answer_store = per_connection(AnswerStore)
 
 
 async def send_final(nc: NATS, reply_to: str, request_id: str, message: Result | Error, *, owner: str | None) -> bool:

@@ -10,7 +10,9 @@ the accounts let it publish and what the services check its reply subjects again
 from __future__ import annotations
 
 import re
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import nats
@@ -19,6 +21,22 @@ from nats.protocol import parser
 
 from schemas.reply_subjects import INBOX_PREFIX
 from schemas.subjects import is_token
+
+T = TypeVar("T")
+
+
+def per_connection(make: Callable[[NATS], T]) -> Callable[[NATS], T]:
+    """`make(nc)` once per connection, kept while the connection lives (an object that subscribes once per
+    connection: the SDK's reply router, the answer store)."""
+    made: weakref.WeakKeyDictionary[NATS, T] = weakref.WeakKeyDictionary()
+
+    def of(nc: NATS) -> T:
+        value = made.get(nc)
+        if value is None:
+            value = made[nc] = make(nc)
+        return value
+
+    return of
 
 
 def server_list(url: str) -> list[str]:

@@ -16,7 +16,6 @@ exchanges when it is back, so a final sent meanwhile is not waited for until the
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -32,7 +31,7 @@ from nats.nuid import NUID
 
 from runtime.answers import fetch_final
 from runtime.clock import now_ms
-from runtime.connection import connection_owner
+from runtime.connection import connection_owner, per_connection
 from runtime.stream_ops import PUBLISH_SLACK_BYTES, headers_bytes, while_unavailable
 from schemas import headers as h
 from schemas.errors import (
@@ -222,14 +221,7 @@ def _succeeded(future: asyncio.Future[None]) -> bool:
     return not future.cancelled() and future.exception() is None
 
 
-_routers: weakref.WeakKeyDictionary[NATS, ReplyRouter] = weakref.WeakKeyDictionary()
-
-
-def reply_router(nc: NATS) -> ReplyRouter:
-    router = _routers.get(nc)
-    if router is None:
-        router = _routers[nc] = ReplyRouter(nc)
-    return router
+reply_router = per_connection(ReplyRouter)
 
 
 @dataclass
