@@ -4,7 +4,8 @@
 through llama-cpp-python's port of llama.cpp's JSON-schema-to-grammar converter, so `properties`,
 `required`, `enum`, `const`, `anyOf`, local `$ref`s, string lengths and patterns and array bounds hold
 by construction. Integer `minimum`/`maximum` (which that port leaves out) are added here as digit-range
-rules. Keywords no grammar here enforces (`multipleOf`, `uniqueItems`, number bounds, formats other than
+rules, and a string's characters are llama.cpp's (that port lets raw control characters, such as a
+newline, into a string, which is not JSON). Keywords no grammar here enforces (`multipleOf`, `uniqueItems`, number bounds, formats other than
 date/time/uuid, ...) are refused, naming the keyword: every answer that comes back validates.
 """
 
@@ -37,6 +38,8 @@ _UNENFORCED = (
     "unevaluatedItems",
 )
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# llama.cpp's json-schema-to-grammar `char`: JSON forbids raw U+0000-U+001F in a string (DEL stays out too)
+JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 _FORMATS = ("date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5")
 
 
@@ -73,9 +76,12 @@ def check_enforceable(schema: Any, path: str) -> None:
 
 
 def _convert(schema: dict[str, Any]) -> str:
-    from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
+    from llama_cpp.llama_grammar import RESERVED_NAMES, BuiltinRule, SchemaConverter
 
     class Converter(SchemaConverter):  # type: ignore[misc]
+        def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
+            return str(super()._add_primitive(name, BuiltinRule(JSON_CHAR, []) if name == "char" else rule))
+
         def visit(self, schema: dict[str, Any], name: str) -> str:
             if schema.get("type") == "integer" and any(b in schema for b in _BOUNDS):
                 rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
