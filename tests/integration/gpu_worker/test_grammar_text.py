@@ -6,7 +6,6 @@ control characters into strings)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 from collections.abc import Iterator
 from typing import Any
