@@ -6,7 +6,8 @@ through llama-cpp-python's port of llama.cpp's JSON-schema-to-grammar converter,
 by construction. Integer `minimum`/`maximum` (which that port leaves out) are added here as digit-range
 rules, and a string's characters are llama.cpp's (that port lets raw control characters, such as a
 newline, into a string, which is not JSON). Keywords no grammar here enforces (`multipleOf`,
-`uniqueItems`, number bounds, formats other than date/time/uuid, ...) are refused, naming the keyword: every answer that comes back validates.
+`uniqueItems`, number bounds, formats other than date/time/uuid, ...) are refused, naming the keyword:
+every answer that comes back validates.
 """
 
 from __future__ import annotations
