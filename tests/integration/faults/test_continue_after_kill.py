@@ -59,11 +59,6 @@ async def test_killed_workers_answers_continue_on_the_other(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, issue 19: one CI run in two had 1 of 12 continued answers part from the uninterrupted "
-    "text at a token that ends mid-UTF-8 character ('3\ufffd'); 10 local runs were exact. Not yet found.",
-)
 async def test_the_real_model_continues_token_for_token(
     nats_server: NatsServer, nc: NATS, processes: Processes, tiny_mistral_model: str
 ) -> None:
