@@ -41,7 +41,7 @@ from broker.warm_feed import WarmHandover
 from runtime.answers import send_final
 from runtime.cancels import CancelFeed
 from runtime.clock import now_ms
-from runtime.stream_ops import delete_request, error_reply, publish_reply
+from runtime.stream_ops import delete_request, error_reply, get_request, publish_reply
 from schemas.cancels import CancelBook
 from schemas.errors import IrisError
 from schemas.headers import MAX_DEADLINE_S
@@ -112,6 +112,7 @@ class Term:
             self.log.info(
                 "warm backlog indexed", count=len(warm.requests), next_seq=warm.next_seq, last_seq=warm.last_seq
             )
+            await self._index_left_unparsed(warm.unparsed)
             feed.delivered_seq = warm.next_seq - 1
             await feed.subscribe(DeliverPolicy.BY_START_SEQUENCE, warm.next_seq)
         self._tasks.spawn(feed.watch())
@@ -300,19 +301,30 @@ class Term:
     async def _index_request(self, msg: Msg) -> None:
         meta = msg.metadata
         seq = meta.sequence.stream
-        if self.scheduler.knows(seq):
-            return
-        headers = msg.headers or {}
+        if not self.scheduler.knows(seq):
+            await self._index(seq, msg.subject, msg.headers or {}, int(meta.timestamp.timestamp() * 1000))
+
+    async def _index(self, seq: int, subject: str, headers: dict[str, str], stored_ms: int) -> None:
         now = now_ms()
         max_deadline_s = min(MAX_DEADLINE_S, self.config.duplicate_window_s)
         try:
-            stored_ms = int(meta.timestamp.timestamp() * 1000)
             prefixes = self.dead_letters.reply_prefixes
-            request = waiting_request(msg.subject, headers, seq, stored_ms, now, prefixes, max_deadline_s)
+            request = waiting_request(subject, headers, seq, stored_ms, now, prefixes, max_deadline_s)
         except IrisError as exc:  # unparseable: a dead letter, its client gets the parse error
-            await self.dead_letters.unparseable(seq, msg.subject, headers, exc)
+            await self.dead_letters.unparseable(seq, subject, headers, exc)
             return
         await self.apply(self.scheduler.enqueue(request, now))
+
+    async def _index_left_unparsed(self, seqs: list[int]) -> None:
+        """Messages the standby could not index and the stream still holds: the leader before died or froze
+        before it dead-lettered them (they are read again: the standby keeps only their sequences)."""
+        for seq in seqs:
+            await guarded(self._index_stored(seq), self.log, "dead letter left by the last leader", seq)
+
+    async def _index_stored(self, seq: int) -> None:
+        stored = await get_request(self.nc, seq)
+        if stored is not None:  # None: dead-lettered meanwhile, or past its TTL
+            await self._index(seq, stored.subject, stored.headers, stored.stored_ms)
 
     async def _on_leases_done(self, msg: Msg) -> None:
         """Leases a worker ended: slots free, and the real tokens of each answer charged to its flow."""

@@ -36,6 +36,7 @@ EXPIRE_EVERY_S = 1.0
 @dataclass(frozen=True)
 class WarmHandover:
     requests: list[WaitingRequest]  # still in the stream, in stream order
+    unparsed: list[int]  # sequences of messages still in the stream that could not be indexed
     next_seq: int  # the first stream sequence the term's own feed reads
     last_seq: int  # the stream's last sequence at the hand-over: the term's first round waits for it
 
@@ -84,8 +85,8 @@ class WarmFeed:
         if state is None:
             self.log.warning("warm backlog not checked against the stream: replaying it", held=len(self.backlog))
             return None
-        requests = self.backlog.hand_over(state.first_seq, frozenset(state.deleted or ()))
-        return WarmHandover(requests, self.backlog.last_seq + 1, state.last_seq)
+        requests, unparsed = self.backlog.hand_over(state.first_seq, frozenset(state.deleted or ()))
+        return WarmHandover(requests, unparsed, self.backlog.last_seq + 1, state.last_seq)
 
     async def _on_request(self, msg: Msg) -> None:
         meta = msg.metadata
@@ -97,7 +98,8 @@ class WarmFeed:
                 msg.subject, msg.headers or {}, seq, stored_ms, now_ms(), self.reply_prefixes, self.max_deadline_s
             )
         except IrisError:
-            return  # the leader dead-letters it
+            self.backlog.unparsed(seq)  # the leader dead-letters it, unless it dies first
+            return
         except Exception:  # one request must never stop the read-ahead of every other one
             self.log.exception("warm indexing failed", subject=msg.subject)
             return

@@ -3,16 +3,21 @@ the compact `WaitingRequest` the scheduler indexes, so that once elected it inde
 once instead of at the pace of a replaying consumer, and its first leases already follow the fair order.
 
 It forgets what left: a request whose lease ended (the standby hears `LeasesDone` as the leader does), one
-past its deadline, and, on hand-over, whatever the stream no longer holds. It decides nothing; an elected
-term gives what it hands over to `Scheduler.rebuild`. Pure.
+past its deadline, and, on hand-over, whatever the stream no longer holds. A message it cannot index (a bad
+subject or header) is the leader's to dead-letter, but a leader that died or froze may not have got to it:
+the backlog keeps the sequences of the last `KEEP_UNPARSED` of them, and the term dead-letters those the
+stream still holds. It decides nothing; an elected term gives what it hands over to `Scheduler.rebuild`. Pure.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Container
 
 from broker.core.queue import WaitingRequest
+
+KEEP_UNPARSED = 10_000  # a leader dead-letters them as it reads them: only the latest can be left undone
 
 
 class WarmBacklog:
@@ -20,6 +25,7 @@ class WarmBacklog:
         self._requests: dict[int, WaitingRequest] = {}
         self._deadlines: list[tuple[int, int]] = []  # (deadline_ms, seq), lazy
         self.last_seq = 0  # highest stream sequence read: the term's own feed starts after it
+        self._unparsed: deque[int] = deque(maxlen=KEEP_UNPARSED)
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -31,6 +37,10 @@ class WarmBacklog:
     def read_up_to(self, seq: int) -> None:
         """The feed delivered `seq` (indexed or not: an unparseable message is the leader's to dead-letter)."""
         self.last_seq = max(self.last_seq, seq)
+
+    def unparsed(self, seq: int) -> None:
+        """`seq` could not be indexed: the leader's to dead-letter, unless it never gets to it."""
+        self._unparsed.append(seq)
 
     def forget(self, seq: int) -> None:
         self._requests.pop(seq, None)
@@ -45,9 +55,10 @@ class WarmBacklog:
             self._deadlines = [(r.deadline_ms, seq) for seq, r in self._requests.items()]
             heapq.heapify(self._deadlines)
 
-    def hand_over(self, first_seq: int, gone: Container[int]) -> list[WaitingRequest]:
-        """Everything still in the stream (from `first_seq` on, not in `gone`), in stream order; the backlog
-        is empty afterwards."""
+    def hand_over(self, first_seq: int, gone: Container[int]) -> tuple[list[WaitingRequest], list[int]]:
+        """Everything still in the stream (from `first_seq` on, not in `gone`), in stream order: the requests,
+        and the sequences of the unparseable messages; the backlog is empty afterwards."""
         kept = [r for seq, r in sorted(self._requests.items()) if seq >= first_seq and seq not in gone]
-        self._requests, self._deadlines = {}, []
-        return kept
+        unparsed = sorted(seq for seq in self._unparsed if seq >= first_seq and seq not in gone)
+        self._requests, self._deadlines, self._unparsed = {}, [], deque(maxlen=KEEP_UNPARSED)
+        return kept, unparsed

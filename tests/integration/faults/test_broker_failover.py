@@ -4,11 +4,14 @@ heartbeats), and every request gets exactly one result; across both workers each
 
 from __future__ import annotations
 
+import signal
+
 from nats.aio.client import Client as NATS
 
 from iris.launch.nats_server import NatsServer
 from iris.sdk.client import Client
 from tests.conftest import Processes
+from tests.integration.raw_nats import good_headers, raw_request
 from tests.integration.services import SteadyLoad, eventually, wait_for_models, wait_stream_empty
 
 REQUESTS = 200
@@ -50,3 +53,29 @@ async def test_leading_broker_killed_under_load(nats_server: NatsServer, nc: NAT
 
     await eventually(all_logged, what="every run logged")
     assert runs() == REQUESTS  # each request ran exactly once across the failover
+
+
+async def test_a_request_the_frozen_leader_never_read_is_dead_lettered_by_the_next(
+    nats_server: NatsServer, nc: NATS, processes: Processes
+) -> None:
+    """The standby reads an unparseable request ahead as the leader does, but only a leader dead-letters: when
+    the leader froze before it got there, the next leader must do it (it used to start after every sequence
+    the standby had read, so the client never got its error and the message stayed in the stream)."""
+    url = nats_server.url
+    leader = processes.start("broker-a", "broker", "--nats", url, "--broker-id", "a")
+
+    async def logged(name: str, text: str) -> bool:
+        return text in processes.log(name)
+
+    await eventually(lambda: logged("broker-a", '"leading"'), what="broker a leading")
+    processes.start("broker-b", "broker", "--nats", url, "--broker-id", "b")
+    await eventually(lambda: logged("broker-b", '"broker started"'), what="broker b standing by")
+    leader.send_signal(signal.SIGSTOP)  # alive to the server, deaf to the stream: its key runs out
+    try:
+        headers = {**good_headers(nc), "Iris-Priority": "many"}
+        reply = await raw_request(nc, "iris.req.fake.default", b'{"prompt": "hi"}', headers)
+    finally:
+        leader.kill()
+    assert reply["kind"] == "error" and reply["code"] == "invalid_request" and "Iris-Priority" in str(reply), reply
+    await eventually(lambda: logged("broker-b", '"leading"'), what="broker b leading")
+    await wait_stream_empty(nc)
