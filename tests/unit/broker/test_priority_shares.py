@@ -126,14 +126,14 @@ def test_no_workload_starves_across_priorities(priorities: list[int], min_share:
         assert served[f] >= min_share * (served[g] - 100) - 1e-6, (f, g, served)
 
 
-def test_a_million_users_come_and_go_and_the_state_stays_small() -> None:
-    """1,000,000 distinct users, a thousand at a time, each send one request and are served beside three
+def test_many_users_come_and_go_and_the_state_stays_small() -> None:
+    """100,000 distinct users, a thousand at a time, each send one request and are served beside three
     users that stay backlogged: afterwards the queue remembers only what is active, not the history."""
     queue = WfqQueue(min_share=0.1)
     for user in ("s1", "s2", "s3"):
         for _ in range(3):
             queue.push(req("steady", user, 2))
-    for batch in range(1000):
+    for batch in range(100):
         for i in range(batch * 1000, batch * 1000 + 1000):
             queue.push(req(f"w{i % 7}", f"user{i}", 1 + i % 5, cost=50 + i % 200, end_user=f"e{i % 3}"))
         while len(queue) > 9:
