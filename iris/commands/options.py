@@ -1,11 +1,12 @@
-"""Options several `iris` commands share."""
+"""Options several `iris` commands share: the NATS URL and its connection, listings, the benches' options."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 nats_option = click.option("--nats", "nats_url", default=DEFAULT_NATS_URL, show_default=True, envvar="IRIS_NATS_URL")
 
@@ -47,3 +49,52 @@ def echo_rows(
 ) -> None:
     """A listing command's output: its rows as JSON (`--json`), as a table, or `empty` when there are none."""
     click.echo(as_json(rows) if json_out else as_table(rows) if rows else empty)
+
+
+def out_option(name: str) -> Callable[[F], F]:
+    """`--out`: where a bench saves its JSON, `bench-results/<name>.json` unless told."""
+    return click.option(
+        "--out", type=click.Path(path_type=Path), default=Path(f"bench-results/{name}.json"), show_default=True
+    )
+
+
+def llama_options(concurrency: str, concurrency_help: str, rounds: int) -> Callable[[F], F]:
+    """What the benches of Iris against llama.cpp itself share: the model, the concurrency levels (a list of
+    positive integers), tokens per answer, rounds, llama.cpp threads and GPU layers (the same in both arms)."""
+    options = [
+        click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M)."),
+        click.option(
+            "--concurrency", default=concurrency, show_default=True, callback=positive_ints, help=concurrency_help
+        ),
+        click.option("--max-tokens", type=int, default=128, show_default=True),
+        click.option(
+            "--rounds", type=int, default=rounds, show_default=True, help="Rounds per arm; figures are medians."
+        ),
+        click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms."),
+        click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer."),
+    ]
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def positive_ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    """A comma-separated option's values: one or more positive integers, else a usage error naming it."""
+    try:
+        levels = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise click.BadParameter(f"{value!r}: expected positive integers such as {param.default}")
+    return levels
+
+
+def gguf_path(model: str | None) -> str:
+    """`--model`'s file, or the embedded model (assembled into the cache on first use)."""
+    from gpu_worker.embedded_model import embedded_model_path
+
+    return str(Path(model).expanduser()) if model else str(embedded_model_path())
