@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,15 +41,28 @@ def with_nats(nats_url: str, action: Callable[[NATS], Awaitable[T]]) -> T:
         sys.exit(1)
 
 
-def echo_rows(
-    rows: list[R],
-    json_out: bool,
-    as_json: Callable[[list[R]], str],
-    as_table: Callable[[list[R]], str],
-    empty: str,
-) -> None:
-    """A listing command's output: its rows as JSON (`--json`), as a table, or `empty` when there are none."""
-    click.echo(as_json(rows) if json_out else as_table(rows) if rows else empty)
+Listing = tuple[Callable[["NATS", int], Awaitable[list[Any]]], Callable[[list[Any]], str]]  # rows, their table
+
+
+def listing(empty: str) -> Callable[[Callable[[], Listing]], Callable[..., None]]:
+    """A listing command (`--nats`, `--limit`, `--json`): the decorated function names the reader of the rows
+    and their table (imported when the command runs); prints them as JSON, as the table, or `empty`."""
+
+    def decorate(rows_and_table: Callable[[], Listing]) -> Callable[..., None]:
+        @nats_option
+        @click.option("--limit", type=int, default=50, show_default=True, help="Show the newest N (0 = all).")
+        @click.option("--json", "json_out", is_flag=True, help="A JSON array instead of a table.")
+        @functools.wraps(rows_and_table)
+        def command(nats_url: str, limit: int, json_out: bool) -> None:
+            from iris.ops.listing import as_json
+
+            read, as_table = rows_and_table()
+            rows = with_nats(nats_url, lambda nc: read(nc, limit))
+            click.echo(as_json(rows) if json_out else as_table(rows) if rows else empty)
+
+        return command
+
+    return decorate
 
 
 def out_option(name: str) -> Callable[[F], F]:
