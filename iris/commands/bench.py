@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from iris.commands.options import gguf_path, llama_options, out_option, positive_ints
+from iris.commands.options import gguf_path, ints_option, llama_options, out_option
 
 
 @click.group()
@@ -199,13 +199,7 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 
 
 @bench.command("scale")
-@click.option(
-    "--fleets",
-    default="1000,10000",
-    show_default=True,
-    callback=positive_ints,
-    help="Simulated fleet sizes, comma-separated.",
-)
+@ints_option("--fleets", "1000,10000", "Simulated fleet sizes, comma-separated.")
 @click.option("--slots", type=int, default=8, show_default=True, help="Slots per simulated worker.")
 @click.option("--single-slots", type=int, default=64, show_default=True, help="Slots of the single worker.")
 @click.option("--backlog", type=int, default=20_000, show_default=True, help="Requests waiting per phase.")
@@ -305,13 +299,7 @@ def bench_worker(model: str | None, concurrency: list[int], out: Path, **options
 
 @bench.command("suspend")
 @click.option("--model", help="GGUF file (default: a random-weight F16 tiny Mistral-shaped model).")
-@click.option(
-    "--contexts",
-    default="1024,4096",
-    show_default=True,
-    callback=positive_ints,
-    help="Prompt lengths in tokens, comma-separated.",
-)
+@ints_option("--contexts", "1024,4096", "Prompt lengths in tokens, comma-separated.")
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/suspend.json"), show_default=True)
 def bench_suspend(model: str | None, contexts: list[int], n_gpu_layers: int, out: Path) -> None:

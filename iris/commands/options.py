@@ -77,9 +77,7 @@ def llama_options(concurrency: str, concurrency_help: str, rounds: int) -> Calla
     positive integers), tokens per answer, rounds, llama.cpp threads and GPU layers (the same in both arms)."""
     options = [
         click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M)."),
-        click.option(
-            "--concurrency", default=concurrency, show_default=True, callback=positive_ints, help=concurrency_help
-        ),
+        ints_option("--concurrency", concurrency, concurrency_help),
         click.option("--max-tokens", type=int, default=128, show_default=True),
         click.option(
             "--rounds", type=int, default=rounds, show_default=True, help="Rounds per arm; figures are medians."
@@ -94,6 +92,11 @@ def llama_options(concurrency: str, concurrency_help: str, rounds: int) -> Calla
         return command
 
     return decorate
+
+
+def ints_option(name: str, default: str, help: str) -> Callable[[F], F]:
+    """A comma-separated list of positive integers (the command gets a `list[int]`)."""
+    return click.option(name, default=default, show_default=True, callback=positive_ints, help=help)
 
 
 def positive_ints(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
