@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from iris.bench.harness import percentiles, save_report, time_calls, wait_http
+from iris.bench.harness import added_latency, percentiles, save_report, time_calls, wait_http
 from iris.bench.status_page import print_status_cost, status_cost
 from iris.launch.nats_server import NatsServer, free_port
 from iris.launch.processes import spawn, stop_all, wait_for_model
@@ -45,14 +45,7 @@ async def _latency(client: Client, http: httpx.AsyncClient, n: int) -> dict[str,
 
     nats_s = await time_calls(n, nats_call, warmup=min(50, n))
     http_s = await time_calls(n, http_call, warmup=min(50, n))
-    direct, over_http = percentiles(nats_s), percentiles(http_s)
-    return {
-        "requests": n,
-        "nats": direct,
-        "http": over_http,
-        "added_p50_ms": round(over_http["p50_ms"] - direct["p50_ms"], 3),
-        "added_p99_ms": round(over_http["p99_ms"] - direct["p99_ms"], 3),
-    }
+    return added_latency("nats", nats_s, "http", http_s)
 
 
 async def _throughput(base_url: str, clients: int, seconds: float) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""What several benchmarks share: latency percentiles, timing a call n times, a process's RSS, counting
-replies on an inbox and waiting for an HTTP server. Starting and stopping the service processes is
-`iris.bench.overhead`'s `spawn` / `stop_all` / `wait_for_model` until one module starts them all."""
+"""What several benchmarks share: latency percentiles (and what one arm adds over another), timing a call
+n times, a process's RSS, counting replies on an inbox, waiting for an HTTP server and saving the report.
+The service processes themselves are started by `iris.launch.processes`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
         "p50_ms": round(pick(0.50), 3),
         "p99_ms": round(pick(0.99), 3),
         "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
+    }
+
+
+def added_latency(base: str, base_s: list[float], arm: str, arm_s: list[float]) -> dict[str, Any]:
+    """Percentiles of two arms timed alike, and what the second adds over the first at p50 and p99."""
+    base_p, arm_p = percentiles(base_s), percentiles(arm_s)
+    return {
+        "requests": len(arm_s),
+        base: base_p,
+        arm: arm_p,
+        "added_p50_ms": round(arm_p["p50_ms"] - base_p["p50_ms"], 3),
+        "added_p99_ms": round(arm_p["p99_ms"] - base_p["p99_ms"], 3),
     }
 
 

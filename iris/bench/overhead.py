@@ -20,7 +20,7 @@ from typing import Any
 
 from gpu_worker.engines.fake import FakeEngine
 from gpu_worker.engines.protocol import StopSignal
-from iris.bench.harness import percentiles, time_calls
+from iris.bench.harness import added_latency, time_calls
 from iris.launch.nats_server import NatsServer
 from iris.launch.processes import spawn, stop_all, wait_for_model
 from iris.sdk.client import Client
@@ -120,15 +120,7 @@ async def real_part(workdir: Path, n: int) -> dict[str, Any]:
 
 
 def compare(label: str, direct_s: list[float], iris_s: list[float]) -> dict[str, Any]:
-    direct, iris = percentiles(direct_s), percentiles(iris_s)
-    return {
-        "label": label,
-        "requests": len(iris_s),
-        "direct": direct,
-        "iris": iris,
-        "added_p50_ms": round(iris["p50_ms"] - direct["p50_ms"], 3),
-        "added_p99_ms": round(iris["p99_ms"] - direct["p99_ms"], 3),
-    }
+    return {"label": label, **added_latency("direct", direct_s, "iris", iris_s)}
 
 
 def print_table(parts: list[dict[str, Any]]) -> None:

@@ -231,8 +231,8 @@ async def run_worker_bench(settings: BenchSettings, out: Path) -> dict[str, Any]
 
 
 async def bench_command(
-    model: str | None,
-    concurrency: str,
+    model: str,
+    concurrency: list[int],
     out: Path,
     *,
     max_tokens: int,
@@ -241,11 +241,5 @@ async def bench_command(
     n_gpu_layers: int,
     flash_attn: Any,
 ) -> dict[str, Any]:
-    from gpu_worker.embedded_model import embedded_model_path
-
-    levels = [int(part) for part in concurrency.split(",") if part.strip()]
-    if not levels or min(levels) < 1:
-        raise ValueError(f"--concurrency {concurrency!r}: expected positive integers such as 1,2,4,8")
-    path = str(Path(model).expanduser()) if model else str(embedded_model_path())
     offload = Offload(n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
-    return await run_worker_bench(BenchSettings(path, levels, max_tokens, rounds, threads, offload), out)
+    return await run_worker_bench(BenchSettings(model, concurrency, max_tokens, rounds, threads, offload), out)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from iris.commands.options import echo_rows, nats_option, with_nats
+from iris.commands.options import Listing, listing, nats_option, with_nats
 
 
 @click.group()
@@ -15,15 +15,12 @@ def answers() -> None:
 
 
 @answers.command("list")
-@nats_option
-@click.option("--limit", type=int, default=50, show_default=True, help="Show the newest N (0 = all).")
-@click.option("--json", "json_out", is_flag=True, help="A JSON array instead of a table.")
-def answers_list(nats_url: str, limit: int, json_out: bool) -> None:
+@listing("no stored answers")
+def answers_list() -> Listing:
     """List stored answers: sequence, time, owner, request id, kind, how it ended, tokens (never the text)."""
     from iris.ops import answers as ops
 
-    lines = with_nats(nats_url, lambda nc: ops.list_answers(nc, limit))
-    echo_rows(lines, json_out, ops.as_json, ops.as_table, "no stored answers")
+    return ops.list_answers, ops.as_table
 
 
 @answers.command("show")

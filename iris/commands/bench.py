@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def out_option(name: str) -> Callable[[F], F]:
-    """`--out`: where a bench saves its JSON, `bench-results/<name>.json` unless told."""
-    return click.option(
-        "--out", type=click.Path(path_type=Path), default=Path(f"bench-results/{name}.json"), show_default=True
-    )
+from iris.commands.options import gguf_path, ints_option, llama_options, out_option
 
 
 @click.group()
@@ -207,7 +199,7 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 
 
 @bench.command("scale")
-@click.option("--fleets", default="1000,10000", show_default=True, help="Simulated fleet sizes, comma-separated.")
+@ints_option("--fleets", "1000,10000", "Simulated fleet sizes, comma-separated.")
 @click.option("--slots", type=int, default=8, show_default=True, help="Slots per simulated worker.")
 @click.option("--single-slots", type=int, default=64, show_default=True, help="Slots of the single worker.")
 @click.option("--backlog", type=int, default=20_000, show_default=True, help="Requests waiting per phase.")
@@ -224,7 +216,7 @@ def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
 )
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/scale.json"), show_default=True)
 def bench_scale(
-    fleets: str,
+    fleets: list[int],
     slots: int,
     single_slots: int,
     backlog: int,
@@ -239,13 +231,12 @@ def bench_scale(
     """Dispatch rate, broker CPU per request and RSS with 1 vs 1,000 vs 10,000 workers; or a takeover at depth."""
     from iris.bench.scale import run_core_bench, run_scale_bench, run_takeover_bench
 
-    sizes = [int(n) for n in fleets.split(",") if n.strip()]
     if takeover:
         asyncio.run(run_takeover_bench(waiting, takeover_workers, slots, read_ahead, out))
     elif core:
-        run_core_bench(sizes, slots, single_slots, backlog, out)
+        run_core_bench(fleets, slots, single_slots, backlog, out)
     else:
-        asyncio.run(run_scale_bench(sizes, slots, single_slots, backlog, waiting, idle_s, out))
+        asyncio.run(run_scale_bench(fleets, slots, single_slots, backlog, waiting, idle_s, out))
 
 
 @bench.command("hostile")
@@ -296,31 +287,26 @@ def bench_limits(n_waiting: int, decisions: int, round_trips: int, apps: int, ou
 
 
 @bench.command("worker")
-@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
-@click.option("--concurrency", default="1,2,4,8", show_default=True, help="Sequences at once, comma-separated.")
-@click.option("--max-tokens", type=int, default=128, show_default=True)
-@click.option("--rounds", type=int, default=3, show_default=True, help="Rounds per arm; figures are medians.")
-@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
-@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
+@llama_options("1,2,4,8", "Sequences at once, comma-separated.", rounds=3)
 @click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @out_option("worker")
-def bench_worker(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
+def bench_worker(model: str | None, concurrency: list[int], out: Path, **options: Any) -> None:
     """Tokens/s with N concurrent sequences: Iris (broker + one N-slot worker) vs raw batched llama_decode."""
     from iris.bench.worker import bench_command
 
-    asyncio.run(bench_command(model, concurrency, out, **options))
+    asyncio.run(bench_command(gguf_path(model), concurrency, out, **options))
 
 
 @bench.command("suspend")
 @click.option("--model", help="GGUF file (default: a random-weight F16 tiny Mistral-shaped model).")
-@click.option("--contexts", default="1024,4096", show_default=True, help="Prompt lengths in tokens, comma-separated.")
+@ints_option("--contexts", "1024,4096", "Prompt lengths in tokens, comma-separated.")
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results/suspend.json"), show_default=True)
-def bench_suspend(model: str | None, contexts: str, n_gpu_layers: int, out: Path) -> None:
+def bench_suspend(model: str | None, contexts: list[int], n_gpu_layers: int, out: Path) -> None:
     """Suspend/resume cost per mode (cells kept, state restored, re-prefilled) at each context length."""
     from iris.bench.suspend import main
 
-    main(model, [int(c) for c in contexts.split(",") if c], n_gpu_layers, out)
+    main(model, contexts, n_gpu_layers, out)
 
 
 @bench.command("make-model")
@@ -334,24 +320,12 @@ def bench_make_model(out: Path, shape: str) -> None:
 
 
 @bench.command("llama-server")
-@click.option("--model", help="GGUF file (default: the embedded Gemma 3 270M).")
-@click.option("--concurrency", default="1,8,32", show_default=True, help="Requests at once (= Iris slots).")
-@click.option("--max-tokens", type=int, default=128, show_default=True)
-@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds per arm; figures are medians.")
-@click.option("--threads", type=int, default=1, show_default=True, help="llama.cpp threads, both arms.")
-@click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer.")
+@llama_options("1,8,32", "Requests at once (= Iris slots).", rounds=2)
 @click.option("--flash-attn/--no-flash-attn", default=False, show_default=True, help="Both arms.")
 @click.option("--ttft-requests", type=int, default=10, show_default=True, help="Requests for time to first token.")
 @out_option("llama-server")
-def bench_llama_server(model: str | None, concurrency: str, out: Path, **options: Any) -> None:
+def bench_llama_server(model: str | None, concurrency: list[int], out: Path, **options: Any) -> None:
     """Tokens/s at N concurrent requests and time to first token: Iris vs `python -m llama_cpp.server`."""
-    from gpu_worker.embedded_model import embedded_model_path
     from iris.bench.llama_server import ServerBenchSettings, run_llama_server_bench
 
-    levels = [int(part) for part in concurrency.split(",") if part.strip()]
-    if not levels or min(levels) < 1:
-        raise click.BadParameter(
-            f"{concurrency!r}: expected positive integers such as 1,8,32", param_hint="--concurrency"
-        )
-    path = str(Path(model).expanduser()) if model else str(embedded_model_path())
-    asyncio.run(run_llama_server_bench(ServerBenchSettings(path, levels, **options), out))
+    asyncio.run(run_llama_server_bench(ServerBenchSettings(gguf_path(model), concurrency, **options), out))

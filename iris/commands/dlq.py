@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from iris.commands.options import echo_rows, nats_option, with_nats
+from iris.commands.options import Listing, listing, nats_option, with_nats
 
 
 @click.group()
@@ -15,15 +15,12 @@ def dlq() -> None:
 
 
 @dlq.command("ls")
-@nats_option
-@click.option("--limit", type=int, default=50, show_default=True, help="Show the newest N (0 = all).")
-@click.option("--json", "json_out", is_flag=True, help="A JSON array instead of a table.")
-def dlq_ls(nats_url: str, limit: int, json_out: bool) -> None:
+@listing("no dead letters")
+def dlq_ls() -> Listing:
     """List dead letters: sequence, time, model, workload, code, attempts, request id, reason (never the prompt)."""
     from iris.ops import dead_letters
 
-    letters = with_nats(nats_url, lambda nc: dead_letters.list_dead_letters(nc, limit))
-    echo_rows(letters, json_out, dead_letters.as_json, dead_letters.as_table, "no dead letters")
+    return dead_letters.list_dead_letters, dead_letters.as_table
 
 
 @dlq.command("replay")

@@ -6,21 +6,17 @@ its token usage), never the answer text; `show` prints one answer whole, as its 
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.aio.msg import Msg
 
+from iris.ops.listing import message_count, read_newest, table
 from runtime.answers import fetch_final
 from schemas import headers as h
 from schemas.messages import Error, Result, error_decoder, result_decoder
 from schemas.subjects import ANSWER_FILTER, ANSWER_STREAM, parse_answer_subject
-
-READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -36,35 +32,17 @@ class AnswerLine:
 
 
 async def answer_count(nc: NATS) -> int:
-    try:
-        info = await nc.jetstream().stream_info(ANSWER_STREAM)
-    except NotFoundError:
-        return 0
-    return int(info.state.messages)
+    return await message_count(nc, ANSWER_STREAM)
 
 
 async def list_answers(nc: NATS, limit: int = 0) -> list[AnswerLine]:
     """The stored answers, oldest first; with `limit`, only the newest `limit`."""
-    if not await answer_count(nc):
-        return []
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    sub = await nc.jetstream().subscribe(ANSWER_FILTER, ordered_consumer=True, config=config)
-    found: collections.deque[AnswerLine] = collections.deque(maxlen=limit or None)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
-            except NatsTimeout:
-                break
-            meta = msg.metadata
-            found.append(
-                _line(meta.sequence.stream, meta.timestamp.isoformat(), msg.subject, msg.headers or {}, msg.data)
-            )
-            if meta.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return list(found)
+    return await read_newest(nc, ANSWER_STREAM, ANSWER_FILTER, _row, limit)
+
+
+def _row(msg: Msg) -> AnswerLine:
+    meta = msg.metadata
+    return _line(meta.sequence.stream, meta.timestamp.isoformat(), msg.subject, msg.headers or {}, msg.data)
 
 
 def _line(seq: int, stored_at: str, subject: str, headers: dict[str, str], data: bytes) -> AnswerLine:
@@ -95,14 +73,9 @@ async def show_answer(nc: NATS, request_id: str, owner: str | None) -> str | Non
     return msgspec.json.encode({"kind": final.kind, "stored_at": final.stored_at, "answer": answer}).decode()
 
 
-def as_json(lines: list[AnswerLine]) -> str:
-    return msgspec.json.encode(lines).decode()
-
-
 def as_table(lines: list[AnswerLine]) -> str:
     rows = [("SEQ", "STORED (UTC)", "OWNER", "REQUEST ID", "KIND", "ENDING", "TOKENS (PROMPT+COMPLETION)")]
     for a in lines:
         tokens = f"{a.prompt_tokens}+{a.completion_tokens}" if a.kind == h.KIND_RESULT else ""
         rows.append((str(a.seq), a.stored_at[:19], a.owner or "-", a.request_id, a.kind, a.ending, tokens))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows)
+    return table(rows)

@@ -9,18 +9,17 @@ it again publishes nothing twice (same new id, inside the dedupe window). Removi
 
 from __future__ import annotations
 
-import collections
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from iris.ops.listing import message_count, read_newest, table
 from runtime.clock import now_ms
 from schemas import headers as h
 from schemas.dead_letters import DeadLetter, read_dead_letter, replay_headers
@@ -29,7 +28,6 @@ from schemas.headers import DEFAULT_DEADLINE_S
 from schemas.messages import error_decoder, result_decoder
 from schemas.subjects import DLQ_FILTER, DLQ_STREAM, parse_request_subject, request_owner
 
-READ_TIMEOUT_S = 5.0
 ANSWER_GRACE_S = 5.0
 
 
@@ -43,32 +41,16 @@ class Replayed:
 
 
 async def dead_letter_count(nc: NATS) -> int:
-    try:
-        info = await nc.jetstream().stream_info(DLQ_STREAM)
-    except NotFoundError:
-        return 0
-    return int(info.state.messages)
+    return await message_count(nc, DLQ_STREAM)
 
 
 async def list_dead_letters(nc: NATS, limit: int = 0) -> list[DeadLetter]:
-    """The dead letters, oldest first; with `limit`, only the newest `limit`."""
-    if not await dead_letter_count(nc):
-        return []
-    config = ConsumerConfig(headers_only=True, deliver_policy=DeliverPolicy.ALL)
-    sub = await nc.jetstream().subscribe(DLQ_FILTER, ordered_consumer=True, config=config)
-    found: collections.deque[DeadLetter] = collections.deque(maxlen=limit or None)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
-            except NatsTimeout:
-                break  # the last ones were removed while we read
-            found.append(read_dead_letter(msg.metadata.sequence.stream, dict(msg.headers or {})))
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return list(found)
+    """The dead letters, oldest first; with `limit`, only the newest `limit` (headers only: no prompt)."""
+    return await read_newest(nc, DLQ_STREAM, DLQ_FILTER, _row, limit, headers_only=True)
+
+
+def _row(msg: Msg) -> DeadLetter:
+    return read_dead_letter(msg.metadata.sequence.stream, dict(msg.headers or {}))
 
 
 async def replay(nc: NATS, dlq_seq: int, deadline_s: float | None = None, reply_to: str = "") -> Replayed:
@@ -158,10 +140,6 @@ async def remove(nc: NATS, dlq_seqs: list[int]) -> int:
     return removed
 
 
-def as_json(letters: list[DeadLetter]) -> str:
-    return msgspec.json.encode(letters).decode()
-
-
 def as_table(letters: list[DeadLetter]) -> str:
     """One line per dead letter, reason last (it is the long one)."""
     rows = [("SEQ", "TIME (UTC)", "MODEL", "WORKLOAD", "CODE", "ATTEMPTS", "REQUEST ID", "REASON")]
@@ -170,5 +148,4 @@ def as_table(letters: list[DeadLetter]) -> str:
         rows.append(
             (str(d.dlq_seq), when, d.model or "?", d.workload or "?", d.code, str(d.attempts), d.request_id, d.reason)
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows)
+    return table(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterable
 
 from broker.core.decisions import Decisions, Queued, Rejection
 from broker.core.limits import SchedulerLimits
@@ -103,3 +104,10 @@ def assert_shares(served: Counter[Flow], target: dict[Flow, float], tolerance: f
     got = shares(served)
     for key, share in target.items():
         assert abs(got.get(key, 0.0) - share) <= tolerance * share, (key, got.get(key), share)
+
+
+def assert_min_share(served: Counter[Flow], flows: Iterable[Flow], min_share: float, c_max: int) -> None:
+    """Any two backlogged `flows` f, g (served or not): served(f) >= min_share * (served(g) - c_max), `c_max`
+    the largest request cost."""
+    for f, g in itertools.permutations(flows, 2):
+        assert served[f] >= min_share * (served[g] - c_max) - 1e-6, (f, g, served)

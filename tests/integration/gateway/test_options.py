@@ -5,6 +5,8 @@ shape, and every field Iris does not honour is a 400 that names it."""
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -16,6 +18,19 @@ from iris.launch.nats_server import NatsServer
 from schemas.messages import GenerateRequest, OutputFormat
 from tests.integration.gateway_stack import OPEN_KEY, gateway
 from tests.integration.services import broker, worker
+
+
+@asynccontextmanager
+async def fake_stack(url: str) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """Broker, one FakeEngine worker and a gateway: the gateway's base URL and an HTTP client."""
+    async with (
+        broker(url),
+        worker(url, FakeEngine("fake"), "w1"),
+        gateway(url, "fake") as gw,
+        httpx.AsyncClient() as http,
+    ):
+        yield gw.http.url, http  # type: ignore[union-attr]
+
 
 AUTH = {"Authorization": f"Bearer {OPEN_KEY}"}
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -146,14 +161,7 @@ async def test_logprobs_in_each_api_shape(nats_server: NatsServer) -> None:
 
 
 async def test_fields_iris_does_not_honour_are_400_naming_them(nats_server: NatsServer) -> None:
-    url = nats_server.url
-    async with (
-        broker(url),
-        worker(url, FakeEngine("fake"), "w1"),
-        gateway(url, "fake") as gw,
-        httpx.AsyncClient() as http,
-    ):
-        base = gw.http.url  # type: ignore[union-attr]
+    async with fake_stack(nats_server.url) as (base, http):
         for path, extra, named in REFUSED:
             body: dict[str, Any] = {"model": "fake", "stream": False, **extra}
             if path == "/v1/completions":
@@ -167,14 +175,7 @@ async def test_fields_iris_does_not_honour_are_400_naming_them(nats_server: Nats
 
 @pytest.mark.parametrize("path", ["/v1/models/fake", "/v1/models/fake:latest"])
 async def test_model_by_id(nats_server: NatsServer, path: str) -> None:
-    url = nats_server.url
-    async with (
-        broker(url),
-        worker(url, FakeEngine("fake"), "w1"),
-        gateway(url, "fake") as gw,
-        httpx.AsyncClient() as http,
-    ):
-        base = gw.http.url  # type: ignore[union-attr]
+    async with fake_stack(nats_server.url) as (base, http):
         found = await http.get(f"{base}{path}", headers=AUTH)
         missing = await http.get(f"{base}/v1/models/nope", headers=AUTH)
     assert found.status_code == 200 and found.json()["id"] == "fake" and found.json()["object"] == "model"

@@ -21,6 +21,16 @@ def suspending(max_suspended: int = 2, limits: SchedulerLimits = RATIO) -> tuple
     return scheduler, now
 
 
+def one_suspended() -> tuple[Scheduler, int]:
+    """`suspending()`, then lease 2 suspended for a paid priority-5 request 3 two seconds on: the time then."""
+    scheduler, now = suspending()
+    scheduler.enqueue(request(3, workload="paid", priority=5), now)
+    later = now + 2_000
+    scheduler.dispatch(later)
+    scheduler.suspend_answered("m", [2], [2], later)
+    return scheduler, later
+
+
 def test_a_request_ranked_past_the_ratio_suspends_the_lowest_running_lease() -> None:
     scheduler, now = suspending()
     scheduler.enqueue(request(3, workload="paid", priority=5), now)
@@ -49,11 +59,7 @@ def test_no_preemption_below_the_ratio_before_min_run_or_without_budget() -> Non
 
 
 def test_a_suspended_lease_resumes_first_once_a_slot_frees_and_only_once_suspended() -> None:
-    scheduler, now = suspending()
-    scheduler.enqueue(request(3, workload="paid", priority=5), now)
-    later = now + 2_000
-    scheduler.dispatch(later)
-    scheduler.suspend_answered("m", [2], [2], later)
+    scheduler, later = one_suspended()
     assert [lease.stream_seq for lease in scheduler.dispatch(later).offers] == [3]
     scheduler.enqueue(request(4, workload="free", priority=1), later)
     scheduler.lease_ended(3, later + 100)
@@ -67,11 +73,7 @@ def test_a_suspended_lease_resumes_first_once_a_slot_frees_and_only_once_suspend
 
 
 def test_a_refused_resume_waits_suspended_and_a_lost_worker_forgets_it() -> None:
-    scheduler, now = suspending()
-    scheduler.enqueue(request(3, workload="paid", priority=5), now)
-    later = now + 2_000
-    scheduler.dispatch(later)
-    scheduler.suspend_answered("m", [2], [2], later)
+    scheduler, later = one_suspended()
     scheduler.dispatch(later)
     scheduler.lease_ended(3, later)
     assert [lease.stream_seq for lease in scheduler.dispatch(later).resumes] == [2]
