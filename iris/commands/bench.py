@@ -355,3 +355,24 @@ def bench_llama_server(model: str | None, concurrency: str, out: Path, **options
         )
     path = str(Path(model).expanduser()) if model else str(embedded_model_path())
     asyncio.run(run_llama_server_bench(ServerBenchSettings(path, levels, **options), out))
+
+
+@bench.command("overload")
+@click.option("--engine", type=click.Choice(["fake", "llama"]), default="fake", show_default=True)
+@click.option("--model", help="llama: a GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--load", type=float, default=2.0, show_default=True, help="Offered load ÷ measured capacity.")
+@click.option("--high-share", type=float, default=0.25, show_default=True, help="High priority's part of the load.")
+@click.option("--high-requests", type=int, default=100, show_default=True, help="High arrivals per phase.")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--fake-tps", type=float, default=128.0, show_default=True, help="FakeEngine tokens/s per sequence.")
+@click.option("--deadline", "deadline_s", type=float, default=30.0, show_default=True, help="Every request's.")
+@click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="Phase on: the broker's ratio.")
+@click.option("--preempt-min-run", "preempt_min_run_s", type=float, default=0.05, show_default=True)
+@click.option("--preempt-max-per-request", type=int, default=1, show_default=True)
+@click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
+@out_option("overload")
+def bench_overload(out: Path, **options: Any) -> None:
+    """2x capacity in two priorities, open loop: high's p99 queue wait vs unloaded, preemption off vs on."""
+    from iris.bench.overload import OverloadOptions, main
+
+    main(OverloadOptions(**options), out)
