@@ -87,13 +87,15 @@ def values_at_cap(leases: Iterable[Lease], limits: ModelLimits) -> frozenset[str
 
 
 def next_request(
-    queue: RequestQueue, leases: Iterable[Lease], limits: ModelLimits, worker_free: bool
+    queue: RequestQueue, leases: Iterable[Lease], limits: ModelLimits, worker_free: bool, min_rank: float = 0.0
 ) -> WaitingRequest | None:
-    """The best admissible request, preferring values below their cap; a value at its cap borrows
-    only when no one below theirs can start."""
+    """The best admissible request (ranked at least `min_rank`), preferring values below their cap; a value
+    at its cap borrows only when no one below theirs can start."""
     at_cap = values_at_cap(leases, limits)
     if at_cap:
-        within = queue.pop(Eligible(worker_free, limits.limit_by, at_cap))
+        within = queue.pop(Eligible(worker_free, limits.limit_by, at_cap, min_rank))
         if within is not None:
             return within
+    if min_rank:
+        return queue.pop(Eligible(worker_free, min_rank=min_rank))
     return queue.pop(None if worker_free else Eligible(worker_free=False))

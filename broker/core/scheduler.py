@@ -247,9 +247,13 @@ class Scheduler(PreemptingIndex, TicketingIndex):
         while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
             worker = pool.workers.most_free()
             worker_free = worker is not None
-            request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
+            floor = self._start_floor(pool)  # nothing starts that the best waiting one would suspend
+            request = next_request(pool.queue, pool.leases.values(), limits, worker_free, floor) if floor else None
+            if request is None:  # or those above the floor cannot start now (a limit): the queue's order
+                request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
             if request is None:
                 break
+            self._slot_handed_out(pool)
             self._by_request_id.pop(request.request_id, None)
             pool.dispatched += 1
             if request.ticket:

@@ -198,12 +198,13 @@ def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str,
 @bench.command("scheduler")
 @click.option("--requests", "n_dispatch", type=int, default=10_000, show_default=True, help="Requests to dispatch.")
 @click.option("--waiting", "n_waiting", type=int, default=100_000, show_default=True, help="Requests left waiting.")
+@click.option("--preemption", type=click.Choice(["off", "on", "both"]), default="off", show_default=True)
 @out_option("scheduler")
-def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
+def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path, preemption: str) -> None:
     """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
     from iris.bench.scheduler import run_scheduler_bench
 
-    asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
+    asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out, preemption))
 
 
 @bench.command("scale")
@@ -373,6 +374,6 @@ def bench_llama_server(model: str | None, concurrency: str, out: Path, **options
 @out_option("overload")
 def bench_overload(out: Path, **options: Any) -> None:
     """2x capacity in two priorities, open loop: high's p99 queue wait vs unloaded, preemption off vs on."""
-    from iris.bench.overload import OverloadOptions, main
+    from iris.bench.overload.run import OverloadOptions, main
 
     main(OverloadOptions(**options), out)
