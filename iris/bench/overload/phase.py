@@ -4,6 +4,7 @@ the wire that counts finals per request and keeps the worker's latest heartbeat.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -91,8 +92,8 @@ class WireTap:
 class Phase:
     """One fresh stack (nats-server, broker, one worker) and the client that drives it."""
 
-    def __init__(self, name: str, options: OverloadOptions, workdir: Path) -> None:
-        self.name, self.options, self.workdir = name, options, workdir
+    def __init__(self, name: str, options: OverloadOptions, workdir: Path, logs: Path | None = None) -> None:
+        self.name, self.options, self.workdir, self.logs = name, options, workdir, logs
         self.worker_args, self.model = options.worker_args()
         self.server: NatsServer | None = None
         self.procs: list[Process] = []
@@ -116,6 +117,10 @@ class Phase:
             await self.client.close()
         if self.server is not None:
             stop_all(self.procs, self.server)
+        if self.logs is not None:  # kept beside the report: what each request went through, by request id
+            self.logs.mkdir(parents=True, exist_ok=True)
+            for part in ("broker", "worker"):
+                shutil.copyfile(self.workdir / f"{part}.log", self.logs / f"{self.name}-{part}.log")
 
     async def one(self, arrival: Arrival, start: float, prompts: list[str]) -> Sample:
         assert self.client is not None
@@ -131,6 +136,7 @@ class Phase:
             max_tokens=self.options.max_tokens,
             temperature=0.0,
             seed=1,
+            stream=arrival.tier == "high",  # high's first chunk is timed; low's chunks would only load the client
         )
         submitted = time.monotonic()
         try:
@@ -140,6 +146,8 @@ class Phase:
             assert generation.result is not None
             sample.queued_ms = generation.result.timings.queued_ms
             sample.completion_tokens = generation.result.usage.completion_tokens
+            if generation.result.finish_reason not in ("stop", "length"):
+                sample.outcome = f"cut_{generation.result.finish_reason}"
         except IrisError as exc:
             sample.outcome = exc.code.value
         sample.latency_ms = round((time.monotonic() - submitted) * 1000, 3)
@@ -186,10 +194,10 @@ async def measure_capacity(options: OverloadOptions, prompts: list[str]) -> floa
 
 
 async def run_phase(
-    name: str, arrivals: list[Arrival], options: OverloadOptions, prompts: list[str]
+    name: str, arrivals: list[Arrival], options: OverloadOptions, prompts: list[str], logs: Path
 ) -> tuple[dict[str, Any], list[Sample]]:
     with tempfile.TemporaryDirectory(prefix=f"iris-overload-{name}-") as tmp:
-        async with Phase(name, options, Path(tmp)) as phase:
+        async with Phase(name, options, Path(tmp), logs) as phase:
             samples = await phase.drive(arrivals, prompts)
             summary = summarize(samples, phase.tap.finals)
             summary["worker"] = phase.tap.suspensions()

@@ -23,8 +23,8 @@ class OverloadOptions:
     load: float = 2.0  # offered load ÷ measured capacity
     high_share: float = 0.25  # high's part of the offered load
     high_requests: int = 100  # high arrivals per phase: the phase lasts as long as they take to arrive
-    max_tokens: int = 128
-    fake_tps: float = 128.0  # FakeEngine tokens/s per sequence: an answer of 128 tokens takes 1 s
+    max_tokens: int = 64
+    fake_tps: float = 64.0  # FakeEngine tokens/s per sequence: an answer of 64 tokens takes 1 s
     deadline_s: float = 30.0  # every request's deadline (queue timeout), bounding the low queue
     preempt_ratio: float = 2.0  # phase `on`
     preempt_min_run_s: float = 0.05  # the broker's 1 s against 10-30 s answers, scaled to 1 s answers
@@ -88,7 +88,7 @@ class Sample:
     index: int
     planned_s: float
     submitted_s: float = 0.0
-    outcome: str = "ok"  # or the error code
+    outcome: str = "ok"  # or the error code, or "cut_<finish reason>": a result cut short (at its deadline)
     queued_ms: float | None = None  # Result.timings.queued_ms
     first_chunk_ms: float | None = None  # client: submitted → first chunk
     latency_ms: float = 0.0

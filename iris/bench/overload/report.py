@@ -13,6 +13,11 @@ from iris.bench.harness import percentiles
 from iris.bench.overload.plan import MAX_CONCURRENCY, PHASES, TARGET_RATIO, TIERS, Arrival, OverloadOptions, Sample
 
 
+def _percentiles(samples_ms: list[float | None]) -> dict[str, float] | None:
+    measured = [ms / 1000 for ms in samples_ms if ms is not None]
+    return percentiles(measured) if measured else None
+
+
 def summarize(samples: list[Sample], finals: Counter[str]) -> dict[str, Any]:
     tiers: dict[str, Any] = {}
     for tier in TIERS:
@@ -26,11 +31,10 @@ def summarize(samples: list[Sample], finals: Counter[str]) -> dict[str, Any]:
             "completed": len(ok),
             "refused_unmeetable": outcomes.get("deadline_unmeetable", 0),
             "expired": outcomes.get("deadline_exceeded", 0),
+            "cut_at_deadline": outcomes.get("cut_deadline", 0),
             "outcomes": dict(outcomes),
-            "queue_wait": percentiles([s.queued_ms / 1000 for s in ok if s.queued_ms is not None]) if ok else None,
-            "first_chunk": percentiles([s.first_chunk_ms / 1000 for s in ok if s.first_chunk_ms is not None])
-            if ok
-            else None,
+            "queue_wait": _percentiles([s.queued_ms for s in ok]),
+            "first_chunk": _percentiles([s.first_chunk_ms for s in ok]),  # high only: low is not streamed
             "tokens": sum(s.completion_tokens for s in ok),
         }
     began = min(s.submitted_s for s in samples)
@@ -100,8 +104,9 @@ def print_report(report: dict[str, Any]) -> None:
     for name, phase in report["phases"].items():
         for tier, row in phase["tiers"].items():
             wait, first = row["queue_wait"] or {}, row["first_chunk"] or {}
+            expired = row["expired"] + row["cut_at_deadline"]  # in the queue, or cut short running
             print(
-                f"{name:9} {tier:5} {row['completed']:5} {row['refused_unmeetable']:7} {row['expired']:7} "
+                f"{name:9} {tier:5} {row['completed']:5} {row['refused_unmeetable']:7} {expired:7} "
                 f"{wait.get('p50_ms', 0):7.0f}ms {wait.get('p99_ms', 0):7.0f}ms {first.get('p99_ms', 0):6.0f}ms "
                 f"{phase['completed_per_s']:6.2f} {phase['worker']['suspensions']:9} "
                 f"{sum(phase['worker']['resumes'].values()):7}"

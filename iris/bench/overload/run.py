@@ -21,15 +21,17 @@ async def run_overload_bench(options: OverloadOptions, out: Path) -> dict[str, A
     rate_high = options.load * options.high_share * capacity
     rate_low = options.load * (1 - options.high_share) * capacity
     arrivals = plan(rate_high, rate_low, options.high_requests, options.seed)
+    logs = out.parent / f"{out.stem}-logs"  # each phase's broker and worker log
     phases: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     for name in PHASES:
         mine = [a for a in arrivals if a.tier == "high"] if name == "unloaded" else arrivals
         print(f"overload: phase {name} ({len(mine)} requests over {arrivals[-1].at_s:.0f} s) ...", flush=True)
-        phases[name], phase_samples = await run_phase(name, mine, options, prompts)
+        phases[name], phase_samples = await run_phase(name, mine, options, prompts, logs)
         samples[name] = [asdict(s) for s in phase_samples]
     report = build_report(options, capacity, rate_high, rate_low, arrivals, phases)
     report["samples"] = samples
+    report["logs"] = str(logs)
     print_report(report)
     return save_report(report, out)
 

@@ -25,7 +25,7 @@ def test_overload_bench_smallest_configuration(tmp_path: Path) -> None:
     for name in PHASES:
         samples, phase = report["samples"][name], report["phases"][name]
         assert phase["finals_per_request"] == {"1": len(samples)}  # exactly one final each, on the wire
-        assert all(s["outcome"] in ("ok", "deadline_unmeetable", "deadline_exceeded") for s in samples)
+        assert all(s["outcome"] in ("ok", "deadline_unmeetable", "deadline_exceeded", "cut_deadline") for s in samples)
         highs = [s for s in samples if s["tier"] == "high"]
         assert len(highs) == 6 and all(s["outcome"] == "ok" and s["completion_tokens"] == 16 for s in highs)
         assert phase["tiers"]["high"]["queue_wait"]["p99_ms"] >= phase["tiers"]["high"]["queue_wait"]["p50_ms"]
@@ -35,7 +35,7 @@ def test_overload_bench_smallest_configuration(tmp_path: Path) -> None:
     assert "low" not in report["phases"]["unloaded"]["tiers"]
     for name in ("off", "on"):
         low = report["phases"][name]["tiers"]["low"]
-        assert low["requests"] == low["completed"] + low["refused_unmeetable"] + low["expired"]
+        assert low["requests"] == low["completed"] + low["refused_unmeetable"] + low["expired"] + low["cut_at_deadline"]
         assert set(report["high_queue_wait_ratio"][name]) == {"p50_ms", "p99_ms"}
     assert set(report["verdict"]) >= {"high_p99_on_within_target", "low_never_starved", "one_final_per_request"}
     assert report["verdict"]["one_final_per_request"] is True
