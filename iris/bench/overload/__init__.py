@@ -18,4 +18,9 @@ refused at once (`deadline_unmeetable`) or expires (`deadline_exceeded`), and bo
 per phase and tier: p50/p99 queue wait and first chunk, outcomes, throughput; high's p99 loaded ÷
 unloaded off vs on (acceptance: ≤ 1.2 with preemption on); suspensions and resumes from the worker's
 heartbeats; finals counted per request id on the wire (every request must end with exactly one).
+The engine is FakeEngine by default, 64 tokens at 64 tokens/s (1 s answers): a phase needs ~100 high
+requests for a p99 and so minutes, on two cores shared with other work the embedded model's speed would
+drift between phases (its capacity was measured once), and queue wait is a matter of the scheduler, not
+of the model. `--engine llama` runs the embedded model. Preemption's minimum run time defaults to 0.05 s:
+the broker's 1 s is meant for the reference's 10-30 s answers; here answers take 1 s.
 """
