@@ -40,7 +40,7 @@ class ModelLimits:
     priority_mode: PriorityMode = "share"  # WFQ: priority multiplies shares, or "strict" bands
     preempt_ratio: float = 0.0  # a waiting request this many times a running one's rank suspends it; 0 = off
     preempt_min_run_ms: int = 1_000  # a lease runs this long (since start or resume) before it may be suspended
-    preempt_max_per_request: int = 1  # suspensions one request may take
+    preempt_max_per_request: int = 3  # suspensions one request may take
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class SchedulerLimits:
     priority_mode: PriorityMode = "share"
     preempt_ratio: float = 0.0
     preempt_min_run_ms: int = 1_000
-    preempt_max_per_request: int = 1
+    preempt_max_per_request: int = 3
     models: Mapping[str, ModelLimits] = field(default_factory=dict)  # complete limits of configured models
 
     def for_model(self, model: str) -> ModelLimits:

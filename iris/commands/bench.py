@@ -369,7 +369,7 @@ def bench_llama_server(model: str | None, concurrency: str, out: Path, **options
 @click.option("--deadline", "deadline_s", type=float, default=30.0, show_default=True, help="Every request's.")
 @click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="Phase on: the broker's ratio.")
 @click.option("--preempt-min-run", "preempt_min_run_s", type=float, default=0.05, show_default=True)
-@click.option("--preempt-max-per-request", type=int, default=1, show_default=True)
+@click.option("--preempt-max-per-request", type=int, default=3, show_default=True)
 @click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
 @out_option("overload")
 def bench_overload(out: Path, **options: Any) -> None:

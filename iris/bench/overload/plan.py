@@ -28,7 +28,7 @@ class OverloadOptions:
     deadline_s: float = 30.0  # every request's deadline (queue timeout), bounding the low queue
     preempt_ratio: float = 2.0  # phase `on`
     preempt_min_run_s: float = 0.05  # the broker's 1 s against 10-30 s answers, scaled to 1 s answers
-    preempt_max_per_request: int = 1
+    preempt_max_per_request: int = 3  # the broker's default
     priority_mode: str = "share"
     capacity_requests: int = 16  # closed-loop requests that measure capacity
     seed: int = 7
