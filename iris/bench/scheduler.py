@@ -11,9 +11,9 @@ Three measurements in one run, all on loopback with a real nats-server:
     publish to last final reply; here the load client's publishing shares the two cores;
   * broker RSS with N requests waiting (one slow slot keeps them queued), read from /proc, on a fresh broker
     that takes over after the dispatch phases (their RSS is reported apart).
-With `--preemption both` (or `on`) the dispatch phases run again (or only) on a broker with priority
-preemption on (`preempt_ratio` 2, its other guards at their defaults), taking over from the first: what
-the preemption checks of every round cost dispatch, reported beside the rate without (`preemption_on`).
+With `--preemption on` the dispatch phases run on a broker with priority preemption on (`preempt_ratio` 2,
+its other guards at their defaults); with `both`, off and on round by round in turn, a fresh broker
+taking over for each: what preemption's checks cost dispatch, beside the rate without (`preemption_on`).
 """
 
 from __future__ import annotations
@@ -131,16 +131,44 @@ def _fake_worker(url: str, model: str, slots: int, worker_id: str, log: Path, *e
     return spawn("gpu_worker", url, args, log)
 
 
-async def _dispatch_phases(client: Client, n_dispatch: int, report: dict[str, Any]) -> None:
-    """End to end with the publishing included, then dispatch from a standing backlog (median of rounds)."""
+async def _end_to_end(client: Client, n_dispatch: int) -> float:
+    """Requests/s from the first publish to the last final reply, the publishing included."""
     inbox = client.nc.new_inbox()
     results = await ReplyCounter(client.nc, inbox, "result", n_dispatch).subscribe()
     start = time.perf_counter()
     await publish_requests(client.nc, "fast", n_dispatch, inbox)
-    report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results.wait(600))[1] - start), 1)
+    return round(n_dispatch / ((await results.wait(600))[1] - start), 1)
+
+
+async def _dispatch_phases(client: Client, n_dispatch: int, report: dict[str, Any]) -> None:
+    """End to end with the publishing included, then dispatch from a standing backlog (median of rounds)."""
+    report["iris_end_to_end_per_s"] = await _end_to_end(client, n_dispatch)
     rounds = [await backlog_dispatch(client, "fast", n_dispatch) for _ in range(BACKLOG_ROUNDS)]
     report["iris_dispatch_rounds_per_s"] = rounds
     report["iris_dispatch_per_s"] = statistics.median(rounds)
+
+
+async def _both_arms(
+    client: Client,
+    procs: list[Process],
+    n_dispatch: int,
+    report: dict[str, Any],
+    brokers: dict[str, Callable[[], Process]],
+) -> None:
+    """Preemption off and on, round by round in turn (a broker taking over for each), so the machine's
+    drift within the run falls on both alike; `report["preemption_on"]` holds the second arm's figures."""
+    arms = {"off": report, "on": report.setdefault("preemption_on", {})}
+    for block in arms.values():
+        block["iris_dispatch_rounds_per_s"] = []
+    for round_ in range(BACKLOG_ROUNDS):
+        for arm, block in arms.items():
+            if round_ or arm != "off":  # the first broker is the "off" one
+                await _take_over(client, procs, brokers[arm])
+            if not round_:
+                block["iris_end_to_end_per_s"] = await _end_to_end(client, n_dispatch)
+            block["iris_dispatch_rounds_per_s"].append(await backlog_dispatch(client, "fast", n_dispatch))
+    for block in arms.values():
+        block["iris_dispatch_per_s"] = statistics.median(block["iris_dispatch_rounds_per_s"])
 
 
 async def _take_over(client: Client, procs: list[Process], restart: Callable[[], Process]) -> None:
@@ -191,12 +219,15 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path, preemp
             async with await Client.connect(server.url) as client:
                 await wait_for_model(client, "fast", procs)
                 await wait_for_model(client, "slow", procs)
-                await _dispatch_phases(client, n_dispatch, report)
                 if preemption == "both":
-                    with_preemption = functools.partial(spawn, "broker", server.url, preempt, workdir / "broker-p.log")
-                    await _take_over(client, procs, with_preemption)
-                    report["preemption_on"] = {}
-                    await _dispatch_phases(client, n_dispatch, report["preemption_on"])
+                    terms = iter(range(1, 100))
+                    brokers = {
+                        arm: lambda args=args: spawn("broker", server.url, args, workdir / f"broker-{next(terms)}.log")
+                        for arm, args in (("off", limit), ("on", preempt))
+                    }
+                    await _both_arms(client, procs, n_dispatch, report, brokers)
+                else:
+                    await _dispatch_phases(client, n_dispatch, report)
                 report["broker_rss_after_dispatch_mb"] = round(rss_mb(procs[0].pid), 1)
                 restart = functools.partial(spawn, "broker", server.url, limit, workdir / "broker-2.log")
                 await _index_memory(client, procs, restart, n_waiting, report)
