@@ -144,3 +144,16 @@ def test_with_a_minimum_share_a_slot_a_lease_ended_goes_by_the_queue_order() -> 
     scheduler.lease_ended(6, later + 100)
     scheduler.enqueue(request(7, workload="paid", priority=5), later + 100)
     assert [lease.stream_seq for lease in scheduler.dispatch(later + 100).offers] == [3]
+
+
+def test_under_strict_bands_a_freed_slot_goes_to_the_band_that_preempted() -> None:
+    """Strict bands with a minimum share take turns with the low band too; the slot a suspension freed
+    still goes to the high band's request, and only then the low band has its turn again."""
+    scheduler, now = suspending(limits=dataclasses.replace(RATIO, priority_mode="strict", min_share=0.5))
+    for seq in (3, 4, 5):
+        scheduler.enqueue(request(seq, workload="free", priority=1), now)
+    later = now + 2_000
+    scheduler.enqueue(request(6, workload="paid", priority=5), later)
+    assert [lease.stream_seq for lease in scheduler.dispatch(later).suspends] == [2]
+    after = scheduler.suspend_answered("m", [2], [2], later) + scheduler.dispatch(later)
+    assert [lease.stream_seq for lease in after.offers] == [6]
