@@ -40,7 +40,7 @@ class ModelLimits:
     priority_mode: PriorityMode = "share"  # WFQ: priority multiplies shares, or "strict" bands
     preempt_ratio: float = 0.0  # a waiting request this many times a running one's rank suspends it; 0 = off
     preempt_min_run_ms: int = 1_000  # a lease runs this long (since start or resume) before it may be suspended
-    preempt_max_per_request: int = 1  # suspensions one request may take
+    preempt_max_per_request: int = 3  # suspensions one request may take
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class SchedulerLimits:
     priority_mode: PriorityMode = "share"
     preempt_ratio: float = 0.0
     preempt_min_run_ms: int = 1_000
-    preempt_max_per_request: int = 1
+    preempt_max_per_request: int = 3
     models: Mapping[str, ModelLimits] = field(default_factory=dict)  # complete limits of configured models
 
     def for_model(self, model: str) -> ModelLimits:
@@ -87,13 +87,15 @@ def values_at_cap(leases: Iterable[Lease], limits: ModelLimits) -> frozenset[str
 
 
 def next_request(
-    queue: RequestQueue, leases: Iterable[Lease], limits: ModelLimits, worker_free: bool
+    queue: RequestQueue, leases: Iterable[Lease], limits: ModelLimits, worker_free: bool, min_rank: float = 0.0
 ) -> WaitingRequest | None:
-    """The best admissible request, preferring values below their cap; a value at its cap borrows
-    only when no one below theirs can start."""
+    """The best admissible request (ranked at least `min_rank`), preferring values below their cap; a value
+    at its cap borrows only when no one below theirs can start."""
     at_cap = values_at_cap(leases, limits)
     if at_cap:
-        within = queue.pop(Eligible(worker_free, limits.limit_by, at_cap))
+        within = queue.pop(Eligible(worker_free, limits.limit_by, at_cap, min_rank))
         if within is not None:
             return within
+    if min_rank:
+        return queue.pop(Eligible(worker_free, min_rank=min_rank))
     return queue.pop(None if worker_free else Eligible(worker_free=False))

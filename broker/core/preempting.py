@@ -1,6 +1,6 @@
 """The scheduler's index with priority preemption's events (`broker.core.preemption` decides): what a round
-resumes and suspends, the workers' answers to those orders, and a lease that ends taking its suspension
-with it. Pure and synchronous like the rest of the core.
+resumes and suspends, whom a slot a suspension freed is for, the workers' answers to those orders, and a
+lease that ends taking its suspension with it. Pure and synchronous like the rest of the core.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ class PreemptingIndex(RequestIndex):
         """Running leases to suspend after this round found no slot for a request that outranks them."""
         limits = self.limits.for_model(pool.model)
         return self.preemption.suspends(pool, limits, self.limits.workload_weights, now_ms)
+
+    def _start_floor(self, pool: ModelPool) -> float:
+        """The rank a request needs to start now: none the best waiting one would suspend (0: any)."""
+        return self.preemption.start_floor(pool, self.limits.for_model(pool.model), self.limits.workload_weights)
+
+    def _slot_handed_out(self, pool: ModelPool) -> None:
+        self.preemption.slot_handed_out(pool)
 
     def suspend_answered(self, model: str, asked: Sequence[int], suspended: Sequence[int], now_ms: int) -> Decisions:
         """A worker's answer to a suspend order (`suspended` empty: none came): each suspended lease's slot

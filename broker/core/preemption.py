@@ -5,8 +5,12 @@ weight × its priority (the divisor of its flow's charge, so what its share is p
 "strict" its priority band. When a model has nothing free (no capacity, or no worker slot), a waiting
 request whose rank is at least `preempt_ratio` × that of a running lease (the lowest-ranked one first;
 of equal ones, the one started last, which has the least work to keep) has that lease suspended by its
-worker, and the freed slot goes to whoever the queue says is next. Guards: a lease runs `preempt_min_run_ms`
-(since it started or last resumed) before it may be suspended, a request is suspended at most
+worker, and the freed slot goes to the best waiting request that the top one would not suspend in turn
+(the queue's next may be another low one: under shares a high flow that starts waiting ties with a
+backlogged low flow, or still owes for its last turn); if none of those can start, to the queue's next.
+So does every free slot while `min_share` is 0: nothing starts that would be suspended at once (with a
+minimum share, slots a lease ended go by the queue's order, so its bound holds). Guards: a lease runs
+`preempt_min_run_ms` (since it started or last resumed) before it may be suspended, a request is suspended at most
 `preempt_max_per_request` times, a worker holds at most the `max_suspended` its heartbeat announces, and one
 suspension per model is in flight at a time. A suspended lease still belongs to its worker (its heartbeat
 lists it) but holds no slot; it is resumed on that worker, oldest first and before new requests start,
@@ -17,6 +21,7 @@ Pure state and decisions; the scheduler calls in, the shell carries the orders o
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +44,7 @@ class PreemptionBook:
     resuming: dict[int, int] = field(default_factory=dict)  # resume ordered, not yet answered → suspended since
     resumed_ms: dict[int, int] = field(default_factory=dict)  # last resumed (its min run time restarts)
     times: Counter[int] = field(default_factory=Counter)  # suspensions per request
+    freed: Counter[str] = field(default_factory=Counter)  # model → slots suspensions freed, not handed out
 
     def forget(self, pool: ModelPool, lease: Lease) -> None:
         """The lease ended or was lost: no trace of its suspension stays."""
@@ -132,6 +138,7 @@ def suspend_answered(
             pool.suspended[seq] = now_ms
             pool.workers.suspend(worker, seq)
             book.times[seq] += 1
+            book.freed[pool.model] += 1
 
 
 def resume_answered(
@@ -188,6 +195,24 @@ class Preemption:
             return []
         lease = victim(pool, limits, self.book, _ranker(limits, weights), pool.queue.top_rank(), now_ms)
         return [] if lease is None else [lease]
+
+    def start_floor(self, pool: ModelPool, limits: ModelLimits, weights: Mapping[str, float]) -> float:
+        """The rank a request needs to start in the pool's next free slot: above what the best waiting one
+        would suspend (0: any). Only for a slot a suspension freed while `min_share` is on."""
+        if limits.preempt_ratio <= 0 or not len(pool.queue):
+            self.book.freed.pop(pool.model, None)
+            return 0.0
+        if limits.min_share and not self.book.freed[pool.model]:
+            return 0.0
+        floor = pool.queue.top_rank() / limits.preempt_ratio
+        lowest = 1.0 if limits.priority_mode == "strict" else min([1.0, *weights.values()])  # priorities >= 1
+        return math.nextafter(floor, math.inf) if floor >= lowest else 0.0
+
+    def slot_handed_out(self, pool: ModelPool) -> None:
+        """A request started: in a slot a suspension freed, if one is still counted."""
+        left = self.book.freed.pop(pool.model, 0) - 1
+        if left > 0:
+            self.book.freed[pool.model] = left
 
     def suspend_answered(self, pool: ModelPool, asked: Iterable[int], suspended: Iterable[int], now_ms: int) -> None:
         suspend_answered(pool, self.book, asked, suspended, now_ms)

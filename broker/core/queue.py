@@ -44,11 +44,14 @@ class WaitingRequest(msgspec.Struct, gc=False):
 @dataclass(frozen=True)
 class Eligible:
     """Which waiting requests may start now: tickets always, others only with a free worker slot;
-    none whose `label` value (`user` or `workload`) is in `at_cap`."""
+    none whose `label` value (`user` or `workload`) is in `at_cap`; with `min_rank`, only those ranked at
+    least that (a slot a suspension freed for them: `broker.core.preemption`; queues that rank nobody,
+    FIFO, never get one)."""
 
     worker_free: bool = True
     label: str = ""
     at_cap: frozenset[str] = frozenset()
+    min_rank: float = 0.0
 
     def workload_ok(self, workload: str) -> bool:
         return not (self.label == "workload" and workload in self.at_cap)

@@ -202,6 +202,12 @@ class Scheduler(PreemptingIndex, TicketingIndex):
                 del self.pools[model]
         return tuple(rejected)
 
+    def _expired(self, now_ms: int) -> tuple[Rejection, ...]:
+        return tuple(
+            Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
+            for request in self._expire(now_ms)
+        )
+
     def _queue_notices(self, now_ms: int) -> tuple[QueueNotice, ...]:
         notices = []
         for pool in self.pools.values():
@@ -218,9 +224,11 @@ class Scheduler(PreemptingIndex, TicketingIndex):
 
     def dispatch(self, now_ms: int) -> Decisions:
         """Hand waiting requests to free slots, best first: worker leases to offer, tickets to grant; a
-        lease whose request was cancelled meanwhile is withdrawn at once (its slot is free next round)."""
+        lease whose request was cancelled meanwhile is withdrawn at once (its slot is free next round). One
+        whose deadline passed since the last tick is rejected instead: its stream TTL may have removed it."""
         if now_ms - self.started_ms < self.limits.startup_grace_ms:
             return NOTHING
+        expired = self._expired(now_ms)
         leases: list[Lease] = []
         resumes: list[Lease] = []
         suspends: list[Lease] = []
@@ -229,6 +237,8 @@ class Scheduler(PreemptingIndex, TicketingIndex):
             leases += self._dispatch_pool(pool, now_ms)
             suspends += self._suspends_due(pool, now_ms)
         control = Decisions(suspends=tuple(suspends), resumes=tuple(resumes)) if suspends or resumes else NOTHING
+        if expired:
+            control += Decisions(rejections=expired)
         if not leases:
             return control
         offers: list[Lease] = []
@@ -247,9 +257,14 @@ class Scheduler(PreemptingIndex, TicketingIndex):
         while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
             worker = pool.workers.most_free()
             worker_free = worker is not None
-            request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
+            # Nothing starts in a worker slot that the best waiting request would suspend (tickets never are).
+            floor = self._start_floor(pool) if worker_free else 0.0
+            request = next_request(pool.queue, pool.leases.values(), limits, worker_free, floor) if floor else None
+            if request is None:  # or those above the floor cannot start now (a limit): the queue's order
+                request = next_request(pool.queue, pool.leases.values(), limits, worker_free)
             if request is None:
                 break
+            self._slot_handed_out(pool)
             self._by_request_id.pop(request.request_id, None)
             pool.dispatched += 1
             if request.ticket:
@@ -376,11 +391,7 @@ class Scheduler(PreemptingIndex, TicketingIndex):
         for pool in self.pools.values():
             for worker in pool.workers.remove_silent(now_ms - self.limits.worker_timeout_ms):
                 decisions += self._requeue_lost(pool, worker.worker_id, sorted(worker.leases), "worker timed out")
-        expired = tuple(
-            Rejection(request, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued")
-            for request in self._expire(now_ms)
-        )
-        rejections = expired + self._drop_unserved(now_ms)
+        rejections = self._expired(now_ms) + self._drop_unserved(now_ms)
         ended = self._expire_tickets(now_ms)
         tail = Decisions(rejections=rejections, tickets_ended=ended, notices=self._queue_notices(now_ms))
         return decisions + tail + ROUND_DUE

@@ -9,6 +9,7 @@ stride, the highest waiting one weighing 1 and every other `min_share`, so each 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 from broker.core.queue import Eligible, TalliedQueue, Tally, WaitingRequest
@@ -58,7 +59,7 @@ class StrictQueue(TalliedQueue):
         if priority is None:
             return None
         band = self._bands[priority]
-        request = band.pop(eligible)
+        request = band.pop(_in_band(eligible))
         assert request is not None
         if self.min_share:
             self._level.charge(priority, band.cost(request), self._band_weight(priority))
@@ -68,9 +69,13 @@ class StrictQueue(TalliedQueue):
     def _next_band(self, eligible: Eligible | None) -> int | None:
         if eligible is not None and self._tally.none_eligible(eligible, len(self._band_of)):
             return None
+
+        def ok(p: int) -> bool:  # a band's rank is its priority
+            return p >= (eligible.min_rank if eligible else 0) and self._bands[p].has_eligible(_in_band(eligible))
+
         if self.min_share:
-            return self._level.peek_where(lambda p: self._bands[p].has_eligible(eligible))
-        return next((p for p in sorted(self._bands, reverse=True) if self._bands[p].has_eligible(eligible)), None)
+            return self._level.peek_where(ok)
+        return next((p for p in sorted(self._bands, reverse=True) if ok(p)), None)
 
     def _taken(self, request: WaitingRequest) -> None:
         del self._band_of[request.stream_seq]
@@ -128,3 +133,8 @@ class StrictQueue(TalliedQueue):
 
     def __contains__(self, stream_seq: object) -> bool:
         return stream_seq in self._band_of
+
+
+def _in_band(eligible: Eligible | None) -> Eligible | None:
+    """Inside a band everyone has its rank: the band's own fair queue checks the rest."""
+    return dataclasses.replace(eligible, min_rank=0.0) if eligible is not None and eligible.min_rank else eligible

@@ -174,21 +174,24 @@ class WfqQueue(TalliedQueue):
             return None
         found: list[str] = []  # filled bottom-up as the search returns
 
-        def search(node: _Node, depth: int) -> bool:
+        def search(node: _Node, depth: int, weight: float) -> bool:
             if depth == DEPTH:
-                return eligible.request_ok(self._head(node))
+                return eligible.request_ok(self._head(node))  # the head: the leaf's highest priority
 
             def ok(key: str) -> bool:
                 if depth == 0 and not eligible.workload_ok(key):
                     return False
-                if search(node.children[key], depth + 1):
+                child, child_weight = node.children[key], self.weight(key) if depth == 0 else weight
+                if child_weight * child.top_priority() < eligible.min_rank:
+                    return False  # nothing below ranks high enough (rank: workload weight x priority)
+                if search(child, depth + 1, child_weight):
                     found.append(key)
                     return True
                 return False
 
             return node.level.peek_where(ok) is not None
 
-        return (found[2], found[1], found[0]) if search(self._root, 0) else None
+        return (found[2], found[1], found[0]) if search(self._root, 0, 1.0) else None
 
     def _head(self, leaf: _Node) -> WaitingRequest:
         seqs = leaf.seqs

@@ -11,6 +11,9 @@ Three measurements in one run, all on loopback with a real nats-server:
     publish to last final reply; here the load client's publishing shares the two cores;
   * broker RSS with N requests waiting (one slow slot keeps them queued), read from /proc, on a fresh broker
     that takes over after the dispatch phases (their RSS is reported apart).
+With `--preemption on` the dispatch phases run on a broker with priority preemption on (`preempt_ratio` 2,
+its other guards at their defaults); with `both`, off and on round by round in turn, a fresh broker
+taking over for each: what preemption's checks cost dispatch, beside the rate without (`preemption_on`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ TARGET_RSS_MB = 150
 BACKLOG_ROUNDS = 3  # the machine's speed drifts by 10-20% within minutes: the median of three backlogs
 FAST_WORKERS = 2
 FAST_SLOTS = 64
+PREEMPT_RATIO = 2.0
+PREEMPTION = ("off", "on", "both")
 BODY = b'{"prompt": "Why is the sky blue?", "max_tokens": 1, "stream": false}'  # one token: nothing to stream
 
 
@@ -126,16 +131,52 @@ def _fake_worker(url: str, model: str, slots: int, worker_id: str, log: Path, *e
     return spawn("gpu_worker", url, args, log)
 
 
-async def _dispatch_phases(client: Client, n_dispatch: int, report: dict[str, Any]) -> None:
-    """End to end with the publishing included, then dispatch from a standing backlog (median of rounds)."""
+async def _end_to_end(client: Client, n_dispatch: int) -> float:
+    """Requests/s from the first publish to the last final reply, the publishing included."""
     inbox = client.nc.new_inbox()
     results = await ReplyCounter(client.nc, inbox, "result", n_dispatch).subscribe()
     start = time.perf_counter()
     await publish_requests(client.nc, "fast", n_dispatch, inbox)
-    report["iris_end_to_end_per_s"] = round(n_dispatch / ((await results.wait(600))[1] - start), 1)
+    return round(n_dispatch / ((await results.wait(600))[1] - start), 1)
+
+
+async def _dispatch_phases(client: Client, n_dispatch: int, report: dict[str, Any]) -> None:
+    """End to end with the publishing included, then dispatch from a standing backlog (median of rounds)."""
+    report["iris_end_to_end_per_s"] = await _end_to_end(client, n_dispatch)
     rounds = [await backlog_dispatch(client, "fast", n_dispatch) for _ in range(BACKLOG_ROUNDS)]
     report["iris_dispatch_rounds_per_s"] = rounds
     report["iris_dispatch_per_s"] = statistics.median(rounds)
+
+
+async def _both_arms(
+    client: Client,
+    procs: list[Process],
+    n_dispatch: int,
+    report: dict[str, Any],
+    brokers: dict[str, Callable[[], Process]],
+) -> None:
+    """Preemption off and on, round by round in turn (a broker taking over for each), so the machine's
+    drift within the run falls on both alike; `report["preemption_on"]` holds the second arm's figures."""
+    arms = {"off": report, "on": report.setdefault("preemption_on", {})}
+    for block in arms.values():
+        block["iris_dispatch_rounds_per_s"] = []
+    for round_ in range(BACKLOG_ROUNDS):
+        for arm, block in arms.items():
+            if round_ or arm != "off":  # the first broker is the "off" one
+                await _take_over(client, procs, brokers[arm])
+            if not round_:
+                block["iris_end_to_end_per_s"] = await _end_to_end(client, n_dispatch)
+            block["iris_dispatch_rounds_per_s"].append(await backlog_dispatch(client, "fast", n_dispatch))
+    for block in arms.values():
+        block["iris_dispatch_per_s"] = statistics.median(block["iris_dispatch_rounds_per_s"])
+
+
+async def _take_over(client: Client, procs: list[Process], restart: Callable[[], Process]) -> None:
+    """The broker (procs[0]) stops and a fresh one, as `restart` starts it, leads instead."""
+    procs[0].terminate()
+    procs[0].wait(timeout=30)
+    procs[0] = restart()
+    await wait_for_model(client, "slow", procs)
 
 
 async def _index_memory(
@@ -146,10 +187,7 @@ async def _index_memory(
     report: dict[str, Any],
 ) -> None:
     """The index's own cost, on a broker that did nothing else: a fresh one takes over, then n wait."""
-    procs[0].terminate()
-    procs[0].wait(timeout=30)
-    procs[0] = restart()
-    await wait_for_model(client, "slow", procs)
+    await _take_over(client, procs, restart)
     broker_pid = procs[0].pid
     report["broker_rss_idle_mb"] = round(rss_mb(broker_pid), 1)
     await publish_requests(client.nc, "slow", n_waiting, client.nc.new_inbox())
@@ -158,11 +196,12 @@ async def _index_memory(
     report["broker_rss_with_waiting_mb"] = round(rss_mb(broker_pid), 1)
 
 
-async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dict[str, Any]:
+async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path, preemption: str = "off") -> dict[str, Any]:
     report: dict[str, Any] = {
         "bench": "scheduler",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform()},
+        "preemption": preemption,
     }
     with tempfile.TemporaryDirectory(prefix="iris-sched-") as tmp:
         workdir = Path(tmp)
@@ -172,14 +211,23 @@ async def run_scheduler_bench(n_dispatch: int, n_waiting: int, out: Path) -> dic
             report["raw_jetstream_msgs_per_s"] = round(await raw_jetstream(server.url, n_dispatch), 1)
             # max_concurrency = the fast workers' slots: the backlog phase's tickets fill the model exactly
             limit = ["--max-concurrency", str(FAST_SLOTS * FAST_WORKERS)]
-            procs.append(spawn("broker", server.url, limit, workdir / "broker.log"))
+            preempt = [*limit, "--preempt-ratio", str(PREEMPT_RATIO)]
+            procs.append(spawn("broker", server.url, preempt if preemption == "on" else limit, workdir / "broker.log"))
             for i in range(FAST_WORKERS):
                 procs.append(_fake_worker(server.url, "fast", FAST_SLOTS, f"fast{i}", workdir / f"w{i}.log"))
             procs.append(_fake_worker(server.url, "slow", 1, "slow", workdir / "slow.log", "--fake-tps", "0.01"))
             async with await Client.connect(server.url) as client:
                 await wait_for_model(client, "fast", procs)
                 await wait_for_model(client, "slow", procs)
-                await _dispatch_phases(client, n_dispatch, report)
+                if preemption == "both":
+                    terms = iter(range(1, 100))
+                    brokers = {
+                        arm: lambda args=args: spawn("broker", server.url, args, workdir / f"broker-{next(terms)}.log")
+                        for arm, args in (("off", limit), ("on", preempt))
+                    }
+                    await _both_arms(client, procs, n_dispatch, report, brokers)
+                else:
+                    await _dispatch_phases(client, n_dispatch, report)
                 report["broker_rss_after_dispatch_mb"] = round(rss_mb(procs[0].pid), 1)
                 restart = functools.partial(spawn, "broker", server.url, limit, workdir / "broker-2.log")
                 await _index_memory(client, procs, restart, n_waiting, report)
@@ -202,6 +250,12 @@ def _print(report: dict[str, Any], n_waiting: int) -> None:
         f"(target >= {TARGET_DISPATCH_PER_S}; zero-time workers)"
     )
     print(f"Iris end to end, publish included: {report['iris_end_to_end_per_s']:>10.1f} requests/s")
+    if "preemption_on" in report:
+        on = report["preemption_on"]
+        ratio = on["iris_dispatch_per_s"] / report["iris_dispatch_per_s"]
+        rounds_on = ", ".join(f"{r:.0f}" for r in on["iris_dispatch_rounds_per_s"])
+        print(f"  with preemption on: dispatch {on['iris_dispatch_per_s']:>10.1f} requests/s ({rounds_on}), "
+              f"{ratio:.3f}x off; end to end {on['iris_end_to_end_per_s']:.1f} requests/s")  # fmt: skip
     print(f"broker RSS after the dispatch phases: {report['broker_rss_after_dispatch_mb']} MB")
     print(
         f"fresh broker RSS idle / {n_waiting} waiting: {report['broker_rss_idle_mb']} MB / "

@@ -190,12 +190,13 @@ def bench_fairness(duration_s: float, outstanding: int, slots: int, policy: str,
 @bench.command("scheduler")
 @click.option("--requests", "n_dispatch", type=int, default=10_000, show_default=True, help="Requests to dispatch.")
 @click.option("--waiting", "n_waiting", type=int, default=100_000, show_default=True, help="Requests left waiting.")
+@click.option("--preemption", type=click.Choice(["off", "on", "both"]), default="off", show_default=True)
 @out_option("scheduler")
-def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path) -> None:
+def bench_scheduler(n_dispatch: int, n_waiting: int, out: Path, preemption: str) -> None:
     """Dispatch decisions per second and broker memory with a deep backlog, vs raw JetStream."""
     from iris.bench.scheduler import run_scheduler_bench
 
-    asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out))
+    asyncio.run(run_scheduler_bench(n_dispatch, n_waiting, out, preemption))
 
 
 @bench.command("scale")
@@ -329,3 +330,24 @@ def bench_llama_server(model: str | None, concurrency: list[int], out: Path, **o
     from iris.bench.llama_server import ServerBenchSettings, run_llama_server_bench
 
     asyncio.run(run_llama_server_bench(ServerBenchSettings(gguf_path(model), concurrency, **options), out))
+
+
+@bench.command("overload")
+@click.option("--engine", type=click.Choice(["fake", "llama"]), default="fake", show_default=True)
+@click.option("--model", help="llama: a GGUF file (default: the embedded Gemma 3 270M).")
+@click.option("--load", type=float, default=2.0, show_default=True, help="Offered load ÷ measured capacity.")
+@click.option("--high-share", type=float, default=0.25, show_default=True, help="High priority's part of the load.")
+@click.option("--high-requests", type=int, default=100, show_default=True, help="High arrivals per phase.")
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--fake-tps", type=float, default=64.0, show_default=True, help="FakeEngine tokens/s per sequence.")
+@click.option("--deadline", "deadline_s", type=float, default=30.0, show_default=True, help="Every request's.")
+@click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="Phase on: the broker's ratio.")
+@click.option("--preempt-min-run", "preempt_min_run_s", type=float, default=0.05, show_default=True)
+@click.option("--preempt-max-per-request", type=int, default=3, show_default=True)
+@click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
+@out_option("overload")
+def bench_overload(out: Path, **options: Any) -> None:
+    """2x capacity in two priorities, open loop: high's p99 queue wait vs unloaded, preemption off vs on."""
+    from iris.bench.overload.run import OverloadOptions, main
+
+    main(OverloadOptions(**options), out)

@@ -259,3 +259,15 @@ def test_each_event_says_whether_a_round_is_due() -> None:
     assert scheduler.heartbeat(beat("a", 1, [1], now + 1), now + 1).round_due
     assert scheduler.lease_ended(1, now + 2).round_due  # a slot is free
     assert not scheduler.cancel("nobody", now + 2).round_due
+
+
+def test_a_request_past_its_deadline_is_rejected_not_leased_between_ticks() -> None:
+    """A round between ticks must not offer a request whose deadline passed: its stream TTL may have removed
+    it already, and the worker, finding nothing to run, sends nothing: the client would get no final."""
+    scheduler, now = ready_scheduler({"a": 1})
+    scheduler.enqueue(request(1, deadline_ms=now + 500), now)
+    decisions = scheduler.dispatch(now + 500)
+    assert decisions.offers == ()
+    (expired,) = decisions.rejections
+    assert expired.request.stream_seq == 1 and expired.code is ErrorCode.DEADLINE_EXCEEDED and expired.delete_record
+    assert scheduler.waiting("m") == 0
