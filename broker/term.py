@@ -274,7 +274,10 @@ class Term:
         self._round_due = False
         if not self.scheduling or not self._leading() or self._hold_below_seq:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
-        decisions = self.scheduler.dispatch(now_ms(), max(0, MAX_OFFERS_IN_FLIGHT - self._offers_out))
+        room = MAX_OFFERS_IN_FLIGHT - self._offers_out
+        if room <= 0:  # the next answer asks for a round: heartbeats of a fleet with free slots would ask in vain
+            return
+        decisions = self.scheduler.dispatch(now_ms(), room)
         if decisions.offers or decisions.tickets or decisions.rejections or decisions.suspends or decisions.resumes:
             self._tasks.spawn(self.apply(decisions))
 
