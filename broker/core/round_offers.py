@@ -4,9 +4,11 @@ Each worker a round leases to is one `LeaseOffer` (a request/reply, its lease re
 publish). The shell bounds the offers it waits on answers for (`broker.term`), so that a fleet of 10,000
 free workers is not sent 10,000 offers in one burst: that many answers, acknowledgements and timers at
 once kept a starved broker from renewing its lead or reading the answers before their timeouts, and every
-lease came back to the queue. Within the room, a round spreads its leases over the emptiest workers (the
-worker book's order); when the model has more free workers than the round may still offer to, it fills each
-worker it offers to instead, so that every offer of a bounded round carries as many leases as it can.
+lease came back to the queue. A round spreads its leases over the emptiest workers (the worker book's
+order), one request per worker first, so that a backlog smaller than the fleet runs on as many workers as
+can take it. Only when the backlog would fill every free slot anyway and the model has more free workers
+than the round may still offer to does it fill each worker it offers to instead: then every offer of a
+bounded round carries as many leases as it can.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ class RoundOffers:
         self._fill = False
         self._filling: WorkerState | None = None
 
-    def start_pool(self, book: WorkerBook) -> None:
-        """The round moves on to another model's workers."""
+    def start_pool(self, book: WorkerBook, waiting: int) -> None:
+        """The round moves on to another model's workers, with `waiting` requests queued for them."""
         self._filling = None
-        self._fill = self.room is not None and book.free_workers > self.room - len(self.workers)
+        bounded = self.room is not None and book.free_workers > self.room - len(self.workers)
+        self._fill = bounded and waiting >= book.free_slots
 
     def worker(self, book: WorkerBook) -> WorkerState | None:
         """The worker for the next lease; None when no worker has a free slot the round may offer."""

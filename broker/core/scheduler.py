@@ -247,7 +247,7 @@ class Scheduler(PreemptingIndex, TicketingIndex):
     def _dispatch_pool(self, pool: ModelPool, now_ms: int, round_offers: RoundOffers) -> list[Lease]:
         limits = self.limits.for_model(pool.model)
         leases: list[Lease] = []
-        round_offers.start_pool(pool.workers)
+        round_offers.start_pool(pool.workers, len(pool.queue))
         while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
             worker = round_offers.worker(pool.workers)
             worker_free = worker is not None
