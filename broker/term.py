@@ -49,9 +49,10 @@ from schemas.messages import Heartbeat, Lease, LeaseControl, QueueUpdate, encode
 from schemas.subjects import BROKER_STATS_SUBJECT, DONE_FILTER, lease_key
 
 CATCH_UP_S = 5.0  # a new term's first round waits at most this long for the backlog's tail (see `start`)
-# Offers sent and not answered yet, at most (`broker.core.round_offers`): far above what answers in one round
-# trip while the broker keeps up, far below a burst to a whole fleet of thousands of free workers.
-MAX_OFFERS_IN_FLIGHT = 128
+# Offers sent and not answered yet, at most (`broker.core.round_offers`): far below a burst to a whole fleet of
+# thousands of free workers, far above what answers in one round trip while workers answer at once; with
+# 8-slot workers it still passes 4,000 leases a second when answers take a whole second (a starved fleet).
+MAX_OFFERS_IN_FLIGHT = 512
 Beats = Callable[[], Iterable[tuple[Heartbeat, int]]]  # the live workers' last heartbeats, with when heard
 
 
