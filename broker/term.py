@@ -49,6 +49,10 @@ from schemas.messages import Heartbeat, Lease, LeaseControl, QueueUpdate, encode
 from schemas.subjects import BROKER_STATS_SUBJECT, DONE_FILTER, lease_key
 
 CATCH_UP_S = 5.0  # a new term's first round waits at most this long for the backlog's tail (see `start`)
+# Offers sent and not answered yet, at most (`broker.core.round_offers`): far below a burst to a whole fleet of
+# thousands of free workers, far above what answers in one round trip while workers answer at once; with
+# 8-slot workers it still passes 4,000 leases a second when answers take a whole second (a starved fleet).
+MAX_OFFERS_IN_FLIGHT = 512
 Beats = Callable[[], Iterable[tuple[Heartbeat, int]]]  # the live workers' last heartbeats, with when heard
 
 
@@ -77,6 +81,7 @@ class Term:
         self.scheduling = False  # fully up: heartbeats go to the scheduler
         self._round_due = False  # a scheduling round is due at the end of this event-loop turn
         self._hold_below_seq = 0  # no round until the feed has read up to here (the backlog at election)
+        self._offers_out = 0  # offers sent, not answered yet
         self._tasks = TaskGroup(log)
         self._subs: list[Any] = []
 
@@ -193,6 +198,7 @@ class Term:
         for lease in tickets:
             self.metrics.started(lease, now)
             self._tasks.spawn(self._tickets.grant(lease))
+        self._offers_out += len(by_worker)  # counted before any later round runs: the round's task comes first
         for worker_id, leases in by_worker.items():
             self._tasks.spawn(self._offer(worker_id, leases))
 
@@ -270,13 +276,21 @@ class Term:
         self._round_due = False
         if not self.scheduling or not self._leading() or self._hold_below_seq:
             return  # a lapsed term offers nothing, even before the campaign notices it was deposed
-        decisions = self.scheduler.dispatch(now_ms())
+        room = MAX_OFFERS_IN_FLIGHT - self._offers_out
+        if room <= 0:  # the next answer asks for a round: heartbeats of a fleet with free slots would ask in vain
+            return
+        decisions = self.scheduler.dispatch(now_ms(), room)
         if decisions.offers or decisions.tickets or decisions.rejections or decisions.suspends or decisions.resumes:
             self._tasks.spawn(self.apply(decisions))
 
     async def _offer(self, worker_id: str, leases: list[Lease]) -> None:
-        """Record and offer a round's leases for one worker (`offer_leases`); what it does not take goes back."""
-        outcome = await offer_leases(self.nc, worker_id, leases, self.config.offer_timeout_s, self.log)
+        """Record and offer a round's leases for one worker (`offer_leases`); what it does not take goes back.
+        Answered or not, the offer leaves room for another."""
+        try:
+            outcome = await offer_leases(self.nc, worker_id, leases, self.config.offer_timeout_s, self.log)
+        finally:
+            self._offers_out -= 1
+            self._schedule(ROUND_DUE)
         if outcome.timed_out:
             return  # it may have accepted: its heartbeats decide
         gone = NOTHING

@@ -32,6 +32,7 @@ from broker.core.limits import SchedulerLimits, next_request
 from broker.core.pool import ModelPool, waiting_from
 from broker.core.preempting import PreemptingIndex
 from broker.core.queue import WaitingRequest
+from broker.core.round_offers import RoundOffers
 from broker.core.start_estimate import eta_s, start_delay_ms, tokens_ahead
 from broker.core.strict import StrictQueue
 from broker.core.ticketing import TicketingIndex
@@ -222,19 +223,20 @@ class Scheduler(PreemptingIndex, TicketingIndex):
 
     # --- a scheduling round ----------------------------------------------------------------------
 
-    def dispatch(self, now_ms: int) -> Decisions:
-        """Hand waiting requests to free slots, best first: worker leases to offer, tickets to grant; a
-        lease whose request was cancelled meanwhile is withdrawn at once (its slot is free next round). One
-        whose deadline passed since the last tick is rejected instead: its stream TTL may have removed it."""
+    def dispatch(self, now_ms: int, offer_room: int | None = None) -> Decisions:
+        """Hand waiting requests to free slots, best first: leases to offer (to at most `offer_room` workers,
+        `round_offers`), tickets to grant; one cancelled meanwhile is withdrawn at once (its slot is free
+        next round), one past its deadline since the last tick rejected (its stream TTL may have removed it)."""
         if now_ms - self.started_ms < self.limits.startup_grace_ms:
             return NOTHING
         expired = self._expired(now_ms)
         leases: list[Lease] = []
         resumes: list[Lease] = []
         suspends: list[Lease] = []
+        round_offers = RoundOffers(offer_room)
         for pool in self.pools.values():
             resumes += self._resumes_due(pool)
-            leases += self._dispatch_pool(pool, now_ms)
+            leases += self._dispatch_pool(pool, now_ms, round_offers)
             suspends += self._suspends_due(pool, now_ms)
         control = Decisions(suspends=tuple(suspends), resumes=tuple(resumes)) if suspends or resumes else NOTHING
         if expired:
@@ -251,11 +253,12 @@ class Scheduler(PreemptingIndex, TicketingIndex):
                 (tickets if lease.ticket else offers).append(lease)
         return Decisions(offers=tuple(offers), tickets=tuple(tickets), rejections=tuple(rejections)) + control
 
-    def _dispatch_pool(self, pool: ModelPool, now_ms: int) -> list[Lease]:
+    def _dispatch_pool(self, pool: ModelPool, now_ms: int, round_offers: RoundOffers) -> list[Lease]:
         limits = self.limits.for_model(pool.model)
         leases: list[Lease] = []
+        round_offers.start_pool(pool.workers, len(pool.queue))
         while len(pool.queue) and pool.capacity(limits.max_concurrency) > 0:
-            worker = pool.workers.most_free()
+            worker = round_offers.worker(pool.workers)
             worker_free = worker is not None
             # Nothing starts in a worker slot that the best waiting request would suspend (tickets never are).
             floor = self._start_floor(pool) if worker_free else 0.0

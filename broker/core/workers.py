@@ -4,10 +4,10 @@ heartbeat) in the number of workers W.
 Kept current on each heartbeat, lease, lease end, refusal and removal: the workers by free slots (one bucket
 per count, first come first served inside one, so a round spreads its leases over the emptiest workers), by
 when they were last heard (a lazy heap: the silent ones come out first), the stream sequences their last
-heartbeats list as running (what a request found in the stream is looked up in), and the slot totals the
-limits ask for (live slots, free slots, leases on draining workers; a suspended lease holds no slot). Only
-the moves below change a worker, so the indexes always agree with a recount
-(`tests/unit/broker/test_worker_index.py`).
+heartbeats list as running (what a request found in the stream is looked up in), and the totals the
+limits and rounds ask for (live slots, free slots, workers with a free slot, leases on draining workers; a
+suspended lease holds no slot). Only the moves below change a worker, so the indexes always agree with a
+recount (`tests/unit/broker/test_worker_index.py`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class WorkerBook(Mapping[str, WorkerState]):
         self._other_runners: dict[int, set[str]] = {}  # the rare sequence more than one worker lists
         self.live_slots = 0  # slots of the workers that are not draining
         self.free_slots = 0  # free slots over all workers
+        self.free_workers = 0  # workers with a free slot
         self.draining_leases = 0  # leases held by draining workers, suspended ones aside
 
     # --- read --------------------------------------------------------------------------------------
@@ -169,6 +170,7 @@ class WorkerBook(Mapping[str, WorkerState]):
         if free:
             self._by_free[free].pop(worker.worker_id)
             self.free_slots -= free
+            self.free_workers -= 1
         if worker.draining:
             self.draining_leases -= worker.active_leases
         else:
@@ -182,6 +184,7 @@ class WorkerBook(Mapping[str, WorkerState]):
                 bucket = self._by_free[free] = OrderedDict()
             bucket[worker.worker_id] = None
             self.free_slots += free
+            self.free_workers += 1
             self._most_free = max(self._most_free, free)
         if worker.draining:
             self.draining_leases += worker.active_leases

@@ -57,20 +57,20 @@ def cpu_s(pid: int) -> float:
 
 
 class CpuSampler:
-    """The broker's CPU seconds every 50 ms, to read them at any moment of the run afterwards."""
+    """Processes' CPU seconds every 50 ms, to read them at any moment of the run afterwards."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.samples: list[tuple[float, float]] = []
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.samples: list[tuple[float, dict[str, float]]] = []
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
-            self.samples.append((time.perf_counter(), cpu_s(self.pid)))
+            self.samples.append((time.perf_counter(), {name: cpu_s(pid) for name, pid in self.pids.items()}))
             await asyncio.sleep(0.05)
 
-    def at(self, when: float) -> float:
-        return next((cpu for t, cpu in self.samples if t >= when), self.samples[-1][1])
+    def at(self, when: float, name: str = "broker") -> float:
+        return next((cpu for t, cpu in self.samples if t >= when), self.samples[-1][1])[name]
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -130,7 +130,8 @@ async def run_phase(workdir: Path, phase: Phase, heartbeat_s: float) -> dict[str
         await wait_indexed(nc, MODEL, phase.backlog, 900)
         _step(phase, "backlog indexed")
         result["broker_rss_waiting_mb"] = round(rss_mb(pid), 1)
-        sampler = CpuSampler(pid)
+        assert server.process is not None
+        sampler = CpuSampler({"broker": pid, "nats": server.process.pid, "fleet": os.getpid()})
         fleet.serve()
         await _until(lambda: fleet.completed >= phase.measured, 600, "completions")
         await sampler.stop()
@@ -140,6 +141,9 @@ async def run_phase(workdir: Path, phase: Phase, heartbeat_s: float) -> dict[str
         result["dispatch_per_s"] = round(rate, 1)
         result["broker_cpu_ms_per_request"] = round(1000 * (sampler.at(end) - sampler.at(start)) / done, 4)
         result["broker_core_while_dispatching"] = round((sampler.at(end) - sampler.at(start)) / (end - start), 3)
+        for name in ("nats", "fleet"):  # where the rest of the machine's CPU went (the fleet: this process)
+            spent = sampler.at(end, name) - sampler.at(start, name)
+            result[f"{name}_cpu_ms_per_request"] = round(1000 * spent / done, 4)
         result["broker_rss_end_mb"] = round(rss_mb(pid), 1)
         await nc.close()
     finally:
@@ -192,7 +196,8 @@ def _line(f: dict[str, Any]) -> str:
     return (
         f"{f['workers']:>6} workers x {f['slots']} slots:{idle} {f['dispatch_per_s']:>8.1f} dispatches/s, "
         f"broker {f['broker_cpu_ms_per_request']:.3f} ms CPU/request ({100 * f['broker_core_while_dispatching']:.0f}% "
-        f"of a core), RSS {f['broker_rss_waiting_mb']} MB with {f['backlog']} waiting"
+        f"of a core; nats-server {f['nats_cpu_ms_per_request']:.3f}, fleet {f['fleet_cpu_ms_per_request']:.3f}), "
+        f"RSS {f['broker_rss_waiting_mb']} MB with {f['backlog']} waiting"
     )
 
 

@@ -39,6 +39,7 @@ events = st.lists(
 def assert_agrees_with_recount(book: WorkerBook, pool: ModelPool, max_concurrency: int) -> None:
     workers = list(book.values())
     assert book.free_slots == sum(w.free_slots for w in workers)
+    assert book.free_workers == sum(1 for w in workers if w.free_slots)
     assert book.live_slots == sum(w.slots for w in workers if not w.draining)
     draining_leases = sum(len(w.leases - w.suspended) for w in workers if w.draining)
     assert book.draining_leases == draining_leases
