@@ -5,6 +5,8 @@ heartbeats), and every request gets exactly one result; across both workers each
 from __future__ import annotations
 
 import signal
+import subprocess
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
@@ -18,16 +20,25 @@ REQUESTS = 200
 IN_FLIGHT = 16
 
 
-async def test_leading_broker_killed_under_load(nats_server: NatsServer, nc: NATS, processes: Processes) -> None:
-    url = nats_server.url
-    leader = processes.start("broker-a", "broker", "--nats", url, "--broker-id", "a")
-
-    async def logged(name: str, text: str) -> bool:
+def logged(processes: Processes, name: str, text: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
         return text in processes.log(name)
 
-    await eventually(lambda: logged("broker-a", '"leading"'), what="broker a leading")
+    return check
+
+
+async def leader_and_standby(processes: Processes, url: str) -> subprocess.Popen[bytes]:
+    """Broker a leading, broker b standing by; a's process."""
+    leader = processes.start("broker-a", "broker", "--nats", url, "--broker-id", "a")
+    await eventually(logged(processes, "broker-a", '"leading"'), what="broker a leading")
     processes.start("broker-b", "broker", "--nats", url, "--broker-id", "b")
-    await eventually(lambda: logged("broker-b", '"broker started"'), what="broker b standing by")
+    await eventually(logged(processes, "broker-b", '"broker started"'), what="broker b standing by")
+    return leader
+
+
+async def test_leading_broker_killed_under_load(nats_server: NatsServer, nc: NATS, processes: Processes) -> None:
+    url = nats_server.url
+    leader = await leader_and_standby(processes, url)
     assert '"leading"' not in processes.log("broker-b")  # one leader at a time
     processes.start_fake_worker(url, "w1", tokens_per_s=100)
     processes.start_fake_worker(url, "w2", tokens_per_s=100)
@@ -37,7 +48,7 @@ async def test_leading_broker_killed_under_load(nats_server: NatsServer, nc: NAT
     await load.under_way(0.25)
     leader.kill()
     done_at_kill = len(load.outcomes)
-    await eventually(lambda: logged("broker-b", '"leading"'), what="broker b taking the lead")
+    await eventually(logged(processes, "broker-b", '"leading"'), what="broker b taking the lead")
     outcomes = await load.finished()
 
     assert len(outcomes) == REQUESTS
@@ -62,14 +73,7 @@ async def test_a_request_the_frozen_leader_never_read_is_dead_lettered_by_the_ne
     the leader froze before it got there, the next leader must do it (it used to start after every sequence
     the standby had read, so the client never got its error and the message stayed in the stream)."""
     url = nats_server.url
-    leader = processes.start("broker-a", "broker", "--nats", url, "--broker-id", "a")
-
-    async def logged(name: str, text: str) -> bool:
-        return text in processes.log(name)
-
-    await eventually(lambda: logged("broker-a", '"leading"'), what="broker a leading")
-    processes.start("broker-b", "broker", "--nats", url, "--broker-id", "b")
-    await eventually(lambda: logged("broker-b", '"broker started"'), what="broker b standing by")
+    leader = await leader_and_standby(processes, url)
     leader.send_signal(signal.SIGSTOP)  # alive to the server, deaf to the stream: its key runs out
     try:
         headers = {**good_headers(nc), "Iris-Priority": "many"}
@@ -77,5 +81,5 @@ async def test_a_request_the_frozen_leader_never_read_is_dead_lettered_by_the_ne
     finally:
         leader.kill()
     assert reply["kind"] == "error" and reply["code"] == "invalid_request" and "Iris-Priority" in str(reply), reply
-    await eventually(lambda: logged("broker-b", '"leading"'), what="broker b leading")
+    await eventually(logged(processes, "broker-b", '"leading"'), what="broker b leading")
     await wait_stream_empty(nc)
