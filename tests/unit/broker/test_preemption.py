@@ -99,11 +99,9 @@ def test_a_heartbeat_teaches_a_new_term_its_suspended_leases() -> None:
     assert set(pool.leases) == {1, 2} and 2 in pool.suspended and pool.workers["w"].free_slots == 0
 
 
-def test_the_slot_a_suspension_frees_goes_to_the_request_that_outranked_the_suspended_one() -> None:
-    """Overload: low requests wait too. Under shares a high request that starts waiting ties with the low
-    flow's head (stride order serves the low one first, then the high one), and a high flow served a moment
-    ago still owes; either way the slot its suspension freed must go to it, not to the next low request."""
-    scheduler, now = suspending()
+def high_takes_the_slot_it_freed(scheduler: Scheduler, now: int) -> int:
+    """Three low requests wait; a high one (seq 6) arrives 2 s later, suspends lease 2 and takes the slot
+    that freed. When it arrived."""
     for seq in (3, 4, 5):
         scheduler.enqueue(request(seq, workload="free", priority=1), now)
     later = now + 2_000
@@ -111,6 +109,15 @@ def test_the_slot_a_suspension_frees_goes_to_the_request_that_outranked_the_susp
     assert [lease.stream_seq for lease in scheduler.dispatch(later).suspends] == [2]
     after = scheduler.suspend_answered("m", [2], [2], later) + scheduler.dispatch(later)
     assert [lease.stream_seq for lease in after.offers] == [6]
+    return later
+
+
+def test_the_slot_a_suspension_frees_goes_to_the_request_that_outranked_the_suspended_one() -> None:
+    """Overload: low requests wait too. Under shares a high request that starts waiting ties with the low
+    flow's head (stride order serves the low one first, then the high one), and a high flow served a moment
+    ago still owes; either way the slot its suspension freed must go to it, not to the next low request."""
+    scheduler, now = suspending()
+    later = high_takes_the_slot_it_freed(scheduler, now)
     scheduler.lease_ended(6, later + 100)  # the high flow was just served: it owes when its next one comes
     scheduler.enqueue(request(7, workload="paid", priority=5), later + 100)
     decisions = scheduler.dispatch(later + 100)
@@ -136,13 +143,7 @@ def test_a_freed_slot_whose_high_request_left_goes_to_the_queue_order_again() ->
 def test_with_a_minimum_share_a_slot_a_lease_ended_goes_by_the_queue_order() -> None:
     """min_share bounds every band's wait: only the slot a suspension freed skips the queue's order."""
     scheduler, now = suspending(limits=dataclasses.replace(RATIO, min_share=0.2))
-    for seq in (3, 4, 5):
-        scheduler.enqueue(request(seq, workload="free", priority=1), now)
-    later = now + 2_000
-    scheduler.enqueue(request(6, workload="paid", priority=5), later)
-    assert [lease.stream_seq for lease in scheduler.dispatch(later).suspends] == [2]
-    after = scheduler.suspend_answered("m", [2], [2], later) + scheduler.dispatch(later)
-    assert [lease.stream_seq for lease in after.offers] == [6]
+    later = high_takes_the_slot_it_freed(scheduler, now)
     scheduler.lease_ended(6, later + 100)
     scheduler.enqueue(request(7, workload="paid", priority=5), later + 100)
     assert [lease.stream_seq for lease in scheduler.dispatch(later + 100).offers] == [3]
@@ -152,10 +153,4 @@ def test_under_strict_bands_a_freed_slot_goes_to_the_band_that_preempted() -> No
     """Strict bands with a minimum share take turns with the low band too; the slot a suspension freed
     still goes to the high band's request, and only then the low band has its turn again."""
     scheduler, now = suspending(limits=dataclasses.replace(RATIO, priority_mode="strict", min_share=0.5))
-    for seq in (3, 4, 5):
-        scheduler.enqueue(request(seq, workload="free", priority=1), now)
-    later = now + 2_000
-    scheduler.enqueue(request(6, workload="paid", priority=5), later)
-    assert [lease.stream_seq for lease in scheduler.dispatch(later).suspends] == [2]
-    after = scheduler.suspend_answered("m", [2], [2], later) + scheduler.dispatch(later)
-    assert [lease.stream_seq for lease in after.offers] == [6]
+    high_takes_the_slot_it_freed(scheduler, now)
