@@ -27,6 +27,17 @@ KEY = "first-minutes-key"  # the openai client always sends a key; keyless on lo
 QUESTIONS = ["Name three colors.", "Why is the sky blue?", "What is two plus two?", "Say hello."]
 
 
+def readme_example(base: str) -> str:
+    """The README's curl call, answered and done. It samples (no seed, Ollama's default temperature), and the
+    base model's first draw through the fallback template is a new "User:" turn about one time in fifty
+    (6 of 300 seeds here), which ends the answer empty; three empty answers in a row is a broken example."""
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/api/generate", data=README_BODY), timeout=120) as r:
+        assert r.status == 200
+        lines = [json.loads(line) for line in r.read().splitlines()]
+    assert lines[-1]["done"] and lines[-1]["done_reason"] in ("stop", "length")
+    return "".join(line.get("response", "") for line in lines).strip()
+
+
 def test_readme_example_and_clients_without_a_token_limit(tmp_path: Path) -> None:
     port, http_port = free_port(), free_port()
     out = tmp_path / "up.out"
@@ -40,15 +51,14 @@ def test_readme_example_and_clients_without_a_token_limit(tmp_path: Path) -> Non
     try:
         wait_for_line(out, "Ctrl-C stops everything", up)
         assert "/api/generate" in out.read_text()  # the example `iris up` prints is the one tried here
-        with urllib.request.urlopen(urllib.request.Request(f"{base}/api/generate", data=README_BODY), timeout=120) as r:
-            assert r.status == 200
-            lines = [json.loads(line) for line in r.read().splitlines()]
-        assert lines[-1]["done"] and lines[-1]["done_reason"] in ("stop", "length")
-        assert "".join(line.get("response", "") for line in lines).strip()
+        answers = [readme_example(base)]
+        while not answers[-1] and len(answers) < 3:  # sampled: see readme_example
+            answers.append(readme_example(base))
+        assert answers[-1], answers
 
         client = ollama.Client(host=base, timeout=120)
         generated = client.generate(model="gemma3:270m", prompt="Why is the sky blue?")
-        # Sampled (Ollama's default temperature): the base model's first draw is now and then its end token.
+        # Sampled too: now and then its answer is empty (see readme_example).
         assert generated.done and generated.done_reason in ("stop", "length")
         for question in QUESTIONS:
             chat = client.chat(
