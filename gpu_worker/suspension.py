@@ -65,7 +65,10 @@ class Suspensions:
         return round(self._resume_s_total * 1000 / count, 3) if count else 0.0
 
     def forget(self, seq: int) -> None:
-        self._held.pop(seq, None)
+        """The lease ended: a suspend order still waiting for it to park is answered now (refused)."""
+        held = self._held.pop(seq, None)
+        if held is not None:
+            held.parked.set()
         self.suspended.discard(seq)
 
     async def apply(self, order: LeaseControl) -> LeaseControlAnswer:
