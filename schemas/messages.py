@@ -40,12 +40,15 @@ class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, o
     """The body of `iris.req.<model>.<workload>`: exactly one of `prompt` or `messages`.
 
     `max_tokens: null` generates until a stop or until the slot's context is full; a limit larger than
-    what the context leaves is clipped (the answer then ends with `finish_reason: "length"`). Sampling
-    fields left `null` take the engine's defaults (top_k 40, min_p 0.05, no penalties)."""
+    what the context leaves is clipped (the answer then ends with `finish_reason: "length"`). `min_tokens`
+    (vLLM's): the answer ends neither at an end-of-generation token nor at a stop string before it has
+    that many tokens; equal to `max_tokens`, every answer is exactly that long (what benchmarks want).
+    Sampling fields left `null` take the engine's defaults (top_k 40, min_p 0.05, no penalties)."""
 
     prompt: Annotated[str, Meta(max_length=MAX_PROMPT_CHARS)] | None = None
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=1024)] | None = None
     max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS_LIMIT)] | None = 256
+    min_tokens: Annotated[int, Meta(ge=0, le=MAX_TOKENS_LIMIT)] = 0
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.8
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.95
     stop: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=MAX_STOP_SEQUENCES)] = []
@@ -67,6 +70,10 @@ class GenerateRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, o
             raise ValueError("exactly one of `prompt` or `messages` is required")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is more than max_tokens ({self.max_tokens})")
+        if self.min_tokens and self.response_format is not None:
+            raise ValueError("min_tokens cannot be combined with response_format: the format decides the end")
 
 
 class QueueUpdate(msgspec.Struct, frozen=True):

@@ -68,8 +68,9 @@ class _OpenAICall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: Annotated[dict[str, Annotated[float, Meta(ge=-100, le=100)]], Meta(max_length=1024)] | None = None
-    # Extensions vLLM and llama.cpp's server take too.
+    # Extensions vLLM and llama.cpp's server take too (`min_tokens`: vLLM's).
     top_k: Annotated[int, Meta(ge=0, le=1000)] | None = None
+    min_tokens: Annotated[int, Meta(ge=0, le=MAX_TOKENS_LIMIT)] | None = None
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     repeat_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
     # OpenAI platform fields: accepted only with values that ask for nothing Iris does not do.
@@ -108,6 +109,15 @@ _chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _completion_decoder = msgspec.json.Decoder(CompletionRequest)
 
 
+def _request(**fields: Any) -> GenerateRequest:
+    """The request the fields make; fields that contradict each other (`min_tokens` past `max_tokens`) are
+    the client's error."""
+    try:
+        return GenerateRequest(**fields)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+
+
 def _sampling(call: _OpenAICall, max_tokens: int | None) -> dict[str, Any]:
     if not call.model:
         raise InvalidRequest("model is required - at $.model")
@@ -125,7 +135,8 @@ def _sampling(call: _OpenAICall, max_tokens: int | None) -> dict[str, Any]:
     return fields
 
 
-_PASSED = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p", "repeat_penalty")
+_OPENAI_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+_PASSED = (*_OPENAI_FIELDS, "top_k", "min_p", "repeat_penalty", "min_tokens")  # and the extensions
 
 
 def _refuse_platform_fields(call: _OpenAICall) -> None:
@@ -184,14 +195,14 @@ def openai_routes(ctx: HttpContext) -> list[Route]:
         call = await read_json(request, _chat_decoder, max_bytes)
         max_tokens = call.max_completion_tokens or call.max_tokens or ctx.config.default_max_tokens or None
         output = openai_format(call.response_format)
-        body = GenerateRequest(messages=_chat_messages(call), **_sampling(call, max_tokens), response_format=output)
+        body = _request(messages=_chat_messages(call), **_sampling(call, max_tokens), response_format=output)
         return await _answer(ctx, request, call, body, chat=True)
 
     @endpoint(ctx, family, "/v1/completions")
     async def completions(request: Request) -> Response:
         call = await read_json(request, _completion_decoder, max_bytes)
         max_tokens = call.max_tokens or COMPLETIONS_DEFAULT_MAX_TOKENS
-        body = GenerateRequest(prompt=_completion_prompt(call), **_sampling(call, max_tokens))
+        body = _request(prompt=_completion_prompt(call), **_sampling(call, max_tokens))
         return await _answer(ctx, request, call, body, chat=False)
 
     @endpoint(ctx, family, "/v1/models")

@@ -1,7 +1,8 @@
 """The JSON body `HttpEngine` sends its upstream for one request, in the upstream's own dialect.
 
 Every sampling field the request set is passed on under the upstream's name (Ollama `options`, OpenAI
-top-level fields; `top_k`, `min_p`, `repeat_penalty` are the extensions vLLM and llama.cpp's server take);
+top-level fields; `top_k`, `min_p`, `repeat_penalty` are the extensions vLLM and llama.cpp's server take,
+`min_tokens` vLLM's);
 fields left unset are left to the upstream's defaults. Structured output becomes Ollama `format` or OpenAI
 `response_format`. What the upstream's API cannot express is refused as the client's error, never dropped.
 """
@@ -40,6 +41,8 @@ def _ends(request: GenerateRequest, max_tokens_key: str) -> dict[str, Any]:
 def _ollama(body: dict[str, Any], request: GenerateRequest) -> dict[str, Any]:
     if request.logit_bias:
         raise EngineInputError("logit_bias is not supported by an Ollama upstream - at $.logit_bias")
+    if request.min_tokens:
+        raise EngineInputError("min_tokens is not supported by an Ollama upstream - at $.min_tokens")
     options: dict[str, Any] = {"temperature": request.temperature, "top_p": request.top_p}
     options.update(_ends(request, max_tokens_key="num_predict"), **_set_fields(request, _OLLAMA_OPTIONS))
     body["options"] = options
@@ -60,6 +63,8 @@ def _openai(body: dict[str, Any], request: GenerateRequest) -> dict[str, Any]:
     if request.logit_bias:
         body["logit_bias"] = {str(token): bias for token, bias in request.logit_bias.items()}
     body.update(_set_fields(request, _OPENAI_EXTRAS))
+    if request.min_tokens:
+        body["min_tokens"] = request.min_tokens
     if request.response_format is not None:
         body["response_format"] = openai_response_format(request.response_format)
     return body

@@ -18,6 +18,7 @@ back into the step, where it rejoins once fewer than `slots` run (`Resumed`), or
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from collections import deque
 from typing import Any
@@ -54,6 +55,7 @@ class BatchLoop:
         self._batch = llama.llama_batch_init(batch_tokens, 0, 1)
         self._piece_buffer = ctypes.create_string_buffer(64)
         self._n_vocab = llama.llama_vocab_n_tokens(vocab)
+        self._end_tokens: list[int] | None = None  # end-of-generation token ids (`_mask_end_tokens`)
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
         self.parking = Parking(ctx, suspend or SuspendPolicy(), kv_unified)
@@ -230,6 +232,8 @@ class BatchLoop:
             sequence.n_cached += n_tokens
             if logits_index < 0:
                 continue
+            if not sequence.may_end:
+                self._mask_end_tokens(logits_index)
             token = sequence.sampler.sample(self._ctx, logits_index)
             is_eog = bool(llama.llama_vocab_is_eog(self._vocab, token))
             piece = b"" if is_eog else token_piece(self._vocab, token, self._piece_buffer)
@@ -240,6 +244,14 @@ class BatchLoop:
             reason = sequence.accept(token, is_eog, piece, logprob)
             if reason is not None:
                 self._end(sequence, reason=reason)
+
+    def _mask_end_tokens(self, logits_index: int) -> None:
+        """No end-of-generation token can be drawn from these logits (`min_tokens` not reached)."""
+        if self._end_tokens is None:  # found once, on first use: a check of each token of the vocabulary
+            self._end_tokens = [t for t in range(self._n_vocab) if self._llama.llama_vocab_is_eog(self._vocab, t)]
+        logits = self._llama.llama_get_logits_ith(self._ctx, logits_index)
+        for token in self._end_tokens:
+            logits[token] = -math.inf
 
     def _token_text(self, token: int) -> str:
         return token_piece(self._vocab, token, self._piece_buffer).decode(errors="replace")

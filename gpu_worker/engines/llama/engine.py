@@ -194,7 +194,9 @@ class LlamaCppEngine:
             format_stops = []  # the grammar ends the answer; a turn marker inside a JSON string is just text
         stops = [*request.stop, *format_stops]
         exact = request.temperature == 0  # greedy: a continued answer must be the uninterrupted one
-        sequence = Sequence(prompt_tokens, max_tokens, sampler, stops, stop, events.emit, top_logprobs, exact)
+        sequence = Sequence(
+            prompt_tokens, max_tokens, sampler, stops, stop, events.emit, top_logprobs, exact, request.min_tokens
+        )
         if earlier:
             sequence.continue_from(earlier, self._pieces(earlier))
         self._loop.submit(sequence)

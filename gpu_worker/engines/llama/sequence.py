@@ -3,7 +3,8 @@
 A sequence first feeds its prompt (in chunks, sharing decode steps with running sequences), then one
 token per step: the one it sampled last. Each sampled token is checked in this order: end-of-generation
 token, text (UTF-8 split across tokens is held back, stop strings split across tokens are recognised),
-`max_tokens` (clipped by the engine to what the slot's context leaves). Token counts are exact: an
+`max_tokens` (clipped by the engine to what the slot's context leaves). Below `min_tokens` no stop string
+counts and the batch masks end-of-generation tokens out of the draw. Token counts are exact: an
 end-of-generation token is not counted, a token whose text completes a stop string is. Logprobs, when
 asked for, travel with the next piece of text after their token (one per counted token, held-back
 tokens included), and so do the token ids. Everything a sequence emits goes through `emit`, which the
@@ -45,8 +46,10 @@ class Sequence:
         emit: Emit,
         top_logprobs: int | None = None,
         exact: bool = False,
+        min_tokens: int = 0,
     ) -> None:
         self.prompt_tokens = prompt_tokens
+        self.min_tokens = min_tokens
         self.exact = exact  # prefill answer tokens one a step, as they were first computed (see `next_tokens`)
         self.max_tokens = max_tokens  # already clipped to what the slot's context leaves
         self.stop = stop
@@ -64,6 +67,11 @@ class Sequence:
         self.saved_state: Any = None  # suspended to host memory: its KV state (llama_state_seq_get_data)
         self._text = StopTextBuffer(stops)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @property
+    def may_end(self) -> bool:
+        """Whether an end-of-generation token may be drawn now (`min_tokens` reached)."""
+        return self.completion_tokens >= self.min_tokens
 
     @property
     def prefilling(self) -> bool:
@@ -89,7 +97,7 @@ class Sequence:
         for token, piece in zip(tokens, pieces, strict=True):
             self.completion_tokens += 1
             self.generated.append(token)
-            self._text.feed(self._decoder.decode(piece))
+            self._text.feed(self._decoder.decode(piece), self.completion_tokens >= self.min_tokens)
             if self.sampler is not None:
                 self.sampler.accept(token)
         self.last_token = tokens[-1]
@@ -107,7 +115,7 @@ class Sequence:
         self._piece_tokens.append(token)
         if logprob is not None:
             self._logprobs.append(logprob)
-        ready, hit_stop = self._text.feed(self._decoder.decode(piece))
+        ready, hit_stop = self._text.feed(self._decoder.decode(piece), self.completion_tokens >= self.min_tokens)
         if ready:
             self._emit_piece(ready)
         if hit_stop:
@@ -159,8 +167,13 @@ class StopTextBuffer:
         self.pending = ""
         self.stopped = False
 
-    def feed(self, new_text: str) -> tuple[str, bool]:
+    def feed(self, new_text: str, armed: bool = True) -> tuple[str, bool]:
+        """The text ready to send, and whether a stop string ended the answer; not `armed` (below
+        `min_tokens`), no stop counts and nothing is held back."""
         self.pending += new_text
+        if not armed:
+            ready, self.pending = self.pending, ""
+            return ready, False
         found = [at for at in (self.pending.find(stop_text) for stop_text in self.stops) if at >= 0]
         if found:  # the earliest stop wins, wherever it is in the list
             at = min(found)

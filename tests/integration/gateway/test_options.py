@@ -85,6 +85,7 @@ REFUSED = [
     ("/v1/chat/completions", {"top_logprobs": 3}, "logprobs"),
     ("/v1/chat/completions", {"made_up_field": 1}, "made_up_field"),
     ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"max_tokens": 4, "min_tokens": 5}, "min_tokens"),
 ]
 
 
@@ -98,6 +99,9 @@ async def test_every_option_reaches_the_engine(nats_server: NatsServer) -> None:
         body = {"model": "fake", "messages": MESSAGES, **OPENAI_FIELDS}
         assert (await http.post(f"{base}/v1/chat/completions", json=body, headers=AUTH)).status_code == 200
         from_openai = engine.last_request
+        body = {"model": "fake", "prompt": "hi", "max_tokens": 3, "min_tokens": 3}  # vLLM's extension
+        assert (await http.post(f"{base}/v1/completions", json=body, headers=AUTH)).status_code == 200
+        assert engine.last_request.min_tokens == 3  # type: ignore[union-attr]
     shared = {k: v for k, v in OLLAMA_OPTIONS.items() if k not in ("num_predict", "repeat_last_n")}
     assert from_ollama == GenerateRequest(
         messages=from_ollama.messages,

@@ -13,7 +13,7 @@ import pytest
 from gpu_worker.embedded_model import EMBEDDED_MODEL_NAME
 from gpu_worker.engines.llama.engine import LlamaCppEngine
 from gpu_worker.engines.protocol import Finished, Piece, StopSignal
-from schemas.messages import GenerateRequest, TokenLogprob
+from schemas.messages import ChatMessage, GenerateRequest, TokenLogprob
 
 pytestmark = pytest.mark.slow  # the real model (or a cluster) in real processes
 
@@ -103,3 +103,21 @@ async def test_a_limit_past_the_context_is_clipped_to_it(engine: LlamaCppEngine)
     assert clipped.finish_reason == "length" and clipped.prompt_tokens + clipped.completion_tokens == CONTEXT
     _, _, unlimited = await answer(engine, max_tokens=None, logit_bias=forced)
     assert unlimited == clipped
+
+
+async def test_min_tokens_holds_off_the_end_token_and_stop_strings(engine: LlamaCppEngine) -> None:
+    chat = {"prompt": None, "messages": [ChatMessage("user", "Say hello.")], "max_tokens": 40}
+    natural = await answer(engine, **chat)
+    assert natural[2].finish_reason == "stop" and natural[2].completion_tokens < 40  # the model ends by itself here
+    text_, _, fixed = await answer(engine, **chat, min_tokens=40)
+    assert (fixed.finish_reason, fixed.completion_tokens) == ("length", 40)
+    assert text_.startswith(natural[0])  # greedy: the same answer, then on past where it ended
+    import llama_cpp.llama_cpp as llama
+
+    ending = {int(llama.llama_vocab_eos(engine._vocab)): 100.0}  # the end token drawn first, every time
+    assert (await answer(engine, logit_bias=ending))[2].completion_tokens == 0
+    _, _, late = await answer(engine, logit_bias=ending, min_tokens=5)
+    assert (late.finish_reason, late.completion_tokens) == ("stop", 5)  # drawn as soon as it may be
+    spaced, _, held = await answer(engine, stop=[" "], max_tokens=20, min_tokens=6)
+    assert held.finish_reason == "stop" and 6 <= held.completion_tokens < 20  # a stop counts from token 6 on
+    assert " " in spaced

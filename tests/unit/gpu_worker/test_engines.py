@@ -1,4 +1,5 @@
-"""The worker builds the engine its config names, and refuses contradictory options naming them."""
+"""The worker builds the engine its config names, and refuses contradictory options naming them; an
+upstream gets the fields its API can express."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from gpu_worker.config import WorkerConfig
 from gpu_worker.engines.http import HttpEngine
 from gpu_worker.engines.llama.engine import LlamaCppEngine
 from gpu_worker.engines.llama.offload import Offload
+from gpu_worker.engines.protocol import EngineInputError
+from gpu_worker.engines.upstream_body import upstream_body
 from runtime.config_loading import ConfigError, load_config
+from schemas.messages import GenerateRequest
 
 
 def test_llama_engine_gets_the_gpu_options() -> None:
@@ -39,3 +43,11 @@ def test_http_engine_needs_upstream_and_model(options: dict[str, str], named: st
 def test_bad_tensor_split_names_the_key() -> None:
     with pytest.raises(ConfigError, match="tensor_split"):
         load_config(WorkerConfig, "worker", flags={"tensor_split": "3;1"}, env={})
+
+
+def test_min_tokens_goes_to_an_openai_upstream_and_is_refused_by_ollama() -> None:
+    request = GenerateRequest(prompt="hi", max_tokens=8, min_tokens=8)
+    assert upstream_body("openai", "m", request)["min_tokens"] == 8  # vLLM's extension
+    assert "min_tokens" not in upstream_body("openai", "m", GenerateRequest(prompt="hi"))
+    with pytest.raises(EngineInputError, match=r"min_tokens .* Ollama .* \$\.min_tokens"):
+        upstream_body("ollama", "m", request)

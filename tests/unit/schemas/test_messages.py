@@ -31,6 +31,9 @@ NOW = 1_700_000_000_000
         (b'{"prompt": "x", "colour": "red"}', "colour"),
         (b'{"prompt": "x", "messages": [{"role": "user", "content": "x"}]}', "exactly one of"),
         (b"{}", "exactly one of"),
+        (b'{"prompt": "x", "max_tokens": 8, "min_tokens": 9}', "min_tokens (9) is more than max_tokens (8)"),
+        (b'{"prompt": "x", "min_tokens": -1}', "$.min_tokens"),
+        (b'{"prompt": "x", "min_tokens": 4, "response_format": {}}', "min_tokens cannot be combined"),
     ],
 )
 def test_bad_request_body_names_the_problem(body: bytes, named: str) -> None:
