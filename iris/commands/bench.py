@@ -98,6 +98,13 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 )
 @click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="The preemption arm's broker ratio.")
 @click.option(
+    "--answers",
+    type=click.Choice(["fixed", "natural"]),
+    default="fixed",
+    show_default=True,
+    help="fixed: every answer max-tokens long (min_tokens), the same work in every arm; natural: the model ends it.",
+)
+@click.option(
     "--prompt-file",
     type=click.Path(exists=True, dir_okay=False),
     help="Your own prompts: a JSON list of strings (.json) or one prompt a line; default: the shipped set.",
@@ -106,7 +113,7 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 def bench_seed(
     per_user: int, max_tokens: int, behaviour: str, engine: str, model: str | None, n_gpu_layers: int,
     fake_tps: float, repeats: int, labels: str, mode: str, priority_mode: str, model_call_s: float,
-    preemption: str, preempt_ratio: float, prompt_file: str | None, out_dir: Path,
+    preemption: str, preempt_ratio: float, answers: str, prompt_file: str | None, out_dir: Path,
 ) -> None:  # fmt: skip
     """The reference experiment: 5 paid + 5 open-source users, FIFO vs Iris vs paid alone; report and plots."""
     from iris.bench.seed.run import SeedOptions, run_seed_bench
@@ -122,7 +129,7 @@ def bench_seed(
         worker_args, name = ["--n-gpu-layers", str(n_gpu_layers)], EMBEDDED_MODEL_NAME
     behaviours = ["closed", "burst"] if behaviour == "both" else [behaviour]
     options = SeedOptions(
-        labels, mode, priority_mode, model_call_s, prompt_file or "", preemption=preemption, preempt_ratio=preempt_ratio
+        labels, mode, priority_mode, model_call_s, prompt_file or "", preemption, preempt_ratio, answers=answers
     )
     try:
         options.arms()

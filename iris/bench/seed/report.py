@@ -137,7 +137,8 @@ def write_report(setup: dict[str, Any], results: dict[str, Any], out_dir: Path) 
         "# Iris seed experiment",
         "",
         f"{setup['users']['paid']} paid users (priority 5) and {setup['users']['open-source']} open-source users "
-        f"(priority 1), {setup['prompts_per_user']} prompts each, max_tokens {setup['max_tokens']}, max concurrency "
+        f"(priority 1), {setup['prompts_per_user']} prompts each, max_tokens {setup['max_tokens']}"
+        f"{' (every answer that long)' if setup.get('answers') == 'fixed' else ''}, max concurrency "
         f"{setup['max_concurrency']}, queue timeout {setup['queue_timeout_s']:.0f} s, max in-flight "
         f"{setup['max_inflight_s']:.0f} s; model `{setup['model']}` ({' '.join(setup['worker_args']) or 'embedded'}"
         f"{''.join(f', {k}={v}' for k, v in setup.get('worker_env', {}).items())}); "

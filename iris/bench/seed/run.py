@@ -16,7 +16,11 @@ Three arms on the same model and prompts, each on a fresh stack (nats-server, br
 Users behave `closed` (next prompt when the last answer arrives) or `burst` (all prompts at once).
 Aperture's queue timeout (120 s) and max in-flight (60 s) map to the request deadline (queue timeout +
 max in-flight = 180 s: a request must be answered within that, or it gets a typed deadline error) and the
-broker's `max_inflight_s = 60`. Sampling is greedy, so every arm generates the same tokens.
+broker's `max_inflight_s = 60`. Sampling is greedy. Answers (`--answers`) are `fixed` by default: every
+one exactly `max_tokens` long (`min_tokens` = `max_tokens`), so every arm does the same work. Greedy alone
+does not give that: a batch's numerics depend on what shares it, and a near-tie that flips decides whether
+an answer ends after 12 tokens or runs to 128 (5-8 of 100 answers differed between arms here, 10-17% of
+the tokens). `natural` lets each answer end where the model ends it.
 Writes `report.md`, `seed.json` and PNG plots under the output directory.
 """
 
@@ -58,6 +62,7 @@ class SeedOptions:
     prompt_file: str = ""  # prompts of one's own (JSON list of strings, or one per line); "" = the shipped set
     preemption: str = "off"  # the Iris arm without preemption, with it, or both arms
     preempt_ratio: float = 2.0  # the broker's `preempt_ratio` in the preemption arm
+    answers: str = "fixed"  # every answer `max_tokens` long, or "natural": where the model ends it
 
     def arms(self) -> tuple[str, ...]:
         if self.preemption != "off" and self.mode == "admission":
@@ -154,6 +159,7 @@ class Run:
             user=user.name,
             deadline_s=QUEUE_TIMEOUT_S + MAX_INFLIGHT_S,
             max_tokens=self.max_tokens,
+            min_tokens=self.max_tokens if self.options.answers == "fixed" else 0,
             temperature=0.0,
             seed=1,
         )
@@ -296,6 +302,7 @@ def _setup(
         "priority_mode": options.priority_mode,
         "preemption": options.preemption,
         "preempt_ratio": options.preempt_ratio if options.preemption != "off" else None,
+        "answers": options.answers,
         "model_call_s": options.model_call_s if options.mode == "admission" else None,
         "prompts_per_user": per_user,
         "prompt_file": options.prompt_file or "shipped (iris/bench/seed/prompts.json)",

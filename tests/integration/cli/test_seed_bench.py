@@ -32,6 +32,7 @@ def test_seed_bench_smoke(tmp_path: Path) -> None:
     assert "paid p50, Iris (WFQ) / FIFO" in text and "| Iris (WFQ) | paid |" in text
     assert report["setup"]["labels"] == "reference" and "a workload per tier" in text
     assert report["setup"]["max_concurrency"] == 2
+    assert report["setup"]["answers"] == "fixed" and "(every answer that long)" in text  # the same work in each arm
     page = (tmp_path / "report.html").read_text()  # before/after side by side, drawn by the status page's charts
     assert "IrisCharts.draw" in page and 'id="row-closed"' in page and 'id="row-burst"' in page
     assert '"fifo"' in page and '"iris"' in page and "paid-1" not in page and "http" not in page.split("<script")[0]
