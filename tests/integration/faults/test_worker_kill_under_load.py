@@ -22,7 +22,8 @@ IN_FLIGHT = 16
 
 async def test_worker_killed_under_load(nats_server: NatsServer, nc: NATS, processes: Processes) -> None:
     url = nats_server.url
-    processes.start("broker", "broker", "--nats", url, "--worker-timeout", "3")  # 3 heartbeats: a late one under load is no death
+    # 3 heartbeats: a late one under load is no death
+    processes.start("broker", "broker", "--nats", url, "--worker-timeout", "3")
     victim = processes.start_fake_worker(url, "w1", tokens_per_s=10)  # 1 s a request: it always holds a lease
     processes.start_fake_worker(url, "w2", tokens_per_s=200)
     client = Client(nc)
