@@ -190,9 +190,7 @@ def test_deadline_unmeetable_once_service_time_is_known() -> None:
 
 
 def test_lease_carries_max_inflight_cutoff() -> None:
-    scheduler = Scheduler(SchedulerLimits(max_inflight_ms=60_000), T0)
-    now = T0 + GRACE
-    scheduler.heartbeat(beat("a", 1, [], now), now)
+    scheduler, now = ready_scheduler({"a": 1}, limits=SchedulerLimits(max_inflight_ms=60_000))
     scheduler.enqueue(request(1), now)
     (lease,) = scheduler.dispatch(now).offers
     assert lease.cutoff_ms == now + 60_000
