@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 
 from broker.config import BrokerConfig
 from broker.configured_limits import scheduler_limits
-from broker.core.decisions import NOTHING, ROUND_DUE, Decisions, Rejection
+from broker.core.decisions import NOTHING, ROUND_DUE, Decisions, QueueNotice, Rejection
 from broker.core.intake import waiting_request
 from broker.core.scheduler import Scheduler
 from broker.core.stats import flow_load
@@ -173,21 +173,15 @@ class Term:
         for ended in decisions.tickets_ended:
             await guarded(self._tickets.end(ended.lease, ended.why), self.log, "ticket end", ended.lease.stream_seq)
         for queued in decisions.queued:
-            if not queued.request.ticket:  # a ticket request's one answer is its ticket
-                request = queued.request
-                await self._tell(
-                    request.stream_seq,
-                    request.reply_to,
-                    request.request_id,
-                    queued.position,
-                    queued.eta_s,
-                    owner=request.owner or None,
+            request = queued.request
+            if not request.ticket:  # a ticket request's one answer is its ticket
+                notice = QueueNotice(
+                    request.stream_seq, request.reply_to, request.request_id, queued.position, queued.eta_s
                 )
+                await self._tell(notice, owner=request.owner or None)
         self._schedule(decisions)
         for notice in decisions.notices:  # a notice does not know its owner: its client's inbox only
-            await self._tell(
-                notice.stream_seq, notice.reply_to, notice.request_id, notice.position, notice.eta_s, live=False
-            )
+            await self._tell(notice, live=False)
 
     def _start_leases(self, offers: tuple[Lease, ...], tickets: tuple[Lease, ...], now: int) -> None:
         """One `LeaseOffer` per worker for this round's leases; each ticket recorded and sent to its app."""
@@ -227,20 +221,10 @@ class Term:
             self.log.info("leases suspended", worker=worker_id, leases=suspended)
         await self.apply(decisions)
 
-    async def _tell(
-        self,
-        seq: int,
-        reply_to: str,
-        request_id: str,
-        position: int,
-        eta_s: float,
-        *,
-        owner: str | None = None,
-        live: bool = True,
-    ) -> None:
-        update = QueueUpdate(position=position, eta_s=eta_s)
-        sent = publish_reply(self.nc, reply_to, request_id, update, owner=owner, live=live)
-        await guarded(sent, self.log, "queue update", seq)
+    async def _tell(self, notice: QueueNotice, *, owner: str | None = None, live: bool = True) -> None:
+        update = QueueUpdate(position=notice.position, eta_s=notice.eta_s)
+        sent = publish_reply(self.nc, notice.reply_to, notice.request_id, update, owner=owner, live=live)
+        await guarded(sent, self.log, "queue update", notice.stream_seq)
 
     async def _reject(self, rejection: Rejection) -> None:
         """Store and send the typed error, then remove the request (and a stale lease left by an earlier attempt)."""

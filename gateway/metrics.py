@@ -33,39 +33,33 @@ class Refusals:
 class GatewayMetrics:
     def __init__(self) -> None:
         self.refusals = Refusals()
-        self.registry = CollectorRegistry()
+        self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "iris_gateway_requests",
             "HTTP requests answered, by route, status and Iris error code ('' on success)",
             ["api", "route", "status", "code"],
-            registry=self.registry,
+            registry=r,
         )
-        self.in_flight = Gauge(
-            "iris_gateway_in_flight", "Requests waiting for or streaming an answer", registry=self.registry
-        )
-        self.first_token_s = Histogram(
+        self.in_flight = Gauge("iris_gateway_in_flight", "Requests waiting for or streaming an answer", registry=r)
+        self.first_token_s = _latency(
+            r,
             "iris_gateway_time_to_first_token_seconds",
             "From request received to the first text sent (streaming) or the answer (non-streaming)",
-            ["api", "model", "workload"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
         )
-        self.duration_s = Histogram(
-            "iris_gateway_request_duration_seconds",
-            "From request received to the last byte of the answer",
-            ["api", "model", "workload"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+        self.duration_s = _latency(
+            r, "iris_gateway_request_duration_seconds", "From request received to the last byte of the answer"
         )
         self.tokens = Counter(
-            "iris_gateway_completion_tokens",
-            "Tokens generated for answers sent",
-            ["model", "workload"],
-            registry=self.registry,
+            "iris_gateway_completion_tokens", "Tokens generated for answers sent", ["model", "workload"], registry=r
         )
         self.disconnects = Counter(
             "iris_gateway_client_disconnects",
             "Requests cancelled because the HTTP client went away before the answer ended",
             ["api"],
-            registry=self.registry,
+            registry=r,
         )
+
+
+def _latency(registry: CollectorRegistry, name: str, documentation: str) -> Histogram:
+    """A latency histogram by API family, model and workload."""
+    return Histogram(name, documentation, ["api", "model", "workload"], buckets=LATENCY_BUCKETS_S, registry=registry)

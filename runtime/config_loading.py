@@ -139,9 +139,15 @@ def _choices(kind: inspect.Type) -> list[str]:
 
 
 def _bounds(kind: inspect.IntType | inspect.FloatType) -> tuple[Any, Any]:
+    """The bounds as help shows them: whole ones as integers (`0<=x<=1`), however they were written. Python
+    caches `Annotated[float, Meta(ge=0, le=1)]` as an equal alias declared earlier, `Meta(ge=0.0, le=1.0)`."""
     low = kind.ge if kind.ge is not None else kind.gt
     high = kind.le if kind.le is not None else kind.lt
-    return low, high
+    return _whole(low), _whole(high)
+
+
+def _whole(bound: float | None) -> float | None:
+    return int(bound) if isinstance(bound, float) and bound.is_integer() else bound
 
 
 def _decode_json(setting: Setting, raw: str, where: str) -> Any:

@@ -147,8 +147,9 @@ class Error(msgspec.Struct, frozen=True):
     retry_after_s: float | None = None
 
 
-class Lease(msgspec.Struct, frozen=True):
-    """One request handed to one worker; the value stored under its stream sequence in `IRIS_LEASES`."""
+class StreamEntry(msgspec.Struct, frozen=True):
+    """What every record of a request in `IRIS_REQUESTS` starts with: where it sits, what it is, where its
+    answer goes and by when (the broker's `WaitingRequest` and a `Lease` both extend it)."""
 
     stream_seq: int
     request_id: str
@@ -157,6 +158,11 @@ class Lease(msgspec.Struct, frozen=True):
     reply_to: str
     deadline_ms: int
     enqueued_ms: int
+
+
+class Lease(StreamEntry, frozen=True):
+    """One request handed to one worker; the value stored under its stream sequence in `IRIS_LEASES`."""
+
     worker_id: str
     attempt: int
     leased_ms: int

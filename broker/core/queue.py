@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import msgspec
+from schemas.messages import StreamEntry
 
 # "share": a workload's share is its weight x the priority it serves (Aperture); "strict": higher priority
 # bands always first, fair inside a band, `min_share` for the bands below (vLLM, llm-d).
@@ -23,14 +23,7 @@ PriorityMode = Literal["share", "strict"]
 DEFAULT_COST_TOKENS = 256  # expected completion tokens before a workload has shown its own
 
 
-class WaitingRequest(msgspec.Struct, gc=False):
-    stream_seq: int
-    request_id: str
-    model: str
-    workload: str
-    reply_to: str
-    deadline_ms: int
-    enqueued_ms: int
+class WaitingRequest(StreamEntry, frozen=True, gc=False):
     priority: int = 1
     user: str = ""
     cost_tokens: int = 0  # Iris-Tokens; 0 = estimated when charged

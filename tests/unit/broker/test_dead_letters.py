@@ -9,7 +9,7 @@ from schemas.dead_letters import dead_letter_headers, read_dead_letter, replay_h
 from schemas.errors import ErrorCode
 from schemas.messages import StoredRequest
 from schemas.subjects import dead_letter_subject
-from tests.unit.builders import GRACE, T0, beat, request
+from tests.unit.builders import GRACE, T0, beat, ready_scheduler, request
 
 
 def crash_each_worker(
@@ -131,9 +131,7 @@ def test_dead_letter_subject_keeps_model_and_workload() -> None:
 
 def test_a_lease_its_worker_stopped_listing_is_a_dead_letter_of_that_heartbeat() -> None:
     """The heartbeat that loses the lease decides the dead letter: it is in that event's `Decisions`."""
-    scheduler = Scheduler(SchedulerLimits(max_attempts=1), T0)
-    now = T0 + GRACE
-    scheduler.heartbeat(beat("w1", 1, [], now), now)
+    scheduler, now = ready_scheduler({"w1": 1}, limits=SchedulerLimits(max_attempts=1))
     scheduler.enqueue(request(1), now)
     (lease,) = scheduler.dispatch(now).offers
     late = now + scheduler.limits.lease_confirm_ms + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -189,9 +190,7 @@ def test_deadline_unmeetable_once_service_time_is_known() -> None:
 
 
 def test_lease_carries_max_inflight_cutoff() -> None:
-    scheduler = Scheduler(SchedulerLimits(max_inflight_ms=60_000), T0)
-    now = T0 + GRACE
-    scheduler.heartbeat(beat("a", 1, [], now), now)
+    scheduler, now = ready_scheduler({"a": 1}, limits=SchedulerLimits(max_inflight_ms=60_000))
     scheduler.enqueue(request(1), now)
     (lease,) = scheduler.dispatch(now).offers
     assert lease.cutoff_ms == now + 60_000
@@ -199,16 +198,14 @@ def test_lease_carries_max_inflight_cutoff() -> None:
 
 def test_completion_length_is_learned_per_workload() -> None:
     scheduler, now = ready_scheduler({"a": 1})
-    first = request(1)
-    first.prompt_tokens_est = 10
+    first = msgspec.structs.replace(request(1), prompt_tokens_est=10)
     scheduler.enqueue(first, now)
     (lease,) = scheduler.dispatch(now).offers
     assert lease.cost_tokens == 10 + 256  # nothing learned yet: the default completion estimate
     done = LeaseDone(lease.stream_seq, "m", "default", prompt_tokens=12, completion_tokens=40)
     (finished,) = scheduler.leases_done([done], now + 1).finished
     assert finished.done == done and finished.priority == 1
-    second = request(2)
-    second.prompt_tokens_est = 10
+    second = msgspec.structs.replace(request(2), prompt_tokens_est=10)
     scheduler.enqueue(second, now + 1)
     (lease2,) = scheduler.dispatch(now + 1).offers
     assert lease2.cost_tokens == 10 + 40

@@ -82,6 +82,16 @@ def test_options_carry_the_struct_bounds_and_choices() -> None:
     assert refused.exit_code == 2 and "Invalid value for '--slots': 0 is not in the range 1<=x<=256" in refused.output
 
 
+def test_whole_float_bounds_read_as_written_whatever_was_imported_first() -> None:
+    """`GenerateRequest.min_p` (imported first) declares `Meta(ge=0.0, le=1.0)`; `--min-share`'s equal
+    `Meta(ge=0, le=1)` is the same cached alias, yet its help keeps `0<=x<=1`."""
+    import schemas.messages  # noqa: F401  (the float-spelled alias exists before the broker's)
+
+    assert isinstance(_options(broker_main)["min_share"].type, click.FloatRange)
+    shown = "".join(CliRunner().invoke(broker_main, ["--help"]).output.split())
+    assert "--min-shareFLOATRANGE" in shown and "[default:0.0;0<=x<=1]" in shown
+
+
 def test_a_table_is_given_as_json_and_validated_naming_the_key(tmp_path: Path) -> None:
     env = {"IRIS_BROKER_WORKLOAD_WEIGHTS": '{"paid": 5}'}
     assert load_config(BrokerConfig, "broker", env=env).workload_weights == {"paid": 5.0}
