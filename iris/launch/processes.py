@@ -79,12 +79,20 @@ def spawn(module: str, nats_url: str, args: Sequence[str], log_path: Path) -> Pr
     return start(Service(module, {"nats_url": nats_url}, args), log_path)
 
 
-def stop_all(processes: Sequence[Process], server: NatsServer | None = None) -> None:
-    """Services first (SIGTERM, they drain), then the server."""
+def stop_all(processes: Sequence[Process], server: NatsServer | None = None, grace_s: float = 60.0) -> None:
+    """Services first (SIGTERM, they drain), then the server. One still running `grace_s` after is killed
+    and named on stderr: a bench keeps the figures it has measured whatever one service's exit does."""
     for process in processes:
         process.terminate()
+    give_up = time.monotonic() + grace_s
     for process in processes:
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=max(0.0, give_up - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            command = " ".join(map(str, process.args))[:160]
+            print(f"{command}: still running {grace_s:g} s after SIGTERM, killed", file=sys.stderr)
     if server is not None:
         server.stop()
 
