@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from iris.commands.options import gguf_path, ints_option, llama_options, out_option
+from iris.commands.options import choice_option, gguf_path, ints_option, llama_options, out_option
 
 
 @click.group()
@@ -73,36 +73,32 @@ def bench_upstream(clients: int, n_requests: int, out: Path) -> None:
 @click.option("--n-gpu-layers", type=int, default=0, show_default=True, help="-1 offloads every layer to the GPU.")
 @click.option("--fake-tps", type=float, default=50.0, show_default=True, help="FakeEngine tokens/s (engine fake).")
 @click.option("--repeats", type=int, default=1, show_default=True, help="Runs of each arm (alternating order).")
-@click.option(
+@choice_option(
     "--labels",
-    type=click.Choice(["reference", "one-workload"]),
-    default="reference",
-    show_default=True,
-    help="reference: a workload per tier (paid, open-source) with its priority, no weights; one-workload: default.",
+    ["reference", "one-workload"],
+    "reference",
+    "reference: a workload per tier (paid, open-source) with its priority, no weights; one-workload: default.",
 )
-@click.option(
+@choice_option(
     "--mode",
-    type=click.Choice(["requests", "admission"]),
-    default="requests",
-    show_default=True,
-    help="requests: prompts run by Iris's worker; admission: tickets from iris.admit, the app calls its own model.",
+    ["requests", "admission"],
+    "requests",
+    "requests: prompts run by Iris's worker; admission: tickets from iris.admit, the app calls its own model.",
 )
 @click.option("--priority-mode", type=click.Choice(["share", "strict"]), default="share", show_default=True)
 @click.option("--model-call-s", type=float, default=0.3, show_default=True, help="Admission mode: one model call.")
-@click.option(
+@choice_option(
     "--preemption",
-    type=click.Choice(["off", "on", "both"]),
-    default="off",
-    show_default=True,
-    help="The Iris arm without priority preemption, with it (arm iris-preempt), or both arms side by side.",
+    ["off", "on", "both"],
+    "off",
+    "The Iris arm without priority preemption, with it (arm iris-preempt), or both arms side by side.",
 )
 @click.option("--preempt-ratio", type=float, default=2.0, show_default=True, help="The preemption arm's broker ratio.")
-@click.option(
+@choice_option(
     "--answers",
-    type=click.Choice(["fixed", "natural"]),
-    default="fixed",
-    show_default=True,
-    help="fixed: every answer max-tokens long (min_tokens), the same work in every arm; natural: the model ends it.",
+    ["fixed", "natural"],
+    "fixed",
+    "fixed: every answer max-tokens long (min_tokens), the same work in every arm; natural: the model ends it.",
 )
 @click.option(
     "--prompt-file",

@@ -72,6 +72,11 @@ def out_option(name: str) -> Callable[[F], F]:
     )
 
 
+def choice_option(flag: str, choices: list[str], default: str, help: str) -> Callable[[F], F]:
+    """A flag taking one of `choices`, its default shown in `--help`."""
+    return click.option(flag, type=click.Choice(choices), default=default, show_default=True, help=help)
+
+
 def llama_options(concurrency: str, concurrency_help: str, rounds: int) -> Callable[[F], F]:
     """What the benches of Iris against llama.cpp itself share: the model, the concurrency levels (a list of
     positive integers), tokens per answer, rounds, llama.cpp threads and GPU layers (the same in both arms)."""
