@@ -135,8 +135,10 @@ def _sampling(call: _OpenAICall, max_tokens: int | None) -> dict[str, Any]:
     return fields
 
 
-_OPENAI_FIELDS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
-_PASSED = (*_OPENAI_FIELDS, "top_k", "min_p", "repeat_penalty", "min_tokens")  # and the extensions
+_PASSED = (
+    *("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"),
+    *("top_k", "min_p", "repeat_penalty", "min_tokens"),  # the extensions
+)
 
 
 def _refuse_platform_fields(call: _OpenAICall) -> None:

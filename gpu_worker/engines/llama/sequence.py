@@ -70,7 +70,7 @@ class Sequence:
 
     @property
     def may_end(self) -> bool:
-        """Whether an end-of-generation token may be drawn now (`min_tokens` reached)."""
+        """Whether the answer may end now, at an end-of-generation token or a stop string (`min_tokens` reached)."""
         return self.completion_tokens >= self.min_tokens
 
     @property
@@ -97,7 +97,7 @@ class Sequence:
         for token, piece in zip(tokens, pieces, strict=True):
             self.completion_tokens += 1
             self.generated.append(token)
-            self._text.feed(self._decoder.decode(piece), self.completion_tokens >= self.min_tokens)
+            self._text.feed(self._decoder.decode(piece), self.may_end)
             if self.sampler is not None:
                 self.sampler.accept(token)
         self.last_token = tokens[-1]
@@ -115,7 +115,7 @@ class Sequence:
         self._piece_tokens.append(token)
         if logprob is not None:
             self._logprobs.append(logprob)
-        ready, hit_stop = self._text.feed(self._decoder.decode(piece), self.completion_tokens >= self.min_tokens)
+        ready, hit_stop = self._text.feed(self._decoder.decode(piece), self.may_end)
         if ready:
             self._emit_piece(ready)
         if hit_stop:

@@ -5,8 +5,9 @@ would hold up every suspend and resume after it (in the seed experiment a paid r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from gpu_worker.engines.protocol import StopSignal, Suspended
+from gpu_worker.engines.protocol import Resumed, StopSignal, Suspended
 from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.suspension import SUSPEND_WAIT_S, Suspensions
 from schemas.messages import Lease, LeaseControl
@@ -15,16 +16,15 @@ SEQ = 7
 LEASE = Lease(SEQ, "r7", "m", "default", "_INBOX.r7", 10**13, 0, "w1", 1, 0)
 
 
-def running_lease() -> tuple[Suspensions, StopSignal]:
-    busy = {SEQ}
-    suspensions = Suspensions(slots=2, max_suspended=1, busy=busy, metrics=WorkerMetrics())
+def running_lease() -> tuple[Suspensions, StopSignal, Callable[[Suspended | Resumed], None]]:
+    """A worker's suspensions with lease SEQ running; its stop signal and the hook its engine calls."""
+    suspensions = Suspensions(slots=2, max_suspended=1, busy={SEQ}, metrics=WorkerMetrics())
     stop = StopSignal()
-    suspensions.track(LEASE, stop)
-    return suspensions, stop
+    return suspensions, stop, suspensions.track(LEASE, stop)
 
 
 async def test_a_lease_that_ends_instead_of_parking_is_refused_at_once() -> None:
-    suspensions, stop = running_lease()
+    suspensions, stop, _ = running_lease()
     answer = asyncio.create_task(suspensions.apply(LeaseControl(suspend=[SEQ])))
     await asyncio.sleep(0)  # the order is asked: the engine would park the sequence between two tokens
     assert stop.suspend_wanted
@@ -35,8 +35,7 @@ async def test_a_lease_that_ends_instead_of_parking_is_refused_at_once() -> None
 
 
 async def test_a_lease_that_parks_is_suspended_and_its_slot_freed() -> None:
-    suspensions, stop = running_lease()
-    hook = suspensions.track(LEASE, stop)
+    suspensions, _, hook = running_lease()
     answer = asyncio.create_task(suspensions.apply(LeaseControl(suspend=[SEQ])))
     await asyncio.sleep(0)
     hook(Suspended())
